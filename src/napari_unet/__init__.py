@@ -1,0 +1,58 @@
+"""napari-unet: the U-Net of Ronneberger et al. (2015) for napari, usable without a screen.
+
+The public API is imported lazily, so that napari's start-up (which imports this package
+to read its manifest) does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_API = {
+    # name: module that defines it
+    "UNet": "model",
+    "UNetConfig": "model",
+    "load_model": "model",
+    "save_model": "model",
+    "ModelFileError": "model",
+    "predict": "tiling",
+    "segment": "tiling",
+    "probabilities_to_labels": "postprocess",
+    "weight_map": "weights",
+    "labels_to_targets": "targets",
+    "fine_tune": "training",
+    "average_precision": "metrics",
+    "make_sample": "synthetic",
+    "resolve_device": "device",
+    "Progress": "_progress",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'napari_unet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._progress import Progress
+    from .device import resolve_device
+    from .metrics import average_precision
+    from .model import ModelFileError, UNet, UNetConfig, load_model, save_model
+    from .postprocess import probabilities_to_labels
+    from .synthetic import make_sample
+    from .targets import labels_to_targets
+    from .tiling import predict, segment
+    from .training import fine_tune
+    from .weights import weight_map

@@ -1,0 +1,62 @@
+"""The ``napari-unet`` command line.
+
+Each sub-command lives in ``napari_unet/_cli/<name>.py`` with ``add_arguments(parser)``
+and ``run(args) -> int``. Bad input ends with exit status 2 and a one-line reason on
+stderr (no traceback); ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+
+COMMANDS = {
+    "segment": ("segment", "segment images with a model (overlap-tile inference)"),
+    "weight-map": ("weight_map", "compute the paper's boundary weight map of a label image"),
+    "train": ("train", "fine-tune a model on labelled images"),
+    "evaluate": ("evaluate", "score predicted labels against ground truth (average precision)"),
+}
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-unet",
+        description="U-Net segmentation (Ronneberger et al., 2015) from the command line.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, helptext) in COMMANDS.items():
+        try:
+            mod = import_module(f"napari_unet._cli.{module}")
+        except ImportError:
+            continue
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("napari-unet: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, FileNotFoundError, OSError) as exc:
+        if args.debug:
+            raise
+        msg = " ".join(str(exc).split())
+        print(f"napari-unet {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
