@@ -1,0 +1,717 @@
+"""Overlap-tile inference: mirror padding, edge-to-edge output tiles, seamless stitching.
+
+How a prediction is laid out (the paper's overlap-tile strategy, made exact):
+
+* The output plane is cut into tiles of ``S_y x S_x`` pixels laid edge to edge. Every
+  tile origin is a multiple of the pooling grid ``g = 2**depth``; a network with
+  ``depth`` 2x2 poolings is only translation-equivariant for shifts that are multiples
+  of ``g``, so this is what makes the stitched result equal -- up to float rounding --
+  to ONE forward pass over the whole mirror-padded image, whatever the tile size.
+* A tile's network input is the tile plus the halo (``model.config.halo``) on every
+  side, enlarged on the bottom/right to the next valid input size. Valid output sizes
+  (``g*k - 4*(g - 1)``) are not multiples of ``g``, so each forward pass computes a few
+  pixels more than the tile and only the first ``S`` rows/columns are kept.
+* Pixels outside the image are filled by mirroring (reflection without repeating the
+  edge pixel, numpy's ``"reflect"``), by index reflection, repeated as often as needed,
+  so images smaller than the network's field of view work too. Only the tile plus its
+  halo is read from the image, which is what keeps lazy inputs (dask, zarr, memory-mapped
+  TIFF) bounded in memory.
+
+``tile_size`` is the edge of the OUTPUT tile. It is rounded to the nearest multiple of
+the pooling grid (at least the smallest output a valid input gives, rounded down to the
+grid), then reduced so that tiles split each image axis evenly (e.g. a 1000 px axis with
+``tile_size=768`` gets two 512 px tiles instead of 768 + 232). ``None`` chooses it from the
+device's free memory (see :func:`auto_tile_size`). The result does not depend on it.
+
+Normalisation follows ``model.meta["normalization"]`` and is computed once per image
+(over all planes; on a strided subsample for large images), never per tile.
+
+Forward passes run on a worker thread while the generator reads the next batch of tiles
+and keeps yielding :class:`~napari_unet._progress.Progress` records (at least every
+0.2 s), so a consumer that stops iterating (``close()``, napari's ``worker.quit()``) is
+released at once; a batch already on the device finishes in the background and is
+discarded.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._progress import Progress, ProgressBar, drain
+from .device import autocast, available_memory, cpu_supports_bf16, describe_device, is_out_of_memory, resolve_device
+from .normalize import SUBSAMPLE_PIXELS, apply_normalization, normalization_params
+
+#: seconds between progress records while a batch is on the device (cancel latency)
+HEARTBEAT_S = 0.2
+#: bytes of activations per input pixel and per channel of the first level, measured
+#: for the U-Net of model.py at inference (conv, BatchNorm, concat and skip buffers of
+#: all levels); see benchmarks/bench_tiling.py
+ACTIVATION_FACTOR = 14.0
+#: on a CPU the tile is capped: past this output edge larger tiles stop paying off
+#: (the halo share is already small) and memory grows; measured on a 2-core AVX-512 CPU
+CPU_MAX_TILE = 1024
+#: share of free memory a prediction may use
+MEMORY_SHARE = {"cuda": 0.6, "mps": 0.5, "cpu": 0.25}
+MAX_BATCH = 16
+
+AXIS_LETTERS = "TZCSYXQ"
+
+
+# -- axes ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the image's planes, channels and Y/X live.
+
+    ``out_shape`` is the image shape without its channel axis (the shape of the labels and,
+    after the class axis, of the probabilities).
+    """
+
+    axes: str
+    shape: tuple[int, ...]
+    y: int
+    x: int
+    channel: int | None
+    planes: tuple[int, ...]
+    rgb: bool
+
+    @property
+    def plane_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[a] for a in self.planes)
+
+    @property
+    def yx_shape(self) -> tuple[int, int]:
+        return self.shape[self.y], self.shape[self.x]
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(s for i, s in enumerate(self.shape) if i != self.channel)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.channel is None else self.shape[self.channel]
+
+    def plane_indices(self) -> list[tuple[int, ...]]:
+        return list(np.ndindex(*self.plane_shape)) if self.planes else [()]
+
+
+def parse_axes(shape: Sequence[int], axes: str | None = None) -> Layout:
+    """Interpret an image's axes.
+
+    Args:
+        shape: the image shape.
+        axes: one letter per axis (``"YX"``, ``"ZYX"``, ``"TZCYX"``, ``"YXS"``...): ``Y``
+            and ``X`` are the image plane, ``C`` a channel axis, ``S`` RGB(A) samples (a
+            channel axis whose 3 or 4 values are red, green, blue, alpha), every other
+            letter (``T``, ``Z``, ``Q``...) an axis of planes processed one by one.
+            ``None`` guesses: 2D = YX; a last axis of 3 or 4 on 3D or more = RGB(A);
+            otherwise the leading axes are planes (ZYX, TZYX...).
+
+    Returns:
+        a :class:`Layout`.
+    """
+    shape = tuple(int(s) for s in shape)
+    nd = len(shape)
+    if axes is None:
+        if nd < 2:
+            raise ValueError(f"an image needs at least 2 dimensions (Y, X), got shape {shape}")
+        if nd >= 3 and shape[-1] in (3, 4):
+            axes = "Q" * (nd - 3) + "YXS"
+        else:
+            axes = "Q" * (nd - 2) + "YX"
+    axes = str(axes).upper()
+    if len(axes) != nd:
+        raise ValueError(
+            f"axes {axes!r} name {len(axes)} axes but the image has {nd} (shape {shape}); "
+            "give one letter per axis, e.g. 'ZYX'"
+        )
+    bad = sorted(set(axes) - set(AXIS_LETTERS))
+    if bad:
+        raise ValueError(f"unknown axis letter(s) {bad} in {axes!r}; use T, Z, C, S (RGB), Y, X")
+    for letter in "YX":
+        if axes.count(letter) != 1:
+            raise ValueError(f"axes {axes!r} must contain exactly one {letter}")
+    chan = [i for i, a in enumerate(axes) if a in "CS"]
+    if len(chan) > 1:
+        raise ValueError(f"axes {axes!r} have more than one channel axis (C/S); select one channel first")
+    planes = tuple(i for i, a in enumerate(axes) if a not in "CSYX")
+    for a in planes:
+        if axes[a] != "Q" and axes.count(axes[a]) > 1:
+            raise ValueError(f"axis {axes[a]!r} appears twice in {axes!r}")
+    channel = chan[0] if chan else None
+    rgb = channel is not None and axes[channel] == "S"
+    if any(s == 0 for s in shape):
+        raise ValueError(f"the image is empty (shape {shape})")
+    return Layout(axes, shape, axes.index("Y"), axes.index("X"), channel, planes, rgb)
+
+
+# -- reading tiles ---------------------------------------------------------------------------
+
+
+def reflect_indices(idx: np.ndarray, n: int) -> np.ndarray:
+    """Mirror indices into ``[0, n)`` (numpy's ``"reflect"``, repeated for any distance)."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    m = np.mod(idx, period)
+    return np.where(m < n, m, period - m)
+
+
+def _as_numpy(a: Any) -> np.ndarray:
+    if hasattr(a, "compute"):  # dask
+        a = a.compute()
+    return np.asarray(a)
+
+
+class _Source:
+    """Reads mirror-padded ``(C, h, w)`` float32 regions of one plane of any array-like."""
+
+    def __init__(self, image: Any, layout: Layout, channel_map: str) -> None:
+        self.image = image
+        self.layout = layout
+        self.channel_map = channel_map  # "keep" | "gray" | "rgb" (drop alpha)
+
+    def read(self, plane: tuple[int, ...], y0: int, h: int, x0: int, w: int) -> np.ndarray:
+        lay = self.layout
+        H, W = lay.yx_shape
+        rows = reflect_indices(np.arange(y0, y0 + h), H)
+        cols = reflect_indices(np.arange(x0, x0 + w), W)
+        rlo, rhi = int(rows.min()), int(rows.max()) + 1
+        clo, chi = int(cols.min()), int(cols.max()) + 1
+        index: list[Any] = [slice(None)] * len(lay.shape)
+        for ax, i in zip(lay.planes, plane):
+            index[ax] = int(i)
+        index[lay.y] = slice(rlo, rhi)
+        index[lay.x] = slice(clo, chi)
+        block = _as_numpy(self.image[tuple(index)])
+        # remaining axes, in the image's order: put them as (C, Y, X)
+        kept = [a for a in range(len(lay.shape)) if a not in lay.planes]
+        order = [kept.index(a) for a in ((lay.channel,) if lay.channel is not None else ()) + (lay.y, lay.x)]
+        block = block.transpose(order)
+        if lay.channel is None:
+            block = block[None]
+        if rows[0] != rlo or (rhi - rlo) != h or not np.array_equal(rows, np.arange(rlo, rhi)):
+            block = block[:, rows - rlo]
+        if cols[0] != clo or (chi - clo) != w or not np.array_equal(cols, np.arange(clo, chi)):
+            block = block[:, :, cols - clo]
+        return _map_channels(block.astype(np.float32, copy=False), self.channel_map)
+
+
+def _map_channels(x: np.ndarray, channel_map: str, axis: int = 0) -> np.ndarray:
+    if channel_map == "gray":
+        return np.take(x, [0, 1, 2], axis=axis).astype(np.float32).mean(axis=axis, keepdims=True)
+    if channel_map == "rgb":
+        return np.take(x, [0, 1, 2], axis=axis)
+    return x
+
+
+def _channel_map(layout: Layout, in_channels: int) -> str:
+    c = layout.channels
+    if c == in_channels:
+        return "keep"
+    if layout.rgb or (layout.channel is not None and c in (3, 4) and layout.axes[layout.channel] == "S"):
+        if in_channels == 1:
+            return "gray"
+        if in_channels == 3 and c == 4:
+            return "rgb"
+    what = "no channel axis" if layout.channel is None else f"{c} channels on axis {layout.channel} ({layout.axes!r})"
+    raise ValueError(
+        f"the model takes {in_channels} input channel(s) but the image has {what}; "
+        + (
+            "pick one channel (e.g. image[..., 0]) or pass axes= naming the channel axis 'C'"
+            if in_channels == 1
+            else f"give an image with {in_channels} channels and name its channel axis with axes="
+        )
+    )
+
+
+def _strided_sample(image: Any, max_pixels: int) -> np.ndarray:
+    """An evenly strided read of ``image`` with about ``max_pixels`` elements."""
+    shape = image.shape
+    n = int(np.prod(shape, dtype=np.int64))
+    if n <= max_pixels:
+        return _as_numpy(image[...])
+    step = int(np.ceil((n / max_pixels) ** (1.0 / len(shape))))
+    return _as_numpy(image[tuple(slice(None, None, min(step, max(1, s // 2))) for s in shape)])
+
+
+def image_normalization(image: Any, layout: Layout, rule: dict[str, Any], channel_map: str = "keep") -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) per network input channel, computed once over the whole image.
+
+    For RGB(A) into a 1-channel model (``channel_map="gray"``) the image is first turned
+    into gray by averaging R, G and B, and the percentiles are those of that gray image.
+    Lazy and large images are sampled on an even stride (at most a few million pixels
+    per channel are read), so this never loads a huge image.
+    """
+    eager = isinstance(image, np.ndarray)
+    if channel_map == "keep" and (eager or rule.get("kind", "percentile") != "percentile"):
+        return normalization_params(image, rule, layout.channel)
+    sample = _strided_sample(image, SUBSAMPLE_PIXELS * layout.channels)
+    if sample.dtype == bool:
+        sample = sample.astype(np.uint8)
+    axis = layout.channel
+    if axis is not None and channel_map != "keep":
+        sample = _map_channels(sample, channel_map, axis)
+        if channel_map == "gray":
+            sample, axis = np.take(sample, 0, axis=axis), None
+    return normalization_params(sample, rule, axis)
+
+
+# -- plan ------------------------------------------------------------------------------------
+
+
+def round_tile_size(tile_size: int, config: Any) -> int:
+    """Nearest multiple of the pooling grid, at least the smallest useful output edge."""
+    g = config.grid
+    smallest = g * max(1, config.output_size(config.min_input_size) // g)
+    return max(smallest, g * int(round(float(tile_size) / g)))
+
+
+def _balanced(size: int, tile: int, g: int) -> int:
+    n = max(1, math.ceil(size / tile))
+    return min(tile, g * math.ceil(math.ceil(size / n) / g))
+
+
+def activation_bytes_per_pixel(config: Any, amp: bool) -> float:
+    """Estimated bytes of inference activations per network input pixel."""
+    return (2.0 if amp else 4.0) * ACTIVATION_FACTOR * config.base_width + 4.0 * (config.in_channels + config.num_classes)
+
+
+def auto_tile_size(config: Any, device: torch.device, amp: bool, memory: int | None = None) -> int:
+    """Output tile edge chosen from the device's free memory.
+
+    Uses a share of the free memory (:data:`MEMORY_SHARE`) and the activation estimate of
+    :func:`activation_bytes_per_pixel`; on a CPU the edge is also capped at
+    :data:`CPU_MAX_TILE`, past which bigger tiles are not faster.
+    """
+    if memory is None:
+        memory = available_memory(device)
+    budget = memory * MEMORY_SHARE.get(device.type, 0.25)
+    side = math.sqrt(max(budget, 0.0) / activation_bytes_per_pixel(config, amp)) - 2 * config.halo
+    if device.type == "cpu":
+        side = min(side, CPU_MAX_TILE)
+    return round_tile_size(max(side, config.grid), config)
+
+
+@dataclass
+class _Plan:
+    tile: tuple[int, int]  # output tile (stride) per axis
+    inp: tuple[int, int]  # network input per axis
+    batch: int
+
+    def origins(self, hw: tuple[int, int]) -> list[tuple[int, int]]:
+        return [(oy, ox) for oy in range(0, hw[0], self.tile[0]) for ox in range(0, hw[1], self.tile[1])]
+
+
+def _make_plan(config: Any, hw: tuple[int, int], tile: int, batch: int | None, device: torch.device, amp: bool, n_planes: int) -> _Plan:
+    g = config.grid
+    ty, tx = (_balanced(s, tile, g) for s in hw)
+    iy, ix = config.input_size_for_output(ty), config.input_size_for_output(tx)
+    if batch is None:
+        budget = available_memory(device) * MEMORY_SHARE.get(device.type, 0.25)
+        per_tile = activation_bytes_per_pixel(config, amp) * iy * ix
+        n_tiles = n_planes * math.ceil(hw[0] / ty) * math.ceil(hw[1] / tx)
+        batch = int(max(1, min(MAX_BATCH, budget // max(per_tile, 1.0), n_tiles)))
+    return _Plan((ty, tx), (iy, ix), max(1, int(batch)))
+
+
+# -- forward -----------------------------------------------------------------------------------
+
+
+class _TileTooLarge(Exception):
+    """One tile alone ran out of memory: the tile must shrink."""
+
+
+def _amp_dtype_name(device: torch.device, amp: bool) -> str:
+    if not amp:
+        return "float32"
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if device.type == "cpu" and cpu_supports_bf16():
+        return "bfloat16"
+    return "float32"
+
+
+def _forward(net: torch.nn.Module, x: np.ndarray, device: torch.device, amp: bool, channels_last: bool, keep: tuple[int, int]) -> np.ndarray:
+    """Probabilities of a batch; on out-of-memory, split the batch and retry."""
+    try:
+        # inference_mode and autocast are thread-local: they must be entered here, in
+        # the worker thread that runs the network
+        with torch.inference_mode(), autocast(device, amp):
+            t = torch.from_numpy(x).to(device, non_blocking=True)
+            if channels_last:
+                t = t.contiguous(memory_format=torch.channels_last)
+            logits = net(t)[:, :, : keep[0], : keep[1]]
+            probs = torch.softmax(logits.float(), dim=1)
+            return probs.cpu().numpy()
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if x.shape[0] == 1:
+            raise _TileTooLarge(str(exc)) from exc
+    half = x.shape[0] // 2
+    return np.concatenate(
+        [_forward(net, x[:half], device, amp, channels_last, keep), _forward(net, x[half:], device, amp, channels_last, keep)]
+    )
+
+
+def _prepare_network(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    # a private copy: never change the caller's model (device, memory layout, train mode),
+    # which may be training in another thread
+    net = copy.deepcopy(model).eval().to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+# -- the predictor -------------------------------------------------------------------------------
+
+
+class _Predictor:
+    def __init__(self, image: Any, model: Any, tile_size: int | None, device: Any, axes: str | None,
+                 batch_size: int | None, amp: bool | None, channels_last: bool) -> None:
+        if model is None:
+            from .model import load_model
+
+            model = load_model()
+        if not hasattr(model, "config") or not hasattr(model, "meta"):
+            raise TypeError(f"model must be a napari_unet.UNet (or wrap one), got {type(model).__name__}")
+        if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
+            image = np.asarray(image)
+        dtype = np.dtype(getattr(image, "dtype", np.float32))
+        if dtype.kind not in "biuf":
+            raise ValueError(f"cannot segment an image of dtype {dtype}; give a numeric or boolean image")
+        self.image = image
+        self.config = model.config
+        self.meta = model.meta
+        self.layout = parse_axes(image.shape, axes)
+        self.channel_map = _channel_map(self.layout, self.config.in_channels)
+        self.device = resolve_device(device)
+        if amp is None:
+            amp = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_supports_bf16())
+        self.amp = bool(amp)
+        self.channels_last = bool(channels_last) and self.device.type != "mps"
+        self.lo, self.hi = image_normalization(
+            image, self.layout, model.meta.get("normalization", {"kind": "percentile"}), self.channel_map
+        )
+        self.source = _Source(image, self.layout, self.channel_map)
+        self.net = _prepare_network(model, self.device, self.channels_last)
+        self.tile = (
+            auto_tile_size(self.config, self.device, self.amp) if tile_size is None else round_tile_size(tile_size, self.config)
+        )
+        self.batch_size = batch_size
+        self.description = describe_device(self.device)
+
+    def info(self, plan: _Plan) -> dict[str, Any]:
+        return {
+            "device": self.description,
+            "tile_size": plan.tile,
+            "input_size": plan.inp,
+            "batch_size": plan.batch,
+            "precision": _amp_dtype_name(self.device, self.amp),
+            "channels_last": self.channels_last,
+        }
+
+    def run(self, planes: list[tuple[int, ...]], write: Callable[[tuple[int, ...], int, int, np.ndarray], None],
+            done0: int, total: int | None = None) -> Generator[Progress, None, int]:
+        """Predict ``planes``; ``write(plane, oy, ox, probs)`` stores each tile. Returns tiles done."""
+        while True:
+            plan = _make_plan(self.config, self.layout.yx_shape, self.tile, self.batch_size, self.device, self.amp, len(planes))
+            try:
+                return (yield from self._run_plan(plan, planes, write, done0, total))
+            except _TileTooLarge:
+                smaller = round_tile_size(max(plan.tile) // 2, self.config)
+                if smaller >= max(plan.tile):
+                    raise MemoryError(
+                        f"out of memory on {self.description} even with the smallest tile "
+                        f"({plan.tile[0]}x{plan.tile[1]}); free memory or use another device"
+                    ) from None
+                self.tile = smaller
+                self.batch_size = 1
+                yield Progress(done0, total or 0, f"out of memory: retrying with {smaller} px tiles", self.info(plan))
+
+    def n_tiles(self, n_planes: int) -> int:
+        plan = _make_plan(self.config, self.layout.yx_shape, self.tile, 1, self.device, self.amp, n_planes)
+        return n_planes * len(plan.origins(self.layout.yx_shape))
+
+    def _run_plan(self, plan: _Plan, planes: list[tuple[int, ...]], write: Callable[..., None], done0: int,
+                  total: int | None) -> Generator[Progress, None, int]:
+        hw = self.layout.yx_shape
+        origins = plan.origins(hw)
+        jobs = [(p, o) for p in planes for o in origins]
+        total = total if total is not None else done0 + len(jobs)
+        info = self.info(plan)
+        halo = self.config.halo
+        iy, ix = plan.inp
+        done = done0
+        message = f"predicting on {self.description}, {plan.tile[0]}x{plan.tile[1]} tiles"
+        yield Progress(done, total, message, info)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-forward")
+        pending = None
+        try:
+            for start in range(0, len(jobs), plan.batch):
+                chunk = jobs[start : start + plan.batch]
+                # read the next batch while the previous one is on the device
+                x = np.empty((len(chunk), self.config.in_channels, iy, ix), np.float32)
+                for i, (p, (oy, ox)) in enumerate(chunk):
+                    raw = self.source.read(p, oy - halo, iy, ox - halo, ix)
+                    x[i] = apply_normalization(raw, self.lo, self.hi, channel_axis=0)
+                if pending is not None:
+                    done = yield from self._finish(pending, write, hw, plan, done, total, message, info)
+                pending = (pool.submit(_forward, self.net, x, self.device, self.amp, self.channels_last, plan.tile), chunk)
+            if pending is not None:
+                done = yield from self._finish(pending, write, hw, plan, done, total, message, info)
+                pending = None
+        finally:
+            # on cancel (GeneratorExit) a running batch finishes in the background, unseen
+            pool.shutdown(wait=False, cancel_futures=True)
+        return done - done0
+
+    def _finish(self, pending: Any, write: Callable[..., None], hw: tuple[int, int], plan: _Plan, done: int,
+                total: int, message: str, info: dict[str, Any]) -> Generator[Progress, None, int]:
+        fut, chunk = pending
+        while True:
+            try:
+                probs = fut.result(timeout=HEARTBEAT_S)
+                break
+            except FutureTimeout:
+                yield Progress(done, total, message, info)
+        for (p, (oy, ox)), pr in zip(chunk, probs):
+            h, w = min(plan.tile[0], hw[0] - oy), min(plan.tile[1], hw[1] - ox)
+            write(p, oy, ox, pr[:, :h, :w])
+        done += len(chunk)
+        yield Progress(done, total, message, info)
+        return done
+
+
+def _out_index(layout: Layout, plane: tuple[int, ...], ys: slice, xs: slice) -> tuple[tuple[Any, ...], bool]:
+    """Index into an array shaped like the image without its channel axis (+ leading axes)."""
+    idx: list[Any] = []
+    pl = dict(zip(layout.planes, plane))
+    for a in range(len(layout.shape)):
+        if a == layout.channel:
+            continue
+        idx.append(ys if a == layout.y else xs if a == layout.x else pl[a])
+    return tuple(idx), layout.x < layout.y
+
+
+def _check_out(out: Any, shape: tuple[int, ...], what: str) -> None:
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out has shape {tuple(out.shape)} but the {what} need shape {tuple(shape)}")
+
+
+# -- public API ----------------------------------------------------------------------------------
+
+
+def predict_iter(
+    image: Any,
+    model: Any = None,
+    *,
+    tile_size: int | None = None,
+    device: str | torch.device | None = None,
+    axes: str | None = None,
+    batch_size: int | None = None,
+    out: Any = None,
+    amp: bool | None = None,
+    channels_last: bool = True,
+) -> Generator[Progress, None, Any]:
+    """Class probabilities by overlap-tile inference, as a progress generator.
+
+    Args:
+        image: 2D or larger array-like of any numeric/bool dtype: numpy (also memory-mapped),
+            dask, zarr, or anything with ``shape`` and numpy-style slicing. Read tile by tile.
+        model: a :class:`~napari_unet.model.UNet`; None = the bundled model.
+        tile_size: edge of the output tile in pixels, rounded to a multiple of the pooling
+            grid (see the module docs); None = chosen from free memory. The result does
+            not depend on it (beyond float rounding).
+        device: ``"auto"``/None, ``"cpu"``, ``"cuda"``, ``"mps"`` or a torch device.
+        axes: axis letters such as ``"ZCYX"`` (see :func:`parse_axes`); None = guess.
+        batch_size: tiles per forward pass; None = as many as fit (at most 16).
+        out: optional preallocated array (numpy, zarr...) of shape
+            ``(num_classes, *image shape without its channel axis)``, written tile by tile.
+        amp: mixed precision (float16/bfloat16 on CUDA, bfloat16 on CPUs with native
+            support); None = on where supported. Use False for bit-for-bit float32.
+        channels_last: run convolutions in NHWC memory layout (faster on CPU and CUDA).
+
+    Yields:
+        :class:`Progress` records (one per batch, and at least every 0.2 s while a batch
+        runs); ``info`` holds the device, tile, batch size and precision.
+
+    Returns:
+        float32 probabilities of shape ``(num_classes, *image shape without channels)``,
+        or ``out``.
+    """
+    pred = _Predictor(image, model, tile_size, device, axes, batch_size, amp, channels_last)
+    lay = pred.layout
+    shape = (pred.config.num_classes, *lay.out_shape)
+    if out is None:
+        out = np.zeros(shape, np.float32)
+    _check_out(out, shape, "probabilities")
+
+    def write(plane: tuple[int, ...], oy: int, ox: int, probs: np.ndarray) -> None:
+        idx, transpose = _out_index(lay, plane, slice(oy, oy + probs.shape[1]), slice(ox, ox + probs.shape[2]))
+        out[(slice(None),) + idx] = probs.transpose(0, 2, 1) if transpose else probs
+
+    yield from pred.run(lay.plane_indices(), write, 0)
+    return out
+
+
+def predict(image: Any, model: Any = None, *, tile_size: int | None = None, device: str | torch.device | None = None,
+            axes: str | None = None, progress: ProgressBar | None = None, **kwargs: Any) -> Any:
+    """Class probabilities of ``image``: :func:`predict_iter` run to the end.
+
+    Args:
+        progress: optional tqdm-like bar.
+        **kwargs: ``batch_size``, ``out``, ``amp``, ``channels_last`` of :func:`predict_iter`.
+
+    Returns:
+        float32 array ``(num_classes, *image shape without its channel axis)`` (or ``out``).
+    """
+    return drain(predict_iter(image, model, tile_size=tile_size, device=device, axes=axes, **kwargs), progress)
+
+
+def segment_iter(
+    image: Any,
+    model: Any = None,
+    *,
+    tile_size: int | None = None,
+    device: str | torch.device | None = None,
+    axes: str | None = None,
+    min_size: int | None = None,
+    mode: str | None = None,
+    batch_size: int | None = None,
+    out: Any = None,
+    probabilities_out: Any = None,
+    amp: bool | None = None,
+    channels_last: bool = True,
+    **postprocess: Any,
+) -> Generator[Progress, None, Any]:
+    """Instance (or semantic) labels by tiled prediction and post-processing, plane by plane.
+
+    Each plane is predicted (see :func:`predict_iter`) and turned into labels with
+    :func:`napari_unet.postprocess.probabilities_to_labels`; a stack's planes are
+    processed one at a time, so memory is bounded by one plane. Instance ids are unique
+    across the whole stack (each plane's ids start after the previous plane's largest).
+
+    Args:
+        image, model, tile_size, device, axes, batch_size, amp, channels_last: as for
+            :func:`predict_iter`.
+        min_size: objects smaller than this many pixels are removed (None = the
+            post-processing default).
+        mode: ``"instance3"``, ``"instance2"`` or ``"semantic"``; None = ``model.meta["mode"]``.
+        out: optional int32 array (numpy, zarr...) shaped like the image without its
+            channel axis, written plane by plane.
+        probabilities_out: optional array ``(num_classes, *that shape)`` that also receives
+            the probabilities.
+        **postprocess: further options of ``probabilities_to_labels``.
+
+    Returns:
+        int32 labels shaped like the image without its channel axis (or ``out``).
+    """
+    from .postprocess import probabilities_to_labels
+
+    pred = _Predictor(image, model, tile_size, device, axes, batch_size, amp, channels_last)
+    lay = pred.layout
+    mode = mode or pred.meta.get("mode", "instance3")
+    if out is None:
+        out = np.zeros(lay.out_shape, np.int32)
+    _check_out(out, lay.out_shape, "labels")
+    k = pred.config.num_classes
+    if probabilities_out is not None:
+        _check_out(probabilities_out, (k, *lay.out_shape), "probabilities")
+    planes = lay.plane_indices()
+    H, W = lay.yx_shape
+    kwargs = dict(postprocess)
+    if min_size is not None:
+        kwargs["min_size"] = min_size
+    total = pred.n_tiles(len(planes)) + len(planes)
+    done = 0
+    next_id = 0
+    for plane in planes:
+        buf = np.zeros((k, H, W), np.float32)
+
+        def write(_p: tuple[int, ...], oy: int, ox: int, probs: np.ndarray, buf: np.ndarray = buf) -> None:
+            buf[:, oy : oy + probs.shape[1], ox : ox + probs.shape[2]] = probs
+
+        done += yield from pred.run([plane], write, done, total)
+        idx, transpose = _out_index(lay, plane, slice(None), slice(None))
+        if probabilities_out is not None:
+            probabilities_out[(slice(None),) + idx] = buf.transpose(0, 2, 1) if transpose else buf
+        yield Progress(done, total, "post-processing", {"plane": plane})
+        labels = probabilities_to_labels(buf, mode, **kwargs).astype(np.int64)
+        if mode != "semantic" and next_id:
+            labels[labels > 0] += next_id
+        if labels.size and labels.max() > np.iinfo(np.int32).max:
+            raise ValueError("more objects than int32 labels can hold; segment the planes separately")
+        if mode != "semantic":
+            next_id = max(next_id, int(labels.max(initial=0)))
+        labels = labels.astype(np.int32)
+        out[idx] = labels.T if transpose else labels
+        done += 1
+        yield Progress(done, total, "post-processing", {"plane": plane})
+    return out
+
+
+def segment(image: Any, model: Any = None, *, tile_size: int | None = None, device: str | torch.device | None = None,
+            axes: str | None = None, progress: ProgressBar | None = None, **kwargs: Any) -> Any:
+    """Instance labels of ``image``: :func:`segment_iter` run to the end.
+
+    Args:
+        progress: optional tqdm-like bar.
+        **kwargs: further arguments of :func:`segment_iter` (``min_size``, ``mode``, ``out``...).
+
+    Returns:
+        int32 labels shaped like the image without its channel axis (or ``out``).
+    """
+    return drain(segment_iter(image, model, tile_size=tile_size, device=device, axes=axes, **kwargs), progress)
+
+
+def padded_single_pass(image: np.ndarray, model: Any, amp: bool = False) -> np.ndarray:
+    """Reference: ONE forward pass over the whole mirror-padded 2D image (for tests/benchmarks).
+
+    Args:
+        image: 2D (Y, X) image, already normalised or not (normalised here like predict).
+        model: the network.
+        amp: mixed precision as in :func:`predict_iter`.
+
+    Returns:
+        float32 probabilities ``(num_classes, Y, X)``.
+    """
+    cfg = model.config
+    lay = parse_axes(image.shape, "YX")
+    lo, hi = image_normalization(image, lay, model.meta.get("normalization", {"kind": "percentile"}))
+    H, W = image.shape
+    halo = cfg.halo
+    iy, ix = cfg.input_size_for_output(H), cfg.input_size_for_output(W)
+    padded = np.pad(np.asarray(image, np.float32), ((halo, iy - H - halo), (halo, ix - W - halo)), mode="reflect")
+    x = apply_normalization(padded, lo, hi, channel_axis=0)[None, None]
+    net = copy.deepcopy(model).eval()
+    with torch.inference_mode(), autocast(torch.device("cpu"), amp):
+        probs = torch.softmax(net(torch.from_numpy(np.ascontiguousarray(x))).float(), 1)
+    return probs[0, :, :H, :W].numpy()
+
+
+__all__ = [
+    "Layout",
+    "auto_tile_size",
+    "padded_single_pass",
+    "parse_axes",
+    "predict",
+    "predict_iter",
+    "reflect_indices",
+    "round_tile_size",
+    "segment",
+    "segment_iter",
+]
