@@ -1,0 +1,959 @@
+"""Fine-tuning as a generator: progress records out, the trained model returned.
+
+:func:`train_iter` yields a :class:`~napari_unet._progress.Progress` record after every
+training step (so ``worker.quit()`` in a widget, or closing the generator, stops within
+one step) and *returns* the trained model: the best by validation score when there is
+validation data, otherwise the last. :func:`fine_tune` drains it for scripts.
+
+Data path (no worker processes, which break in GUIs on Windows/macOS): every image is
+normalised once with the model's rule, its class targets, loss mask and weight map are
+computed once, and the arrays are reflect-padded once. Each step cuts random source crops
+(larger than the tile, to leave room for rotation and elastic deformation) in the main
+process -- a few array slices -- and :mod:`napari_unet.augment` transforms the whole batch
+on the training device with one ``grid_sample`` per tensor kind.
+
+Loss: pixel-wise softmax cross-entropy times the weight map (eq. 2 of the paper), with
+the ignore mask giving weight 0, normalised by the **sum of the weights** of the counted
+pixels (a weighted mean), so the loss scale and the useful learning rate do not depend on
+``w0``. :func:`weighted_cross_entropy` is the one place where targets, weights and mask
+are cropped to the network's (valid-convolution) output.
+
+Optimiser (measured, see ``benchmarks/bench_optim.py`` and the evidence below): AdamW,
+weight decay 1e-4, linear warm-up over the first 5% of the run then cosine decay to 1% of
+the peak. Peak learning rate 1e-3 from scratch, 3e-4 when fine-tuning a trained model.
+
+Evidence (depth-3, width-8 U-Net, instance3, synthetic nuclei 128x128 tiles, batch 4,
+300 iterations on 2 CPU cores, AP@0.5 on 4 held-out synthetic images, mean of 2 seeds):
+see ``OPTIMISER_EVIDENCE`` below for the table measured by ``benchmarks/bench_optim.py``.
+
+Checkpoints (``checkpoint_dir``): ``last.pt`` and ``best.pt`` are ordinary model files
+(:func:`napari_unet.model.save_model`, atomic); ``state.pt`` holds the optimiser, scaler,
+random generators and counters, loaded with ``weights_only=True``. ``resume=DIR``
+continues from the saved iteration.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._progress import Progress, ProgressBar, drain
+from .augment import AugmentConfig, augment_batch
+from .device import autocast, describe_device, resolve_device
+from .metrics import average_precision
+from .model import MODES, ModelFileError, UNet, center_crop, clone_model, load_model
+from .normalize import apply_normalization, normalization_params
+from .targets import DEFAULT_MARGIN, check_labels, labels_to_targets
+
+#: filled in from benchmarks/bench_optim.py (final AP@0.5 after 300 iterations)
+OPTIMISER_EVIDENCE = "see module docstring"
+
+#: architecture of a fresh model when no trained one is given (the bundled model's)
+FRESH_ARCHITECTURE = {"depth": 3, "base_width": 16, "dropout": 0.1}
+DEFAULT_ITERATIONS = 500
+LR_SCRATCH = 1e-3
+LR_FINE_TUNE = 3e-4
+WARMUP_FRACTION = 0.05
+FINAL_LR_FRACTION = 0.01
+#: validation images are cut to at most this edge (their centre), to bound its cost
+MAX_VAL_EDGE = 768
+
+
+# -- loss --------------------------------------------------------------------------------
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pixel-wise softmax cross-entropy weighted by a weight map, ignoring masked pixels.
+
+    ``targets``/``weights``/``mask`` may be larger than ``logits`` (the network's input
+    tile): they are centre-cropped to the output size here -- the one place where the
+    valid-convolution geometry meets the loss.
+
+    Args:
+        logits: (B, K, h, w) network output.
+        targets: (B, H, W) int64 classes, H >= h, W >= w.
+        weights: optional (B, H, W) per-pixel weights (default 1).
+        mask: optional (B, H, W) bool; False pixels have weight 0.
+
+    Returns:
+        Scalar: sum(w * ce) / sum(w) over counted pixels (0 when none counts).
+    """
+    size = logits.shape[-2:]
+    targets = center_crop(targets, size)
+    w = torch.ones(targets.shape, device=logits.device) if weights is None else center_crop(weights, size).float()
+    if mask is not None:
+        m = center_crop(mask, size)
+        w = w * m
+        # ignored pixels may hold any value (e.g. a class the model does not know)
+        targets = torch.where(m, targets, torch.zeros_like(targets))
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")
+    total = w.sum()
+    return (ce * w).sum() / total.clamp_min(1e-12)
+
+
+# -- inputs ------------------------------------------------------------------------------
+
+
+def _as_chw(image: Any, in_channels: int, index: int) -> np.ndarray:
+    """(C, H, W) float32 from a 2D image or a 3D image with a channel axis."""
+    arr = np.asarray(image)
+    if arr.ndim == 2 and in_channels == 1:
+        return arr[None].astype(np.float32, copy=False)
+    if arr.ndim == 3 and in_channels > 1:
+        if arr.shape[0] == in_channels:
+            return arr.astype(np.float32, copy=False)
+        if arr.shape[-1] == in_channels:
+            return np.moveaxis(arr, -1, 0).astype(np.float32, copy=False)
+    want = "a 2D (y, x) image" if in_channels == 1 else f"a 3D image with {in_channels} channels first or last"
+    raise ValueError(f"training image {index} has shape {arr.shape}, but the model expects {want}")
+
+
+def _check_finite(image: np.ndarray, index: int) -> None:
+    bad = int(np.count_nonzero(~np.isfinite(image)))
+    if bad:
+        raise ValueError(
+            f"training image {index} holds {bad} NaN/inf pixel(s); replace them "
+            "(e.g. numpy.nan_to_num) or crop them away before training"
+        )
+
+
+def _weights_for(labels: np.ndarray, targets: np.ndarray, mode: str, w0: float, sigma: float, class_weights: Any) -> np.ndarray:
+    """The loss weight map of one image (eq. 2 for instance modes)."""
+    if mode == "semantic":
+        w = np.ones(labels.shape, np.float32)
+        if class_weights == "balanced":
+            counts = np.bincount(targets.ravel()).astype(np.float64)
+            freq = counts / counts.sum()
+            inv = np.where(counts > 0, 1.0 / np.maximum(freq, 1e-12), 0.0)
+            inv /= (inv * freq).sum()  # mean weight 1
+            w = inv[targets].astype(np.float32)
+        return w
+    try:
+        from .weights import weight_map
+    except ImportError:  # pragma: no cover - weights.py is written in parallel
+        weight_map = _fallback_weight_map
+    return np.asarray(weight_map(labels, w0=w0, sigma=sigma, class_weights=class_weights), np.float32)
+
+
+def _fallback_weight_map(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, class_weights: Any = None) -> np.ndarray:
+    """Straightforward eq. 2 (one distance transform per cell); only until weights.py lands."""
+    from scipy import ndimage as ndi
+
+    w = np.ones(labels.shape, np.float32)
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if len(ids) < 2 or w0 == 0:
+        return w
+    d1 = np.full(labels.shape, np.inf)
+    d2 = np.full(labels.shape, np.inf)
+    for i in ids:
+        d = ndi.distance_transform_edt(labels != i)
+        d2 = np.minimum(d2, np.maximum(d1, d))
+        d1 = np.minimum(d1, d)
+    border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
+    return (w + np.where(labels == 0, border, 0)).astype(np.float32)
+
+
+@dataclass
+class _Item:
+    """One training image, normalised, with targets/weights/mask, reflect-padded once."""
+
+    image: np.ndarray  # (C, H + 2p, W + 2p) float32
+    targets: np.ndarray  # (H + 2p, W + 2p) int64
+    weights: np.ndarray  # float32
+    mask: np.ndarray  # bool, False in the padding
+    pad: int
+    centres: np.ndarray  # (N, 2) candidate crop centres (unpadded coordinates)
+    counted: int
+
+
+class TrainingData:
+    """Precomputed training arrays and a random crop sampler (main process, no workers).
+
+    Args:
+        images: list of raw images.
+        labels: list of label images (same spatial shapes).
+        regions: list of annotated-region masks / None / "all", or None.
+        mode: class meaning (``instance3``, ``instance2``, ``semantic``).
+        normalization: the model's normalisation rule.
+        in_channels: channels the model expects.
+        source_size: edge of the source crops handed to the augmentation.
+        w0, sigma, class_weights: weight-map parameters (eq. 2).
+        margin: annotated margin around labelled cells when a region is None.
+        num_classes: classes of the model (checked against semantic labels).
+    """
+
+    MAX_CENTRES = 50_000
+
+    def __init__(
+        self,
+        images: Sequence[Any],
+        labels: Sequence[Any],
+        regions: Sequence[Any] | None,
+        *,
+        mode: str,
+        normalization: dict[str, Any],
+        in_channels: int,
+        source_size: int,
+        w0: float = 10.0,
+        sigma: float = 5.0,
+        class_weights: Any = None,
+        margin: int = DEFAULT_MARGIN,
+        num_classes: int | None = None,
+        rng: np.random.Generator | None = None,
+        first_index: int = 0,
+    ) -> None:
+        rng = rng or np.random.default_rng(0)
+        self.source_size = int(source_size)
+        self.items: list[_Item] = []
+        pad = self.source_size // 2 + 1
+        for k, (img, lab) in enumerate(zip(images, labels)):
+            idx = first_index + k
+            chw = _as_chw(img, in_channels, idx)
+            _check_finite(chw, idx)
+            lab = check_labels(lab, f"labels {idx}")
+            if lab.shape != chw.shape[1:]:
+                raise ValueError(f"labels {idx} have shape {lab.shape} but image {idx} is {chw.shape[1:]} (y, x)")
+            region = regions[k] if regions is not None else None
+            try:
+                targets, mask = labels_to_targets(lab, mode, region, margin)
+            except ValueError as exc:
+                raise ValueError(f"training image {idx}: {exc}") from exc
+            if mode == "semantic" and num_classes is not None and int(targets[mask].max(initial=0)) >= num_classes:
+                raise ValueError(
+                    f"labels {idx} hold class {int(targets[mask].max())} but the model has only "
+                    f"{num_classes} classes (0..{num_classes - 1})"
+                )
+            counted = int(mask.sum())
+            if counted == 0:
+                raise ValueError(f"training image {idx}: the annotated region is empty; nothing to learn from")
+            weights = _weights_for(lab, targets, mode, w0, sigma, class_weights)
+            lo, hi = normalization_params(chw, normalization, channel_axis=0)
+            norm = apply_normalization(chw, lo, hi, channel_axis=0)
+            yx = np.argwhere(mask)
+            if len(yx) > self.MAX_CENTRES:
+                yx = yx[rng.choice(len(yx), self.MAX_CENTRES, replace=False)]
+            pw = ((pad, pad), (pad, pad))
+            self.items.append(
+                _Item(
+                    image=np.pad(norm, ((0, 0),) + pw, mode="reflect"),
+                    targets=np.pad(targets, pw, mode="reflect"),
+                    weights=np.pad(weights, pw, mode="reflect"),
+                    mask=np.pad(mask, pw, mode="constant", constant_values=False),
+                    pad=pad,
+                    centres=yx.astype(np.int32),
+                    counted=counted,
+                )
+            )
+        if not self.items:
+            raise ValueError("no training images given")
+        counts = np.array([it.counted for it in self.items], np.float64)
+        # images are drawn in proportion to their annotated area
+        self._p = counts / counts.sum()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def sample(self, batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        """``batch`` random source crops centred on annotated pixels.
+
+        Returns:
+            (image (B, C, S, S) float32, targets (B, S, S) int64, weights, mask) arrays.
+        """
+        s = self.source_size
+        which = rng.choice(len(self.items), size=batch, p=self._p)
+        out: list[list[np.ndarray]] = [[], [], [], []]
+        for i in which:
+            it = self.items[i]
+            cy, cx = it.centres[rng.integers(len(it.centres))]
+            top, left = cy + it.pad - s // 2, cx + it.pad - s // 2
+            sl = (slice(top, top + s), slice(left, left + s))
+            out[0].append(it.image[(slice(None), *sl)])
+            out[1].append(it.targets[sl])
+            out[2].append(it.weights[sl])
+            out[3].append(it.mask[sl])
+        return tuple(np.stack(o) for o in out)  # type: ignore[return-value]
+
+
+@dataclass
+class _ValItem:
+    image: np.ndarray  # (C, H, W) normalised
+    gt: np.ndarray  # instance (or class) labels restricted to the annotated region
+    targets: np.ndarray
+    weights: np.ndarray
+    mask: np.ndarray
+
+
+def _split_for_validation(
+    images: list[Any], labels: list[Any], regions: list[Any] | None, val_fraction: float
+) -> tuple[list[Any], list[Any], list[Any] | None, list[Any], list[Any], list[Any] | None]:
+    """Hold out whole images (4 or more images) or a strip of each image (fewer)."""
+    n = len(images)
+    if val_fraction <= 0:
+        return images, labels, regions, [], [], None
+    if n >= 4:
+        k = max(1, int(round(n * val_fraction)))
+        k = min(k, n - 1)
+        tr, va = list(range(n - k)), list(range(n - k, n))
+        pick = lambda seq, ids: [seq[i] for i in ids] if seq is not None else None  # noqa: E731
+        return (pick(images, tr), pick(labels, tr), pick(regions, tr), pick(images, va), pick(labels, va), pick(regions, va))
+    tr_i, tr_l, tr_r, va_i, va_l, va_r = [], [], [], [], [], []
+    for k in range(n):
+        img, lab = images[k], np.asarray(labels[k])
+        reg = regions[k] if regions is not None else None
+        h, w = lab.shape
+        axis = 0 if h >= w else 1
+        length = lab.shape[axis]
+        cut = length - int(round(length * val_fraction))
+        if length - cut < 48 or cut < 48:
+            # too small to cut: train on all of it, validate on nothing from this image
+            tr_i.append(img), tr_l.append(lab), tr_r.append(reg)
+            continue
+        sl_tr = (slice(None), slice(0, cut)) if axis == 1 else (slice(0, cut), slice(None))
+        sl_va = (slice(None), slice(cut, None)) if axis == 1 else (slice(cut, None), slice(None))
+        arr = np.asarray(img)
+        # the image may carry a channel axis first (C, H, W) or last (H, W, C)
+        if arr.ndim == 3 and arr.shape[1:] == lab.shape:
+            ti, vi = arr[(slice(None), *sl_tr)], arr[(slice(None), *sl_va)]
+        else:
+            ti, vi = arr[sl_tr], arr[sl_va]
+        tr_i.append(ti), va_i.append(vi)
+        tr_l.append(lab[sl_tr]), va_l.append(lab[sl_va])
+        if isinstance(reg, np.ndarray):
+            tr_r.append(reg[sl_tr]), va_r.append(reg[sl_va])
+        else:
+            tr_r.append(reg), va_r.append(reg)
+    return tr_i, tr_l, tr_r, va_i, va_l, va_r
+
+
+# -- the run's state, shared with callers through Progress.info["run"] -------------------
+
+
+@dataclass
+class TrainingRun:
+    """Live state of a run; every Progress record carries it as ``info["run"]``.
+
+    A widget that cancels (``worker.quit()``) loses the generator's return value; it
+    calls :meth:`best_model` on the last record's run instead.
+    """
+
+    model: UNet
+    iteration: int = 0
+    total: int = 0
+    best_score: float = -math.inf
+    best_loss: float = math.inf
+    best_iteration: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+    def best_model(self) -> UNet:
+        """A CPU copy of the best model so far (the current one when never validated)."""
+        model = clone_model(self.model)
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        return model.eval()
+
+
+def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Sequence[Any]) -> tuple[UNet, bool]:
+    """The starting model (a copy) and whether it is freshly initialised."""
+    if isinstance(model, UNet):
+        return clone_model(model), False
+    if model is None or (isinstance(model, str) and model == "bundled"):
+        try:
+            return load_model(), False
+        except ModelFileError:
+            if model == "bundled":
+                raise
+            warnings.warn(
+                "the bundled model is not installed yet; training a fresh U-Net from scratch "
+                "(pass model='scratch' to silence this warning)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            model = "scratch"
+    if isinstance(model, str) and model == "scratch":
+        mode = mode or "instance3"
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode == "semantic":
+            k = max(2, max(int(np.asarray(lab).max(initial=0)) for lab in labels) + 1)
+        else:
+            k = 3 if mode == "instance3" else 2
+        fresh = UNet(in_channels=in_channels, num_classes=k, **FRESH_ARCHITECTURE)
+        fresh.meta["mode"] = mode
+        if mode == "semantic":
+            fresh.meta["class_names"] = [f"class {i}" for i in range(k)]
+        return fresh, True
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model), False
+    raise ValueError(f"model must be a UNet, a model file path, 'bundled', 'scratch' or None, got {type(model).__name__}")
+
+
+def _in_channels_of(images: Sequence[Any]) -> int:
+    arr = np.asarray(images[0]) if not hasattr(images[0], "shape") else images[0]
+    if arr.ndim == 2:
+        return 1
+    if arr.ndim == 3:
+        return int(arr.shape[-1]) if arr.shape[-1] <= 4 else int(arr.shape[0])
+    raise ValueError(f"training images must be 2D (optionally with a channel axis), got shape {arr.shape}")
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def lr_factor(fraction: float) -> float:
+    """Schedule: linear warm-up over WARMUP_FRACTION, then cosine to FINAL_LR_FRACTION."""
+    f = min(max(fraction, 0.0), 1.0)
+    if f < WARMUP_FRACTION:
+        return max(f / WARMUP_FRACTION, 0.01)
+    t = (f - WARMUP_FRACTION) / (1 - WARMUP_FRACTION)
+    return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _postprocess(probs: np.ndarray, mode: str) -> np.ndarray:
+    """Probabilities → labels, with the package's postprocess when it is available."""
+    try:
+        from .postprocess import probabilities_to_labels
+    except ImportError:  # pragma: no cover - postprocess.py is written in parallel
+        probabilities_to_labels = None
+    if probabilities_to_labels is not None:
+        return np.asarray(probabilities_to_labels(probs, mode))
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    cls = probs.argmax(0)
+    if mode == "semantic":
+        return cls
+    if mode == "instance2":
+        return ndi.label(cls == 1)[0]
+    markers = ndi.label(cls == 1)[0]
+    return watershed(-probs[1], markers, mask=cls != 0)
+
+
+def _restrict_to_region(pred: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Drop predicted objects lying mostly outside the annotated region."""
+    if region.all():
+        return pred
+    ids = pred.ravel()
+    n = int(ids.max(initial=0)) + 1
+    inside = np.bincount(ids[region.ravel()], minlength=n)
+    total = np.bincount(ids, minlength=n)
+    keep = inside * 2 >= total
+    keep[0] = True
+    out = np.where(keep[pred], pred, 0)
+    return out
+
+
+# -- the loop ----------------------------------------------------------------------------
+
+
+def train_iter(
+    images: Sequence[Any],
+    labels: Sequence[Any],
+    model: UNet | str | os.PathLike | None = None,
+    *,
+    regions: Sequence[Any] | None = None,
+    iterations: int | None = None,
+    max_time: float | None = None,
+    device: str | torch.device | None = None,
+    lr: float | None = None,
+    batch_size: int = 4,
+    tile_size: int | None = None,
+    augment: AugmentConfig = AugmentConfig(),
+    val_fraction: float = 0.2,
+    val_images: Sequence[Any] | None = None,
+    val_labels: Sequence[Any] | None = None,
+    val_regions: Sequence[Any] | None = None,
+    val_every: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: str | os.PathLike | None = None,
+    mode: str | None = None,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    class_weights: Any = None,
+    margin: int = DEFAULT_MARGIN,
+    early_stopping: int | None = None,
+    weight_decay: float = 1e-4,
+    amp: bool | None = None,
+    seed: int = 0,
+) -> Generator[Progress, None, UNet]:
+    """Train a U-Net on labelled images; yields progress, returns the trained model.
+
+    Args:
+        images: list of images (2D, or with a channel axis for multi-channel models).
+        labels: list of label images of the same (y, x) shapes (instance ids, or class
+            values in semantic mode; 0 = background).
+        model: starting model: a :class:`UNet` (copied, never modified), a model file
+            path, ``"bundled"``, ``"scratch"`` (fresh network), or None = the bundled
+            model (a fresh network with a warning while none is installed).
+        regions: per image, the annotated area: a bool mask, ``"all"`` (complete labels)
+            or None (labelled cells plus ``margin`` pixels; the rest is ignored).
+        iterations: training steps (default 500 unless ``max_time`` alone is given).
+        max_time: stop cleanly after this many seconds.
+        device: ``None``/``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``.
+        lr: peak learning rate (default 1e-3 from scratch, 3e-4 from a trained model).
+        batch_size: tiles per step.
+        tile_size: edge of the network's *output* tile in pixels (as in ``predict``),
+            rounded up to a valid size; default 96 on the CPU, 192 on a GPU.
+        augment: augmentation switches and strengths.
+        val_fraction: share held out for validation when no ``val_images`` are given
+            (whole images from 4 images up, else a strip of each image); 0 = none.
+        val_images, val_labels, val_regions: explicit validation data.
+        val_every: validate every this many steps (default: 20 times per run).
+        checkpoint_dir: where ``last.pt``, ``best.pt`` and ``state.pt`` are written.
+        checkpoint_every: steps between checkpoints (default: at every validation).
+        resume: a checkpoint directory to continue from (its model replaces ``model``).
+        mode: class meaning for a fresh model; must match a trained model's.
+        w0, sigma, class_weights: the weight map (eq. 2).
+        margin: annotated margin around labelled cells when a region is None.
+        early_stopping: stop after this many validations without improvement (None: off).
+        weight_decay: AdamW weight decay.
+        amp: mixed precision (None: on for CUDA; on for a CPU with bfloat16 units).
+        seed: seeds the crop sampler, the augmentation and torch's global generator.
+
+    Yields:
+        :class:`Progress` after every step; ``info`` holds ``iteration``, ``train_loss``,
+        ``val_loss``/``val_ap`` (when computed), ``eta`` (s), ``lr``, ``device``,
+        ``phase`` and ``run`` (a :class:`TrainingRun`).
+
+    Returns:
+        The trained model (CPU, eval mode): the best by validation AP, else the last.
+    """
+    if len(images) != len(labels):
+        raise ValueError(f"got {len(images)} images but {len(labels)} label images")
+    if len(images) == 0:
+        raise ValueError("no training images given")
+    if regions is not None and len(regions) != len(images):
+        raise ValueError(f"got {len(regions)} regions for {len(images)} images")
+    if iterations is not None and int(iterations) < 1:
+        raise ValueError(f"iterations must be at least 1, got {iterations}")
+    if max_time is not None and float(max_time) <= 0:
+        raise ValueError(f"max_time must be positive, got {max_time}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    total = int(iterations) if iterations is not None else (DEFAULT_ITERATIONS if max_time is None else 10**9)
+
+    dev = resolve_device(device)
+    in_ch = _in_channels_of(images)
+    state: dict[str, Any] | None = None
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume is not None:
+        rdir = Path(resume)
+        if rdir.is_file():
+            rdir = rdir.parent
+        if not (rdir / "last.pt").is_file() or not (rdir / "state.pt").is_file():
+            raise ValueError(f"cannot resume from {rdir}: it holds no last.pt and state.pt checkpoint")
+        net = load_model(rdir / "last.pt")
+        fresh = False
+        try:
+            state = torch.load(rdir / "state.pt", map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for a bad file
+            raise ModelFileError(f"{rdir / 'state.pt'} is not a readable training state ({exc})") from exc
+        if ckpt is None:
+            ckpt = rdir
+    else:
+        net, fresh = _resolve_model(model, mode, in_ch, labels)
+    net_mode = net.meta.get("mode", "instance3")
+    if mode is not None and mode != net_mode:
+        raise ValueError(
+            f"the starting model segments in mode {net_mode!r}, not {mode!r}; start from "
+            f"model='scratch' to train a {mode!r} model"
+        )
+    mode = net_mode
+    if net.config.in_channels != in_ch:
+        raise ValueError(f"the images have {in_ch} channel(s) but the model expects {net.config.in_channels}")
+    if lr is None:
+        lr = LR_SCRATCH if fresh else LR_FINE_TUNE
+    cfg = net.config
+    if tile_size is None:
+        tile_size = 96 if dev.type == "cpu" else 192
+    in_size = cfg.input_size_for_output(int(tile_size))
+    out_size = cfg.output_size(in_size)
+    source = augment.source_size(in_size)
+
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+
+    imgs, labs = list(images), list(labels)
+    regs = list(regions) if regions is not None else None
+    if val_images is not None:
+        if val_labels is None or len(val_labels) != len(val_images):
+            raise ValueError("val_images need val_labels of the same length")
+        va_i, va_l = list(val_images), list(val_labels)
+        va_r = list(val_regions) if val_regions is not None else None
+    else:
+        imgs, labs, regs, va_i, va_l, va_r = _split_for_validation(imgs, labs, regs, val_fraction)
+    norm_rule = net.meta.get("normalization", {"kind": "percentile", "low": 1.0, "high": 99.8})
+    data = TrainingData(
+        imgs, labs, regs, mode=mode, normalization=norm_rule, in_channels=in_ch, source_size=source,
+        w0=w0, sigma=sigma, class_weights=class_weights, margin=margin, num_classes=cfg.num_classes, rng=rng,
+    )
+    val = _prepare_validation(va_i, va_l, va_r, mode, norm_rule, in_ch, cfg.min_input_size, w0, sigma, class_weights, margin)
+
+    net.to(dev)
+    channels_last = dev.type != "mps"
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    use_amp = (dev.type == "cuda") if amp is None else bool(amp)
+    if amp is None and dev.type == "cpu":
+        from .device import cpu_supports_bf16
+
+        use_amp = cpu_supports_bf16()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported())
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+
+    run = TrainingRun(model=net, total=total)
+    base_history = list(net.meta.get("history", []))
+    start_it = 0
+    elapsed_before = 0.0
+    stale = 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_it = int(state["iteration"])
+        elapsed_before = float(state.get("elapsed", 0.0))
+        run.best_score = float(state.get("best_score", -math.inf))
+        run.best_loss = float(state.get("best_loss", math.inf))
+        run.best_iteration = int(state.get("best_iteration", 0))
+        run.curve = [dict(c) for c in state.get("curve", [])]
+        stale = int(state.get("stale", 0))
+        base_history = base_history[: int(state.get("base_history_len", len(base_history)))]
+        if "numpy_rng" in state:
+            rng.bit_generator.state = state["numpy_rng"]
+        if "torch_gen" in state:
+            gen.set_state(state["torch_gen"])
+        if iterations is None and max_time is None:
+            total = int(state.get("total", total))
+        best_file = (Path(resume) if Path(resume).is_dir() else Path(resume).parent) / "best.pt"
+        if best_file.is_file():
+            run.best_state = {k: v.clone() for k, v in load_model(best_file).state_dict().items()}
+        for g in opt.param_groups:
+            lr = float(g.get("initial_lr", lr))
+    for g in opt.param_groups:
+        g["initial_lr"] = lr
+    run.iteration = start_it
+    run.total = total
+    if val_every is None:
+        val_every = max(10, total // 20) if total < 10**9 else 50
+    if checkpoint_every is None:
+        checkpoint_every = val_every
+    dev_text = describe_device(dev)
+    entry: dict[str, Any] = {
+        "kind": "train",
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "images": len(data),
+        "val_images": len(val),
+        "mode": mode,
+        "optimizer": "AdamW",
+        "lr": lr,
+        "schedule": f"warmup {WARMUP_FRACTION:g} + cosine to {FINAL_LR_FRACTION:g}",
+        "batch_size": batch_size,
+        "tile_size": out_size,
+        "w0": w0,
+        "sigma": sigma,
+        "augment": {f: getattr(augment, f) for f in augment.__dataclass_fields__},
+        "device": dev_text,
+        "amp": use_amp,
+    }
+
+    def checkpoint(it: int, final: bool = False) -> None:
+        if ckpt is None:
+            return
+        rec = dict(entry, iterations=it, seconds=round(elapsed_before + time.perf_counter() - t0, 1), finished=final)
+        rec.update(_summary(run))
+        net.meta["history"] = base_history + [rec]
+        from .model import save_model
+
+        was_training = net.training
+        save_model(net, ckpt / "last.pt")
+        if run.best_state is not None and run.best_iteration == it:
+            best = clone_model(net)
+            best.load_state_dict(run.best_state)
+            save_model(best, ckpt / "best.pt")
+        net.train(was_training)
+        _save_atomic(
+            {
+                "iteration": it,
+                "total": total,
+                "elapsed": elapsed_before + time.perf_counter() - t0,
+                "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "best_score": run.best_score,
+                "best_loss": run.best_loss,
+                "best_iteration": run.best_iteration,
+                "curve": run.curve,
+                "stale": stale,
+                "base_history_len": len(base_history),
+                "numpy_rng": rng.bit_generator.state,
+                "torch_gen": gen.get_state(),
+            },
+            ckpt / "state.pt",
+        )
+
+    t0 = time.perf_counter()
+    step_times: list[float] = []
+    loss_ema: float | None = None
+    info_common = {"device": dev_text, "run": run, "tile_size": out_size, "mode": mode}
+    yield Progress(start_it, total, f"training on {dev_text}", dict(info_common, phase="start", iteration=start_it))
+
+    it = start_it
+    stop_reason = "done"
+    last_val: dict[str, float] = {}
+    while it < total:
+        elapsed = time.perf_counter() - t0
+        if max_time is not None and elapsed >= max_time:
+            stop_reason = "time"
+            break
+        ts = time.perf_counter()
+        frac = it / total if iterations is not None or max_time is None else elapsed / max_time
+        cur_lr = lr * lr_factor(frac)
+        for g in opt.param_groups:
+            g["lr"] = cur_lr
+        x, t, w, m = data.sample(batch_size, rng)
+        xt = torch.from_numpy(x).to(dev, non_blocking=True)
+        tt = torch.from_numpy(t).to(dev, non_blocking=True)
+        wt = torch.from_numpy(w).to(dev, non_blocking=True)
+        mt = torch.from_numpy(m).to(dev, non_blocking=True)
+        batch = augment_batch(xt, tt, wt, mt, out_size=in_size, config=augment, generator=gen)
+        xin = batch.image.contiguous(memory_format=torch.channels_last) if channels_last else batch.image
+        net.train()
+        with autocast(dev, use_amp):
+            logits = net(xin)
+        loss = weighted_cross_entropy(logits, batch.targets, batch.weights, batch.mask)
+        if not torch.isfinite(loss):
+            raise ValueError(
+                f"training diverged at iteration {it + 1}: the loss is {loss.item()}. Likely causes: "
+                f"a learning rate too high (now {cur_lr:.3g}; try 10x lower), images holding NaN/inf "
+                "values, labels with no annotated pixels, or a model file with broken weights"
+            )
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        it += 1
+        run.iteration = it
+        lv = float(loss.detach())
+        loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
+        step_times.append(time.perf_counter() - ts)
+        point: dict[str, float] = {"iteration": it, "train_loss": lv}
+        info = dict(info_common, phase="train", iteration=it, train_loss=lv, train_loss_smooth=loss_ema, lr=cur_lr)
+        if val and (it % val_every == 0 or it == total):
+            yield Progress(it, total, "validating", dict(info_common, phase="validate", iteration=it))
+            last_val = _validate(net, val, dev, use_amp, mode, cfg)
+            point.update(last_val)
+            info.update(last_val)
+            score = last_val["val_ap"]
+            if score > run.best_score or (score == run.best_score and last_val["val_loss"] < run.best_loss):
+                run.best_score, run.best_loss, run.best_iteration = score, last_val["val_loss"], it
+                run.best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                stale = 0
+            else:
+                stale += 1
+        run.curve.append(point)
+        if ckpt is not None and (it % checkpoint_every == 0 or it == total):
+            checkpoint(it)
+        mean_step = float(np.mean(step_times[-50:]))
+        eta = (total - it) * mean_step
+        if max_time is not None:
+            eta = min(eta, max(0.0, max_time - (time.perf_counter() - t0)))
+            if iterations is None:
+                total_est = it + int(eta / max(mean_step, 1e-9))
+                run.total = total_est
+        info["eta"] = eta
+        shown_total = total if total < 10**9 else run.total
+        yield Progress(it, shown_total, f"iteration {it}: loss {lv:.4f}", info)
+        if early_stopping is not None and stale >= early_stopping:
+            stop_reason = "early stopping"
+            break
+
+    entry["stopped"] = stop_reason
+    if ckpt is not None:
+        checkpoint(it, final=True)
+    rec = dict(entry, iterations=it, seconds=round(elapsed_before + time.perf_counter() - t0, 1), finished=True)
+    rec.update(_summary(run))
+    result = clone_model(net)
+    if run.best_state is not None:
+        result.load_state_dict(run.best_state)
+    result.meta["history"] = base_history + [rec]
+    result.eval()
+    yield Progress(it, it, f"finished ({stop_reason})", dict(info_common, phase="done", iteration=it, **last_val))
+    return result
+
+
+def _summary(run: TrainingRun) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if run.best_state is not None:
+        out["best_val_ap"] = run.best_score
+        out["best_iteration"] = run.best_iteration
+    losses = [c["train_loss"] for c in run.curve[-50:]]
+    if losses:
+        out["final_train_loss"] = float(np.mean(losses))
+    # a light loss curve: validation points only (every val_every steps)
+    out["curve"] = [
+        {k: round(float(v), 5) for k, v in c.items()} for c in run.curve if "val_ap" in c
+    ]
+    return out
+
+
+def _prepare_validation(
+    images: list[Any], labels: list[Any], regions: list[Any] | None, mode: str, rule: dict[str, Any],
+    in_ch: int, min_size: int, w0: float, sigma: float, class_weights: Any, margin: int,
+) -> list[_ValItem]:
+    out: list[_ValItem] = []
+    for k, (img, lab) in enumerate(zip(images, labels)):
+        chw = _as_chw(img, in_ch, k)
+        _check_finite(chw, k)
+        lab = check_labels(lab, f"validation labels {k}")
+        if lab.shape != chw.shape[1:]:
+            raise ValueError(f"validation labels {k} have shape {lab.shape} but the image is {chw.shape[1:]}")
+        lo, hi = normalization_params(chw, rule, channel_axis=0)
+        norm = apply_normalization(chw, lo, hi, channel_axis=0)
+        region = regions[k] if regions is not None else None
+        if isinstance(region, np.ndarray):
+            region = np.asarray(region, bool)
+        # cut big validation images to their centre: validation must stay cheap
+        h, w = lab.shape
+        sy = slice(max(0, (h - MAX_VAL_EDGE) // 2), max(0, (h - MAX_VAL_EDGE) // 2) + min(h, MAX_VAL_EDGE))
+        sx = slice(max(0, (w - MAX_VAL_EDGE) // 2), max(0, (w - MAX_VAL_EDGE) // 2) + min(w, MAX_VAL_EDGE))
+        norm, lab = norm[:, sy, sx], lab[sy, sx]
+        if isinstance(region, np.ndarray):
+            region = region[sy, sx]
+        if region is None and not (lab > 0).any():
+            continue  # an unlabelled strip teaches nothing about AP
+        targets, mask = labels_to_targets(lab, mode, region, margin)
+        weights = _weights_for(lab, targets, mode, w0, sigma, class_weights)
+        gt = np.where(mask, lab, 0) if mode != "semantic" else lab
+        out.append(_ValItem(norm, gt, targets, weights, mask))
+    return out
+
+
+def _forward_whole(net: UNet, image: np.ndarray, dev: torch.device, use_amp: bool) -> torch.Tensor:
+    """Logits over a whole (small) image: mirror-pad by the halo, one forward pass."""
+    cfg = net.config
+    _, h, w = image.shape
+    in_h = cfg.input_size_for_output(h)
+    in_w = cfg.input_size_for_output(w)
+    top = left = cfg.halo
+    bottom, right = in_h - h - top, in_w - w - left
+    x = torch.from_numpy(np.ascontiguousarray(image))[None].to(dev)
+    # torch's reflect pad needs pad < size; repeat reflection for tiny images via numpy
+    if max(top, bottom) >= h or max(left, right) >= w:
+        arr = np.pad(image, ((0, 0), (top, bottom), (left, right)), mode="symmetric")
+        x = torch.from_numpy(arr)[None].to(dev)
+    else:
+        x = F.pad(x, (left, right, top, bottom), mode="reflect")
+    with torch.no_grad(), autocast(dev, use_amp):
+        logits = net(x)
+    return logits[..., :h, :w].float()
+
+
+def _validate(net: UNet, val: list[_ValItem], dev: torch.device, use_amp: bool, mode: str, cfg: Any) -> dict[str, float]:
+    """Validation loss and score (AP at IoU 0.5; mean IoU of the classes in semantic mode)."""
+    net.eval()
+    losses, scores = [], []
+    for v in val:
+        logits = _forward_whole(net, v.image, dev, use_amp)
+        tt = torch.from_numpy(v.targets)[None].to(dev)
+        wt = torch.from_numpy(v.weights)[None].to(dev)
+        mt = torch.from_numpy(v.mask)[None].to(dev)
+        losses.append(float(weighted_cross_entropy(logits, tt, wt, mt)))
+        probs = torch.softmax(logits[0], 0).cpu().numpy()
+        pred = _postprocess(probs, mode)
+        if mode == "semantic":
+            cls = probs.argmax(0)
+            ious = []
+            for c in range(1, probs.shape[0]):
+                a, b = (cls == c) & v.mask, (v.gt == c) & v.mask
+                union = (a | b).sum()
+                if union:
+                    ious.append((a & b).sum() / union)
+            scores.append(float(np.mean(ious)) if ious else 1.0)
+        else:
+            pred = _restrict_to_region(np.asarray(pred), v.mask)
+            scores.append(average_precision(v.gt, pred, 0.5)[0.5])
+    net.train()
+    return {"val_loss": float(np.mean(losses)), "val_ap": float(np.mean(scores))}
+
+
+def fine_tune(
+    images: Sequence[Any],
+    labels: Sequence[Any],
+    model: UNet | str | os.PathLike | None = None,
+    *,
+    regions: Sequence[Any] | None = None,
+    iterations: int | None = None,
+    max_time: float | None = None,
+    device: str | torch.device | None = None,
+    progress: ProgressBar | None = None,
+    **kwargs: Any,
+) -> UNet:
+    """Fine-tune ``model`` on labelled images and return the trained copy.
+
+    The same as draining :func:`train_iter` (see there for every keyword), with an
+    optional tqdm-like ``progress`` bar.
+
+    Args:
+        images: list of images.
+        labels: list of label images.
+        model: starting model (UNet, path, ``"bundled"``, ``"scratch"`` or None = bundled).
+        regions: optional annotated-region masks (None = labelled cells + margin).
+        iterations: training steps.
+        max_time: stop after this many seconds.
+        device: device name or None for automatic choice.
+        progress: optional tqdm-like bar.
+        **kwargs: further :func:`train_iter` options (lr, batch_size, tile_size, ...).
+
+    Returns:
+        The trained model (best by validation AP when validation data exists).
+    """
+    gen = train_iter(
+        images, labels, model, regions=regions, iterations=iterations, max_time=max_time, device=device, **kwargs
+    )
+    return drain(gen, progress)
+
+
+__all__ = [
+    "AugmentConfig",
+    "TrainingData",
+    "TrainingRun",
+    "fine_tune",
+    "lr_factor",
+    "train_iter",
+    "weighted_cross_entropy",
+]
