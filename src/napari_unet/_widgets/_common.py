@@ -1,0 +1,510 @@
+"""GUI plumbing shared by the napari-unet dock widgets (Segment, Weight map, Train, Annotate).
+
+Everything here is a thin skin over the Qt-free core:
+
+* :class:`TaskRunner` runs a core progress generator (``Generator[Progress, None, T]``) in
+  a napari ``thread_worker`` and wires it to a progress bar, a Run and a Cancel button and
+  a status label. Cancel calls ``worker.quit()``, which takes effect at the generator's
+  next ``yield`` (the core yields at least once per tile or training step).
+* :func:`show_error_in` shows an error both as a napari notification and in the widget's
+  status label, so the message is still there after the notification fades.
+* :func:`add_or_update_layer` writes an output layer: same name → ``.data`` is replaced
+  and the user's display settings (colormap, opacity, contrast, ...) are kept; new layer
+  otherwise.
+* :class:`ModelPicker` ("bundled" or a file) with :func:`load_model_cached` (models are
+  loaded in the worker and cached by path + modification time + size).
+* :class:`DevicePicker` (auto / cuda / mps / cpu) that shows what
+  ``device.resolve_device`` + ``describe_device`` chose, including the warning when a GPU
+  is present but the installed PyTorch is CPU-only.
+
+**Labels edited by the user are never silently overwritten.** A Labels layer we write is
+tagged in its ``metadata`` and watched for napari's ``paint`` event (brush, eraser, fill,
+polygon; also emitted by undo/redo). If the person painted on it since we last wrote it, a
+re-run writes to a new layer ``"<name> (2)"`` instead and says so in the status line; an
+unedited layer is updated in place.
+
+torch is imported lazily (when a widget is created or a job runs), never when this module
+is imported, so napari's start-up stays fast.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils.notifications import notification_manager, show_error, show_warning
+
+from .._progress import Progress
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+    import torch
+
+    from ..model import UNet
+
+#: key under which napari-unet keeps its bookkeeping in a layer's ``metadata``
+META_KEY = "napari_unet"
+
+# colours for the status line (readable on napari's dark and light themes)
+_ERROR_STYLE = "color: #ff6b6b;"
+_WARN_STYLE = "color: #f0ad4e;"
+_OK_STYLE = ""
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class TaskError(Exception):
+    """A failure inside a worker, re-raised as a non-``RuntimeError``.
+
+    superqt's worker treats a ``RuntimeError`` escaping the generator as "the worker object
+    was deleted" and drops it with a console warning: the widget would never hear of it.
+    Many real failures are ``RuntimeError`` (torch errors, ``DeviceError``), so the worker
+    wraps them in this class; the original is ``__cause__``.
+    """
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True for errors caused by the input (shown as one clear line, no traceback)."""
+    if isinstance(exc, TaskError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, (ValueError, MemoryError)):
+        return True  # includes ModelFileError
+    return type(exc).__name__ in ("DeviceError", "OutOfMemoryError")
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for the person: the message of the root cause."""
+    if isinstance(exc, TaskError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip() or type(exc).__name__
+    return text[0].upper() + text[1:] if text else text
+
+
+def set_status(status: Label, text: str, kind: str = "ok") -> None:
+    """Write ``text`` to a status label; ``kind`` is "ok", "warning" or "error"."""
+    status.value = text
+    status.tooltip = text  # long messages are elided by the layout; the tooltip keeps all
+    style = {"error": _ERROR_STYLE, "warning": _WARN_STYLE}.get(kind, _OK_STYLE)
+    status.native.setStyleSheet(style)
+
+
+def show_error_in(status: Label | None, exc_or_text: BaseException | str) -> None:
+    """Show an error in the viewer (notification) and in the widget's status label.
+
+    Errors caused by the input get a one-line message; anything else (a bug) goes to
+    napari's notification manager with its traceback, so it can be reported.
+    """
+    if isinstance(exc_or_text, BaseException):
+        text = error_text(exc_or_text)
+        if is_user_error(exc_or_text):
+            show_error(text)
+        else:
+            exc = exc_or_text
+            notification_manager.receive_error(type(exc), exc, exc.__traceback__)
+    else:
+        text = exc_or_text
+        show_error(text)
+    if status is not None:
+        set_status(status, text, "error")
+
+
+# -- running core generators --------------------------------------------------------------
+
+
+def _run_generator(make_gen: Callable[[], Generator[Progress, None, Any]]):
+    """The worker's generator: runs ``make_gen()`` and yields its progress records."""
+    try:
+        gen = make_gen()
+        return (yield from gen)
+    except RuntimeError as exc:  # see TaskError: would otherwise vanish silently
+        raise TaskError(f"{type(exc).__name__}: {exc}") from exc
+
+
+class TaskRunner:
+    """Runs one core progress generator at a time off the GUI thread.
+
+    Args:
+        progress: bar advanced from the yielded :class:`Progress` records.
+        run_button: disabled while a task runs (so a double click starts nothing twice).
+        cancel_button: enabled while a task runs; pressing it calls ``worker.quit()``.
+        status: label that receives errors and "Cancelled".
+
+    The ``on_result`` callback of :meth:`start` runs in the GUI thread with the generator's
+    return value; it is *not* called after Cancel, so a cancelled run changes no layer.
+    """
+
+    def __init__(
+        self,
+        *,
+        progress: ProgressBar,
+        run_button: PushButton,
+        cancel_button: PushButton,
+        status: Label,
+    ) -> None:
+        self.progress = progress
+        self.run_button = run_button
+        self.cancel_button = cancel_button
+        self.status = status
+        self.worker: GeneratorWorker | None = None
+        self.started_at = 0.0
+        self.last_outcome: str | None = None  # "done", "cancelled", "error" (tests, status)
+        self.cancel_button.enabled = False
+        self.cancel_button.changed.connect(self.cancel)
+        self.progress.visible = False
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started_at
+
+    def start(
+        self,
+        make_gen: Callable[[], Generator[Progress, None, Any]],
+        on_result: Callable[[Any], None],
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_cancelled: Callable[[], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        message: str = "Working...",
+    ) -> GeneratorWorker | None:
+        """Start ``make_gen()`` in a worker thread; return the worker (None if busy).
+
+        ``make_gen`` itself is called in the worker thread, so slow set-up (loading a
+        model, reading a file) does not block the viewer either.
+        """
+        if self.running:
+            show_warning("napari-unet: a task is already running; cancel it first")
+            return None
+        worker = create_worker(
+            _run_generator,
+            make_gen,
+            _worker_class=GeneratorWorker,  # plain worker: errors are shown by us, once
+            _ignore_errors=True,
+            _start_thread=False,
+        )
+        self.worker = worker
+        self.last_outcome = None
+        self.started_at = time.perf_counter()
+        self.progress.min, self.progress.max, self.progress.value = 0, 0, 0  # busy indicator
+        self.progress.visible = True
+        self.progress.tooltip = message
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        set_status(self.status, message)
+
+        def _yielded(rec: Any) -> None:
+            if not isinstance(rec, Progress):
+                return
+            total = max(int(rec.total), 0)
+            if self.progress.max != total:
+                self.progress.max = total
+            self.progress.value = min(int(rec.done), total)
+            if rec.message:
+                set_status(self.status, rec.message)
+            if on_progress is not None:
+                on_progress(rec)
+
+        def _returned(result: Any) -> None:
+            self.last_outcome = "done"
+            try:
+                on_result(result)
+            except (ValueError, TypeError) as exc:  # e.g. a layer that cannot take the data
+                self.last_outcome = "error"
+                show_error_in(self.status, exc)
+
+        def _errored(exc: BaseException) -> None:
+            self.last_outcome = "error"
+            if on_error is not None:
+                on_error(exc)
+            show_error_in(self.status, exc)
+
+        def _aborted() -> None:
+            self.last_outcome = "cancelled"
+            set_status(self.status, f"Cancelled after {self.elapsed:.1f} s; nothing was changed", "warning")
+            if on_cancelled is not None:
+                on_cancelled()
+
+        def _warned(args: tuple) -> None:
+            # warnings raised in the worker (e.g. "GPU present but torch is CPU-only")
+            show_warning(str(args[0]))
+
+        def _finished() -> None:
+            self.worker = None
+            self.progress.visible = False
+            self.run_button.enabled = True
+            self.cancel_button.enabled = False
+
+        worker.yielded.connect(_yielded)
+        worker.returned.connect(_returned)
+        worker.errored.connect(_errored)
+        worker.aborted.connect(_aborted)
+        worker.warned.connect(_warned)
+        worker.finished.connect(_finished)
+        worker.start()
+        return worker
+
+    def cancel(self, *_: Any) -> None:
+        """Ask the running task to stop at its next progress step."""
+        if self.worker is not None:
+            set_status(self.status, "Cancelling...", "warning")
+            self.cancel_button.enabled = False
+            self.worker.quit()
+
+
+# -- output layers -----------------------------------------------------------------------
+
+
+def _mark_edited(event: Any) -> None:
+    layer = event.source
+    meta = layer.metadata.get(META_KEY)
+    if isinstance(meta, dict):
+        meta["edited"] = True
+
+
+def was_edited(layer: Any) -> bool:
+    """True when the person painted on a Labels layer since napari-unet last wrote it."""
+    meta = layer.metadata.get(META_KEY)
+    return bool(isinstance(meta, dict) and meta.get("edited"))
+
+
+def _watch_edits(layer: Any, writer: str) -> None:
+    layer.metadata[META_KEY] = {"writer": writer, "edited": False}
+    if hasattr(layer.events, "paint"):
+        layer.events.paint.connect(_mark_edited)  # connecting twice is a no-op in napari
+
+
+def unique_layer_name(viewer: napari.Viewer, name: str) -> str:
+    """``name`` if free, else ``"name (2)"``, ``"name (3)"``, ..."""
+    names = {layer.name for layer in viewer.layers}
+    if name not in names:
+        return name
+    i = 2
+    while f"{name} ({i})" in names:
+        i += 1
+    return f"{name} ({i})"
+
+
+@dataclass
+class LayerWrite:
+    """What :func:`add_or_update_layer` did."""
+
+    layer: Any
+    created: bool
+    note: str = ""  # e.g. why a new layer was made instead of updating one
+
+
+def add_or_update_layer(
+    viewer: napari.Viewer,
+    data: Any,
+    name: str,
+    layer_type: str,
+    *,
+    writer: str = "napari-unet",
+    **kwargs: Any,
+) -> LayerWrite:
+    """Put ``data`` into the layer called ``name``, or add a new layer.
+
+    Args:
+        viewer: the napari viewer.
+        data: the layer data.
+        name: layer name; an existing layer of that name and type is updated in place
+            (``.data`` only, so the person's colormap, opacity, contrast limits, ... stay).
+        layer_type: "labels" or "image".
+        writer: recorded in the layer's metadata (which widget wrote it).
+        **kwargs: passed to ``viewer.add_<layer_type>`` when a new layer is made
+            (``scale``, ``translate``, ``colormap``, ...).
+
+    Returns:
+        a :class:`LayerWrite` with the layer and whether it is new. A Labels layer the
+        person edited since we wrote it, or a layer of another type or dimensionality, is
+        left alone and a new layer ``"name (2)"`` is made instead.
+    """
+    existing = viewer.layers[name] if name in viewer.layers else None
+    note = ""
+    if existing is not None:
+        same_kind = existing._type_string == layer_type  # noqa: SLF001 - public in practice
+        same_ndim = getattr(existing.data, "ndim", None) == getattr(data, "ndim", None)
+        if layer_type == "image" and same_kind:
+            same_ndim = same_ndim and bool(existing.rgb) == bool(kwargs.get("rgb", False))
+        if same_kind and same_ndim and not was_edited(existing):
+            existing.data = data
+            if layer_type == "image" and "contrast_limits" in kwargs:
+                existing.contrast_limits = kwargs["contrast_limits"]
+            if layer_type == "labels":
+                _watch_edits(existing, writer)
+            existing.refresh()
+            return LayerWrite(existing, created=False)
+        if not same_kind or not same_ndim:
+            note = f"'{name}' is a different kind of layer, so the result went to a new one"
+        else:
+            note = f"'{name}' was edited by hand, so it was kept and the result went to a new layer"
+        name = unique_layer_name(viewer, name)
+    add = getattr(viewer, f"add_{layer_type}")
+    layer = add(data, name=name, **kwargs)
+    if layer_type == "labels":
+        _watch_edits(layer, writer)
+    else:
+        layer.metadata[META_KEY] = {"writer": writer}
+    return LayerWrite(layer, created=True, note=note)
+
+
+# -- models ------------------------------------------------------------------------------
+
+_MODEL_CACHE: OrderedDict[tuple[str, int, int], UNet] = OrderedDict()
+_MODEL_CACHE_SIZE = 3
+_MODEL_LOCK = threading.Lock()
+
+
+def load_model_cached(path: str | Path | None) -> UNet:
+    """Load a model file (None = the bundled model), reusing a recent load of the same file.
+
+    The cache key is (resolved path, modification time, size), so a file that was
+    overwritten (e.g. by the Train widget) is read again. The returned model is shared:
+    callers that change its weights must ``clone_model`` it first.
+
+    Raises:
+        ModelFileError: missing or corrupt file, or no bundled model installed.
+    """
+    from ..model import bundled_model_path, load_model
+
+    p = Path(path) if path is not None else bundled_model_path()
+    try:
+        st = p.stat()
+    except OSError:
+        return load_model(path)  # raises the model module's clear "not found" message
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    with _MODEL_LOCK:
+        if key in _MODEL_CACHE:
+            _MODEL_CACHE.move_to_end(key)
+            return _MODEL_CACHE[key]
+    model = load_model(p)
+    with _MODEL_LOCK:
+        _MODEL_CACHE[key] = model
+        while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
+            _MODEL_CACHE.popitem(last=False)
+    return model
+
+
+def bundled_model_available() -> bool:
+    from ..model import bundled_model_path  # model.py imports torch; only called from widgets
+
+    return bundled_model_path().is_file()
+
+
+class ModelPicker(Container):
+    """Model choice: the bundled model or a model file (``.pt``)."""
+
+    BUNDLED = "bundled"
+    FILE = "model file"
+
+    def __init__(self, label: str = "Model") -> None:
+        has_bundled = bundled_model_available()
+        bundled_text = self.BUNDLED if has_bundled else f"{self.BUNDLED} (not installed)"
+        self._bundled_text = bundled_text
+        self.source = ComboBox(
+            label=label,
+            choices=[bundled_text, self.FILE],
+            value=bundled_text if has_bundled else self.FILE,
+            tooltip="Use the pretrained model shipped with napari-unet, or a model file "
+            "(.pt) saved by the Train widget or `napari-unet train`",
+        )
+        self.file = FileEdit(
+            label="Model file",
+            mode="r",
+            filter="napari-unet models (*.pt);;All files (*)",
+            tooltip="A napari-unet model file (.pt); loading it never runs code from it",
+        )
+        super().__init__(widgets=[self.source, self.file], labels=True)
+        self.margins = (0, 0, 0, 0)
+        self.source.changed.connect(self._sync)
+        self._sync()
+
+    def _sync(self, *_: Any) -> None:
+        self.file.visible = self.source.value == self.FILE
+
+    @property
+    def path(self) -> Path | None:
+        """The chosen model file, or None for the bundled model.
+
+        Raises:
+            ValueError: "model file" is chosen but no file is given.
+        """
+        if self.source.value != self.FILE:
+            return None
+        value = self.file.value
+        if value is None or str(value) in ("", ".") or Path(value).is_dir():
+            # an empty FileEdit reports the current folder
+            raise ValueError("No model file chosen: pick a .pt file, or choose the bundled model")
+        return Path(value)
+
+    def describe(self) -> str:
+        try:
+            p = self.path
+        except ValueError:
+            return "no model file"
+        return "bundled model" if p is None else p.name
+
+
+class DevicePicker(Container):
+    """Device choice (auto / cuda / mps / cpu) with a line saying what it resolves to."""
+
+    def __init__(self, label: str = "Device") -> None:
+        from ..device import DEVICE_CHOICES  # imports torch: widget creation, not napari start
+
+        self.device = ComboBox(
+            label=label,
+            choices=list(DEVICE_CHOICES),
+            value="auto",
+            tooltip="Where the network runs. 'auto' picks a CUDA GPU, then Apple MPS, "
+            "then the CPU",
+        )
+        self.info = Label(label="", value="")
+        self.info.tooltip = "The device that will be used"
+        super().__init__(widgets=[self.device, self.info], labels=True)
+        self.margins = (0, 0, 0, 0)
+        self.device.changed.connect(self.refresh)
+        self.refresh()
+
+    @property
+    def value(self) -> str:  # type: ignore[override]
+        return self.device.value
+
+    @value.setter
+    def value(self, v: str) -> None:
+        self.device.value = v
+
+    def resolve(self) -> torch.device:
+        """The torch device for the current choice (``DeviceError`` if unavailable)."""
+        from ..device import resolve_device
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # shown by refresh() instead
+            return resolve_device(self.device.value)
+
+    def refresh(self, *_: Any) -> None:
+        """Show what the current choice resolves to, and any GPU/torch mismatch."""
+        from ..device import DeviceError, cpu_only_torch_warning, describe_device
+
+        try:
+            dev = self.resolve()
+        except DeviceError as exc:
+            set_status(self.info, f"✗ {exc}", "error")
+            return
+        text = f"→ {describe_device(dev)}"
+        warn = cpu_only_torch_warning() if dev.type == "cpu" else None
+        if warn:
+            set_status(self.info, f"{text}\n⚠ {warn}", "warning")
+        else:
+            set_status(self.info, text)

@@ -1,0 +1,370 @@
+"""The Segment dock widget: run a U-Net on an image layer, get a Labels layer back.
+
+The work is the core's ``tiling.predict_iter`` (overlap-tile inference, one progress step
+per tile) followed by ``postprocess.probabilities_to_labels``, run in a napari
+``thread_worker`` so the viewer stays responsive; Cancel stops at the next tile and leaves
+every layer as it was. The result goes to a Labels layer ``"<image> labels"`` (updated in
+place on a re-run unless the person painted on it, see ``_common``), placed with the image
+layer's scale and translation, and optionally to an Image layer ``"<image> probabilities"``
+whose first axis is the class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    Container,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+
+from .._progress import Progress
+from ._common import (
+    DevicePicker,
+    ModelPicker,
+    TaskRunner,
+    add_or_update_layer,
+    load_model_cached,
+    set_status,
+    show_error_in,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+DEFAULT_MIN_SIZE = 16
+
+
+@dataclass
+class SegmentJob:
+    """Everything the worker needs, read from the widgets in the GUI thread."""
+
+    data: Any
+    image_name: str
+    model_path: Path | None
+    device: str
+    tile_size: int | None
+    axes: str | None
+    min_size: int
+    want_probabilities: bool
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SegmentResult:
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    class_names: list[str]
+    num_objects: int
+    device: str
+    tile_size: int | None
+    seconds: float
+
+
+def layer_axes(layer: Any, text: str) -> str | None:
+    """The ``axes`` string for the core: the person's entry, or what the layer implies.
+
+    Args:
+        layer: a napari Image layer.
+        text: the widget's axes entry; "" or "auto" means "as napari shows it".
+
+    Returns:
+        axis letters for ``tiling.parse_axes`` (T, Z, Q: planes; C: channels; S: RGB
+        samples; Y, X): the entry, or for "auto" ``...YXS`` for an RGB layer and
+        ``...YX`` (planes over the leading axes) otherwise. napari already decided
+        whether the last axis is colour (the layer's ``rgb`` flag), so the core is told
+        rather than left to guess from the shape.
+    """
+    data = layer.data[0] if layer.multiscale else layer.data
+    ndim = len(data.shape)
+    text = text.strip().upper()
+    if text and text != "AUTO":
+        return text
+    if layer.rgb:
+        return "Q" * (ndim - 3) + "YXS"
+    return "Q" * (ndim - 2) + "YX"
+
+
+def output_geometry(layer: Any, channel_axis: int | None, out_ndim: int) -> tuple[tuple, tuple]:
+    """Scale and translate of the image layer for an output without the channel axis."""
+    scale = list(layer.scale)
+    translate = list(layer.translate)
+    if channel_axis is not None and not layer.rgb and len(scale) > out_ndim:
+        # a non-RGB channel axis is one of napari's dimensions: drop its entry
+        del scale[channel_axis], translate[channel_axis]
+    # napari lines dimensions up from the last; keep the trailing ones
+    return tuple(scale[-out_ndim:]), tuple(translate[-out_ndim:])
+
+
+def count_objects(labels: np.ndarray) -> int:
+    """Number of distinct non-zero ids (cells) in a label image."""
+    ids = np.unique(labels)
+    return int(np.count_nonzero(ids))
+
+
+def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
+    """The worker's generator: load the model, predict tile by tile, post-process.
+
+    Runs ``tiling.segment_iter`` (plane by plane: memory is bounded by one plane plus the
+    outputs), which yields at least every 0.2 s, so Cancel acts within a fraction of a
+    second.
+    """
+    import time
+
+    from ..device import describe_device, resolve_device
+    from ..tiling import parse_axes, segment_iter
+
+    t0 = time.perf_counter()
+    yield Progress(0, 0, "Loading the model...")
+    model = load_model_cached(job.model_path)
+    device = resolve_device(job.device)
+    yield Progress(0, 0, f"Reading the image, preparing {describe_device(device)}...")
+    layout = parse_axes(job.data.shape, job.axes)
+    probs = None
+    if job.want_probabilities:
+        probs = np.zeros((model.config.num_classes, *layout.out_shape), np.float32)
+    info: dict[str, Any] = {}
+    gen = segment_iter(
+        job.data,
+        model,
+        tile_size=job.tile_size,
+        device=device,
+        axes=job.axes,
+        min_size=job.min_size,
+        probabilities_out=probs,
+    )
+    while True:
+        try:
+            rec = next(gen)
+        except StopIteration as stop:
+            labels = np.asarray(stop.value)
+            break
+        if isinstance(rec, Progress) and rec.info:
+            info.update(rec.info)
+        yield rec
+    return SegmentResult(
+        labels=labels,
+        probabilities=probs,
+        class_names=list(model.meta.get("class_names", [])),
+        num_objects=count_objects(labels),
+        device=str(info.get("device", describe_device(device))),
+        tile_size=info.get("tile_size"),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _header(text: str) -> Label:
+    head = Label(value=text)
+    head.native.setStyleSheet("font-weight: bold; padding-top: 6px;")
+    return head
+
+
+class SegmentWidget(Container):
+    """Segment the chosen image layer with a U-Net (bundled model or a model file).
+
+    Child widgets are attributes (``image``, ``model``, ``device``, ``tile_size``,
+    ``axes``, ``min_size``, ``probabilities``, ``run_button``, ``cancel_button``,
+    ``progress``, ``status``) so scripts and tests can set values and press buttons.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        self._viewer = napari_viewer
+        self.image = create_widget(
+            annotation="napari.layers.Image",
+            label="Image",
+            options={"tooltip": "The image layer to segment (2D, 3D stack, time series, "
+                     "multichannel, RGB, or a lazy dask/zarr layer)"},
+        )
+        self.axes = LineEdit(
+            label="Axes",
+            value="auto",
+            tooltip="What the image's dimensions are, one letter each from T (time), "
+            "Z (planes), C (channels), Y, X: e.g. 'ZYX', 'CYX', 'TZYX'. 'auto': 2D is YX, "
+            "RGB layers are YXC, other stacks are segmented plane by plane",
+        )
+        self.model = ModelPicker()
+        self.device = DevicePicker()
+        self.tile_size = SpinBox(
+            label="Tile size (px)",
+            value=0,
+            min=0,
+            max=16384,
+            step=16,
+            tooltip="Edge of the output tile in pixels (rounded to a size the network "
+            "accepts). 'auto' chooses it from the free memory of the device. The result "
+            "does not depend on it; only speed and memory do",
+        )
+        self.tile_size.native.setSpecialValueText("auto")
+        self.min_size = SpinBox(
+            label="Min. size (px)",
+            value=DEFAULT_MIN_SIZE,
+            min=0,
+            max=10**7,
+            tooltip="Objects smaller than this many pixels are removed (0 keeps everything)",
+        )
+        self.probabilities = CheckBox(
+            text="Also output class probabilities",
+            value=False,
+            tooltip="Add an Image layer '<image> probabilities' with one plane per class "
+            "(e.g. background / interior / boundary), to see what the network thinks",
+        )
+        self.run_button = PushButton(text="Segment", tooltip="Run the U-Net on the image (in the background)")
+        self.cancel_button = PushButton(text="Cancel", tooltip="Stop after the current tile; no layer is changed")
+        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.progress = ProgressBar(value=0, min=0, max=0, label="Progress", tooltip="Tiles done")
+        self.status = Label(value="", label="")
+        self.status.native.setWordWrap(True)
+        self.status.native.setMinimumWidth(200)
+
+        super().__init__(
+            widgets=[
+                _header("Input"),
+                self.image,
+                self.axes,
+                _header("Model"),
+                self.model,
+                self.device,
+                self.tile_size,
+                _header("Output"),
+                self.min_size,
+                self.probabilities,
+                buttons,
+                self.progress,
+                self.status,
+            ],
+            labels=True,
+        )
+        self.runner = TaskRunner(
+            progress=self.progress,
+            run_button=self.run_button,
+            cancel_button=self.cancel_button,
+            status=self.status,
+        )
+        self.run_button.changed.connect(self.run)
+        self.image.changed.connect(self._describe_image)
+        self.native.setMinimumWidth(300)
+        self._describe_image()
+        self.reset_choices()
+
+    # napari calls this when layers are added/removed, refreshing the layer picker
+    def reset_choices(self, *_: Any) -> None:
+        super().reset_choices()
+
+    def _describe_image(self, *_: Any) -> None:
+        layer = self.image.value
+        if layer is None:
+            set_status(self.status, "Open an image (File ▸ Open Sample ▸ U-Net for a demo)")
+            return
+        data = layer.data[0] if layer.multiscale else layer.data
+        kind = "RGB " if layer.rgb else ""
+        lazy = "" if isinstance(data, np.ndarray) else f", lazy ({type(data).__module__.split('.')[0]})"
+        ms = f", multiscale: level 0 of {len(layer.data)}" if layer.multiscale else ""
+        set_status(self.status, f"{kind}image {tuple(data.shape)} {data.dtype}{lazy}{ms}")
+
+    def _make_job(self) -> SegmentJob:
+        layer = self.image.value
+        if layer is None:
+            raise ValueError(
+                "No image layer: open an image first (or File ▸ Open Sample ▸ U-Net ▸ "
+                "Synthetic nuclei)"
+            )
+        data = layer.data[0] if layer.multiscale else layer.data  # highest resolution
+        if len(data.shape) < 2 or min(data.shape[-2:]) < 1:
+            raise ValueError(f"Image '{layer.name}' has shape {tuple(data.shape)}; a 2D image or a stack of them is needed")
+        from ..tiling import parse_axes  # checks the axes here, before any work starts
+
+        axes = layer_axes(layer, self.axes.value)
+        layout = parse_axes(data.shape, axes)
+        tile = int(self.tile_size.value) or None
+        scale, translate = output_geometry(layer, layout.channel, len(layout.out_shape))
+        notes = []
+        if layer.multiscale:
+            notes.append(f"used the full-resolution level of {len(layer.data)}")
+        return SegmentJob(
+            data=data,
+            image_name=layer.name,
+            model_path=self.model.path,
+            device=self.device.value,
+            tile_size=tile,
+            axes=axes,
+            min_size=int(self.min_size.value),
+            want_probabilities=bool(self.probabilities.value),
+            scale=scale,
+            translate=translate,
+            notes=notes,
+        )
+
+    def run(self, *_: Any) -> Any:
+        """Start segmenting (returns the worker, or None when the input is refused)."""
+        if self.runner.running:
+            return None
+        try:
+            job = self._make_job()
+        except ValueError as exc:
+            show_error_in(self.status, exc)
+            return None
+        return self.runner.start(
+            lambda: run_segment(job),
+            lambda result: self._show_result(job, result),
+            message=f"Segmenting '{job.image_name}'...",
+        )
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+    def _show_result(self, job: SegmentJob, result: SegmentResult) -> None:
+        viewer = self._viewer
+        scale, translate = job.scale, job.translate
+        if len(scale) != result.labels.ndim:  # core chose other axes than we assumed
+            scale, translate = scale[-result.labels.ndim :], translate[-result.labels.ndim :]
+            if len(scale) != result.labels.ndim:
+                scale = translate = None
+        geo = {} if scale is None else {"scale": scale, "translate": translate}
+        notes = list(job.notes)
+        if result.probabilities is not None:
+            p = result.probabilities
+            pgeo = {} if scale is None else {"scale": (1.0, *scale), "translate": (0.0, *translate)}
+            w = add_or_update_layer(
+                viewer,
+                p,
+                f"{job.image_name} probabilities",
+                "image",
+                writer="segment",
+                colormap="magma",
+                contrast_limits=(0.0, 1.0),
+                blending="additive",
+                visible=False,  # shown on request; the labels are what people look at first
+                metadata={"class_names": result.class_names},
+                **pgeo,
+            )
+            if w.note:
+                notes.append(w.note)
+        w = add_or_update_layer(
+            viewer, result.labels, f"{job.image_name} labels", "labels", writer="segment", **geo
+        )
+        if w.note:
+            notes.append(w.note)
+        viewer.layers.selection.active = w.layer
+        t = result.tile_size
+        tile = f"{t[0]}x{t[1]} px tiles" if isinstance(t, (tuple, list)) else f"{t} px tiles" if t else ""
+        text = (
+            f"{result.num_objects} cells in {result.seconds:.1f} s on {result.device}"
+            + (f", {tile}" if tile else "")
+            + f" → '{w.layer.name}'"
+        )
+        if notes:
+            text += " (" + "; ".join(notes) + ")"
+        set_status(self.status, text, "warning" if any("edited" in n or "different" in n for n in notes) else "ok")

@@ -1,0 +1,284 @@
+"""The Segment dock widget in a real napari viewer (runs under Xvfb: ``-p xvfb``).
+
+The network is a tiny depth-2 U-Net whose weights are set by hand to threshold the
+normalised image (identity 3x3 convolutions carrying channel 0 through the encoder and the
+top skip connection, a 1x1 head that says "interior" where the intensity is above one half).
+It runs through the real model file, tiling and post-processing code, finds bright blobs
+deterministically and costs nothing to "train".
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+
+WAIT_MS = 60_000  # generous for 2 shared cores; a hang still fails
+
+
+def threshold_unet(in_channels: int = 1):
+    """A depth-2 width-4 U-Net computing 'interior where normalised intensity > 0.5'."""
+    import torch
+
+    from napari_unet import UNet
+
+    model = UNet(in_channels=in_channels, num_classes=3, depth=2, base_width=4, dropout=0.0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.weight.zero_()
+                m.bias.zero_()
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0)
+        # every 3x3 conv copies channel 0 (the first one averages the input channels);
+        # up-convolutions stay zero, so the decoder carries the top skip connection
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3):
+                m.weight[0, 0, 1, 1] = 1.0
+        model.down[0][0].weight[0, :, 1, 1] = 1.0 / in_channels
+        model.head.weight[1, 0] = 40.0
+        model.head.bias[1] = -20.0
+        model.head.bias[2] = -20.0
+    model.meta["mode"] = "instance3"
+    return model.eval()
+
+
+def blobs(shape=(96, 110), n=8, seed=0, radius=6):
+    """Bright discs on a dim noisy background (float32)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = rng.normal(0.1, 0.02, shape)
+    for _ in range(n):
+        cy, cx = rng.uniform(radius + 2, shape[0] - radius - 2), rng.uniform(radius + 2, shape[1] - radius - 2)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 1.0
+    return img.astype(np.float32)
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    from napari_unet import save_model
+
+    return save_model(threshold_unet(), tmp_path / "threshold.pt")
+
+
+@pytest.fixture
+def widget(make_napari_viewer, model_path):
+    from napari_unet._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Segment")
+    w.model.source.value = w.model.FILE
+    w.model.file.value = model_path
+    w.device.value = "cpu"
+    return w
+
+
+def run_and_wait(qtbot, w, timeout=WAIT_MS):
+    w.runner.last_outcome = None
+    w.run_button.native.click()
+    qtbot.waitUntil(lambda: w.runner.last_outcome is not None and not w.runner.running, timeout=timeout)
+    return w.runner.last_outcome
+
+
+def test_segment_2d_labels_and_rerun_in_place(qtbot, widget, model_path):
+    from napari_unet import load_model, segment
+
+    viewer = widget._viewer
+    img = blobs()
+    viewer.add_image(img, name="cells", scale=(0.5, 0.25), translate=(3.0, 4.0))
+    widget.image.value = viewer.layers["cells"]
+    widget.min_size.value = 0
+
+    assert run_and_wait(qtbot, widget) == "done", widget.status.value
+    layer = viewer.layers["cells labels"]
+    assert isinstance(layer, napari.layers.Labels)
+    assert layer.data.shape == img.shape
+    assert layer.data.dtype == np.int32
+    expected = segment(img, load_model(model_path), device="cpu", min_size=0)
+    np.testing.assert_array_equal(layer.data, expected)
+    n = len(np.unique(layer.data)) - 1
+    assert 4 <= n <= 8  # 8 discs, some may touch
+    assert tuple(layer.scale) == (0.5, 0.25) and tuple(layer.translate) == (3.0, 4.0)
+    assert f"{n} cells" in widget.status.value
+
+    # re-run with other settings: the same layer object is updated, nothing added
+    layer.opacity = 0.3  # a user setting that must survive
+    n_layers = len(viewer.layers)
+    widget.min_size.value = 10_000  # removes every object
+    assert run_and_wait(qtbot, widget) == "done"
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers["cells labels"] is layer
+    assert layer.data.max() == 0
+    assert layer.opacity == pytest.approx(0.3)
+
+
+def test_edited_labels_are_not_overwritten(qtbot, widget):
+    viewer = widget._viewer
+    viewer.add_image(blobs(seed=1), name="cells")
+    widget.image.value = viewer.layers["cells"]
+    assert run_and_wait(qtbot, widget) == "done"
+    layer = viewer.layers["cells labels"]
+    layer.paint((2, 2), 99, refresh=False)  # what the brush does (emits the paint event)
+    assert run_and_wait(qtbot, widget) == "done"
+    assert layer.data[2, 2] == 99  # the person's edit is still there
+    assert "cells labels (2)" in viewer.layers
+    assert viewer.layers["cells labels (2)"].data[2, 2] == 0
+    assert "edited" in widget.status.value
+
+
+def test_probabilities_layer(qtbot, widget):
+    viewer = widget._viewer
+    viewer.add_image(blobs(seed=2), name="img")
+    widget.image.value = viewer.layers["img"]
+    widget.probabilities.value = True
+    assert run_and_wait(qtbot, widget) == "done"
+    probs = viewer.layers["img probabilities"]
+    assert isinstance(probs, napari.layers.Image)
+    assert probs.data.shape == (3, 96, 110) and probs.data.dtype == np.float32
+    np.testing.assert_allclose(probs.data.sum(axis=0), 1.0, atol=1e-4)
+    fg = probs.data[1] > 0.5
+    assert np.array_equal(fg & (viewer.layers["img labels"].data > 0), viewer.layers["img labels"].data > 0)
+
+
+def test_cancel_stops_quickly_and_adds_no_layer(qtbot, widget):
+    viewer = widget._viewer
+    viewer.add_image(blobs((1500, 1500), n=50), name="big")
+    widget.image.value = viewer.layers["big"]
+    widget.tile_size.value = 16  # hundreds of tiny tiles: a long run
+    n_layers = len(viewer.layers)
+    widget.run_button.native.click()
+    # wait until tiles are being predicted (first progress with a total)
+    qtbot.waitUntil(lambda: widget.progress.max > 0 and widget.progress.value > 0, timeout=WAIT_MS)
+    assert widget.runner.running
+    t0 = time.perf_counter()
+    widget.cancel_button.native.click()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=5_000)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 1.0, f"cancel took {elapsed:.2f} s"
+    assert widget.runner.last_outcome == "cancelled"
+    assert len(viewer.layers) == n_layers and "big labels" not in viewer.layers
+    assert "Cancelled" in widget.status.value
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_corrupt_model_file_gives_message(qtbot, widget, tmp_path):
+    viewer = widget._viewer
+    viewer.add_image(blobs(), name="cells")
+    widget.image.value = viewer.layers["cells"]
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"this is not a model" * 10)
+    widget.model.file.value = bad
+    assert run_and_wait(qtbot, widget) == "error"
+    assert "broken.pt" in widget.status.value and "not a readable" in widget.status.value
+    assert "cells labels" not in viewer.layers
+    assert len(viewer.layers) == 1
+    assert widget.run_button.enabled  # ready for another try
+
+
+def test_bad_input_messages(qtbot, widget):
+    viewer = widget._viewer
+    # no image layer at all
+    widget.run_button.native.click()
+    assert widget.runner.worker is None
+    assert "No image layer" in widget.status.value
+    # axes that do not fit the image
+    viewer.add_image(blobs(), name="cells")
+    widget.image.value = viewer.layers["cells"]
+    widget.axes.value = "ZYX"
+    widget.run_button.native.click()
+    assert widget.runner.worker is None
+    assert "ZYX" in widget.status.value and "2" in widget.status.value
+    # a model-file choice without a file
+    widget.axes.value = "auto"
+    widget.model.file.value = ""
+    widget.run_button.native.click()
+    assert widget.runner.worker is None
+    assert "model file" in widget.status.value.lower()
+    assert len(viewer.layers) == 1
+
+
+def test_3d_stack_and_small_image(qtbot, widget):
+    viewer = widget._viewer
+    stack = np.stack([blobs((40, 52), seed=s, n=3) for s in range(3)])  # smaller than the field of view
+    viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.5))
+    widget.image.value = viewer.layers["stack"]
+    widget.min_size.value = 0
+    assert run_and_wait(qtbot, widget) == "done", widget.status.value
+    labels = viewer.layers["stack labels"]
+    assert labels.data.shape == stack.shape and labels.data.dtype == np.int32
+    assert tuple(labels.scale) == (2.0, 0.5, 0.5)
+    for z in range(3):  # every plane segmented, ids unique across planes
+        assert labels.data[z].max() > 0
+    assert not set(np.unique(labels.data[0])[1:]) & set(np.unique(labels.data[1])[1:])
+
+
+def test_rgb_layer(qtbot, widget):
+    viewer = widget._viewer
+    gray = blobs(seed=3)
+    rgb = (np.stack([gray, gray * 0.5, gray * 0.8], axis=-1) * 255).astype(np.uint8)
+    layer = viewer.add_image(rgb, name="rgb")
+    assert layer.rgb
+    widget.image.value = layer
+    assert run_and_wait(qtbot, widget) == "done", widget.status.value
+    labels = viewer.layers["rgb labels"]
+    assert labels.data.shape == gray.shape
+    assert labels.data.max() > 0
+
+
+def test_multichannel_with_axes(qtbot, widget, tmp_path):
+    """A 2-channel image named 'CYX' with a 2-input model: the channel axis is dropped."""
+    from napari_unet import save_model
+
+    path = save_model(threshold_unet(in_channels=2), tmp_path / "two.pt")
+    viewer = widget._viewer
+    img = np.stack([blobs(seed=4), blobs(seed=4)])
+    viewer.add_image(img, name="two", scale=(1.0, 0.5, 0.5))
+    widget.image.value = viewer.layers["two"]
+    widget.model.file.value = path
+    widget.axes.value = "CYX"
+    assert run_and_wait(qtbot, widget) == "done", widget.status.value
+    labels = viewer.layers["two labels"]
+    assert labels.data.shape == img.shape[1:]
+    assert tuple(labels.scale) == (0.5, 0.5)
+    assert labels.data.max() > 0
+
+
+def test_lazy_multiscale_layer(qtbot, widget):
+    da = pytest.importorskip("dask.array")
+    viewer = widget._viewer
+    img = blobs((128, 128), seed=5)
+    pyramid = [da.from_array(img, chunks=64), da.from_array(img[::2, ::2], chunks=64)]
+    viewer.add_image(pyramid, name="pyr", multiscale=True)
+    widget.image.value = viewer.layers["pyr"]
+    widget.min_size.value = 0
+    assert run_and_wait(qtbot, widget) == "done", widget.status.value
+    labels = viewer.layers["pyr labels"]
+    assert labels.data.shape == img.shape  # the full-resolution level
+    assert labels.data.max() > 0
+    assert "full-resolution" in widget.status.value
+
+
+def _bundled_exists() -> bool:
+    from importlib.resources import files
+
+    return files("napari_unet").joinpath("models", "bundled.pt").is_file()
+
+
+@pytest.mark.skipif(not _bundled_exists(), reason="the bundled model is not trained yet")
+def test_default_bundled_model(qtbot, make_napari_viewer):
+    from napari_unet._widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    assert w.model.path is None  # the default is the bundled model
+    viewer.add_image(blobs((128, 128), seed=6) * 1000, name="cells")
+    w.image.value = viewer.layers["cells"]
+    assert run_and_wait(qtbot, w, timeout=120_000) == "done", w.status.value
+    assert viewer.layers["cells labels"].data.max() > 0
