@@ -1,0 +1,126 @@
+"""Reading and writing images for the command line: TIFF, .npy and zarr.
+
+Inputs are opened lazily where the format allows (memory-mapped TIFF or .npy, tiled or
+compressed TIFF through tifffile's zarr view, zarr arrays), so the tiled inference reads
+only what each tile needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+FORMATS = ("tif", "zarr", "npy")
+
+
+def _tiff_axes(tif: Any) -> str | None:
+    """The axes of a TIFF's first series in our letters (None when they make no sense)."""
+    series = tif.series[0]
+    rgb = str(getattr(series.keyframe, "photometric", "")).upper().endswith("RGB")
+    axes = ""
+    for a in series.axes.upper():
+        if a in "TZCYX":
+            axes += a
+        elif a == "S":
+            # tifffile calls any sample axis S; only a real RGB image is colour
+            axes += "S" if rgb else "Q"
+        else:
+            axes += "Q"
+    if axes.count("Y") != 1 or axes.count("X") != 1:
+        return None
+    return axes
+
+
+def read_image(path: str | Path) -> tuple[Any, str | None]:
+    """Open an image lazily.
+
+    Args:
+        path: a ``.tif``/``.tiff`` file, a ``.npy`` file, or a zarr array/group directory
+            (for a group, the array ``"0"`` as in OME-Zarr, or its only array).
+
+    Returns:
+        ``(array, axes)``: an array-like with numpy slicing and the axes read from the
+        file's metadata (TIFF), or None when the file does not say.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                axes = _tiff_axes(tif)
+        except Exception as exc:  # tifffile raises several types for broken files
+            raise ValueError(f"{path} is not a readable TIFF ({exc.__class__.__name__}: {exc})") from exc
+        try:
+            return tifffile.memmap(path, mode="r"), axes
+        except (ValueError, OSError):
+            pass  # compressed or tiled: read through tifffile's zarr view instead
+        try:
+            import zarr
+
+            return zarr.open(tifffile.imread(path, aszarr=True), mode="r"), axes
+        except Exception:  # noqa: BLE001 - any failure of the lazy path: read it whole
+            return tifffile.imread(path), axes
+    if suffix == ".npy":
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False), None
+        except ValueError as exc:
+            raise ValueError(f"{path} is not a readable .npy array ({exc})") from exc
+    if path.is_dir():
+        import zarr
+
+        try:
+            node = zarr.open(str(path), mode="r")
+        except Exception as exc:  # noqa: BLE001 - zarr raises many types for non-zarr dirs
+            raise ValueError(f"{path} is a directory but not a zarr array or group ({exc})") from exc
+        if hasattr(node, "shape"):
+            return node, None
+        keys = sorted(node.array_keys())
+        if "0" in keys:
+            return node["0"], None
+        if len(keys) == 1:
+            return node[keys[0]], None
+        raise ValueError(f"zarr group {path} holds {len(keys)} arrays ({', '.join(keys) or 'none'}); give the path of one array")
+    raise ValueError(f"unsupported input {path}: use a .tif/.tiff, .npy or a zarr directory")
+
+
+def output_format(path: str | Path, default: str = "tif") -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return "tif"
+    if suffix == ".zarr":
+        return "zarr"
+    if suffix == ".npy":
+        return "npy"
+    return default
+
+
+def create_output(path: str | Path, shape: tuple[int, ...], dtype: Any, fmt: str) -> Any:
+    """An array to fill: a zarr array on disk (written tile by tile) or a numpy array."""
+    if fmt == "zarr":
+        import zarr
+
+        chunks = tuple(1 for _ in shape[:-2]) + tuple(min(s, 1024) for s in shape[-2:])
+        return zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype)
+    return np.zeros(shape, dtype)
+
+
+def finish_output(path: str | Path, array: Any, fmt: str) -> None:
+    """Write a numpy result to TIFF or .npy (zarr outputs are already on disk)."""
+    path = Path(path)
+    if fmt == "zarr":
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "npy":
+        np.save(path, np.asarray(array))
+        return
+    import tifffile
+
+    array = np.asarray(array)
+    tifffile.imwrite(path, array, compression="zlib", photometric="minisblack", bigtiff=array.nbytes > 2**31)

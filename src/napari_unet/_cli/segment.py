@@ -1,0 +1,134 @@
+"""``napari-unet segment IN... -o OUT``: overlap-tile segmentation from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._io import FORMATS, create_output, finish_output, output_format, read_image
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="*", metavar="IN", help="images: .tif/.tiff, .npy or zarr directories")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="output file (.tif, .npy or .zarr) or, with several inputs, a directory")
+    parser.add_argument("--model", metavar="FILE", help="model file (default: the bundled model)")
+    parser.add_argument("--tile-size", type=int, metavar="N",
+                        help="output tile edge in pixels (default: chosen from free memory)")
+    parser.add_argument("--batch-size", type=int, metavar="N", help="tiles per forward pass (default: auto)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--axes", metavar="AXES",
+                        help="axis letters of the input, e.g. ZYX, TCYX, YXS (default: from the file or guessed)")
+    parser.add_argument("--min-size", type=int, metavar="PX", help="remove objects smaller than this (pixels)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write class probabilities, as OUT_probabilities.<ext>")
+    parser.add_argument("--format", choices=FORMATS, default="tif",
+                        help="output format when OUT is a directory (default: tif)")
+    parser.add_argument("--no-amp", action="store_true",
+                        help="compute in float32 (default: bfloat16/float16 where the device supports it)")
+    parser.add_argument("--sample", action="store_true",
+                        help="segment the bundled synthetic sample image and print its average precision")
+
+
+def _load_model(path: str | None) -> Any:
+    from ..model import load_model
+
+    return load_model(path)
+
+
+def _bar(desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=0, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=True)
+
+
+def _segment(image: Any, axes: str | None, model: Any, args: argparse.Namespace, out_path: Path | None,
+             fmt: str, desc: str) -> Any:
+    from ..tiling import parse_axes, segment_iter
+    from .._progress import drain
+
+    layout = parse_axes(image.shape, axes)
+    labels_out = create_output(out_path, layout.out_shape, "int32", fmt) if out_path is not None else None
+    probs_out = probs_path = None
+    if args.probabilities and out_path is not None:
+        probs_path = out_path.with_name(out_path.stem + "_probabilities" + out_path.suffix)
+        probs_out = create_output(probs_path, (model.config.num_classes, *layout.out_shape), "float32", fmt)
+    kwargs: dict[str, Any] = {}
+    if args.min_size is not None:
+        kwargs["min_size"] = args.min_size
+    gen = segment_iter(image, model, tile_size=args.tile_size, device=args.device, axes=axes,
+                       batch_size=args.batch_size, out=labels_out, probabilities_out=probs_out,
+                       amp=False if args.no_amp else None, **kwargs)
+    bar = _bar(desc)
+    try:
+        labels = drain(gen, bar)
+    finally:
+        bar.close()
+    if out_path is not None:
+        finish_output(out_path, labels, fmt)
+        if probs_path is not None:
+            finish_output(probs_path, probs_out, fmt)
+    return labels
+
+
+def _run_sample(args: argparse.Namespace, model: Any) -> int:
+    try:
+        from .._sample_data import SAMPLE_RECIPE, SAMPLE_SEED, SAMPLE_SHAPE
+        from ..synthetic import make_sample
+    except ImportError as exc:
+        raise ValueError(f"the sample image is not available in this installation ({exc})") from exc
+    from ..metrics import matching
+
+    image, truth = make_sample(SAMPLE_SHAPE, SAMPLE_SEED, kind="nuclei", **SAMPLE_RECIPE)
+    out_path = Path(args.output) if args.output else None
+    fmt = output_format(out_path) if out_path is not None else "tif"
+    labels = _segment(image, None, model, args, out_path, fmt, "sample")
+    print(f"sample image {image.shape[0]}x{image.shape[1]}: {int(truth.max())} true cells, "
+          f"{int(labels.max())} found")
+    print("IoU threshold  AP     TP   FP   FN")
+    for t in (0.5, 0.6, 0.7, 0.8, 0.9):
+        m = matching(truth, labels, t)
+        print(f"{t:>13.2f}  {m['ap']:.3f} {m['tp']:>4d} {m['fp']:>4d} {m['fn']:>4d}")
+    if out_path is not None:
+        print(f"labels written to {out_path}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.tile_size is not None and args.tile_size < 1:
+        raise ValueError(f"--tile-size must be a positive number of pixels, got {args.tile_size}")
+    if not args.inputs and not args.sample:
+        raise ValueError("give at least one input image (or --sample)")
+    if args.inputs and not args.output:
+        raise ValueError("give the output with -o OUT")
+    # open every input first: a typo in the last one should not cost the first one's run
+    opened = [(Path(p), *read_image(p)) for p in args.inputs]
+    model = _load_model(args.model)
+    if args.sample:
+        if args.inputs:
+            raise ValueError("--sample segments the sample image only; drop the inputs or --sample")
+        return _run_sample(args, model)
+    out = Path(args.output)
+    several = len(opened) > 1 or out.is_dir() or args.output.endswith(("/", "\\"))
+    if several:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"with several inputs OUT must be a directory, but {out} is a file")
+        out.mkdir(parents=True, exist_ok=True)
+    for path, image, file_axes in opened:
+        if several:
+            fmt = args.format
+            name = (path.stem if path.suffix.lower() != ".zarr" else path.name[:-5]) + "_labels." + fmt
+            target = out / name
+        else:
+            fmt = output_format(out, default="")
+            if not fmt:
+                raise ValueError(f"cannot tell the output format of {out}: end it with .tif, .npy or .zarr")
+            target = out
+        if target.resolve() == path.resolve():
+            raise ValueError(f"the output {target} would overwrite its input")
+        axes = args.axes or file_axes
+        _segment(image, axes, model, args, target, fmt, path.name)
+        print(f"{path} -> {target}", file=sys.stderr)
+    return 0

@@ -1,0 +1,109 @@
+"""The command line: segment and evaluate, in-process and once as a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_unet as nu
+from napari_unet.cli import main
+from napari_unet.tiling import segment
+
+
+@pytest.fixture
+def model_file(tiny_model, tmp_path):
+    return str(nu.save_model(tiny_model, tmp_path / "tiny.pt"))
+
+
+@pytest.fixture
+def tif(tmp_path, rng):
+    image = (rng.random((3, 50, 61)) * 4000).astype(np.uint16)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, image, imagej=True, metadata={"axes": "ZYX"})
+    return path, image
+
+
+def test_segment_tiff_in_process(tif, model_file, tiny_model, tmp_path, capsys):
+    path, image = tif
+    out = tmp_path / "labels.tif"
+    assert main(["segment", str(path), "-o", str(out), "--model", model_file, "--tile-size", "24",
+                 "--no-amp", "--probabilities"]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == image.shape and labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, segment(image, tiny_model, amp=False))
+    probs = tifffile.imread(tmp_path / "labels_probabilities.tif")
+    assert probs.shape == (3, *image.shape)
+    assert "%" in capsys.readouterr().err  # the tqdm bar went to stderr
+
+
+def test_segment_several_inputs_to_zarr_directory(tif, model_file, tmp_path, rng):
+    zarr = pytest.importorskip("zarr")
+    path, image = tif
+    npy = tmp_path / "plane.npy"
+    np.save(npy, image[0])
+    zin = tmp_path / "img.zarr"
+    z = zarr.open_array(str(zin), mode="w", shape=image[1].shape, chunks=(32, 32), dtype="u2")
+    z[:] = image[1]
+    outdir = tmp_path / "out"
+    assert main(["segment", str(path), str(npy), str(zin), "-o", str(outdir), "--model", model_file,
+                 "--format", "zarr", "--no-amp"]) == 0
+    stack = zarr.open_array(str(outdir / "stack_labels.zarr"), mode="r")
+    assert stack.shape == image.shape and stack.dtype == np.int32
+    assert zarr.open_array(str(outdir / "plane_labels.zarr"), mode="r").shape == image[0].shape
+    assert zarr.open_array(str(outdir / "img_labels.zarr"), mode="r").shape == image[1].shape
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, model_file, capsys):
+    assert main(["segment", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o.tif"), "--model", model_file]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-unet segment: error:") and "missing.tif" in err and "\n" not in err
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff at all")
+    assert main(["segment", str(bad), "-o", str(tmp_path / "o.tif"), "--model", model_file]) == 2
+    assert "not a readable TIFF" in capsys.readouterr().err
+    np.save(tmp_path / "one.npy", np.zeros(10))
+    assert main(["segment", str(tmp_path / "one.npy"), "-o", str(tmp_path / "o.tif"), "--model", model_file]) == 2
+    assert "at least 2 dimensions" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "one.npy"), "-o", str(tmp_path / "o.tif"),
+                 "--model", str(tmp_path / "no_model.pt")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+
+def test_evaluate_prints_ap_table(tmp_path, capsys):
+    gt = np.zeros((40, 40), np.int32)
+    gt[2:12, 2:12] = 1
+    gt[20:30, 20:30] = 2
+    pred = gt.copy()
+    pred[pred == 2] = 0  # one cell missed
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    np.save(tmp_path / "pred.npy", pred)
+    assert main(["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "pred.npy"), "--thresholds", "0.5", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "0.50  0.500" in out and "mean AP over 2 thresholds: 0.500" in out
+    np.save(tmp_path / "small.npy", pred[:10])
+    assert main(["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "small.npy")]) == 2
+    assert "shape" in capsys.readouterr().err
+
+
+def test_sample_prints_average_precision(model_file, capsys):
+    assert main(["segment", "--sample", "--model", model_file, "--no-amp"]) == 0
+    out = capsys.readouterr().out
+    assert "true cells" in out and "IoU threshold" in out
+
+
+def test_subprocess_segment_and_bad_input(tif, model_file, tmp_path):
+    path, image = tif
+    out = tmp_path / "sub.tif"
+    ok = subprocess.run([sys.executable, "-m", "napari_unet.cli", "segment", str(path), "-o", str(out),
+                         "--model", model_file, "--no-amp"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert tifffile.imread(out).shape == image.shape
+    bad = subprocess.run([sys.executable, "-m", "napari_unet.cli", "segment", str(path), "-o", str(tmp_path / "x.tif"),
+                          "--model", model_file, "--axes", "QQYX"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "axes 'QQYX'" in lines[0]
