@@ -142,7 +142,7 @@ _RANGES: dict[str, dict[str, tuple[float, float]]] = {
         nucleoli=(0.0, 0.5), out_of_focus_fraction=(0.0, 0.03), psf_sigma=(0.5, 1.0),
         background=(0.01, 0.08), haze=(0.0, 0.1), illumination=(0.0, 0.15), vignetting=(0.0, 0.1),
         debris_density=(0.0, 5e-5), photons=(800.0, 5000.0), read_noise=(1.0, 3.0),
-        dynamic_range=(0.15, 0.7),
+        dynamic_range=(0.1, 0.5),
     ),
     "normal": dict(
         coverage=(0.06, 0.5), radius_cv=(0.1, 0.3), min_axis_ratio=(0.45, 0.85),
@@ -152,7 +152,7 @@ _RANGES: dict[str, dict[str, tuple[float, float]]] = {
         nucleoli=(0.0, 1.5), out_of_focus_fraction=(0.0, 0.15), psf_sigma=(0.6, 1.6),
         background=(0.02, 0.2), haze=(0.0, 0.25), illumination=(0.0, 0.4), vignetting=(0.0, 0.25),
         debris_density=(0.0, 2e-4), photons=(60.0, 3000.0), read_noise=(1.0, 6.0),
-        dynamic_range=(0.04, 1.1),
+        dynamic_range=(0.03, 0.6),
     ),
     "hard": dict(
         coverage=(0.15, 0.65), radius_cv=(0.2, 0.45), min_axis_ratio=(0.3, 0.75),
@@ -162,11 +162,11 @@ _RANGES: dict[str, dict[str, tuple[float, float]]] = {
         nucleoli=(0.5, 2.5), out_of_focus_fraction=(0.1, 0.3), psf_sigma=(1.0, 2.2),
         background=(0.08, 0.4), haze=(0.1, 0.4), illumination=(0.2, 0.6), vignetting=(0.1, 0.4),
         debris_density=(1e-4, 5e-4), photons=(12.0, 300.0), read_noise=(2.0, 10.0),
-        dynamic_range=(0.02, 1.3),
+        dynamic_range=(0.02, 0.9),
     ),
 }
 _LOG_FIELDS = {"photons", "debris_density", "dynamic_range"}
-_RADIUS = {"nuclei": (4.0, 20.0), "cells": (9.0, 28.0)}
+_RADIUS = {"nuclei": (4.0, 20.0), "cells": (12.0, 32.0)}
 
 
 def random_params(
@@ -201,8 +201,10 @@ def random_params(
     values["debris_brightness"] = float(np.exp(rng.uniform(np.log(0.4), np.log(4.0))))
     if kind == "cells":
         # cytoplasm: irregular outlines, flatter and smoother, no nucleoli, packed tightly
-        values["irregularity"] *= 1.4
+        values["irregularity"] *= 1.6
         values["min_axis_ratio"] *= 0.8
+        values["coverage"] = min(0.75, values["coverage"] * 1.4)  # cultures are often confluent
+        values["texture"] *= 0.6
         values["nucleoli"] = 0.0
         values["touching"] *= 0.92
         values["dome"] = float(rng.uniform(-0.2, 0.2))
