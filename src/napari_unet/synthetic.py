@@ -47,6 +47,7 @@ __all__ = [
     "random_params",
     "render",
     "make_sample",
+    "make_sample_full",
 ]
 
 DIFFICULTIES = ("easy", "normal", "hard")
