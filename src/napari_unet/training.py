@@ -176,7 +176,7 @@ class _Item:
     """One training image, normalised, with targets/weights/mask, reflect-padded once."""
 
     image: np.ndarray  # (C, H + 2p, W + 2p) float32
-    targets: np.ndarray  # (H + 2p, W + 2p) int64
+    targets: np.ndarray  # (H + 2p, W + 2p) int16
     weights: np.ndarray  # float32
     mask: np.ndarray  # bool, False in the padding
     pad: int
@@ -254,7 +254,8 @@ class TrainingData:
             self.items.append(
                 _Item(
                     image=np.pad(norm, ((0, 0),) + pw, mode="reflect"),
-                    targets=np.pad(targets, pw, mode="reflect"),
+                    # class ids are small: int16 keeps the padded pool light
+                    targets=np.pad(targets.astype(np.int16), pw, mode="reflect"),
                     weights=np.pad(weights, pw, mode="reflect"),
                     mask=np.pad(mask, pw, mode="constant", constant_values=False),
                     pad=pad,
@@ -275,7 +276,7 @@ class TrainingData:
         """``batch`` random source crops centred on annotated pixels.
 
         Returns:
-            (image (B, C, S, S) float32, targets (B, S, S) int64, weights, mask) arrays.
+            (image (B, C, S, S) float32, targets (B, S, S) int16, weights, mask) arrays.
         """
         s = self.source_size
         which = rng.choice(len(self.items), size=batch, p=self._p)
@@ -508,6 +509,7 @@ def train_iter(
     weight_decay: float = 1e-4,
     amp: bool | None = None,
     seed: int = 0,
+    schedule_iterations: int | None = None,
 ) -> Generator[Progress, None, UNet]:
     """Train a U-Net on labelled images; yields progress, returns the trained model.
 
@@ -542,6 +544,9 @@ def train_iter(
         weight_decay: AdamW weight decay.
         amp: mixed precision (None: on for CUDA; on for a CPU with bfloat16 units).
         seed: seeds the crop sampler, the augmentation and torch's global generator.
+        schedule_iterations: length of the learning-rate schedule when it differs from
+            ``iterations`` (a run split into several calls, e.g. pretraining on
+            regenerated data pools).
 
     Yields:
         :class:`Progress` after every step; ``info`` holds ``iteration``, ``train_loss``,
@@ -741,7 +746,12 @@ def train_iter(
             stop_reason = "time"
             break
         ts = time.perf_counter()
-        frac = it / total if iterations is not None or max_time is None else elapsed / max_time
+        if schedule_iterations is not None:
+            frac = it / schedule_iterations
+        elif iterations is not None or max_time is None:
+            frac = it / total
+        else:
+            frac = elapsed / max_time
         cur_lr = lr * lr_factor(frac)
         for g in opt.param_groups:
             g["lr"] = cur_lr
@@ -755,7 +765,7 @@ def train_iter(
         net.train()
         with autocast(dev, use_amp):
             logits = net(xin)
-        loss = weighted_cross_entropy(logits, batch.targets, batch.weights, batch.mask)
+        loss = weighted_cross_entropy(logits, batch.targets.long(), batch.weights, batch.mask)
         if not torch.isfinite(loss):
             raise ValueError(
                 f"training diverged at iteration {it + 1}: the loss is {loss.item()}. Likely causes: "
