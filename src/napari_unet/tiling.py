@@ -52,13 +52,16 @@ from .normalize import SUBSAMPLE_PIXELS, apply_normalization, normalization_para
 
 #: seconds between progress records while a batch is on the device (cancel latency)
 HEARTBEAT_S = 0.2
-#: bytes of activations per input pixel and per channel of the first level, measured
-#: for the U-Net of model.py at inference (conv, BatchNorm, concat and skip buffers of
-#: all levels); see benchmarks/bench_tiling.py
-ACTIVATION_FACTOR = 14.0
-#: on a CPU the tile is capped: past this output edge larger tiles stop paying off
-#: (the halo share is already small) and memory grows; measured on a 2-core AVX-512 CPU
-CPU_MAX_TILE = 1024
+#: activation values alive per input pixel and per channel of the first level at
+#: inference (conv, BatchNorm, concat and skip buffers of all levels). Measured peak for
+#: the U-Net of model.py (depth 4, width 16, CPU): 5.5 (float32) to 6.5 (bfloat16); 7
+#: leaves a margin
+ACTIVATION_FACTOR = 7.0
+#: on a CPU the output tile is capped: measured on a 2-core AVX-512-BF16/AMX CPU with
+#: bfloat16 and channels-last, a 2048x2048 image ran about 2x faster with 384-512 px
+#: tiles than with 1024-2048 px ones (the activations of a tile then stay in cache), even
+#: though the halo share is larger (benchmarks/bench_tiling.py --sweep)
+CPU_MAX_TILE = 512
 #: share of free memory a prediction may use
 MEMORY_SHARE = {"cuda": 0.6, "mps": 0.5, "cpu": 0.25}
 MAX_BATCH = 16
@@ -317,6 +320,11 @@ def _make_plan(config: Any, hw: tuple[int, int], tile: int, batch: int | None, d
     g = config.grid
     ty, tx = (_balanced(s, tile, g) for s in hw)
     iy, ix = config.input_size_for_output(ty), config.input_size_for_output(tx)
+    if batch is None and device.type == "cpu":
+        # one full-size tile keeps the cores busy and bigger batches only evict the
+        # caches; small tiles (small planes) are batched up to the same number of pixels
+        full = config.input_size_for_output(CPU_MAX_TILE) ** 2
+        batch = int(max(1, min(MAX_BATCH, full // (iy * ix))))
     if batch is None:
         budget = available_memory(device) * MEMORY_SHARE.get(device.type, 0.25)
         per_tile = activation_bytes_per_pixel(config, amp) * iy * ix
