@@ -298,3 +298,33 @@ def test_edit_is_frozen_and_reports_size():
     assert e.size == 1 and bool(e)
     with pytest.raises(AttributeError):
         e.message = "x"  # type: ignore[misc]
+
+
+def test_region_from_shapes_single_plane():
+    rect3 = np.array([[1, 2, 2], [1, 2, 6], [1, 6, 6], [1, 6, 2]], float)
+    assert region_from_shapes([rect3], ["rectangle"], (3, 10, 10), plane=(1,)).any()
+    assert not region_from_shapes([rect3], ["rectangle"], (3, 10, 10), plane=(0,)).any()
+    assert region_from_shapes([rect3[:, 1:]], ["rectangle"], (3, 10, 10), plane=(2,)).shape == (10, 10)
+    with pytest.raises(ValueError, match="plane"):
+        region_from_shapes([rect3], ["rectangle"], (3, 10, 10), plane=(0, 1))
+
+
+def test_restrict_to_region_and_region_score():
+    from napari_unet.annotate import region_score, restrict_to_region
+
+    gt = np.zeros((20, 20), np.int32)
+    gt[1:5, 1:5] = 1
+    gt[1:5, 12:16] = 2  # outside the region
+    gt[8:12, 7:11] = 3  # 3/4 inside the region
+    region = np.zeros((20, 20), bool)
+    region[:, :10] = True
+    r = restrict_to_region(gt, region)
+    assert set(np.unique(r)) == {0, 1, 3}
+    pred = gt.copy()
+    pred[pred == 2] = 0  # missing outside the region: does not count
+    assert region_score(gt, pred, region) == 1.0
+    pred[pred == 3] = 0  # a miss inside: 1 TP, 1 FN
+    assert region_score(gt, pred, region) == pytest.approx(0.5)
+    assert region_score(gt, pred) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="does not match"):
+        region_score(gt, pred[:5])

@@ -35,6 +35,8 @@ __all__ = [
     "next_free_id",
     "polyline_pixels",
     "region_from_shapes",
+    "region_score",
+    "restrict_to_region",
     "remove_small_pieces",
     "split_label",
     "default_region",
@@ -412,6 +414,7 @@ def region_from_shapes(
     shapes: Sequence[Any],
     shape_types: Sequence[str],
     image_shape: Sequence[int],
+    plane: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Rasterise rectangles, polygons and ellipses into a bool mask of the annotated area.
 
@@ -423,9 +426,11 @@ def region_from_shapes(
         shape_types: napari shape type of each ("rectangle", "polygon", "ellipse";
             "line", "path" and "polyline" enclose nothing and are skipped).
         image_shape: shape of the label image.
+        plane: for a stack, return only the 2D mask of this plane (leading indices), so
+            a big stack is never rasterised whole.
 
     Returns:
-        bool mask of ``image_shape``.
+        bool mask of ``image_shape`` (or of its last two axes when ``plane`` is given).
     """
     from skimage.draw import ellipse, polygon
 
@@ -434,8 +439,13 @@ def region_from_shapes(
         raise ValueError(f"the image must be at least 2D, got shape {image_shape}")
     if len(shapes) != len(shape_types):
         raise ValueError(f"got {len(shapes)} shapes but {len(shape_types)} shape types")
-    mask = np.zeros(image_shape, bool)
     hw = image_shape[-2:]
+    lead_dims = len(image_shape) - 2
+    if plane is not None:
+        plane = tuple(int(p) for p in plane)
+        if len(plane) != lead_dims:
+            raise ValueError(f"plane {plane} does not index the leading axes of shape {image_shape}")
+    mask = np.zeros(hw if plane is not None else image_shape, bool)
     for verts, kind in zip(shapes, shape_types):
         v = np.asarray(verts, dtype=float)
         if v.ndim != 2 or v.shape[1] < 2:
@@ -454,13 +464,60 @@ def region_from_shapes(
             rr, cc = polygon(yx[:, 0], yx[:, 1], shape=hw)
         else:
             raise ValueError(f"unsupported shape type {kind!r}: use rectangles, polygons or ellipses")
-        lead_dims = len(image_shape) - 2
         if lead_dims and v.shape[1] == len(image_shape):
-            plane = tuple(int(np.clip(round(float(x)), 0, n - 1)) for x, n in zip(v[0, :-2], image_shape[:-2]))
-            mask[plane + (rr, cc)] = True
+            where = tuple(int(np.clip(round(float(x)), 0, n - 1)) for x, n in zip(v[0, :-2], image_shape[:-2]))
+            if plane is None:
+                mask[where + (rr, cc)] = True
+            elif where == plane:
+                mask[rr, cc] = True
         else:
             mask[(Ellipsis, rr, cc)] = True
     return mask
+
+
+def restrict_to_region(labels: Any, region: Any) -> np.ndarray:
+    """Keep only the objects lying at least half inside ``region`` (the rest set to 0).
+
+    This is how a prediction (or an annotation) is compared on an annotated region: an
+    object cut by the region's edge counts when most of it is inside, as in training's
+    validation.
+    """
+    lab = check_labels(labels)
+    reg = np.asarray(region, bool)
+    if reg.shape != lab.shape:
+        raise ValueError(f"region shape {reg.shape} does not match the labels' shape {lab.shape}")
+    if reg.all():
+        return lab
+    ids = lab.ravel().astype(np.int64)
+    n = int(ids.max(initial=0)) + 1
+    inside = np.bincount(ids[reg.ravel()], minlength=n)
+    total = np.bincount(ids, minlength=n)
+    keep = inside * 2 >= total
+    keep[0] = True
+    return np.where(keep[lab], lab, 0)
+
+
+def region_score(annotation: Any, prediction: Any, region: Any = None, threshold: float = 0.5) -> float:
+    """Average precision (TP / (TP + FP + FN) at an IoU threshold) inside an annotated region.
+
+    Args:
+        annotation: the person's labels (taken as the truth).
+        prediction: predicted instance labels, same shape.
+        region: bool mask of the annotated area (None: everything).
+        threshold: IoU threshold (0.5: the usual AP@0.5).
+
+    Returns:
+        The score in [0, 1] over the objects at least half inside the region.
+    """
+    from .metrics import average_precision
+
+    gt = check_labels(annotation)
+    pred = check_labels(prediction, "prediction")
+    if gt.shape != pred.shape:
+        raise ValueError(f"prediction shape {pred.shape} does not match the annotation's shape {gt.shape}")
+    if region is not None:
+        gt, pred = restrict_to_region(gt, region), restrict_to_region(pred, region)
+    return float(average_precision(gt, pred, threshold)[float(threshold)])
 
 
 def default_region(labels: Any, margin: int = DEFAULT_MARGIN) -> np.ndarray:
