@@ -1,0 +1,659 @@
+"""Overlap-tile segmentation of huge images, or many images, as Dask tasks.
+
+:func:`segment_distributed` runs the same inference as :func:`napari_unet.tiling.segment`
+on a ``dask.distributed`` cluster (a ``LocalCluster``, dask-jobqueue's ``SLURMCluster``,
+or any scheduler address) and writes everything into one zarr store. It works in three
+passes over blocks of the image; every block is one zarr chunk, so no two tasks ever
+write the same chunk:
+
+1. **probabilities** -- each task reads its block plus the network halo (mirrored at the
+   image borders by the same index reflection as :mod:`napari_unet.tiling`) and predicts
+   it tile by tile. Tiles lie on the SAME global tile grid as the single-process run
+   (tile origins on the pooling grid, tiles split evenly as ``tiling`` splits them, blocks
+   made of whole tiles), so the probabilities are identical to ``segment``'s.
+2. **objects** -- each task post-processes its block plus an ``overlap`` margin of the
+   stored probabilities and keeps, for the pixels of its block, every object that
+   overlaps it. An object is named by a key every task computes alike without talking
+   to the others: the raster index of its first pixel in the whole image. Because the
+   watershed result of a connected foreground region depends only on that region, an
+   object whose foreground region fits inside the margin comes out the same in every
+   block that sees it: no cell is split at a block face or counted twice. Objects whose
+   foreground region reaches past the margin are counted (``result.cut_objects``): make
+   ``overlap`` larger than the biggest clump of touching cells.
+3. **labels** -- the keys are renumbered to consecutive int32 ids 1..N (ordered by each
+   object's first pixel) in the final ``labels`` array.
+
+So the final labels equal ``segment``'s on the same image up to a permutation of the ids.
+
+Resumable: a block's done-marker (``_done/<image>/<pass>/<y>_<x>``) is written,
+atomically, after its data; a rerun with the same arguments skips every marked block,
+and a worker killed mid-task loses only its unmarked block (Dask reruns it on another
+worker). Delete a marker to recompute that block.
+
+The model travels to the workers as bytes (config + state dict + meta, read back with
+``torch.load(weights_only=True)``; no code is pickled) and is built once per worker.
+
+Layout of the output store ``out`` (one group per image when several are given, named
+after the file; a single image writes at the root)::
+
+    labels            int32, image shape without its channel axis
+    probabilities     float32, (classes, *that shape)
+    _object_keys      int64 keys of pass 2 (kept for resuming; may be deleted when done)
+    _done/            the markers
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import threading
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._progress import Progress, ProgressBar, drain
+
+#: default block edge (pixels of output) handled by one task
+DEFAULT_BLOCK_SIZE = 2048
+#: default margin post-processed around each block (must exceed the largest clump of cells)
+DEFAULT_OVERLAP = 128
+IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")
+
+# per worker process: built networks and opened images (loaded once per worker)
+_CACHE_LOCK = threading.Lock()
+_NETS: dict[tuple[str, str], Any] = {}
+_IMAGES: dict[str, Any] = {}
+
+
+# -- the model as bytes ---------------------------------------------------------------------
+
+
+def model_to_bytes(model: Any) -> bytes:
+    """Serialise a :class:`~napari_unet.model.UNet` (config, weights, meta) to bytes.
+
+    Args:
+        model: the network.
+
+    Returns:
+        bytes that :func:`model_from_bytes` turns back into the same network.
+    """
+    import torch
+
+    from .model import FORMAT_NAME, FORMAT_VERSION, _plain
+
+    payload = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": asdict(model.config),
+        "meta": _plain(model.meta),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def model_from_bytes(data: bytes) -> Any:
+    """Rebuild a network from :func:`model_to_bytes` output (``weights_only`` loading).
+
+    Args:
+        data: the bytes.
+
+    Returns:
+        the :class:`~napari_unet.model.UNet`, in eval mode on the CPU.
+    """
+    import torch
+
+    from .model import FORMAT_NAME, ModelFileError, UNet, UNetConfig, default_meta
+
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for bad bytes
+        raise ModelFileError(f"the model bytes are not a readable napari-unet model ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise ModelFileError("the model bytes are not a napari-unet model")
+    config = UNetConfig(**payload["config"])
+    net = UNet(**asdict(config))
+    net.load_state_dict(payload["state_dict"])
+    meta = default_meta(config.num_classes)
+    meta.update(payload.get("meta", {}))
+    net.meta = meta
+    return net.eval()
+
+
+def _worker_net(key: str, data: bytes, device: str, channels_last: bool) -> Any:
+    """The network for ``key`` on this worker, built on first use."""
+    from .device import resolve_device
+    from .tiling import _prepare_network
+
+    with _CACHE_LOCK:
+        net = _NETS.get((key, device))
+        if net is None:
+            net = _prepare_network(model_from_bytes(data), resolve_device(device), channels_last)
+            _NETS[(key, device)] = net
+        return net
+
+
+def _open_source(src: Any) -> Any:
+    """The image of a task: an array as given, or a file opened once per worker."""
+    if isinstance(src, str):
+        with _CACHE_LOCK:
+            img = _IMAGES.get(src)
+            if img is None:
+                from ._cli._io import read_image
+
+                img = read_image(src)[0]
+                _IMAGES[src] = img
+            return img
+    return src
+
+
+# -- plan -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ImagePlan:
+    name: str  # group inside the store ("" = root)
+    source: Any  # path string, array, or a scattered future
+    layout: Any  # tiling.Layout
+    channel_map: str
+    tile: tuple[int, int]  # the single-process tile grid (balanced like tiling's)
+    block: tuple[int, int]  # block edges: whole numbers of tiles
+
+    def blocks(self) -> list[tuple[tuple[int, ...], int, int]]:
+        H, W = self.layout.yx_shape
+        return [
+            (p, by, bx)
+            for p in self.layout.plane_indices()
+            for by in range(0, H, self.block[0])
+            for bx in range(0, W, self.block[1])
+        ]
+
+
+def _block_key(plane: tuple[int, ...], y0: int, x0: int) -> str:
+    return "_".join(str(int(i)) for i in (*plane, y0, x0))
+
+
+def _marker(root: Path, name: str, phase: str, key: str) -> Path:
+    return root / "_done" / (name or "_root") / phase / key
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _plane_index(layout: Any, plane: tuple[int, ...], ys: slice, xs: slice) -> tuple[tuple[Any, ...], bool]:
+    from .tiling import _out_index
+
+    return _out_index(layout, plane, ys, xs)
+
+
+# -- the three passes (run on the workers) -------------------------------------------------
+
+
+def _predict_block(plan: _ImagePlan, source: Any, norm: tuple[np.ndarray, np.ndarray], model_key: str, model_bytes: bytes,
+                   plane: tuple[int, ...], y0: int, x0: int, root: str, device: str, amp: bool, channels_last: bool,
+                   batch_size: int, torch_threads: int | None) -> str:
+    """Pass 1: probabilities of one block, tiles on the global tile grid."""
+    import torch
+    import zarr
+
+    from .device import resolve_device
+    from .normalize import apply_normalization
+    from .tiling import _Source, _TileTooLarge, _forward, round_tile_size
+
+    if torch_threads:
+        torch.set_num_threads(int(torch_threads))
+    lay = plan.layout
+    H, W = lay.yx_shape
+    y1, x1 = min(y0 + plan.block[0], H), min(x0 + plan.block[1], W)
+    net = _worker_net(model_key, model_bytes, device, channels_last)
+    cfg = net.config
+    dev = resolve_device(device)
+    src = _Source(_open_source(source), lay, plan.channel_map)
+    lo, hi = norm
+    probs = np.zeros((cfg.num_classes, y1 - y0, x1 - x0), np.float32)
+    ty, tx = plan.tile
+    while True:
+        try:
+            iy, ix = cfg.input_size_for_output(ty), cfg.input_size_for_output(tx)
+            origins = [(oy, ox) for oy in range(y0, y1, ty) for ox in range(x0, x1, tx)]
+            for start in range(0, len(origins), batch_size):
+                chunk = origins[start : start + batch_size]
+                x = np.empty((len(chunk), cfg.in_channels, iy, ix), np.float32)
+                for i, (oy, ox) in enumerate(chunk):
+                    raw = src.read(plane, oy - cfg.halo, iy, ox - cfg.halo, ix)
+                    x[i] = apply_normalization(raw, lo, hi, channel_axis=0)
+                out = _forward(net, x, dev, amp, channels_last, (ty, tx))
+                for (oy, ox), pr in zip(chunk, out):
+                    h, w = min(ty, y1 - oy), min(tx, x1 - ox)
+                    probs[:, oy - y0 : oy - y0 + h, ox - x0 : ox - x0 + w] = pr[:, :h, :w]
+            break
+        except _TileTooLarge:
+            # out of memory with one tile: smaller tiles (equal up to float rounding only)
+            smaller = round_tile_size(max(ty, tx) // 2, cfg)
+            if smaller >= max(ty, tx):
+                raise MemoryError(f"out of memory on {device} even with {ty}x{tx} tiles") from None
+            ty = tx = smaller
+    group = zarr.open_group(root, mode="r+")
+    arr = group[_path(plan.name, "probabilities")]
+    idx, transpose = _plane_index(lay, plane, slice(y0, y1), slice(x0, x1))
+    arr[(slice(None),) + idx] = probs.transpose(0, 2, 1) if transpose else probs
+    key = _block_key(plane, y0, x0)
+    _write_atomic(_marker(Path(root), plan.name, "probabilities", key), b"")
+    return key
+
+
+def _read_plane(arr: Any, lay: Any, plane: tuple[int, ...], ys: slice, xs: slice, lead: bool) -> np.ndarray:
+    idx, transpose = _plane_index(lay, plane, ys, xs)
+    a = np.asarray(arr[((slice(None),) if lead else ()) + idx])
+    return (a.swapaxes(-1, -2) if transpose else a)
+
+
+def _label_block(plan: _ImagePlan, plane: tuple[int, ...], y0: int, x0: int, root: str, overlap: int, mode: str,
+                 postprocess: dict[str, Any]) -> tuple[str, int]:
+    """Pass 2: objects of one block, named by their first pixel's raster index."""
+    import zarr
+    from scipy import ndimage as ndi
+
+    from .postprocess import probabilities_to_labels
+
+    lay = plan.layout
+    H, W = lay.yx_shape
+    y1, x1 = min(y0 + plan.block[0], H), min(x0 + plan.block[1], W)
+    group = zarr.open_group(root, mode="r+")
+    key = _block_key(plane, y0, x0)
+    if mode == "semantic":
+        p = _read_plane(group[_path(plan.name, "probabilities")], lay, plane, slice(y0, y1), slice(x0, x1), True)
+        lab = probabilities_to_labels(p, "semantic")
+        idx, transpose = _plane_index(lay, plane, slice(y0, y1), slice(x0, x1))
+        group[_path(plan.name, "labels")][idx] = lab.T if transpose else lab
+        _write_atomic(_marker(Path(root), plan.name, "objects", key), _npy(np.zeros(0, np.int64)))
+        return key, 0
+    ry0, ry1 = max(0, y0 - overlap), min(H, y1 + overlap)
+    rx0, rx1 = max(0, x0 - overlap), min(W, x1 + overlap)
+    p = _read_plane(group[_path(plan.name, "probabilities")], lay, plane, slice(ry0, ry1), slice(rx0, rx1), True)
+    lab = probabilities_to_labels(p, mode, **postprocess)
+    n = int(lab.max(initial=0))
+    # key = 1 + raster index (in the whole stack) of the object's first pixel
+    ids, first = np.unique(lab.ravel(), return_index=True)
+    fy, fx = np.divmod(first, rx1 - rx0)
+    plane_offset = int(np.ravel_multi_index(plane, lay.plane_shape)) * H * W if plane else 0
+    keymap = np.zeros(n + 1, np.int64)
+    keymap[ids] = plane_offset + (fy + ry0).astype(np.int64) * W + (fx + rx0) + 1
+    keymap[0] = 0
+    # foreground regions reaching a face of the margin that is not the image border may
+    # be incomplete: objects of theirs that reach into the block are counted as cut
+    fg = (1.0 - p[0]) > float(postprocess.get("foreground_threshold", 0.5))
+    comp, _ = ndi.label(fg)
+    edge = np.zeros(int(comp.max(initial=0)) + 1, bool)
+    for inner, sl in ((ry0 > 0, comp[0]), (ry1 < H, comp[-1]), (rx0 > 0, comp[:, 0]), (rx1 < W, comp[:, -1])):
+        if inner:
+            edge[sl] = True
+    edge[0] = False
+    inner_lab = lab[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
+    inner_comp = comp[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
+    cut = int(len(np.unique(inner_lab[edge[inner_comp] & (inner_lab > 0)])))
+    keys = keymap[inner_lab]
+    idx, transpose = _plane_index(lay, plane, slice(y0, y1), slice(x0, x1))
+    group[_path(plan.name, "_object_keys")][idx] = keys.T if transpose else keys
+    uniq = np.unique(keys)
+    _write_atomic(_marker(Path(root), plan.name, "objects", key), _npy(uniq[uniq > 0]))
+    return key, cut
+
+
+def _relabel_block(plan: _ImagePlan, plane: tuple[int, ...], y0: int, x0: int, root: str, all_keys: np.ndarray) -> str:
+    """Pass 3: keys to consecutive int32 ids."""
+    import zarr
+
+    lay = plan.layout
+    H, W = lay.yx_shape
+    y1, x1 = min(y0 + plan.block[0], H), min(x0 + plan.block[1], W)
+    group = zarr.open_group(root, mode="r+")
+    idx, _ = _plane_index(lay, plane, slice(y0, y1), slice(x0, x1))
+    keys = np.asarray(group[_path(plan.name, "_object_keys")][idx])
+    ids = np.where(keys > 0, np.searchsorted(all_keys, keys) + 1, 0).astype(np.int32)
+    group[_path(plan.name, "labels")][idx] = ids
+    key = _block_key(plane, y0, x0)
+    _write_atomic(_marker(Path(root), plan.name, "labels", key), b"")
+    return key
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _path(name: str, array: str) -> str:
+    return f"{name}/{array}" if name else array
+
+
+def _normalization(source: Any, layout: Any, rule: dict[str, Any], channel_map: str) -> tuple[np.ndarray, np.ndarray]:
+    from .tiling import image_normalization
+
+    return image_normalization(_open_source(source), layout, rule, channel_map)
+
+
+# -- inputs and client -------------------------------------------------------------------------
+
+
+def _inputs(image_or_paths: Any, axes: str | None) -> list[tuple[str, Any, str | None, Any]]:
+    """``(name, source for tasks, axes, opened array)`` per image."""
+    from ._cli._io import read_image
+
+    if isinstance(image_or_paths, (str, os.PathLike)):
+        p = Path(image_or_paths)
+        if p.is_dir() and p.suffix.lower() != ".zarr":
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ValueError(f"{p} holds no images (.tif, .tiff, .npy or .zarr)")
+            image_or_paths = files
+        else:
+            arr, file_axes = read_image(p)
+            return [("", str(p.resolve()), axes or file_axes, arr)]
+    if isinstance(image_or_paths, (list, tuple)) and image_or_paths and isinstance(image_or_paths[0], (str, os.PathLike)):
+        out = []
+        names: set[str] = set()
+        for f in image_or_paths:
+            f = Path(f)
+            arr, file_axes = read_image(f)
+            name = f.name[: -len(f.suffix)] if f.suffix else f.name
+            if name in names:
+                raise ValueError(f"two inputs are both named {name!r}; rename one (outputs are grouped by name)")
+            names.add(name)
+            out.append((name, str(f.resolve()), axes or file_axes, arr))
+        return out
+    if not hasattr(image_or_paths, "shape") or not hasattr(image_or_paths, "__getitem__"):
+        image_or_paths = np.asarray(image_or_paths)
+    return [("", image_or_paths, axes, image_or_paths)]
+
+
+def _get_client(client: Any, n_workers: int | None) -> tuple[Any, list[Any]]:
+    """A distributed Client and the objects to close afterwards (those made here)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:  # pragma: no cover - an optional dependency
+        raise ValueError("distributed inference needs dask.distributed: pip install 'napari-unet[distributed]'") from exc
+    if client is None:
+        if n_workers is None:
+            try:
+                from distributed import get_client
+
+                return get_client(), []
+            except ValueError:
+                pass
+        cluster = LocalCluster(n_workers=n_workers or max(1, (os.cpu_count() or 1)), threads_per_worker=1,
+                               processes=True, dashboard_address=None)
+        c = Client(cluster)
+        return c, [c, cluster]
+    if isinstance(client, str):
+        c = Client(client)
+        return c, [c]
+    return client, []
+
+
+@dataclass
+class DistributedResult:
+    """What :func:`segment_distributed` did.
+
+    Attributes:
+        out: the zarr store.
+        images: group name per image (``""`` = the store's root).
+        computed: blocks computed in this run, per pass (probabilities, objects, labels).
+        skipped: blocks found done and skipped, per pass.
+        objects: number of objects per image.
+        cut_objects: objects whose foreground region reached past the overlap margin
+            (they may be split at a block face; 0 means the labels are exact).
+        tile: the tile grid used (pass the same ``tile_size`` to ``segment`` to compare).
+        block: block edges in pixels.
+    """
+
+    out: str
+    images: list[str]
+    computed: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    objects: dict[str, int] = field(default_factory=dict)
+    cut_objects: int = 0
+    tile: tuple[int, int] = (0, 0)
+    block: tuple[int, int] = (0, 0)
+
+
+# -- public API ------------------------------------------------------------------------------------
+
+
+def segment_distributed_iter(
+    image_or_paths: Any,
+    model: Any = None,
+    *,
+    out: str | os.PathLike,
+    client: Any = None,
+    n_workers: int | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    overlap: int = DEFAULT_OVERLAP,
+    tile_size: int | None = None,
+    device: str = "cpu",
+    axes: str | None = None,
+    batch_size: int = 1,
+    amp: bool | None = None,
+    channels_last: bool = True,
+    mode: str | None = None,
+    torch_threads: int | None = None,
+    **postprocess: Any,
+) -> Generator[Progress, None, DistributedResult]:
+    """Segment one huge image or many images on a Dask cluster, into a zarr store.
+
+    Args:
+        image_or_paths: a numpy/zarr/dask array, a path (.tif, .npy, .zarr), a directory
+            of such files, or a list of paths.
+        model: a :class:`~napari_unet.model.UNet`, a model file path, or None = bundled.
+        out: the output zarr store (a directory); reused when it exists (resume).
+        client: a ``distributed.Client``, a scheduler address (``"tcp://host:8786"``), or
+            None = the current client, else a new ``LocalCluster`` (closed afterwards).
+        n_workers: workers of that new ``LocalCluster`` (None = one per CPU core).
+        block_size: output block edge per task, rounded to whole tiles (and the zarr
+            chunk edge).
+        overlap: margin post-processed around each block; objects whose touching clump
+            fits in it are never split (see ``DistributedResult.cut_objects``).
+        tile_size: output tile edge as in :func:`napari_unet.tiling.predict_iter`; the
+            tile grid is laid out exactly as there, so ``segment(image, model,
+            tile_size=T)`` gives the same probabilities. None = 512 capped at the block.
+        device: device of the workers (``"cpu"``, ``"cuda"``...), as each worker sees it.
+        axes: axis letters (see :func:`napari_unet.tiling.parse_axes`); None = from the
+            file or guessed.
+        batch_size: tiles per forward pass inside a task.
+        amp: mixed precision as in ``predict_iter`` (None = where supported).
+        channels_last: NHWC convolutions, as in ``predict_iter``.
+        mode: post-processing mode; None = the model's.
+        torch_threads: ``torch.set_num_threads`` in each task (None = leave it; a Dask
+            nanny starts workers with ``OMP_NUM_THREADS=1``).
+        **postprocess: options of :func:`napari_unet.postprocess.probabilities_to_labels`.
+
+    Yields:
+        :class:`Progress` records, one per finished block.
+
+    Returns:
+        a :class:`DistributedResult`.
+    """
+    import zarr
+
+    from .device import cpu_supports_bf16
+    from .model import UNet, load_model
+    from .postprocess import MODES
+    from .tiling import _balanced, _channel_map, parse_axes, round_tile_size
+
+    if block_size < 1 or overlap < 0:
+        raise ValueError(f"block_size must be positive and overlap non-negative, got {block_size}, {overlap}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if model is None or isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
+    if not isinstance(model, UNet):
+        raise TypeError(f"model must be a napari_unet.UNet or a model file, got {type(model).__name__}")
+    mode = mode or model.meta.get("mode", "instance3")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if amp is None:
+        amp = device.startswith("cuda") or (device == "cpu" and cpu_supports_bf16())
+    channels_last = bool(channels_last) and not device.startswith("mps")
+    cfg = model.config
+    g = cfg.grid
+    inputs = _inputs(image_or_paths, axes)
+    root = Path(out)
+    if root.exists() and not (root / "zarr.json").is_file() and not (root / ".zgroup").is_file():
+        if any(root.iterdir()):
+            raise ValueError(f"{root} exists and is not a zarr store; choose a new output path")
+    root_group = zarr.open_group(str(root), mode="a")
+    rule = model.meta.get("normalization", {"kind": "percentile"})
+    k = cfg.num_classes
+
+    plans: list[_ImagePlan] = []
+    for name, source, ax, arr in inputs:
+        dtype = np.dtype(getattr(arr, "dtype", np.float32))
+        if dtype.kind not in "biuf":
+            raise ValueError(f"cannot segment image {name or '(input)'} of dtype {dtype}; give a numeric image")
+        lay = parse_axes(arr.shape, ax)
+        cmap = _channel_map(lay, cfg.in_channels)
+        H, W = lay.yx_shape
+        t = round_tile_size(tile_size if tile_size is not None else min(512, block_size), cfg)
+        tile = (_balanced(H, t, g), _balanced(W, t, g))
+        block = tuple(max(1, round(block_size / ti)) * ti for ti in tile)
+        plans.append(_ImagePlan(name, source, lay, cmap, tile, block))  # type: ignore[arg-type]
+        group = root_group.require_group(name) if name else root_group
+        yx_chunks = []
+        for a in range(len(lay.shape)):
+            if a == lay.channel:
+                continue
+            yx_chunks.append(block[0] if a == lay.y else block[1] if a == lay.x else 1)
+        chunks = tuple(yx_chunks)
+        want = {
+            "probabilities": ((k, *lay.out_shape), (k, *chunks), "float32"),
+            "_object_keys": (lay.out_shape, chunks, "int64"),
+            "labels": (lay.out_shape, chunks, "int32"),
+        }
+        meta = {"tile": list(tile), "block": list(block), "overlap": int(overlap), "mode": mode, "amp": bool(amp)}
+        old = dict(group.attrs).get("napari_unet")
+        if old is not None and any(old.get(key) != v for key, v in meta.items()):
+            raise ValueError(
+                f"{root} was started with other settings ({old}); resume with the same block_size, "
+                "tile_size, overlap, mode and amp, or choose a new output path"
+            )
+        for arr_name, (shape, ch, dt) in want.items():
+            if arr_name in group and tuple(group[arr_name].shape) == shape and group[arr_name].dtype == np.dtype(dt):
+                continue
+            group.create_array(arr_name, shape=shape, chunks=ch, dtype=dt, fill_value=0, overwrite=True)
+        group.attrs["napari_unet"] = meta
+
+    c, to_close = _get_client(client, n_workers)
+    result = DistributedResult(out=str(root), images=[p.name for p in plans], tile=plans[0].tile, block=plans[0].block)
+    try:
+        model_bytes = model_to_bytes(model)
+        model_key = hashlib.sha1(model_bytes).hexdigest()
+        mb = c.scatter(model_bytes, broadcast=True)
+        sources = []
+        for p in plans:
+            if isinstance(p.source, np.ndarray):
+                sources.append(c.scatter(p.source, broadcast=False))
+            else:
+                sources.append(p.source)
+        # normalisation: once per image, as tiling computes it (on the workers: no image I/O here)
+        norms = [c.submit(_normalization, s, p.layout, rule, p.channel_map, pure=False) for p, s in zip(plans, sources)]
+        total = 3 * sum(len(p.blocks()) for p in plans) if mode != "semantic" else 2 * sum(len(p.blocks()) for p in plans)
+        done = 0
+
+        def pending(phase: str) -> list[tuple[int, _ImagePlan, tuple[int, ...], int, int]]:
+            todo = []
+            skipped = 0
+            for i, p in enumerate(plans):
+                for plane, by, bx in p.blocks():
+                    if _marker(root, p.name, phase, _block_key(plane, by, bx)).is_file():
+                        skipped += 1
+                    else:
+                        todo.append((i, p, plane, by, bx))
+            result.skipped[phase] = skipped
+            return todo
+
+        def wait(futures: list[Any], phase: str) -> Generator[Progress, None, list[Any]]:
+            nonlocal done
+            from distributed import as_completed
+
+            outs = []
+            result.computed[phase] = 0
+            for fut in as_completed(futures):
+                outs.append(fut.result())
+                result.computed[phase] += 1
+                done += 1
+                yield Progress(done, total, f"{phase}: block {outs[-1] if isinstance(outs[-1], str) else outs[-1][0]}")
+            return outs
+
+        # pass 1: probabilities
+        todo = pending("probabilities")
+        done += result.skipped["probabilities"]
+        yield Progress(done, total, "probabilities")
+        futs = [
+            c.submit(_predict_block, p, sources[i], norms[i], model_key, mb, plane, by, bx, str(root), device, bool(amp),
+                     channels_last, batch_size, torch_threads, pure=False)
+            for i, p, plane, by, bx in todo
+        ]
+        yield from wait(futs, "probabilities")
+        # pass 2: objects (needs the probabilities of the neighbours: after pass 1)
+        todo = pending("objects")
+        done += result.skipped["objects"]
+        futs = [
+            c.submit(_label_block, p, plane, by, bx, str(root), int(overlap), mode, dict(postprocess), pure=False)
+            for i, p, plane, by, bx in todo
+        ]
+        outs = yield from wait(futs, "objects")
+        result.cut_objects = int(sum(cut for _, cut in outs))
+        if mode != "semantic":
+            # pass 3: consecutive ids (keys gathered from the markers, so a resumed run agrees)
+            todo = pending("labels")
+            done += result.skipped["labels"]
+            futs = []
+            for i, p in enumerate(plans):
+                parts = [np.load(io.BytesIO(_marker(root, p.name, "objects", _block_key(*b)).read_bytes()))
+                         for b in p.blocks()]
+                keys = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+                if len(keys) > np.iinfo(np.int32).max:
+                    raise ValueError("more objects than int32 labels can hold; split the image")
+                result.objects[p.name] = int(len(keys))
+                mine = [t for t in todo if t[0] == i]
+                if mine:
+                    kf = c.scatter(keys, broadcast=True)
+                    futs += [c.submit(_relabel_block, p, plane, by, bx, str(root), kf, pure=False) for _, p, plane, by, bx in mine]
+            yield from wait(futs, "labels")
+        yield Progress(total, total, "done")
+    finally:
+        for obj in to_close:
+            obj.close()
+    return result
+
+
+def segment_distributed(image_or_paths: Any, model: Any = None, *, out: str | os.PathLike, client: Any = None,
+                        progress: ProgressBar | None = None, **kwargs: Any) -> DistributedResult:
+    """:func:`segment_distributed_iter` run to the end.
+
+    Args:
+        image_or_paths: array, path, directory or list of paths.
+        model: model, model file or None (bundled).
+        out: output zarr store.
+        client: Client, scheduler address or None.
+        progress: optional tqdm-like bar.
+        **kwargs: further options of :func:`segment_distributed_iter`.
+
+    Returns:
+        a :class:`DistributedResult`; read the labels with ``zarr.open_group(out)["labels"]``.
+    """
+    return drain(segment_distributed_iter(image_or_paths, model, out=out, client=client, **kwargs), progress)
+
+
+__all__ = ["DistributedResult", "model_from_bytes", "model_to_bytes", "segment_distributed", "segment_distributed_iter"]
