@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import ComboBox, FileEdit, Label, ProgressBar, PushButton
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import notification_manager, show_error, show_warning
 
@@ -403,8 +403,12 @@ def bundled_model_available() -> bool:
     return bundled_model_path().is_file()
 
 
-class ModelPicker(Container):
-    """Model choice: the bundled model or a model file (``.pt``)."""
+class ModelPicker:
+    """Model choice: the bundled model or a model file (``.pt``).
+
+    Not a container of its own: add ``picker.widgets`` to the widget's (labelled)
+    container, so the labels line up with the other rows.
+    """
 
     BUNDLED = "bundled"
     FILE = "model file"
@@ -426,8 +430,8 @@ class ModelPicker(Container):
             filter="napari-unet models (*.pt);;All files (*)",
             tooltip="A napari-unet model file (.pt); loading it never runs code from it",
         )
-        super().__init__(widgets=[self.source, self.file], labels=True)
-        self.margins = (0, 0, 0, 0)
+        self.file.margins = (0, 0, 0, 0)  # line up with the other rows
+        self.widgets = [self.source, self.file]
         self.source.changed.connect(self._sync)
         self._sync()
 
@@ -457,8 +461,11 @@ class ModelPicker(Container):
         return "bundled model" if p is None else p.name
 
 
-class DevicePicker(Container):
-    """Device choice (auto / cuda / mps / cpu) with a line saying what it resolves to."""
+class DevicePicker:
+    """Device choice (auto / cuda / mps / cpu) with a line saying what it resolves to.
+
+    Add ``picker.widgets`` to the widget's container (see :class:`ModelPicker`).
+    """
 
     def __init__(self, label: str = "Device") -> None:
         from ..device import DEVICE_CHOICES  # imports torch: widget creation, not napari start
@@ -470,15 +477,17 @@ class DevicePicker(Container):
             tooltip="Where the network runs. 'auto' picks a CUDA GPU, then Apple MPS, "
             "then the CPU",
         )
-        self.info = Label(label="", value="")
-        self.info.tooltip = "The device that will be used"
-        super().__init__(widgets=[self.device, self.info], labels=True)
-        self.margins = (0, 0, 0, 0)
+        self.info = Label(label="Runs on", value="")
+        self.info.native.setWordWrap(True)
         self.device.changed.connect(self.refresh)
         self.refresh()
 
     @property
-    def value(self) -> str:  # type: ignore[override]
+    def widgets(self) -> list[Any]:
+        return [self.device, self.info]
+
+    @property
+    def value(self) -> str:
         return self.device.value
 
     @value.setter
@@ -500,11 +509,39 @@ class DevicePicker(Container):
         try:
             dev = self.resolve()
         except DeviceError as exc:
-            set_status(self.info, f"✗ {exc}", "error")
+            set_status(self.info, str(exc), "error")
             return
-        text = f"→ {describe_device(dev)}"
+        text = describe_device(dev)
         warn = cpu_only_torch_warning() if dev.type == "cpu" else None
         if warn:
-            set_status(self.info, f"{text}\n⚠ {warn}", "warning")
+            set_status(self.info, f"{text}. Warning: {warn}", "warning")
         else:
             set_status(self.info, text)
+
+
+# -- layout ------------------------------------------------------------------------------
+
+
+def align_form(container: Any) -> None:
+    """Give every label of a labelled magicgui container the same (sufficient) width.
+
+    magicgui measures label text with the default font before the widget is styled by
+    napari's theme, so long labels can end up wider than their column and rows stop
+    lining up; measuring the real Qt labels afterwards fixes it. Label *values* (status
+    lines, section titles) are left-aligned.
+    """
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QSizePolicy
+
+    rows = [w._labeled_widget() for w in container]  # noqa: SLF001 - magicgui's own rows
+    labels = [r._label_widget for r in rows if r is not None]  # noqa: SLF001
+    if not labels:
+        return
+    width = max(lab.native.sizeHint().width() for lab in labels) + 8
+    for lab in labels:
+        lab.min_width = width
+    for w in container:
+        if isinstance(w, Label):
+            # a label sized to its text is centred in its row; let it fill the row instead
+            w.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+            w.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)

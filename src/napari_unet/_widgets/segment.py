@@ -34,6 +34,7 @@ from ._common import (
     ModelPicker,
     TaskRunner,
     add_or_update_layer,
+    align_form,
     load_model_cached,
     set_status,
     show_error_in,
@@ -166,8 +167,11 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
 
 
 def _header(text: str) -> Label:
-    head = Label(value=text)
-    head.native.setStyleSheet("font-weight: bold; padding-top: 6px;")
+    """A bold section title with a rule under it."""
+    head = Label(label="", value=text)
+    head.native.setStyleSheet(
+        "font-weight: bold; padding-top: 6px; border-bottom: 1px solid #5a626c;"
+    )
     return head
 
 
@@ -197,18 +201,17 @@ class SegmentWidget(Container):
         self.model = ModelPicker()
         self.device = DevicePicker()
         self.tile_size = SpinBox(
-            label="Tile size (px)",
+            label="Tile (0 = auto)",
             value=0,
             min=0,
             max=16384,
             step=16,
             tooltip="Edge of the output tile in pixels (rounded to a size the network "
-            "accepts). 'auto' chooses it from the free memory of the device. The result "
+            "accepts); 0 = auto, chosen from the free memory of the device. The result "
             "does not depend on it; only speed and memory do",
         )
-        self.tile_size.native.setSpecialValueText("auto")
         self.min_size = SpinBox(
-            label="Min. size (px)",
+            label="Min. size",
             value=DEFAULT_MIN_SIZE,
             min=0,
             max=10**7,
@@ -225,7 +228,7 @@ class SegmentWidget(Container):
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(value=0, min=0, max=0, label="Progress", tooltip="Tiles done")
-        self.status = Label(value="", label="")
+        self.status = Label(value="", label="Status")
         self.status.native.setWordWrap(True)
         self.status.native.setMinimumWidth(200)
 
@@ -235,8 +238,8 @@ class SegmentWidget(Container):
                 self.image,
                 self.axes,
                 _header("Model"),
-                self.model,
-                self.device,
+                *self.model.widgets,
+                *self.device.widgets,
                 self.tile_size,
                 _header("Output"),
                 self.min_size,
@@ -255,7 +258,8 @@ class SegmentWidget(Container):
         )
         self.run_button.changed.connect(self.run)
         self.image.changed.connect(self._describe_image)
-        self.native.setMinimumWidth(300)
+        self.native.setMinimumWidth(320)
+        align_form(self)
         self._describe_image()
         self.reset_choices()
 
