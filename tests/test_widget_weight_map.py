@@ -1,0 +1,131 @@
+"""The Weight map dock widget with a real napari viewer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_unet.weights import weight_map
+
+pytestmark = pytest.mark.gui
+
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "weight_map.png"
+
+
+def _cells(shape, n, radius, seed=0):
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros(shape, bool)
+    pts = tuple(rng.integers(0, s, n) for s in shape)
+    seeds[pts] = True
+    d, idx = ndi.distance_transform_edt(~seeds, return_indices=True)
+    sid = np.zeros(shape, np.int32)
+    sid[pts] = np.arange(1, n + 1)
+    vor = sid[tuple(idx)]
+    rad = rng.uniform(0.6, 1.1, n + 1) * radius
+    return np.where(d < rad[vor], vor, 0).astype(np.int32)
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot):
+    from napari_unet._widgets.weight_map import WeightMapWidget
+
+    viewer = make_napari_viewer()
+    w = WeightMapWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Weight map")
+    return viewer, w
+
+
+def _wait_for(qtbot, viewer, name, expected, timeout=10000):
+    def shown():
+        assert name in viewer.layers
+        np.testing.assert_allclose(viewer.layers[name].data, expected, atol=1e-6)
+
+    qtbot.waitUntil(shown, timeout=timeout)
+
+
+def test_compute_then_live_sigma_updates_layer_in_place(widget, qtbot):
+    viewer, w = widget
+    labels = _cells((160, 200), 30, 18, seed=1)
+    viewer.add_labels(labels, name="cells")
+    w.labels_layer.value = viewer.layers["cells"]
+    w.live.value = False
+    w.sigma.value = 5.0
+    w.compute_button.clicked.emit()
+    _wait_for(qtbot, viewer, "cells weights", weight_map(labels, sigma=5.0))
+    layer = viewer.layers["cells weights"]
+    assert layer.colormap.name == "magma"
+    assert layer.contrast_limits[1] > 5  # the border term shows
+
+    w.live.value = True
+    for s in (6.0, 7.5, 9.0):  # a quick burst of changes, as when dragging the slider
+        w.sigma.value = s
+    expected = weight_map(labels, sigma=9.0)
+    assert not np.allclose(expected, layer.data)  # the wait below can fail
+    _wait_for(qtbot, viewer, "cells weights", expected)
+    assert viewer.layers["cells weights"] is layer  # updated in place, not a new layer
+    assert sum(lay.name.startswith("cells weights") for lay in viewer.layers) == 1
+
+    w.class_weights.value = "balanced"
+    _wait_for(qtbot, viewer, "cells weights", weight_map(labels, sigma=9.0, class_weights="balanced"))
+
+
+def test_large_layer_runs_in_a_worker(widget, qtbot):
+    viewer, w = widget
+    w.SYNC_MAX_PIXELS = 1000  # force the threaded path on a small layer
+    labels = _cells((120, 120), 20, 15, seed=2)
+    viewer.add_labels(labels, name="big")
+    w.labels_layer.value = viewer.layers["big"]
+    w.live.value = True
+    w.compute()
+    assert w.running  # off the GUI thread
+    w.sigma.value = 3.0  # arrives while the first job runs: computed after it
+    _wait_for(qtbot, viewer, "big weights", weight_map(labels, sigma=3.0))
+    qtbot.waitUntil(lambda: not w.running, timeout=5000)
+
+
+def test_bad_labels_show_an_error(widget, qtbot, monkeypatch):
+    viewer, w = widget
+    shown = []
+    monkeypatch.setattr("napari_unet._widgets.weight_map.show_error", shown.append)
+    layer = viewer.add_labels(np.ones((2, 3, 30, 30), np.int32), name="4d")  # not 2D/3D
+    w.labels_layer.value = layer
+    w.compute()
+    assert shown and "2D or 3D" in shown[-1]
+    assert "4d weights" not in viewer.layers
+    assert "2D or 3D" in w.status.value
+
+
+def test_no_layer_says_so(widget, monkeypatch):
+    viewer, w = widget
+    shown = []
+    monkeypatch.setattr("napari_unet._widgets.weight_map.show_error", shown.append)
+    w.compute()
+    assert shown and "Labels layer" in shown[-1]
+
+
+def test_screenshot(widget, qtbot):
+    """A docked widget showing a weight map over its labels (docs/images/weight_map.png)."""
+    viewer, w = widget
+    labels = _cells((300, 400), 70, 22, seed=3)
+    layer = viewer.add_labels(labels, name="cells", opacity=0.6)
+    w.labels_layer.value = layer
+    w.sigma.value = 5.0
+    w.compute()
+    _wait_for(qtbot, viewer, "cells weights", weight_map(labels, sigma=5.0))
+    viewer.layers.move(viewer.layers.index("cells"), len(viewer.layers))  # labels on top
+    layer.contour = 1  # cell outlines over the map, so both can be seen
+    viewer.layers.selection.active = viewer.layers["cells weights"]
+    viewer.window._qt_window.resize(1400, 780)
+    viewer.reset_view()
+    qtbot.wait(200)
+    img = viewer.screenshot(canvas_only=False, flash=False)
+    assert img.shape[0] > 300 and img[..., :3].std() > 10  # not a blank image
+    if os.environ.get("NAPARI_UNET_SCREENSHOTS", "1") != "0":
+        from skimage.io import imsave
+
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        imsave(SCREENSHOT, img, check_contrast=False)
