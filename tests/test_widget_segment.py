@@ -282,3 +282,38 @@ def test_default_bundled_model(qtbot, make_napari_viewer):
     w.image.value = viewer.layers["cells"]
     assert run_and_wait(qtbot, w, timeout=120_000) == "done", w.status.value
     assert viewer.layers["cells labels"].data.max() > 0
+
+
+def test_unavailable_device_is_reported_not_swallowed(qtbot, widget):
+    """An explicit 'cuda' on a machine without one: a clear message, no silent CPU run.
+
+    DeviceError is a RuntimeError, which superqt's worker would drop silently; the
+    runner re-raises it so the message reaches the person.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    viewer = widget._viewer
+    viewer.add_image(blobs(), name="cells")
+    widget.image.value = viewer.layers["cells"]
+    widget.device.value = "cuda"
+    assert "cuda" in widget.device.info.value.lower()  # the picker already says so
+    assert run_and_wait(qtbot, widget) == "error"
+    assert "cuda" in widget.status.value.lower()
+    assert "cells labels" not in viewer.layers
+
+
+def test_device_picker_warns_about_cpu_only_torch(qtbot, monkeypatch):
+    """A machine with an NVIDIA GPU but a CPU-only torch: 'auto' says so in the widget."""
+    import torch
+
+    from napari_unet import device
+    from napari_unet._widgets._common import DevicePicker
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch can use the GPU")
+    monkeypatch.setattr(device, "nvidia_gpu_present", lambda: True)  # no GPU in CI
+    picker = DevicePicker()
+    assert picker.info.value.startswith("cpu")
+    assert "cannot use it" in picker.info.value and "CUDA build" in picker.info.value
