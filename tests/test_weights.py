@@ -211,3 +211,35 @@ def test_whole_valued_float_and_bool_labels_are_accepted():
 def test_one_and_two_workers_agree():
     lab = touching_cells((300, 280), 120, 12, seed=6)  # enough cells for the threaded path
     np.testing.assert_array_equal(weight_map(lab, workers=1), weight_map(lab, workers=2))
+
+
+def test_cli_weight_map(tmp_path, capsys):
+    import tifffile
+
+    from napari_unet.cli import main
+
+    lab = touching_cells((60, 70), 15, 10, seed=12)
+    src = tmp_path / "labels.tif"
+    tifffile.imwrite(src, lab)
+    out = tmp_path / "w.tif"
+    assert main(["weight-map", str(src), "-o", str(out), "--sigma", "4", "--class-weights", "balanced"]) == 0
+    np.testing.assert_allclose(tifffile.imread(out), weight_map(lab, sigma=4, class_weights="balanced"))
+    # .npy in and out, anisotropic spacing
+    np.save(tmp_path / "labels.npy", lab)
+    out2 = tmp_path / "w.npy"
+    assert main(["weight-map", str(tmp_path / "labels.npy"), "-o", str(out2), "--spacing", "2", "1"]) == 0
+    np.testing.assert_allclose(np.load(out2), weight_map(lab, spacing=(2, 1)))
+    # a stack of planes
+    np.save(tmp_path / "stack.npy", np.stack([lab, lab[::-1]]))
+    out3 = tmp_path / "s.npy"
+    assert main(["weight-map", str(tmp_path / "stack.npy"), "-o", str(out3), "--per-plane"]) == 0
+    np.testing.assert_allclose(np.load(out3)[1], weight_map(lab[::-1]))
+    capsys.readouterr()
+    # bad input: exit status 2 and a one-line reason
+    np.save(tmp_path / "bad.npy", lab.astype(np.float32) + 0.5)
+    assert main(["weight-map", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "integer" in err and len(err.strip().splitlines()) == 1
+    assert main(["weight-map", str(src), "-o", str(out)]) == 2  # exists, no --overwrite
+    assert "overwrite" in capsys.readouterr().err
+    assert main(["weight-map", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "y.tif")]) == 2
