@@ -68,6 +68,7 @@ class SegmentResult:
     labels: np.ndarray
     probabilities: np.ndarray | None
     class_names: list[str]
+    mode: str
     num_objects: int
     device: str
     tile_size: int | None
@@ -159,6 +160,7 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
         labels=labels,
         probabilities=probs,
         class_names=list(model.meta.get("class_names", [])),
+        mode=str(model.meta.get("mode", "instance3")),
         num_objects=count_objects(labels),
         device=str(info.get("device", describe_device(device))),
         tile_size=info.get("tile_size"),
@@ -194,9 +196,10 @@ class SegmentWidget(Container):
         self.axes = LineEdit(
             label="Axes",
             value="auto",
-            tooltip="What the image's dimensions are, one letter each from T (time), "
-            "Z (planes), C (channels), Y, X: e.g. 'ZYX', 'CYX', 'TZYX'. 'auto': 2D is YX, "
-            "RGB layers are YXC, other stacks are segmented plane by plane",
+            tooltip="What the image's dimensions are, one letter each: T (time) or Z "
+            "(planes, segmented one by one), C (channels fed to the network together), "
+            "S (RGB colour), Y, X; e.g. 'ZYX', 'CYX', 'TZYX'. 'auto': as napari shows the "
+            "layer (the last axis of an RGB layer is colour; leading axes are planes)",
         )
         self.model = ModelPicker()
         self.device = DevicePicker()
@@ -262,10 +265,6 @@ class SegmentWidget(Container):
         align_form(self)
         self._describe_image()
         self.reset_choices()
-
-    # napari calls this when layers are added/removed, refreshing the layer picker
-    def reset_choices(self, *_: Any) -> None:
-        super().reset_choices()
 
     def _describe_image(self, *_: Any) -> None:
         layer = self.image.value
@@ -365,7 +364,8 @@ class SegmentWidget(Container):
         t = result.tile_size
         tile = f"{t[0]}x{t[1]} px tiles" if isinstance(t, (tuple, list)) else f"{t} px tiles" if t else ""
         text = (
-            f"{result.num_objects} cells in {result.seconds:.1f} s on {result.device}"
+            (f"{result.num_objects} classes" if result.mode == "semantic" else f"{result.num_objects} cells")
+            + f" in {result.seconds:.1f} s on {result.device}"
             + (f", {tile}" if tile else "")
             + f" → '{w.layer.name}'"
         )
