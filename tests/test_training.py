@@ -1,0 +1,269 @@
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import napari_unet as nu
+from napari_unet._progress import Progress
+from napari_unet.augment import AugmentConfig
+from napari_unet.metrics import average_precision
+from napari_unet.training import fine_tune, lr_factor, train_iter, weighted_cross_entropy
+
+
+def discs(shape=(96, 96), seed=0, n=14):
+    """Touching bright discs on a noisy background, with their instance labels."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    lab = np.zeros(shape, np.int32)
+    k = 0
+    for _ in range(n * 20):
+        if k == n:
+            break
+        r = rng.uniform(5, 9)
+        cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        if (lab[disc] > 0).mean() > 0.1:
+            continue
+        k += 1
+        lab[disc & (lab == 0)] = k
+    img = np.where(lab > 0, rng.uniform(0.5, 1.0), 0.1).astype(np.float32)
+    img = img + rng.normal(0, 0.08, shape).astype(np.float32)
+    return img, lab
+
+
+def tiny(num_classes=3):
+    torch.manual_seed(0)
+    m = nu.UNet(1, num_classes, depth=2, base_width=8, dropout=0.0)
+    m.meta["mode"] = {3: "instance3", 2: "instance2"}.get(num_classes, "semantic")
+    return m
+
+
+FAST = dict(batch_size=2, tile_size=32, device="cpu", amp=False, val_fraction=0.0)
+
+
+# -- loss ----------------------------------------------------------------------------------
+
+
+def test_weighted_loss_matches_hand_computation():
+    logits = torch.tensor([[[[2.0, 0.0, -1.0]], [[0.0, 1.0, 3.0]]]])  # (1, 2, 1, 3)
+    targets = torch.tensor([[[0, 1, 0]]])
+    weights = torch.tensor([[[1.0, 3.0, 10.0]]])
+    mask = torch.tensor([[[True, True, False]]])
+    # hand: ce = -log softmax at the target class
+    ce0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(0)))
+    ce1 = -math.log(math.exp(1) / (math.exp(0) + math.exp(1)))
+    expected = (1 * ce0 + 3 * ce1) / (1 + 3)  # the masked pixel has weight 0
+    got = weighted_cross_entropy(logits, targets, weights, mask)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # no weights/mask: the plain mean
+    ce2 = -math.log(math.exp(-1) / (math.exp(-1) + math.exp(3)))
+    assert weighted_cross_entropy(logits, targets).item() == pytest.approx((ce0 + ce1 + ce2) / 3, rel=1e-6)
+
+
+def test_loss_crops_targets_to_the_valid_output():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4)
+    big_t = torch.randint(0, 3, (2, 8, 8))
+    big_w = torch.rand(2, 8, 8)
+    got = weighted_cross_entropy(logits, big_t, big_w)
+    want = weighted_cross_entropy(logits, big_t[:, 2:6, 2:6], big_w[:, 2:6, 2:6])
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_ignored_pixels_contribute_no_gradient():
+    torch.manual_seed(1)
+    logits = torch.randn(1, 3, 6, 6, requires_grad=True)
+    targets = torch.randint(0, 3, (1, 6, 6))
+    mask = torch.ones(1, 6, 6, dtype=torch.bool)
+    mask[0, :3] = False
+    weighted_cross_entropy(logits, targets, torch.rand(1, 6, 6) + 0.5, mask).backward()
+    assert torch.all(logits.grad[:, :, :3] == 0)
+    assert torch.any(logits.grad[:, :, 3:] != 0)
+    # and ignored pixels may hold any value, even a class the model does not have
+    bad = targets.clone()
+    bad[0, :3] = 99
+    a = weighted_cross_entropy(logits, targets, None, mask)
+    b = weighted_cross_entropy(logits, bad, None, mask)
+    assert a.item() == b.item()
+
+
+def test_schedule_warms_up_and_decays():
+    assert lr_factor(0.0) < 0.05
+    assert lr_factor(0.05) == pytest.approx(1.0)
+    assert lr_factor(0.5) < 1.0
+    assert lr_factor(1.0) == pytest.approx(0.01)
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+def _segment(model, image):
+    from napari_unet.training import _forward_whole, _postprocess
+
+    model = model.eval()
+    lo, hi = np.percentile(image, [1.0, 99.8])
+    x = ((image - lo) / (hi - lo)).astype(np.float32)[None]
+    probs = torch.softmax(_forward_whole(model, x, torch.device("cpu"), False)[0], 0).numpy()
+    return _postprocess(probs, model.meta["mode"])
+
+
+def test_short_training_run_improves_held_out_ap():
+    torch.set_num_threads(1)
+    train = [discs(seed=s) for s in range(6)]
+    held = [discs(seed=100 + s) for s in range(3)]
+    start = tiny()
+
+    def ap(model):
+        return float(np.mean([average_precision(lab, _segment(model, img), 0.5)[0.5] for img, lab in held]))
+
+    ap0 = ap(start)
+    t0 = time.perf_counter()
+    trained = fine_tune(
+        [i for i, _ in train], [lab for _, lab in train], start, iterations=150, lr=3e-3, batch_size=4,
+        tile_size=48, device="cpu", amp=False, regions=["all"] * 6, val_fraction=0.0,
+    )
+    took = time.perf_counter() - t0
+    ap1 = ap(trained)
+    assert ap1 > ap0 + 0.3, (ap0, ap1)
+    assert ap1 > 0.45
+    assert took < 90
+    # the caller's model is untouched; the history records the run
+    assert trained.meta["history"][-1]["iterations"] == 150
+    assert not start.meta["history"]
+
+
+def test_progress_every_step_and_validation_picks_best(tmp_path):
+    data = [discs(seed=s) for s in range(4)]
+    gen = train_iter([d[0] for d in data], [d[1] for d in data], tiny(), iterations=12, val_every=4,
+                     batch_size=2, tile_size=32, device="cpu", amp=False, val_fraction=0.25)
+    recs = []
+    while True:
+        try:
+            recs.append(next(gen))
+        except StopIteration as stop:
+            model = stop.value
+            break
+    steps = [r.info["iteration"] for r in recs if r.info.get("phase") == "train"]
+    assert steps == list(range(1, 13))
+    assert all(isinstance(r, Progress) for r in recs)
+    vals = [r.info for r in recs if "val_ap" in r.info and r.info.get("phase") == "train"]
+    assert len(vals) == 3 and all(0 <= v["val_ap"] <= 1 and v["val_loss"] > 0 for v in vals)
+    assert all(r.info["eta"] >= 0 and r.info["lr"] > 0 and "cpu" in r.info["device"] for r in recs if r.info.get("phase") == "train")
+    run = recs[-1].info["run"]
+    best_it = run.best_iteration
+    assert best_it in (4, 8, 12)
+    # the returned model is the best one
+    best = run.best_model()
+    for a, b in zip(model.state_dict().values(), best.state_dict().values()):
+        assert torch.equal(a, b)
+    assert model.meta["history"][-1]["best_iteration"] == best_it
+
+
+def test_cancel_stops_within_a_second_and_keeps_best():
+    data = [discs(seed=s) for s in range(2)]
+    gen = train_iter([d[0] for d in data], [d[1] for d in data], tiny(), iterations=10_000, **FAST)
+    for _ in range(4):
+        rec = next(gen)
+    t0 = time.perf_counter()
+    gen.close()
+    assert time.perf_counter() - t0 < 1.0
+    assert rec.info["run"].iteration == 3
+    assert isinstance(rec.info["run"].best_model(), nu.UNet)
+
+
+def test_max_time_is_honoured():
+    data = [discs(seed=s) for s in range(2)]
+    t0 = time.perf_counter()
+    model = fine_tune([d[0] for d in data], [d[1] for d in data], tiny(), max_time=1.5, **FAST)
+    took = time.perf_counter() - t0
+    assert 1.5 <= took < 4.0
+    assert model.meta["history"][-1]["stopped"] == "time"
+
+
+def test_resume_continues_from_the_saved_iteration(tmp_path):
+    data = [discs(seed=s) for s in range(2)]
+    imgs, labs = [d[0] for d in data], [d[1] for d in data]
+    gen = train_iter(imgs, labs, tiny(), iterations=20, checkpoint_dir=tmp_path, checkpoint_every=5, **FAST)
+    for rec in gen:
+        if rec.info.get("iteration") == 7 and rec.info.get("phase") == "train":
+            break
+    gen.close()  # killed at iteration 7; the last checkpoint is at 5
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["iteration"] == 5
+    assert nu.load_model(tmp_path / "last.pt").meta["history"][-1]["iterations"] == 5
+    gen = train_iter(imgs, labs, None, iterations=20, resume=tmp_path, **FAST)
+    first = next(gen)
+    assert first.done == 5
+    steps = []
+    while True:
+        try:
+            r = next(gen)
+        except StopIteration as stop:
+            model = stop.value
+            break
+        if r.info.get("phase") == "train":
+            steps.append(r.info["iteration"])
+    assert steps == list(range(6, 21))
+    assert model.meta["history"][-1]["iterations"] == 20
+    assert len(model.meta["history"]) == 1
+    with pytest.raises(ValueError, match="cannot resume"):
+        next(train_iter(imgs, labs, iterations=3, resume=tmp_path / "nothing", **FAST))
+
+
+def test_nan_image_and_diverging_loss_give_clear_errors():
+    img, lab = discs()
+    bad = img.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fine_tune([bad], [lab], tiny(), iterations=2, **FAST)
+    broken = tiny()
+    with torch.no_grad():
+        broken.head.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="learning rate too high"):
+        fine_tune([img], [lab], broken, iterations=2, **FAST)
+
+
+def test_input_errors():
+    img, lab = discs()
+    with pytest.raises(ValueError, match="2 label images"):
+        fine_tune([img], [lab, lab], tiny(), **FAST)
+    with pytest.raises(ValueError, match="shape"):
+        fine_tune([img], [lab[:50]], tiny(), iterations=2, **FAST)
+    with pytest.raises(ValueError, match="empty"):
+        fine_tune([img], [np.zeros_like(lab)], tiny(), iterations=2, **FAST)
+    with pytest.raises(ValueError, match="mode"):
+        fine_tune([img], [lab], tiny(), mode="instance2", iterations=2, **FAST)
+
+
+def test_sparse_region_only_trains_on_annotated_pixels():
+    from napari_unet.training import TrainingData
+
+    img, lab = discs()
+    region = np.zeros(lab.shape, bool)
+    region[:40, :40] = True
+    data = TrainingData([img], [lab], [region], mode="instance3", normalization={"kind": "percentile"},
+                        in_channels=1, source_size=40)
+    assert data.items[0].counted == region.sum()
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        _, _, _, m = data.sample(2, rng)
+        # crops are centred on annotated pixels
+        assert m[:, 20, 20].all()
+    assert not data.items[0].mask[data.items[0].pad + 60, data.items[0].pad + 60]
+
+
+def test_scratch_semantic_model_and_instance2():
+    img, lab = discs()
+    sem = (lab > 0).astype(np.int32) + (lab > 7).astype(np.int32)  # classes 0, 1, 2
+    model = fine_tune([img], [sem], "scratch", mode="semantic", regions=["all"], iterations=3, **FAST)
+    assert model.meta["mode"] == "semantic" and model.config.num_classes == 3
+    m2 = fine_tune([img], [lab], tiny(2), iterations=3, **FAST)
+    assert m2.meta["mode"] == "instance2"
+
+
+def test_augmentation_config_is_used():
+    img, lab = discs()
+    model = fine_tune([img], [lab], tiny(), iterations=2, augment=AugmentConfig.off(), **FAST)
+    assert model.meta["history"][-1]["augment"]["enabled"] is False
