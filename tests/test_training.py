@@ -267,3 +267,27 @@ def test_augmentation_config_is_used():
     img, lab = discs()
     model = fine_tune([img], [lab], tiny(), iterations=2, augment=AugmentConfig.off(), **FAST)
     assert model.meta["history"][-1]["augment"]["enabled"] is False
+
+
+def test_cli_train_writes_a_model(tmp_path, capsys):
+    import tifffile
+
+    from napari_unet.cli import main
+
+    img, lab = discs()
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    tifffile.imwrite(tmp_path / "a_lab.tif", lab)
+    start = tmp_path / "start.pt"
+    nu.save_model(tiny(), start)
+    out = tmp_path / "out.pt"
+    rc = main(["train", "--images", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_lab.tif"), "-o", str(out),
+               "--model", str(start), "--iterations", "4", "--device", "cpu", "--tile-size", "32", "--batch-size", "2",
+               "--checkpoint-dir", str(tmp_path / "ck")])
+    assert rc == 0
+    assert nu.load_model(out).meta["history"][-1]["iterations"] == 4
+    assert (tmp_path / "ck" / "last.pt").is_file()
+    assert "wrote" in capsys.readouterr().out
+    # bad input: one line, exit status 2
+    rc = main(["train", "--images", str(tmp_path / "a.tif"), "-o", str(out), "--model", str(start)])
+    assert rc == 2
+    assert "same number of files" in capsys.readouterr().err

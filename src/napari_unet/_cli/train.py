@@ -1,0 +1,124 @@
+"""``napari-unet train``: fine-tune a model on labelled images from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._io import read_image
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", nargs="+", metavar="IMG", help="training images (.tif, .npy, zarr)")
+    parser.add_argument("--labels", nargs="+", metavar="LAB", help="label images, one per image, same order")
+    parser.add_argument("--regions", nargs="+", metavar="MASK",
+                        help="optional annotated-region masks, one per image (default: labelled cells + margin)")
+    parser.add_argument("--complete", action="store_true",
+                        help="the labels are complete: every unlabelled pixel is background")
+    parser.add_argument("--set", metavar="FOLDER", help="a training-set folder (index.json + TIFFs)")
+    parser.add_argument("-o", "--output", required=True, metavar="MODEL.pt", help="where to write the trained model")
+    parser.add_argument("--model", default=None, metavar="START",
+                        help="starting model: a model file, 'bundled' (default) or 'scratch'")
+    parser.add_argument("--mode", choices=("instance3", "instance2", "semantic"),
+                        help="class meaning of a model trained from scratch")
+    parser.add_argument("--iterations", type=int, metavar="N", help="training steps (default 500)")
+    parser.add_argument("--max-time", type=float, metavar="S", help="stop after this many seconds")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 3e-4 fine-tuning, 1e-3 scratch)")
+    parser.add_argument("--batch-size", type=int, default=4, metavar="N")
+    parser.add_argument("--tile-size", type=int, metavar="N", help="output tile edge (default 96 CPU, 192 GPU)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="share held out for validation")
+    parser.add_argument("--no-augment", action="store_true", help="switch all augmentation off")
+    parser.add_argument("--checkpoint-dir", metavar="DIR", help="write last/best checkpoints here")
+    parser.add_argument("--resume", metavar="DIR", help="continue from the checkpoints in DIR")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _read(path: str) -> np.ndarray:
+    arr, _axes = read_image(path)
+    return np.asarray(arr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._progress import Progress
+    from ..augment import AugmentConfig
+    from ..model import save_model
+    from ..training import train_iter
+
+    images: list[Any] = []
+    labels: list[Any] = []
+    regions: list[Any] = []
+    if args.set:
+        from ..data import TrainingSet
+
+        ts = TrainingSet.load(args.set)
+        images += ts.images
+        labels += ts.labels
+        regions += list(ts.regions)
+    if args.images or args.labels:
+        if not args.images or not args.labels or len(args.images) != len(args.labels):
+            raise ValueError(
+                f"--images and --labels must name the same number of files "
+                f"(got {len(args.images or [])} and {len(args.labels or [])})"
+            )
+        if args.regions and len(args.regions) != len(args.images):
+            raise ValueError(f"--regions must name one mask per image (got {len(args.regions)} for {len(args.images)})")
+        images += [_read(p) for p in args.images]
+        labels += [_read(p) for p in args.labels]
+        if args.regions:
+            regions += [_read(p).astype(bool) for p in args.regions]
+        else:
+            regions += ["all" if args.complete else None] * len(args.images)
+    if not images:
+        raise ValueError("no training data: give --images and --labels, or --set FOLDER")
+    if args.complete:
+        regions = ["all" if r is None else r for r in regions]
+
+    from tqdm import tqdm
+
+    gen = train_iter(
+        images, labels, args.model, regions=regions, iterations=args.iterations, max_time=args.max_time,
+        device=args.device, lr=args.lr, batch_size=args.batch_size, tile_size=args.tile_size,
+        augment=AugmentConfig.off() if args.no_augment else AugmentConfig(), val_fraction=args.val_fraction,
+        checkpoint_dir=args.checkpoint_dir, resume=args.resume, mode=args.mode, seed=args.seed,
+    )
+    bar = tqdm(total=0, desc="training", unit="it", file=sys.stderr, dynamic_ncols=True)
+    shown = 0
+    try:
+        while True:
+            try:
+                rec = next(gen)
+            except StopIteration as stop:
+                model = stop.value
+                break
+            if not isinstance(rec, Progress):
+                continue
+            if bar.total != rec.total:
+                bar.total = rec.total
+                bar.refresh()
+            if rec.done > shown:
+                bar.update(rec.done - shown)
+                shown = rec.done
+            info = rec.info
+            post = {}
+            if "train_loss_smooth" in info:
+                post["loss"] = f"{info['train_loss_smooth']:.4f}"
+            if "val_ap" in info:
+                post["val_AP50"] = f"{info['val_ap']:.3f}"
+            if post:
+                bar.set_postfix(post, refresh=False)
+            if info.get("phase") == "start":
+                bar.write(f"training on {info['device']}", file=sys.stderr)
+    finally:
+        bar.close()
+    out = save_model(model, Path(args.output))
+    last = model.meta["history"][-1]
+    summary = f"wrote {out} after {last['iterations']} iterations ({last['seconds']:.0f} s)"
+    if "best_val_ap" in last:
+        summary += f"; best validation AP50 {last['best_val_ap']:.3f} at iteration {last['best_iteration']}"
+    print(summary)
+    return 0
