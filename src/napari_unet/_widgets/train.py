@@ -1,0 +1,993 @@
+"""The Train dock widget: fine-tune (or train from scratch) a U-Net on annotated layers.
+
+The work is the core's ``training.train_iter`` generator, run in a napari
+``thread_worker`` through :class:`~._common.TaskRunner`, so the viewer stays responsive.
+Every training step yields a record; the GUI thread only appends its numbers to the
+:class:`~._lossplot.LossPlot` (which redraws a few times a second) and updates the
+progress bar, ETA and status line.
+
+Training data: (image, Labels [, Shapes region]) layer pairs added to a list (or the pair
+chosen in the pickers, if the list is empty), plus a training set loaded from a folder or
+handed over by the Annotate widget (:meth:`TrainWidget.set_training_set`). A Shapes layer
+marks the annotated region (rectangles/polygons rasterised to a mask); without one, the
+labelled cells plus a margin count and the rest is ignored.
+
+Cancel stops at the next training step (well within a second) and keeps the best model
+so far: the generator's return value is lost when a worker is quit, so the widget keeps
+the ``TrainingRun`` that every record carries (``info["run"]``) and asks it for
+``best_model()``. Checkpoints (``best.pt``, ``last.pt``, ``state.pt``) go to the chosen
+folder or a temporary one; "resume" continues from such a folder.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    Select,
+    SpinBox,
+    create_widget,
+)
+
+from .._progress import Progress
+from ._common import (
+    DevicePicker,
+    TaskRunner,
+    add_or_update_layer,
+    align_form,
+    bundled_model_available,
+    set_status,
+    show_error_in,
+)
+from ._lossplot import LossPlot
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+    from ..model import UNet
+
+WRITER = "train"
+MODES = ("instance3", "instance2", "semantic")
+
+
+# -- data from layers ---------------------------------------------------------------------
+
+
+@dataclass
+class LayerPair:
+    """An (image, labels, optional region) triple of layers the person chose."""
+
+    image: Any
+    labels: Any
+    region: Any = None  # a Shapes layer or None
+
+    def describe(self) -> str:
+        text = f"{self.image.name} + {self.labels.name}"
+        if self.region is not None:
+            text += f" [region: {self.region.name}]"
+        return text
+
+
+def _layer_array(layer: Any) -> np.ndarray:
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return np.asarray(data)
+
+
+def shapes_to_mask(shapes: Any, like: Any, shape: tuple[int, int]) -> np.ndarray:
+    """Rasterise a Shapes layer into a bool mask on the grid of the layer ``like``.
+
+    Shapes drawn in the viewer live in world coordinates; when the Shapes layer and the
+    labels layer are placed differently (scale/translate), the vertices are first mapped
+    into the labels layer's pixel grid, so the region covers what the person saw.
+    """
+    import napari
+
+    if len(shapes.data) == 0:
+        return np.zeros(shape, bool)
+    s_sh, t_sh = np.asarray(shapes.scale)[-2:], np.asarray(shapes.translate)[-2:]
+    s_l, t_l = np.asarray(like.scale)[-2:], np.asarray(like.translate)[-2:]
+    layer = shapes
+    if not (np.allclose(s_sh, s_l) and np.allclose(t_sh, t_l)):
+        data = [((np.asarray(d)[:, -2:] * s_sh + t_sh) - t_l) / s_l for d in shapes.data]
+        layer = napari.layers.Shapes(data, shape_type=list(shapes.shape_type))
+    masks = np.asarray(layer.to_masks(mask_shape=shape))
+    if masks.ndim == 3:
+        masks = masks.reshape((-1, *masks.shape[-2:]))[:, : shape[0], : shape[1]]
+        return masks.any(axis=0)
+    return masks.astype(bool)
+
+
+def pair_arrays(pair: LayerPair) -> tuple[list[np.ndarray], list[np.ndarray], list[Any]]:
+    """Copy the data of a layer pair into training arrays (GUI thread; cheap checks only).
+
+    A 2D image (or RGB, or channels-first ``CYX`` with 2D labels) gives one training
+    image; a stack with labels of the same shape gives one per plane that holds labels.
+
+    Raises:
+        ValueError: shapes that do not fit, or nothing annotated.
+    """
+    img, lab = _layer_array(pair.image), _layer_array(pair.labels)
+    name_i, name_l = pair.image.name, pair.labels.name
+    rgb = bool(getattr(pair.image, "rgb", False))
+    spatial = img.shape[:-1] if rgb else img.shape
+    if lab.ndim != 2 and not (lab.ndim == 3 and tuple(lab.shape) == tuple(spatial)):
+        raise ValueError(
+            f"Labels '{name_l}' have shape {lab.shape}: training needs 2D labels (or a stack "
+            f"matching the image '{name_i}' {tuple(img.shape)})"
+        )
+    if lab.ndim == 2:
+        ok = tuple(spatial[-2:]) == tuple(lab.shape) and (len(spatial) == 2 or (len(spatial) == 3 and spatial[0] <= 8))
+        if not ok:
+            raise ValueError(
+                f"Image '{name_i}' {tuple(img.shape)} and labels '{name_l}' {tuple(lab.shape)} "
+                "do not have the same (y, x) size: pick the Labels layer drawn on this image"
+            )
+        planes = [(img, lab)]
+    else:  # a stack: one training image per plane with annotations
+        planes = [(img[z], lab[z]) for z in range(lab.shape[0])]
+    region_all = None
+    if pair.region is not None:
+        region_all = shapes_to_mask(pair.region, pair.labels, tuple(lab.shape[-2:]))
+        if not region_all.any():
+            raise ValueError(
+                f"The region layer '{pair.region.name}' holds no rectangle or polygon: draw the "
+                "annotated area, or choose no region layer"
+            )
+    images, labels, regions = [], [], []
+    for im, lb in planes:
+        if region_all is None and not np.any(lb):
+            continue
+        images.append(np.array(im, copy=True))
+        labels.append(np.array(lb, copy=True))
+        regions.append(None if region_all is None else region_all.copy())
+    if not images:
+        raise ValueError(
+            f"Labels '{name_l}' are empty and no region layer marks an annotated area: "
+            "paint some cells (or draw a Shapes region around truly empty background)"
+        )
+    return images, labels, regions
+
+
+def training_set_arrays(ts: Any) -> tuple[list[Any], list[Any], list[Any]]:
+    """(images, labels, regions) of a :class:`napari_unet.data.TrainingSet`-like object.
+
+    Accepts an object with ``samples`` (each with ``image``, ``labels`` and ``region``)
+    or with parallel ``images``/``labels``/``regions`` sequences.
+    """
+    samples = getattr(ts, "samples", None)
+    if samples is None and hasattr(ts, "__iter__") and not hasattr(ts, "images"):
+        samples = list(ts)
+    if samples is not None:
+        images = [s.image for s in samples]
+        labels = [s.labels for s in samples]
+        regions = [getattr(s, "region", None) for s in samples]
+    else:
+        images, labels = list(ts.images), list(ts.labels)
+        regs = getattr(ts, "regions", None)
+        regions = list(regs) if regs is not None else [None] * len(images)
+    if len(images) != len(labels):
+        raise ValueError(f"the training set has {len(images)} images but {len(labels)} label images")
+    return images, labels, regions
+
+
+# -- the job --------------------------------------------------------------------------
+
+
+@dataclass
+class TrainJob:
+    """Everything the worker needs, read from the widgets in the GUI thread."""
+
+    images: list[Any]
+    labels: list[Any]
+    regions: list[Any]
+    start: str  # "bundled", "file", "scratch", "current", "resume"
+    model_path: Path | None = None
+    model: Any = None  # a UNet ("current")
+    resume: Path | None = None
+    mode: str = "instance3"
+    depth: int = 3
+    width: int = 16
+    iterations: int | None = None
+    max_time: float | None = None
+    lr: float | None = None
+    tile_size: int | None = None
+    batch_size: int = 4
+    augment: Any = None
+    device: str = "auto"
+    val_fraction: float = 0.2
+    checkpoint_dir: Path | None = None
+    preview: Any = None  # image array for the live preview, or None
+    preview_axes: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _starting_model(job: TrainJob) -> tuple[Any, float | None]:
+    """The ``model`` argument for ``train_iter`` and the learning rate to use."""
+    from .. import training
+    from ..model import UNet
+
+    lr = job.lr
+    if job.start == "scratch":
+        if job.mode == "semantic":
+            k = max(2, max(int(np.max(np.asarray(lab), initial=0)) for lab in job.labels) + 1)
+        else:
+            k = 3 if job.mode == "instance3" else 2
+        img0 = np.asarray(job.images[0])
+        in_ch = 1 if img0.ndim == 2 else (int(img0.shape[-1]) if img0.shape[-1] <= 4 else int(img0.shape[0]))
+        model = UNet(in_channels=in_ch, num_classes=k, depth=job.depth, base_width=job.width,
+                     dropout=training.FRESH_ARCHITECTURE.get("dropout", 0.1))
+        model.meta["mode"] = job.mode
+        if job.mode == "semantic":
+            model.meta["class_names"] = [f"class {i}" for i in range(k)]
+        return model, lr if lr is not None else training.LR_SCRATCH
+    if job.start == "file":
+        return job.model_path, lr
+    if job.start == "current":
+        return job.model, lr
+    if job.start == "resume":
+        return None, lr
+    return "bundled", lr
+
+
+def run_training(job: TrainJob) -> Generator[Progress, None, Any]:
+    """The worker's generator: ``train_iter`` plus the optional live preview.
+
+    The preview (segmenting the chosen image with the current weights after each
+    validation) runs here, in the worker, never in the GUI thread.
+    """
+    from ..training import train_iter
+
+    model, lr = _starting_model(job)
+    gen = train_iter(
+        job.images,
+        job.labels,
+        model,
+        regions=job.regions,
+        iterations=job.iterations,
+        max_time=job.max_time,
+        device=job.device,
+        lr=lr,
+        batch_size=job.batch_size,
+        tile_size=job.tile_size,
+        augment=job.augment,
+        val_fraction=job.val_fraction,
+        checkpoint_dir=job.checkpoint_dir,
+        resume=job.resume,
+        **job.kwargs,
+    )
+    while True:
+        try:
+            rec = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield rec
+        info = rec.info or {}
+        if job.preview is not None and "val_ap" in info and info.get("phase") == "train" and "run" in info:
+            yield _preview(job, info["run"].model, rec)
+
+
+def _preview(job: TrainJob, net: Any, rec: Progress) -> Progress:
+    """Segment the preview image with the current weights (in the worker thread)."""
+    from ..model import clone_model
+    from ..tiling import segment
+
+    model = clone_model(net).eval()
+    labels = np.asarray(segment(job.preview, model, device="cpu", axes=job.preview_axes))
+    return Progress(rec.done, rec.total, rec.message, {"phase": "preview", "preview": labels})
+
+
+@dataclass
+class ApplyResult:
+    labels: np.ndarray
+    seconds: float
+    device: str
+
+
+def run_apply(model: Any, data: Any, axes: str | None, device: str) -> Generator[Progress, None, ApplyResult]:
+    """Segment ``data`` with ``model`` tile by tile (the Segment widget's path)."""
+    from ..tiling import segment_iter
+
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {}
+    gen = segment_iter(data, model, device=device, axes=axes)
+    while True:
+        try:
+            rec = next(gen)
+        except StopIteration as stop:
+            return ApplyResult(np.asarray(stop.value), time.perf_counter() - t0, str(info.get("device", device)))
+        if isinstance(rec, Progress) and rec.info:
+            info.update(rec.info)
+        yield rec
+
+
+# -- the widget -----------------------------------------------------------------------
+
+
+def _header(text: str) -> Label:
+    head = Label(value=text)
+    head.native.setStyleSheet("font-weight: bold; padding-top: 6px;")
+    return head
+
+
+def _row(*widgets: Any) -> Container:
+    row = Container(widgets=list(widgets), layout="horizontal", labels=False)
+    row.margins = (0, 0, 0, 0)
+    return row
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+class TrainWidget(Container):
+    """Train a U-Net on annotated layers and/or a training-set folder.
+
+    Child widgets are attributes so scripts and tests can set values and press buttons:
+    data (``image``, ``labels``, ``region``, ``add_pair_button``, ``pairs``,
+    ``remove_pair_button``, ``folder``, ``load_folder_button``), model (``start``,
+    ``model_file``, ``resume_dir``, ``mode``, ``depth``, ``width``), settings
+    (``budget``, ``iterations``, ``minutes``, ``lr``, ``tile_size``, ``batch_size``,
+    ``val_fraction``, ``device``, ``checkpoint_dir``, augmentation check boxes and
+    ``aug_strength``), run (``run_button``, ``cancel_button``, ``progress``, ``eta``,
+    ``plot``, ``status``) and result (``save_button``, ``load_button``,
+    ``apply_image``, ``apply_button``, ``preview``). The trained model is
+    :attr:`trained_model`.
+    """
+
+    BUNDLED = "bundled model"
+    FILE = "model file"
+    SCRATCH = "from scratch"
+    CURRENT = "current model (continue)"
+    RESUME = "resume checkpoint folder"
+    ITERATIONS = "iterations"
+    MINUTES = "time (minutes)"
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        from .. import training
+        from ..augment import AugmentConfig
+
+        self._viewer = napari_viewer
+        self._AugmentConfig = AugmentConfig
+        self.trained_model: UNet | None = None
+        self.training_set: Any = None
+        self.training_set_source = ""
+        self._pairs: list[LayerPair] = []
+        self._run: Any = None  # TrainingRun of the current/last run
+        self._job: TrainJob | None = None
+        self._task = ""  # "train" or "apply"
+        self._last_info: dict[str, Any] = {}
+
+        # -- training data
+        self.image = create_widget(annotation="napari.layers.Image", label="Image",
+                                   options={"tooltip": "An image you annotated"})
+        self.labels_layer = create_widget(annotation="napari.layers.Labels", label="Labels",
+                                    options={"tooltip": "Its Labels layer (instance ids; 0 = background)"})
+        self.region = create_widget(
+            annotation="napari.layers.Shapes",
+            label="Region",
+            options={
+                "nullable": True,
+                "tooltip": "Optional Shapes layer (rectangles/polygons) marking where the labels "
+                "are complete; unlabelled pixels inside count as background. Without one, the "
+                "labelled cells plus a margin count and the rest is ignored",
+            },
+        )
+        self.region.value = None
+        self.add_pair_button = PushButton(text="Add pair to list",
+                                          tooltip="Add this image + labels (+ region) to the training data")
+        self.remove_pair_button = PushButton(text="Remove selected", tooltip="Remove the selected pairs")
+        self.pairs = Select(label="Pairs", choices=[], tooltip="Layer pairs used for training. If the "
+                            "list is empty, the pair chosen above is used")
+        self.pairs.native.setMaximumHeight(80)
+        self.folder = FileEdit(label="Set folder", mode="d",
+                               tooltip="A training-set folder (saved by the Annotate widget)")
+        self.load_folder_button = PushButton(text="Load folder", tooltip="Read the training-set folder")
+        self.clear_set_button = PushButton(text="Clear set", tooltip="Stop using the loaded training set")
+        self.set_info = Label(value="")
+
+        # -- model
+        start_choices = [self.BUNDLED, self.FILE, self.SCRATCH, self.CURRENT, self.RESUME]
+        self.start = ComboBox(label="Start from", choices=start_choices,
+                              value=self.BUNDLED if bundled_model_available() else self.SCRATCH,
+                              tooltip="Fine-tune the bundled model or a model file, train a fresh "
+                              "network, continue the model trained here, or resume a checkpoint")
+        self.model_file = FileEdit(label="Model file", mode="r", filter="napari-unet models (*.pt);;All files (*)")
+        self.resume_dir = FileEdit(label="Checkpoint", mode="d",
+                                   tooltip="A folder with last.pt and state.pt from an earlier run")
+        self.mode = ComboBox(label="Mode", choices=list(MODES), value="instance3",
+                             tooltip="instance3: background/interior/boundary (separates touching "
+                             "cells); instance2: background/cell; semantic: one class per label value")
+        arch = training.FRESH_ARCHITECTURE
+        self.depth = SpinBox(label="Depth", value=int(arch["depth"]), min=1, max=5,
+                             tooltip="Poolings of a fresh network (the paper: 4)")
+        self.base_width = SpinBox(label="Width", value=int(arch["base_width"]), min=2, max=128,
+                             tooltip="Channels of the first level of a fresh network (the paper: 64)")
+
+        # -- settings
+        self.budget = ComboBox(label="Stop after", choices=[self.ITERATIONS, self.MINUTES], value=self.ITERATIONS)
+        self.iterations = SpinBox(label="Iterations", value=training.DEFAULT_ITERATIONS, min=1, max=10**7,
+                                  tooltip="Training steps (one batch of tiles each)")
+        self.minutes = FloatSpinBox(label="Minutes", value=10.0, min=0.1, max=10**5, step=1.0,
+                                    tooltip="Stop cleanly after this much time")
+        self.lr = FloatSpinBox(label="Learning rate", value=0.0, min=0.0, max=1.0, step=0.0001,
+                               tooltip=f"Peak learning rate (AdamW, warm-up + cosine). 'auto': "
+                               f"{training.LR_SCRATCH:g} from scratch, {training.LR_FINE_TUNE:g} when fine-tuning")
+        self.lr.native.setDecimals(5)
+        self.lr.native.setSpecialValueText("auto")
+        self.tile_size = SpinBox(label="Tile size (px)", value=0, min=0, max=4096, step=16,
+                                 tooltip="Edge of the output tile per sample ('auto': 96 on the CPU, 192 on a GPU)")
+        self.tile_size.native.setSpecialValueText("auto")
+        self.batch_size = SpinBox(label="Batch size", value=4, min=1, max=256, tooltip="Tiles per step")
+        self.val_fraction = FloatSpinBox(label="Validation", value=0.2, min=0.0, max=0.5, step=0.05,
+                                         tooltip="Share held out to measure progress (whole images from 4 "
+                                         "images up, else a strip of each); 0 = none")
+        self.val_every = SpinBox(label="Validate every", value=0, min=0, max=10**6,
+                                 tooltip="Steps between validations ('auto': 20 per run, every 50 "
+                                 "steps on a time budget). The best model is chosen at validations")
+        self.val_every.native.setSpecialValueText("auto")
+        self.device = DevicePicker()
+        self.checkpoint_dir = FileEdit(label="Checkpoints", mode="d",
+                                       tooltip="Where best.pt/last.pt/state.pt are kept (empty: a "
+                                       "temporary folder, shown when training ends)")
+
+        # -- augmentation
+        self.aug_elastic = CheckBox(text="elastic", value=True, tooltip="The paper's elastic deformation")
+        self.aug_rotate = CheckBox(text="rotation", value=True, tooltip="Rotation by any angle, and zoom")
+        self.aug_flip = CheckBox(text="flips", value=True, tooltip="Flips and 90° turns")
+        self.aug_gray = CheckBox(text="gray values", value=True, tooltip="Brightness, contrast, gamma")
+        self.aug_noise = CheckBox(text="noise", value=True, tooltip="Additive Gaussian noise")
+        self.aug_strength = FloatSlider(label="Aug. strength", value=1.0, min=0.0, max=2.0, step=0.1,
+                                        tooltip="Scales every augmentation's range (1 = defaults)")
+
+        # -- run
+        self.run_button = PushButton(text="Train", tooltip="Start training (in the background)")
+        self.cancel_button = PushButton(text="Cancel", tooltip="Stop at the next step and keep the best model so far")
+        self.progress = ProgressBar(value=0, min=0, max=0, label="Progress")
+        self.eta = Label(value="", label="")
+        self.plot = LossPlot(dark=_is_dark(napari_viewer))
+        self.plot_box = Container(widgets=[], labels=False)
+        self.plot_box.margins = (0, 0, 0, 0)
+        self.plot_box.native.layout().addWidget(self.plot)
+        self.status = Label(value="", label="")
+        self.status.native.setWordWrap(True)
+        self.status.native.setMinimumWidth(200)
+
+        # -- result
+        self.save_button = PushButton(text="Save model...", tooltip="Write the trained model to a .pt file")
+        self.load_button = PushButton(text="Load model...", tooltip="Make a model file the current model")
+        self.apply_image = create_widget(annotation="napari.layers.Image", label="Apply to",
+                                         options={"tooltip": "Image to segment with the current model"})
+        self.apply_button = PushButton(text="Apply to image", tooltip="Segment it with the current model → '<image> labels'")
+        self.preview = CheckBox(text="Live preview at each validation", value=False,
+                                tooltip="Segment the 'Apply to' image with the current weights after "
+                                "each validation (slows training a little)")
+
+        super().__init__(
+            widgets=[
+                _header("Training data"),
+                self.image,
+                self.labels_layer,
+                self.region,
+                _row(self.add_pair_button, self.remove_pair_button),
+                self.pairs,
+                self.folder,
+                _row(self.load_folder_button, self.clear_set_button),
+                self.set_info,
+                _header("Model"),
+                self.start,
+                self.model_file,
+                self.resume_dir,
+                self.mode,
+                self.depth,
+                self.base_width,
+                _header("Training"),
+                self.budget,
+                self.iterations,
+                self.minutes,
+                self.lr,
+                self.tile_size,
+                self.batch_size,
+                self.val_fraction,
+                self.val_every,
+                *self.device.widgets,
+                self.checkpoint_dir,
+                _row(self.aug_elastic, self.aug_rotate, self.aug_flip),
+                _row(self.aug_gray, self.aug_noise),
+                self.aug_strength,
+                _row(self.run_button, self.cancel_button),
+                self.progress,
+                self.eta,
+                self.plot_box,
+                self.status,
+                _header("Result"),
+                _row(self.save_button, self.load_button),
+                self.apply_image,
+                self.apply_button,
+                self.preview,
+            ],
+            labels=True,
+        )
+        self.runner = TaskRunner(progress=self.progress, run_button=self.run_button,
+                                 cancel_button=self.cancel_button, status=self.status)
+        self.run_button.changed.connect(self.run)
+        self.add_pair_button.changed.connect(self.add_pair)
+        self.remove_pair_button.changed.connect(self.remove_selected_pairs)
+        self.load_folder_button.changed.connect(self._load_folder_clicked)
+        self.clear_set_button.changed.connect(self.clear_training_set)
+        self.save_button.changed.connect(self._save_clicked)
+        self.load_button.changed.connect(self._load_clicked)
+        self.apply_button.changed.connect(self.apply)
+        self.start.changed.connect(self._sync)
+        self.budget.changed.connect(self._sync)
+        self.native.setMinimumWidth(320)
+        align_form(self)
+        self._sync()
+        self.reset_choices()
+        self._update_set_info()
+        set_status(self.status, "Choose an image and its Labels layer, then press Train")
+
+    # napari calls this when layers are added/removed, refreshing the layer pickers
+    def reset_choices(self, *_: Any) -> None:
+        region = self.region.value
+        super().reset_choices()
+        if region is None:  # a new Shapes layer (e.g. a new annotation) is not a region yet
+            self.region.value = None
+        self._forget_removed_layers()
+
+    def _sync(self, *_: Any) -> None:
+        start = self.start.value
+        self.model_file.visible = start == self.FILE
+        self.resume_dir.visible = start == self.RESUME
+        for w in (self.mode, self.depth, self.base_width):
+            w.visible = start == self.SCRATCH
+        self.iterations.visible = self.budget.value == self.ITERATIONS
+        self.minutes.visible = self.budget.value == self.MINUTES
+        has_model = self.trained_model is not None
+        busy = self.runner.running if hasattr(self, "runner") else False
+        for b in (self.save_button, self.apply_button):
+            b.enabled = has_model and not busy
+        self.load_button.enabled = not busy
+
+    # -- training data ------------------------------------------------------------------
+
+    def add_pair(self, *_: Any) -> LayerPair | None:
+        """Add the chosen image + labels (+ region) to the list (checked first)."""
+        try:
+            pair = self._current_pair()
+            pair_arrays(pair)  # refuse now what training would refuse later
+        except ValueError as exc:
+            show_error_in(self.status, exc)
+            return None
+        if any(p.image is pair.image and p.labels is pair.labels for p in self._pairs):
+            set_status(self.status, f"'{pair.describe()}' is already in the list", "warning")
+            return None
+        self._pairs.append(pair)
+        self._refresh_pairs()
+        set_status(self.status, f"Added '{pair.describe()}' ({len(self._pairs)} pair(s))")
+        return pair
+
+    def remove_selected_pairs(self, *_: Any) -> None:
+        chosen = set(self.pairs.value)
+        self._pairs = [p for p in self._pairs if p.describe() not in chosen]
+        self._refresh_pairs()
+
+    @property
+    def layer_pairs(self) -> list[LayerPair]:
+        return list(self._pairs)
+
+    def _refresh_pairs(self) -> None:
+        names = [p.describe() for p in self._pairs]
+        self.pairs.choices = names
+        self.pairs.value = []
+
+    def _forget_removed_layers(self) -> None:
+        if not getattr(self, "_pairs", None):
+            return
+        layers = list(self._viewer.layers)
+        keep = [p for p in self._pairs if p.image in layers and p.labels in layers
+                and (p.region is None or p.region in layers)]
+        if len(keep) != len(self._pairs):
+            self._pairs = keep
+            self._refresh_pairs()
+
+    def _current_pair(self) -> LayerPair:
+        image, labels = self.image.value, self.labels_layer.value
+        if image is None:
+            raise ValueError("No image layer: open the image you annotated (or File ▸ Open Sample ▸ U-Net)")
+        if labels is None:
+            raise ValueError(
+                "No Labels layer: add one (layer list ▸ new Labels layer) and paint some cells, "
+                "or load a training-set folder"
+            )
+        return LayerPair(image, labels, self.region.value)
+
+    def set_training_set(self, ts: Any, source: str = "Annotate widget") -> None:
+        """Use a :class:`napari_unet.data.TrainingSet` (e.g. handed over by the Annotate widget).
+
+        It is used together with the layer pairs of the list.
+        """
+        images, _, _ = training_set_arrays(ts)  # fail now on a malformed set
+        self.training_set = ts
+        self.training_set_source = source
+        self._update_set_info()
+        set_status(self.status, f"Training set from {source}: {len(images)} image(s)")
+
+    def clear_training_set(self, *_: Any) -> None:
+        self.training_set = None
+        self.training_set_source = ""
+        self._update_set_info()
+
+    def load_training_set(self, folder: str | Path) -> None:
+        """Read a training-set folder (``TrainingSet.load``) and use it."""
+        from ..data import TrainingSet
+
+        ts = TrainingSet.load(folder)
+        self.set_training_set(ts, source=f"folder {Path(folder).name}")
+
+    def _load_folder_clicked(self, *_: Any) -> None:
+        value = self.folder.value
+        if value is None or str(value) in ("", "."):
+            show_error_in(self.status, "No training-set folder chosen: pick one first")
+            return
+        try:
+            self.load_training_set(value)
+        except (ValueError, OSError, ImportError) as exc:
+            show_error_in(self.status, exc)
+
+    def _update_set_info(self) -> None:
+        if self.training_set is None:
+            self.set_info.value = "no training set loaded"
+            self.clear_set_button.enabled = False
+            return
+        n = len(training_set_arrays(self.training_set)[0])
+        self.set_info.value = f"+ {n} image(s) from {self.training_set_source}"
+        self.clear_set_button.enabled = True
+
+    def collect_data(self) -> tuple[list[Any], list[Any], list[Any], list[str]]:
+        """(images, labels, regions, sources) from the pair list (or the chosen pair) and the set."""
+        images: list[Any] = []
+        labels: list[Any] = []
+        regions: list[Any] = []
+        sources: list[str] = []
+        pairs = list(self._pairs)
+        if not pairs and (self.training_set is None or self.labels_layer.value is not None):
+            pairs = [self._current_pair()]
+        for pair in pairs:
+            i, lab, r = pair_arrays(pair)
+            images += i
+            labels += lab
+            regions += r
+            sources.append(pair.describe())
+        if self.training_set is not None:
+            i, lab, r = training_set_arrays(self.training_set)
+            images += i
+            labels += lab
+            regions += r
+            sources.append(f"{len(i)} from {self.training_set_source}")
+        if not images:
+            raise ValueError("No training data: choose an image and its Labels layer, or load a training set")
+        return images, labels, regions, sources
+
+    # -- settings -------------------------------------------------------------------------
+
+    def augment_config(self) -> Any:
+        """The :class:`~napari_unet.augment.AugmentConfig` the switches and strength describe."""
+        base = self._AugmentConfig()
+        s = float(self.aug_strength.value)
+        rotate = bool(self.aug_rotate.value)
+        gray = bool(self.aug_gray.value)
+
+        def around_one(rng: tuple[float, float]) -> tuple[float, float]:
+            lo, hi = rng
+            return (lo**s, hi**s)  # strength 0 → (1, 1): the identity
+
+        return base.replace(
+            enabled=s > 0 and any(bool(c.value) for c in (self.aug_elastic, self.aug_rotate, self.aug_flip,
+                                                            self.aug_gray, self.aug_noise)),
+            elastic=bool(self.aug_elastic.value),
+            elastic_sigma=base.elastic_sigma * s,
+            rotate=rotate,
+            max_rotation=min(180.0, base.max_rotation * s),
+            scale=rotate,
+            scale_range=around_one(base.scale_range),
+            shift=True,
+            max_shift=base.max_shift * s,
+            flip=bool(self.aug_flip.value),
+            rot90=bool(self.aug_flip.value),
+            gamma=gray,
+            gamma_range=around_one(base.gamma_range),
+            contrast=gray,
+            contrast_range=around_one(base.contrast_range),
+            brightness=gray,
+            max_brightness=base.max_brightness * s,
+            noise=bool(self.aug_noise.value),
+            max_noise=base.max_noise * s,
+        )
+
+    def _make_job(self) -> TrainJob:
+        images, labels, regions, sources = self.collect_data()
+        start = {self.BUNDLED: "bundled", self.FILE: "file", self.SCRATCH: "scratch",
+                 self.CURRENT: "current", self.RESUME: "resume"}[self.start.value]
+        job = TrainJob(images=images, labels=labels, regions=regions, start=start)
+        if start == "bundled" and not bundled_model_available():
+            raise ValueError("The bundled model is not installed: start from scratch or from a model file")
+        if start == "file":
+            value = self.model_file.value
+            if value is None or str(value) in ("", ".") or Path(value).is_dir():
+                raise ValueError("No model file chosen: pick a .pt file, or start from the bundled model")
+            job.model_path = Path(value)
+        elif start == "current":
+            if self.trained_model is None:
+                raise ValueError("There is no current model yet: train or load one first")
+            job.model = self.trained_model
+        elif start == "resume":
+            value = self.resume_dir.value
+            folder = Path(value) if value is not None and str(value) not in ("", ".") else None
+            if folder is None or not (folder / "last.pt").is_file() or not (folder / "state.pt").is_file():
+                raise ValueError(
+                    f"Cannot resume: choose a checkpoint folder holding last.pt and state.pt "
+                    f"(got {str(value) or 'nothing'})"
+                )
+            job.resume = folder
+        job.mode = self.mode.value
+        job.depth, job.width = int(self.depth.value), int(self.base_width.value)
+        if self.budget.value == self.MINUTES:
+            job.max_time = float(self.minutes.value) * 60.0
+        else:
+            job.iterations = int(self.iterations.value)
+        job.lr = float(self.lr.value) or None
+        job.tile_size = int(self.tile_size.value) or None
+        job.batch_size = int(self.batch_size.value)
+        job.augment = self.augment_config()
+        job.device = self.device.value
+        job.val_fraction = float(self.val_fraction.value)
+        if int(self.val_every.value) > 0:
+            job.kwargs["val_every"] = int(self.val_every.value)
+        ck = self.checkpoint_dir.value
+        if ck is not None and str(ck) not in ("", "."):
+            job.checkpoint_dir = Path(ck)
+        elif job.resume is None:
+            job.checkpoint_dir = Path(tempfile.mkdtemp(prefix="napari-unet-train-"))
+        if self.preview.value and self.apply_image.value is not None:
+            from .segment import layer_axes
+
+            layer = self.apply_image.value
+            job.preview = _layer_array(layer)
+            job.preview_axes = layer_axes(layer, "auto")
+        job.kwargs["_sources"] = sources  # popped before train_iter (shown in the status)
+        return job
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, *_: Any) -> Any:
+        """Start training (returns the worker, or None when the input is refused)."""
+        if self.runner.running:
+            return None
+        try:
+            job = self._make_job()
+        except ValueError as exc:
+            show_error_in(self.status, exc)
+            return None
+        sources = job.kwargs.pop("_sources")
+        self._job = job
+        self._run = None
+        self._task = "train"
+        self._last_info = {}
+        self._t0 = time.perf_counter()
+        self.plot.clear()
+        self.eta.value = ""
+        worker = self.runner.start(
+            lambda: run_training(job),
+            self._training_done,
+            on_progress=self._on_train_progress,
+            on_cancelled=self._training_cancelled,
+            message=f"Preparing {len(job.images)} training image(s) ({'; '.join(sources)})...",
+        )
+        self._after_start(worker)
+        return worker
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+    def _after_start(self, worker: Any) -> None:
+        if worker is None:
+            return
+        self._sync()
+        worker.finished.connect(self._sync)
+
+    def _on_train_progress(self, rec: Progress) -> None:
+        info = rec.info or {}
+        if info.get("phase") == "preview":
+            self._show_preview(info["preview"])
+            return
+        run = info.get("run")
+        if run is not None:
+            self._run = run
+        self.plot.add(info)
+        self._last_info.update({k: v for k, v in info.items() if k != "run"})
+        job = self._job
+        if job is not None and job.max_time is not None and info.get("phase") == "train":
+            # a time budget: the bar shows time, not an estimated step count
+            self.progress.max = int(job.max_time)
+            self.progress.value = min(int(time.perf_counter() - self._t0), int(job.max_time))
+        parts = []
+        last = self._last_info
+        if "device" in last:
+            parts.append(f"on {last['device']}")
+        if info.get("phase") == "done":
+            parts.append("finished")
+        elif "eta" in last:
+            parts.append(f"ETA {_fmt_time(last['eta'])}")
+        if "val_ap" in last:
+            parts.append(f"val. AP {self._last_info['val_ap']:.2f}")
+        if parts:
+            self.eta.value = " · ".join(parts)
+
+    def _finish_text(self, model: Any, how: str) -> str:
+        run = self._run
+        it = run.iteration if run is not None else self._last_info.get("iteration", 0)
+        text = f"{how} after {it} iteration(s) in {_fmt_time(time.perf_counter() - self._t0)}"
+        if run is not None and run.best_state is not None:
+            text += f"; kept the best model (val. AP {run.best_score:.2f} at iteration {run.best_iteration})"
+        else:
+            text += "; kept the last model"
+        job = self._job
+        folder = job.checkpoint_dir or job.resume if job is not None else None
+        if folder is not None:
+            text += f". Checkpoints: {folder}"
+        return text
+
+    def _training_done(self, model: Any) -> None:
+        self.trained_model = model
+        self.start.value = self.CURRENT
+        self._sync()
+        set_status(self.status, self._finish_text(model, "Trained"))
+        self.plot.redraw()
+
+    def _training_cancelled(self) -> None:
+        if self._task == "apply":
+            return
+        run = self._run
+        if run is None:
+            set_status(self.status, "Cancelled before training started; no model was changed", "warning")
+            return
+        # the generator's return value is lost on quit: take the best weights from the run
+        self.trained_model = run.best_model()
+        self.start.value = self.CURRENT
+        self._sync()
+        set_status(self.status, "Cancelled. " + self._finish_text(self.trained_model, "Stopped"), "warning")
+        self.plot.redraw()
+
+    def _show_preview(self, labels: np.ndarray) -> None:
+        layer = self.apply_image.value
+        if layer is None:
+            return
+        w = add_or_update_layer(self._viewer, labels, f"{layer.name} preview", "labels", writer=WRITER,
+                                scale=tuple(layer.scale)[-labels.ndim:], translate=tuple(layer.translate)[-labels.ndim:])
+        w.layer.metadata.setdefault("napari_unet_preview", True)
+
+    # -- model files ----------------------------------------------------------------------
+
+    def save_model_to(self, path: str | Path) -> Path:
+        """Write the current model to ``path`` (atomically; ``.pt`` added if missing)."""
+        from ..model import save_model
+
+        if self.trained_model is None:
+            raise ValueError("There is no trained model to save yet: train or load one first")
+        p = Path(path)
+        if p.suffix == "":
+            p = p.with_suffix(".pt")
+        out = save_model(self.trained_model, p)
+        set_status(self.status, f"Saved the model to {out}")
+        return out
+
+    def load_model_from(self, path: str | Path) -> Any:
+        """Make a model file the current model (for Apply, or to continue training)."""
+        from ..model import load_model
+
+        self.trained_model = load_model(path)
+        self.start.value = self.CURRENT
+        self._sync()
+        mode = self.trained_model.meta.get("mode", "?")
+        set_status(self.status, f"Loaded {Path(path).name} ({mode}); it is now the current model")
+        return self.trained_model
+
+    def _save_clicked(self, *_: Any) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(self.native, "Save model", "unet_model.pt",
+                                              "napari-unet models (*.pt)")
+        if not path:
+            return
+        try:
+            self.save_model_to(path)
+        except (ValueError, OSError) as exc:
+            show_error_in(self.status, exc)
+
+    def _load_clicked(self, *_: Any) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self.native, "Load model", "",
+                                              "napari-unet models (*.pt);;All files (*)")
+        if not path:
+            return
+        try:
+            self.load_model_from(path)
+        except (ValueError, OSError) as exc:
+            show_error_in(self.status, exc)
+
+    # -- apply ----------------------------------------------------------------------------
+
+    def apply(self, *_: Any) -> Any:
+        """Segment the 'Apply to' image with the current model → '<image> labels'."""
+        if self.runner.running:
+            return None
+        layer = self.apply_image.value
+        if self.trained_model is None:
+            show_error_in(self.status, "There is no current model yet: train or load one first")
+            return None
+        if layer is None:
+            show_error_in(self.status, "No image to apply the model to: choose one in 'Apply to'")
+            return None
+        from .segment import layer_axes, output_geometry
+
+        from ..tiling import parse_axes
+
+        data = _layer_array(layer)
+        try:
+            axes = layer_axes(layer, "auto")
+            layout = parse_axes(data.shape, axes)
+        except ValueError as exc:
+            show_error_in(self.status, exc)
+            return None
+        scale, translate = output_geometry(layer, layout.channel, len(layout.out_shape))
+        model, device, name = self.trained_model, self.device.value, layer.name
+        self._task = "apply"
+
+        def done(result: ApplyResult) -> None:
+            geo = {"scale": scale, "translate": translate} if len(scale) == result.labels.ndim else {}
+            w = add_or_update_layer(self._viewer, result.labels, f"{name} labels", "labels", writer=WRITER, **geo)
+            n = int(np.count_nonzero(np.unique(result.labels)))
+            text = f"{n} cells in {result.seconds:.1f} s → '{w.layer.name}'"
+            if w.note:
+                text += f" ({w.note})"
+            set_status(self.status, text, "warning" if w.note else "ok")
+
+        worker = self.runner.start(lambda: run_apply(model, data, axes, device), done,
+                                   message=f"Segmenting '{name}' with the current model...")
+        self._after_start(worker)
+        return worker
+
+
+def _is_dark(viewer: Any) -> bool:
+    try:
+        from napari.utils.theme import get_theme
+
+        bg = get_theme(viewer.theme).background.as_rgb_tuple()
+        return sum(bg[:3]) < 3 * 128
+    except (AttributeError, KeyError, ValueError, TypeError):
+        return True
+
+
+__all__ = ["LayerPair", "TrainJob", "TrainWidget", "pair_arrays", "run_training", "shapes_to_mask",
+           "training_set_arrays"]

@@ -1,0 +1,221 @@
+"""The Train dock widget in a real napari viewer (runs under Xvfb: ``-p xvfb``).
+
+Tiny networks trained from scratch (depth 2, width 4) on small synthetic images
+(``synthetic.make_sample((96, 96), seed)``) keep each test to a few seconds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+
+WAIT_MS = 90_000  # generous for 2 shared cores; a hang still fails
+
+
+def sample(seed: int, shape=(96, 96)):
+    from napari_unet.synthetic import make_sample
+
+    return make_sample(shape, seed)
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    from napari_unet._widgets.train import TrainWidget
+
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    w.start.value = w.SCRATCH
+    w.depth.value, w.base_width.value = 2, 4
+    w.tile_size.value = 48
+    w.batch_size.value = 2
+    w.device.value = "cpu"
+    return w
+
+
+def add_pairs(w, seeds):
+    viewer = w._viewer
+    for s in seeds:
+        img, lab = sample(s)
+        w.image.value = viewer.add_image(img, name=f"img{s}")
+        w.labels_layer.value = viewer.add_labels(lab, name=f"img{s} labels")
+        assert w.add_pair() is not None, w.status.value
+
+
+def train_and_wait(qtbot, w, timeout=WAIT_MS):
+    w.runner.last_outcome = None
+    w.run_button.native.click()
+    assert w.runner.running, w.status.value
+    qtbot.waitUntil(lambda: w.runner.last_outcome is not None and not w.runner.running, timeout=timeout)
+    return w.runner.last_outcome
+
+
+def test_train_from_layer_pairs_plot_save_apply(qtbot, widget, tmp_path):
+    from napari_unet import load_model
+    from napari_unet.model import UNet
+
+    viewer = widget._viewer
+    add_pairs(widget, [1, 2, 3, 4])  # 4 images: one is held out for validation
+    assert len(widget.layer_pairs) == 4 and len(widget.pairs.choices) == 4
+    widget.iterations.value = 12
+    widget.val_every.value = 4
+    widget.checkpoint_dir.value = tmp_path / "ckpt"
+    assert train_and_wait(qtbot, widget) == "done", widget.status.value
+
+    plot = widget.plot
+    assert plot.train_x == list(range(1, 13))
+    assert all(np.isfinite(plot.train_y)) and min(plot.train_y) > 0
+    assert plot.val_x == [4, 8, 12]
+    assert all(0.0 <= ap <= 1.0 for ap in plot.val_ap)
+    assert widget._last_info["eta"] >= 0  # an ETA was reported during the run
+    assert "cpu" in widget.eta.value.lower() and "finished" in widget.eta.value
+    assert "Trained after 12 iteration" in widget.status.value
+
+    model = widget.trained_model
+    assert isinstance(model, UNet) and model.config.depth == 2 and model.config.base_width == 4
+    assert model.meta["mode"] == "instance3"
+    assert model.meta["history"][-1]["iterations"] == 12
+    assert (tmp_path / "ckpt" / "last.pt").is_file() and (tmp_path / "ckpt" / "state.pt").is_file()
+
+    out = widget.save_model_to(tmp_path / "trained")  # ".pt" is added
+    assert out == tmp_path / "trained.pt"
+    loaded = load_model(out)
+    for k, v in model.state_dict().items():
+        assert np.array_equal(loaded.state_dict()[k].numpy(), v.numpy()), k
+    assert not list(tmp_path.glob("*.tmp"))  # atomic write left no temporary file
+
+    # apply the model to an image: "<image> labels" is created, then updated in place
+    new_img, _ = sample(9)
+    viewer.add_image(new_img, name="new", scale=(0.5, 0.5))
+    widget.apply_image.value = viewer.layers["new"]
+    assert widget.apply_button.enabled
+    widget.runner.last_outcome = None
+    widget.apply_button.native.click()
+    qtbot.waitUntil(lambda: widget.runner.last_outcome is not None and not widget.runner.running, timeout=WAIT_MS)
+    assert widget.runner.last_outcome == "done", widget.status.value
+    layer = viewer.layers["new labels"]
+    assert isinstance(layer, napari.layers.Labels) and layer.data.shape == new_img.shape
+    assert tuple(layer.scale) == (0.5, 0.5)
+    n_layers = len(viewer.layers)
+    widget.runner.last_outcome = None
+    widget.apply_button.native.click()
+    qtbot.waitUntil(lambda: widget.runner.last_outcome is not None and not widget.runner.running, timeout=WAIT_MS)
+    assert len(viewer.layers) == n_layers and viewer.layers["new labels"] is layer
+
+
+def test_resume_continues_from_checkpoint(qtbot, widget, tmp_path):
+    add_pairs(widget, [5])
+    widget.val_fraction.value = 0.0
+    widget.iterations.value = 6
+    widget.checkpoint_dir.value = tmp_path / "ck"
+    assert train_and_wait(qtbot, widget) == "done", widget.status.value
+    assert widget.plot.train_x[-1] == 6
+    widget.start.value = widget.RESUME
+    widget.resume_dir.value = tmp_path / "ck"
+    widget.iterations.value = 10
+    assert train_and_wait(qtbot, widget) == "done", widget.status.value
+    assert widget.plot.train_x == [7, 8, 9, 10]  # continued, not restarted
+    assert widget.trained_model.meta["history"][-1]["iterations"] == 10
+
+
+def test_cancel_stops_within_a_second_and_keeps_best_model(qtbot, widget):
+    import torch
+
+    add_pairs(widget, [11, 12, 13, 14])
+    widget.tile_size.value, widget.batch_size.value = 32, 1  # light steps: cancel acts at the next one
+    widget.budget.value = widget.MINUTES
+    widget.minutes.value = 30.0  # far longer than the test: only Cancel ends it
+    widget.val_every.value = 2
+    widget.run_button.native.click()
+    # wait for two validations: a best model exists
+    qtbot.waitUntil(lambda: len(widget.plot.val_x) >= 2, timeout=WAIT_MS)
+    assert widget.runner.running
+    assert widget.progress.max == 30 * 60  # the bar counts seconds of the budget
+    t0 = time.perf_counter()
+    widget.cancel_button.native.click()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=5_000)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 1.0, f"cancel took {elapsed:.2f} s"
+    assert widget.runner.last_outcome == "cancelled"
+    run = widget._run
+    model = widget.trained_model
+    assert model is not None and run.best_state is not None
+    for k, v in model.state_dict().items():  # the best weights, not the last ones
+        assert torch.equal(v, run.best_state[k]), k
+    assert "Cancelled" in widget.status.value and "best model" in widget.status.value
+    assert widget.save_button.enabled and widget.run_button.enabled
+    assert widget.start.value == widget.CURRENT
+
+
+def test_bad_input_is_refused_with_a_message(qtbot, widget):
+    viewer = widget._viewer
+    img, lab = sample(21)
+    # no labels layer
+    widget.image.value = viewer.add_image(img, name="img")
+    widget.run_button.native.click()
+    assert widget.runner.worker is None
+    assert "No Labels layer" in widget.status.value
+    # labels of another size
+    widget.labels_layer.value = viewer.add_labels(lab[:80, :70], name="small labels")
+    widget.run_button.native.click()
+    assert widget.runner.worker is None
+    assert "(80, 70)" in widget.status.value and "same (y, x) size" in widget.status.value
+    assert widget.add_pair() is None and widget.layer_pairs == []
+    # empty labels and no region
+    widget.labels_layer.value = viewer.add_labels(np.zeros_like(lab), name="empty labels")
+    widget.run_button.native.click()
+    assert widget.runner.worker is None
+    assert "empty" in widget.status.value and "region" in widget.status.value
+    # nothing was trained, nothing was changed
+    assert widget.trained_model is None
+    assert [layer.name for layer in viewer.layers] == ["img", "small labels", "empty labels"]
+    assert np.array_equal(viewer.layers["small labels"].data, lab[:80, :70])
+    assert not widget.save_button.enabled and not widget.apply_button.enabled
+    with pytest.raises(ValueError, match="no trained model"):
+        widget.save_model_to("x.pt")
+
+
+def test_shapes_region_rasterised_in_world_coordinates(qtbot, widget):
+    from napari_unet._widgets.train import LayerPair, pair_arrays
+
+    viewer = widget._viewer
+    img, lab = sample(31)
+    image = viewer.add_image(img, name="img", scale=(2.0, 2.0))
+    labels = viewer.add_labels(np.zeros_like(lab), name="lab", scale=(2.0, 2.0))
+    # a rectangle drawn on a shapes layer with the default scale of 1: world coordinates
+    shapes = viewer.add_shapes([np.array([[20, 40], [20, 100], [60, 100], [60, 40]])],
+                               shape_type="rectangle", name="region")
+    images, labs, regions = pair_arrays(LayerPair(image, labels, shapes))
+    region = regions[0]
+    assert region.shape == lab.shape and region.dtype == bool
+    ys, xs = np.nonzero(region)
+    # world (20..60, 40..100) / scale 2 → pixels (10..30, 20..50)
+    assert abs(ys.min() - 10) <= 1 and abs(ys.max() - 30) <= 1
+    assert abs(xs.min() - 20) <= 1 and abs(xs.max() - 50) <= 1
+    # empty labels are fine once a region says "this area is background"
+    widget.image.value, widget.labels_layer.value, widget.region.value = image, labels, shapes
+    assert widget.add_pair() is not None, widget.status.value
+    # an empty shapes layer is refused
+    empty = viewer.add_shapes(name="nothing")
+    with pytest.raises(ValueError, match="holds no rectangle"):
+        pair_arrays(LayerPair(image, labels, empty))
+
+
+def test_augmentation_switches_and_strength(widget):
+    cfg = widget.augment_config()
+    assert cfg.enabled and cfg.elastic and cfg.rotate and cfg.flip and cfg.noise
+    widget.aug_elastic.value = False
+    widget.aug_noise.value = False
+    widget.aug_strength.value = 0.5
+    cfg = widget.augment_config()
+    assert not cfg.elastic and not cfg.noise and cfg.rotate
+    assert cfg.max_rotation == pytest.approx(90.0)
+    for box in (widget.aug_rotate, widget.aug_flip, widget.aug_gray):
+        box.value = False
+    assert not widget.augment_config().enabled
