@@ -527,7 +527,8 @@ def segment_distributed_iter(
         t = round_tile_size(tile_size if tile_size is not None else min(512, block_size), cfg)
         tile = (_balanced(H, t, g), _balanced(W, t, g))
         block = tuple(max(1, round(block_size / ti)) * ti for ti in tile)
-        plans.append(_ImagePlan(name, source, lay, cmap, tile, block))  # type: ignore[arg-type]
+        # the plan travels with every task: it names a file, never holds an array
+        plans.append(_ImagePlan(name, source if isinstance(source, str) else None, lay, cmap, tile, block))  # type: ignore[arg-type]
         group = root_group.require_group(name) if name else root_group
         yx_chunks = []
         for a in range(len(lay.shape)):
@@ -560,13 +561,9 @@ def segment_distributed_iter(
         model_key = hashlib.sha1(model_bytes).hexdigest()
         mb = c.scatter(model_bytes, broadcast=True)
         sources = []
-        for p in plans:
-            if isinstance(p.source, np.ndarray):
-                sources.append(c.scatter(p.source, broadcast=False))
-            else:
-                sources.append(p.source)
-        # normalisation: once per image, as tiling computes it (on the workers: no image I/O here)
-        norms = [c.submit(_normalization, s, p.layout, rule, p.channel_map, pure=False) for p, s in zip(plans, sources)]
+        for (_, source, _, _) in inputs:
+            # numpy images go to the workers once (as a future), not inside every task
+            sources.append(c.scatter(source, broadcast=False) if isinstance(source, np.ndarray) else source)
         total = 3 * sum(len(p.blocks()) for p in plans) if mode != "semantic" else 2 * sum(len(p.blocks()) for p in plans)
         done = 0
 
@@ -598,6 +595,11 @@ def segment_distributed_iter(
         # pass 1: probabilities
         todo = pending("probabilities")
         done += result.skipped["probabilities"]
+        # normalisation: once per image with pass-1 work, computed as tiling computes it
+        # (on a worker: the client reads no image data)
+        need = sorted({i for i, *_ in todo})
+        norms = {i: c.submit(_normalization, sources[i], plans[i].layout, rule, plans[i].channel_map, pure=False)
+                 for i in need}
         yield Progress(done, total, "probabilities")
         futs = [
             c.submit(_predict_block, p, sources[i], norms[i], model_key, mb, plane, by, bx, str(root), device, bool(amp),
