@@ -537,7 +537,7 @@ def align_form(container: Any) -> None:
     labels = [r._label_widget for r in rows if r is not None]  # noqa: SLF001
     if not labels:
         return
-    width = max(lab.native.sizeHint().width() for lab in labels) + 8
+    width = max(lab.native.sizeHint().width() for lab in labels) + 16
     for lab in labels:
         lab.min_width = width
     for w in container:
