@@ -1,0 +1,430 @@
+"""The Annotate dock widget in a real napari viewer (runs under Xvfb: ``-p xvfb``).
+
+Every helper is applied through the widget and undone through the Labels layer's own
+history (``layer.undo()``, what Ctrl+Z calls). Prediction uses a tiny hand-set U-Net
+(threshold of the normalised image) saved to a file, so it is deterministic and free;
+the end-to-end test trains a tiny network from scratch for a few iterations.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+napari = pytest.importorskip("napari")
+
+WAIT_MS = 120_000  # generous for 2 shared cores; a hang still fails
+SCREENSHOTS = os.environ.get("NAPARI_UNET_SCREENSHOTS")  # folder: also write docs screenshots
+
+
+def threshold_unet():
+    """A depth-2 width-4 U-Net computing 'interior where normalised intensity > 0.5'."""
+    import torch
+
+    from napari_unet import UNet
+
+    model = UNet(in_channels=1, num_classes=3, depth=2, base_width=4, dropout=0.0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.weight.zero_()
+                m.bias.zero_()
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3):
+                m.weight[0, 0, 1, 1] = 1.0
+        model.head.weight[1, 0] = 40.0
+        model.head.bias[1] = -20.0
+        model.head.bias[2] = -20.0
+    model.meta["mode"] = "instance3"
+    return model.eval()
+
+
+def blobs(shape=(96, 120), centers=((20, 20), (20, 60), (60, 30), (70, 90), (30, 100)), radius=7):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.random.default_rng(0).normal(0.1, 0.02, shape)
+    for cy, cx in centers:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 1.0
+    return img.astype(np.float32)
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    from napari_unet import save_model
+
+    return save_model(threshold_unet(), tmp_path / "threshold.pt")
+
+
+@pytest.fixture
+def widget(make_napari_viewer, model_path):
+    from napari_unet._widgets.annotate import AnnotateWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs(), name="cells")
+    w = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Annotate")
+    w.model.source.value = w.model.FILE
+    w.model.file.value = model_path
+    w.device.value = "cpu"
+    return w
+
+
+def wait_done(qtbot, w):
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT_MS)
+    assert w.runner.last_outcome == "done", w.status.value
+
+
+def shot(viewer, name):
+    if SCREENSHOTS:
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.processEvents()
+        import imageio.v3 as iio
+
+        iio.imwrite(Path(SCREENSHOTS) / f"annotate_{name}.png", viewer.screenshot(canvas_only=False, flash=False))
+
+
+# -- layers ----------------------------------------------------------------------------------
+
+
+def test_new_annotation_layer_defaults_and_next_id_after_stroke(widget, qtbot):
+    w, viewer = widget, widget._viewer
+    layer = w.new_labels_layer()
+    assert layer.name == "cells annotations" and layer.data.shape == (96, 120)
+    assert layer.preserve_labels and layer.selected_label == 1 and layer.brush_size == 8
+    w.brush_size.value = 5
+    w.contour.value = True
+    assert layer.brush_size == 5 and layer.contour > 0
+    w.contour.value = False
+    assert layer.contour == 0
+    layer.paint((20, 20), layer.selected_label)  # one brush stroke
+    assert layer.data[20, 20] == 1 and layer.selected_label == 2  # next cell gets a new id
+    w.auto_next.value = False
+    layer.paint((60, 30), 2)
+    assert layer.selected_label == 2
+    # pressing again picks the existing layer instead of making another
+    assert w.new_labels_layer() is layer
+    assert [lay.name for lay in viewer.layers].count("cells annotations") == 1
+    # the training area overlay follows the labels (cells + margin)
+    qtbot.waitUntil(lambda: "cells annotations training area" in viewer.layers
+                    and viewer.layers["cells annotations training area"].data[60, 30] == 1, timeout=5000)
+    area = viewer.layers["cells annotations training area"]
+    assert area.data[20, 20] == 1 and area.data[0, 119] == 0
+    w.show_area.value = False
+    assert not area.visible
+
+
+# -- helpers, each undone through napari's history -----------------------------------------
+
+
+def _labels_with(widget, arr):
+    layer = widget.new_labels_layer()
+    layer.data = arr.astype(np.int32)
+    layer._reset_history()  # noqa: SLF001 - start from a clean history
+    return layer
+
+
+def test_helpers_apply_and_undo(widget):
+    w = widget
+    lab = np.zeros((96, 120), np.int32)
+    lab[10:30, 10:30] = 1
+    lab[15:18, 15:18] = 0  # a hole
+    lab[50:52, 50:52] = 2  # a tiny piece
+    lab[60:80, 60:100] = 3  # to split
+    lab[10:20, 60:70] = 4
+    lab[20:30, 60:70] = 5  # 4 and 5 to merge
+    layer = _labels_with(w, lab)
+    steps = []
+
+    w.min_size.value = 10
+    assert w.remove_small()
+    assert not (layer.data == 2).any()
+    steps.append(layer.data.copy())
+
+    assert w.fill_holes()
+    assert (layer.data[15:18, 15:18] == 1).all()
+    steps.append(layer.data.copy())
+
+    w.merge_a.value, w.merge_b.value = 4, 5
+    assert w.merge()
+    assert not (layer.data == 5).any() and (layer.data[20:30, 60:70] == 4).all()
+    steps.append(layer.data.copy())
+
+    lines = w.new_cut_line_layer()
+    lines.add_lines(np.array([[55.0, 80.0], [85.0, 80.0]]))
+    assert w.split()
+    left, right = layer.data[70, 65], layer.data[70, 95]
+    assert {int(left), int(right)} == {3, 5} and (layer.data > 0).sum() == (steps[-1] > 0).sum()
+    assert len(lines.data) == 0  # the used line is removed
+    assert "split cell 3" in w.status.value.lower()
+
+    # one undo per helper, in reverse order, restores each earlier state exactly
+    for before in reversed([lab, *steps]):
+        layer.undo()
+        assert np.array_equal(layer.data, before)
+    layer.redo()
+    assert np.array_equal(layer.data, steps[0])
+
+
+def test_helper_errors_are_shown_and_change_nothing(widget):
+    w = widget
+    lab = np.zeros((96, 120), np.int32)
+    lab[10:30, 10:30] = 1
+    layer = _labels_with(w, lab)
+    assert not w.split()
+    assert "No cut line" in w.status.value
+    w.merge_a.value, w.merge_b.value = 1, 9
+    assert not w.merge()
+    assert "no cell with id 9" in w.status.value.lower()
+    lines = w.new_cut_line_layer()
+    lines.add_lines(np.array([[0.0, 5.0], [5.0, 5.0]]))  # crosses no cell
+    assert not w.split()
+    assert "does not cross" in w.status.value
+    assert not w.fill_holes()  # nothing to fill is not an error
+    assert np.array_equal(layer.data, lab) and len(layer._undo_history) == 0  # noqa: SLF001
+
+
+def test_next_free_id_button(widget):
+    w = widget
+    lab = np.zeros((96, 120), np.int32)
+    lab[0, 0], lab[5, 5] = 3, 11
+    layer = _labels_with(w, lab)
+    layer.selected_label = 1
+    assert w.select_next_id() == 12 and layer.selected_label == 12
+
+
+def test_stack_plane_by_plane(make_napari_viewer, model_path, qtbot):
+    from napari_unet._widgets.annotate import AnnotateWidget
+
+    viewer = make_napari_viewer()
+    stack = np.stack([blobs(), blobs(centers=((40, 40),)), blobs()])
+    viewer.add_image(stack, name="stack")
+    w = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Annotate")
+    w.model.source.value = w.model.FILE
+    w.model.file.value = model_path
+    layer = w.new_labels_layer()
+    assert layer.data.shape == stack.shape
+    viewer.dims.set_current_step(0, 1)
+    assert w.current_plane(layer) == (1,)
+    w.where.value = "whole image / plane"
+    assert w.predict() is not None
+    wait_done(qtbot, w)
+    assert layer.data[1].max() == 1 and not layer.data[0].any() and not layer.data[2].any()
+    # a piece on plane 1 is removed by the helper; plane 2 is untouched
+    layer.data[1, 0:2, 0:2] = 9
+    layer.data[2, 0:2, 0:2] = 9
+    w.min_size.value = 10
+    assert w.remove_small()
+    assert layer.data[1, 0, 0] == 0 and layer.data[2, 0, 0] == 9
+    layer.undo()
+    assert layer.data[1, 0, 0] == 9
+    layer.data[2] = 0
+    w.crop.value = False
+    assert w.add_to_set() == 1  # only the labelled plane
+    s = w.training_set.samples[0]
+    assert s.name == "stack z=1" and s.labels.shape == (96, 120) and s.image.shape == (96, 120)
+    assert np.array_equal(s.image, stack[1])
+
+
+# -- predict to annotate -------------------------------------------------------------------
+
+
+def test_predict_in_region_keeps_user_labels_and_undoes(widget, qtbot):
+    w, viewer = widget, widget._viewer
+    layer = w.new_labels_layer()
+    layer.data[55:65, 25:35] = 7  # the person's own cell (on a predicted blob)
+    layer._reset_history()  # noqa: SLF001
+    before = layer.data.copy()
+    region = w.new_region_layer()
+    region.add_rectangles(np.array([[0.0, 0.0], [80.0, 50.0]]))  # covers blobs (20,20) and (60,30)
+    assert w.region.value is region
+    assert w.predict() is not None
+    wait_done(qtbot, w)
+    data = layer.data
+    assert data[20, 20] > 7  # predicted with a fresh id
+    assert (data[55:65, 25:35] == 7).all()  # kept
+    assert data[20, 60] == 0 and data[70, 90] == 0  # outside the region: not filled
+    assert "added 1 predicted cell" in w.status.value.lower()
+    layer.undo()
+    assert np.array_equal(layer.data, before)
+    # replace: inside the region the prediction wins
+    w.replace.value = True
+    w.predict()
+    wait_done(qtbot, w)
+    assert not (layer.data == 7).any() and layer.data[60, 30] > 0
+    layer.undo()
+    assert np.array_equal(layer.data, before)
+
+
+def test_predict_in_field_of_view(widget, qtbot):
+    w, viewer = widget, widget._viewer
+    layer = w.new_labels_layer()
+    cam = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    cam.center = (20, 20)
+    cam.zoom = viewer.canvas.size[0] / 30  # about 30 px tall in view
+    rows, cols = w.view_box(layer)
+    assert rows.start <= 20 < rows.stop and rows.stop - rows.start < 60 and cols.stop < 120
+    w.where.value = "field of view"
+    w.predict()
+    wait_done(qtbot, w)
+    assert layer.data[20, 20] > 0 and layer.data[70, 90] == 0
+
+
+def test_predict_errors(widget):
+    w = widget
+    w.new_labels_layer()
+    assert w.predict() is None  # no region drawn
+    assert "No annotated region" in w.status.value
+    w.model.file.value = ""
+    w.where.value = "whole image / plane"
+    assert w.predict() is None
+    assert "No model file" in w.status.value
+
+
+# -- training set ---------------------------------------------------------------------------
+
+
+def test_training_set_add_list_show_holdout_remove_save_load(widget, tmp_path):
+    w, viewer = widget, widget._viewer
+    layer = w.new_labels_layer()
+    layer.data[15:26, 15:26] = 1
+    layer.data[55:66, 25:36] = 2
+    assert w.add_to_set() == 1
+    s = w.training_set.samples[0]
+    # without a region: cropped to cells + margin, and that area is the stored region
+    assert s.region is not None and s.region.shape == s.labels.shape and s.labels.shape[0] < 96
+    assert w.entries.choices[0].startswith("1. cells [") and "2 cells" in w.entries.choices[0]
+    region = w.new_region_layer()
+    region.add_rectangles(np.array([[0.0, 0.0], [40.0, 40.0]]))
+    assert w.add_to_set() == 1
+    assert w.training_set.samples[1].labels.shape == (41, 41)
+    assert len(w.entries.choices) == 2 and "1 cells" in w.entries.choices[1]
+    w.entries.value = [w.entries.choices[1]]
+    w.toggle_held_out()
+    assert "held out" in w.entries.choices[1] and len(w.held_out) == 1
+    w.entries.value = [w.entries.choices[0]]
+    w.show_entries()
+    assert f"set: {s.name}" in viewer.layers and f"set: {s.name} labels" in viewer.layers
+    # save, load back identically
+    w.folder.value = tmp_path / "set"
+    assert w.save_set() is not None
+    saved = [(x.name, x.image.copy(), x.labels.copy(), x.region.copy()) for x in w.training_set.samples]
+    w.entries.value = [w.entries.choices[0]]
+    w.remove_entries()
+    assert len(w.training_set) == 1
+    assert w.load_set()
+    assert len(w.training_set) == 2
+    for (name, img, lab, reg), t in zip(saved, w.training_set.samples):
+        assert t.name == name and np.array_equal(t.image, img) and np.array_equal(t.labels, lab)
+        assert np.array_equal(t.region, reg)
+    assert "held out" in w.entries.choices[1]  # the hold-out survives by name
+
+
+def test_broken_folder_is_reported_and_nothing_is_lost(widget, tmp_path):
+    w = widget
+    layer = w.new_labels_layer()
+    layer.data[15:26, 15:26] = 1
+    w.add_to_set()
+    layer.data[55:66, 25:36] = 2
+    w.crop.value = False
+    w.add_to_set()
+    root = w.save_set(tmp_path / "set")
+    assert not w.load_set(tmp_path / "nothing")  # not a set: the current one is kept
+    assert "no index.json" in w.status.value and len(w.training_set) == 2
+    (root / "labels" / "0000.tif").unlink()
+    assert not w.load_set(root)
+    assert "missing file labels/0000.tif" in w.status.value
+    assert len(w.training_set) == 1 and w.training_set.samples[0].labels.shape == (96, 120)
+
+
+# -- the whole loop ------------------------------------------------------------------------
+
+
+def test_end_to_end_annotate_train_segment(make_napari_viewer, model_path, tmp_path, qtbot):
+    """Sample image → predict in a region → correct → set → save/load → train → segment."""
+    from napari_unet._sample_data import sample_nuclei
+    from napari_unet._widgets.annotate import AnnotateWidget
+    from napari_unet.data import TrainingSet
+
+    (image, image_kw, _), (gt, _, _) = sample_nuclei()
+    image, gt = image[:192, :192], gt[:192, :192]  # a crop keeps the test fast
+    viewer = make_napari_viewer()
+    viewer.add_image(image, **image_kw)
+    name = image_kw["name"]
+    w = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Annotate")
+    w.model.source.value = w.model.FILE
+    w.model.file.value = model_path
+    w.device.value = "cpu"
+    layer = w.new_labels_layer()
+    shot(viewer, "1_new_layer")
+
+    # predict to annotate in a region
+    region = w.new_region_layer()
+    region.add_rectangles(np.array([[0.0, 0.0], [127.0, 191.0]]))
+    w.predict()
+    wait_done(qtbot, w)
+    assert layer.data[:128].max() > 0 and not layer.data[128:].any()
+    shot(viewer, "2_predicted")
+
+    # correct programmatically: the person's labels become the ground truth inside the region
+    corrected = np.where(np.arange(192)[:, None] < 128, gt, 0).astype(np.int32)
+    w.apply_edit(layer, __import__("napari_unet.annotate", fromlist=["diff_edit"]).diff_edit(
+        np.asarray(layer.data), corrected, "corrected by hand"))
+    assert np.array_equal(layer.data, corrected)
+    layer.undo()
+    assert not np.array_equal(layer.data, corrected)
+    layer.redo()
+    assert np.array_equal(layer.data, corrected)
+
+    # two entries: the top half to train on, the rest of the region held out for scoring
+    region.data = [np.array([[0.0, 0.0], [0.0, 191.0], [95.0, 191.0], [95.0, 0.0]])]
+    assert w.add_to_set() == 1
+    region.data = [np.array([[96.0, 0.0], [96.0, 191.0], [127.0, 191.0], [127.0, 0.0]])]
+    assert w.add_to_set() == 1
+    w.entries.value = [w.entries.choices[1]]
+    w.toggle_held_out()
+    assert [s.labels.shape for s in w.training_set.samples] == [(96, 192), (32, 192)]
+    shot(viewer, "3_training_set")
+
+    # save to a folder and load back identically
+    before = [(s.name, s.image.copy(), s.labels.copy(), s.region.copy()) for s in w.training_set.samples]
+    w.folder.value = tmp_path / "my set"
+    assert w.save_set() is not None and (tmp_path / "my set" / "index.json").is_file()
+    assert w.load_set()
+    for (n, img, lab, reg), s in zip(before, w.training_set.samples):
+        assert s.name == n and np.array_equal(s.image, img) and np.array_equal(s.labels, lab)
+        assert np.array_equal(s.region, reg) and s.image.dtype == img.dtype
+    assert len(TrainingSet.load(tmp_path / "my set")) == 2
+
+    # train a tiny network from scratch for a few iterations, from the Annotate widget
+    train = w.train_widget()
+    assert train is w.train_widget()  # reused, not opened twice
+    train.start.value = train.SCRATCH
+    train.depth.value, train.width.value = 2, 4
+    train.iterations.value = 30
+    train.tile_size.value = 48
+    train.batch_size.value = 2
+    train.val_fraction.value = 0.0
+    train.device.value = "cpu"
+    w.train_on_this()
+    qtbot.waitUntil(lambda: w.last_scores.get("after") is not None, timeout=WAIT_MS)
+    assert not w.runner.running or qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT_MS) is None
+    s = w.last_scores
+    assert s["on"] == "held-out entries" and s["n"] == 1
+    assert 0.0 <= s["before"] <= 1.0 and 0.0 <= s["after"] <= 1.0
+    assert "before" in w.score.value and "after" in w.score.value
+    assert train.trained_model is not None
+    # the open image was segmented again with the new model
+    out = viewer.layers[f"{name} labels"]
+    assert out.data.shape == (192, 192) and out.data.dtype.kind in "iu"
+    assert w.model.source.value == w.TRAINED  # predict-to-annotate now uses the new model
+    shot(viewer, "4_after_training")
