@@ -243,3 +243,16 @@ def test_cli_weight_map(tmp_path, capsys):
     assert main(["weight-map", str(src), "-o", str(out)]) == 2  # exists, no --overwrite
     assert "overwrite" in capsys.readouterr().err
     assert main(["weight-map", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "y.tif")]) == 2
+
+
+def test_huge_ids_and_public_scipy_path_give_same_map(monkeypatch):
+    from napari_unet import weights
+
+    lab = touching_cells((80, 90), 20, 11, seed=13)
+    w = weight_map(lab)
+    w_sp = weight_map(lab, spacing=(1.5, 1.0))
+    big = np.where(lab > 0, lab.astype(np.int64) + 2**40, 0)  # ids far beyond the pixel count
+    np.testing.assert_array_equal(weight_map(big), w)
+    monkeypatch.setattr(weights, "_EFT", None)  # scipy's public wrapper instead of its C call
+    np.testing.assert_array_equal(weight_map(lab), w)
+    np.testing.assert_array_equal(weight_map(lab, spacing=(1.5, 1.0)), w_sp)

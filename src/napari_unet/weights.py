@@ -8,23 +8,20 @@ The border term is 0 on cell pixels; ``w_c`` balances the class frequencies.
 
 How it is computed (same values as one distance transform per cell, far less work):
 
-1. One feature transform of the background gives, for every pixel, ``d1`` and the
-   nearest cell ``c1`` (exact, scipy's Euclidean transform).
+1. One feature transform of the background, done in cache-sized tiles with a halo, gives
+   ``d1`` and the nearest cell ``c1`` of every pixel (exact, scipy's Euclidean
+   transform).
 2. ``d2(x)`` is the distance from ``x`` to the cells *other than* ``c1(x)``. It only
    matters where the border term is not negligible, which bounds the distances
    involved: with ``D = sigma * sqrt(2 ln(w0 / tol))`` the term is below ``tol`` as soon
-   as ``d1 + d2 > D`` (:func:`cutoff_distance`). Since ``d2 >= d1`` only pixels with
-   ``d1 <= D/2`` count, and since every other cell lies outside the Voronoi region of
-   ``c1``, ``d2(x) >= e(x)``, the distance from ``x`` to the edge of that region. A
-   cheap chessboard distance (never more than the Euclidean one) bounds ``e`` from
-   below, so the pixels with ``d1 + e_lb <= D`` -- the "contested" pixels, a thin band
-   along the Voronoi edges -- are the only ones whose ``d2`` is needed.
-3. For each cell ``c``, ``d2`` of its contested pixels is an exact Euclidean transform
-   of "all cells but ``c``" in a window: the bounding box of those pixels enlarged by
-   ``D - min d1`` (every cell within reach of the term is inside it). Cells are
-   independent, so the windows are shared among two threads (scipy's transforms release
-   the GIL). Work and memory are proportional to the pixels of the windows, never to
-   cells x pixels.
+   as ``d1 + d2 > D`` (:func:`cutoff_distance`). Since ``d2 >= d1``, only background
+   pixels with ``d1 <= D/2`` need ``d2``; each is "owned" by its nearest cell.
+3. For each cell ``c``, ``d2`` of the pixels it owns is an exact Euclidean transform of
+   "all cells but ``c``" in a window: the box around the balls of radius ``D - d1(x)``
+   around its pixels ``x`` (no cell outside it can matter), about the cell's box
+   enlarged by ``D``. Cells are independent, so the windows are shared among two
+   threads (scipy's transforms release the GIL). Work and memory are proportional to
+   the pixels of the windows (a few times the image), never to cells x pixels.
 
 The result equals the per-cell formula wherever the border term is at least ``tol``,
 and differs from it by less than ``tol`` (default 1e-4) elsewhere.
@@ -141,25 +138,6 @@ def _window(box: tuple[slice, ...], margin: Sequence[int], shape: tuple[int, ...
     )
 
 
-def _distances_at(
-    ft: np.ndarray, offset: Sequence[int], where: np.ndarray | tuple[np.ndarray, ...], sp: np.ndarray
-) -> np.ndarray:
-    """Euclidean distance (float32) from pixels ``where`` of a window to their features.
-
-    ``ft`` are scipy's feature indices relative to the window; ``offset`` is where the
-    window starts, so that ``where`` (indices into the window) can be compared with them.
-    """
-    pix = np.nonzero(where) if isinstance(where, np.ndarray) else where
-    acc = None
-    for ax in range(ft.shape[0]):
-        diff = (ft[ax][pix] - pix[ax]).astype(np.float32)
-        diff *= np.float32(sp[ax])
-        diff *= diff
-        acc = diff if acc is None else acc + diff
-    del offset  # positions and features share the window's frame
-    return np.sqrt(acc)
-
-
 def _map(fn: Any, items: list, workers: int) -> None:
     """Run ``fn`` on every item, in ``workers`` threads (scipy's transforms free the GIL)."""
     if workers >= 2 and len(items) > 1:
@@ -208,20 +186,30 @@ def _nearest_cell(
     return d1, c1
 
 
-def _edges(c1: np.ndarray) -> np.ndarray:
-    """Pixels with a differently labelled neighbour (8- / 26-connected), both sides."""
-    import itertools
+def _feature_transform(nonfeature: np.ndarray, sp: np.ndarray | None) -> np.ndarray:
+    """scipy's exact Euclidean feature transform (indices of the nearest 0 of ``nonfeature``).
 
-    edge = np.zeros(c1.shape, bool)
-    for off in itertools.product((-1, 0, 1), repeat=c1.ndim):
-        if off <= (0,) * c1.ndim:  # each neighbour pair once
-            continue
-        a = tuple(slice(0, n - o) if o > 0 else slice(-o, n) for o, n in zip(off, c1.shape))
-        b = tuple(slice(o, n) if o >= 0 else slice(0, n + o) for o, n in zip(off, c1.shape))
-        diff = c1[a] != c1[b]
-        edge[a] |= diff
-        edge[b] |= diff
-    return edge
+    Calls scipy's C routine directly when it is there: the public wrapper copies the input
+    twice, which costs as much as the transform itself on the many small windows here.
+    """
+    ft = np.empty((nonfeature.ndim, *nonfeature.shape), np.int32)
+    if _EFT is not None:
+        inp = np.ascontiguousarray(nonfeature).view(np.int8)
+        _EFT(inp, None if sp is None else np.ascontiguousarray(sp, np.float64), ft)
+        return ft
+    return ndi.distance_transform_edt(nonfeature, sampling=sp, return_distances=False, return_indices=True)
+
+
+try:  # private, but stable for many scipy releases; the public path is the fallback
+    from scipy.ndimage import _nd_image
+
+    _EFT = _nd_image.euclidean_feature_transform
+    _probe = np.ones((3, 3), bool)
+    _probe[1, 1] = False
+    if not np.array_equal(_feature_transform(_probe, None)[:, 0, 0], [1, 1]):  # pragma: no cover
+        _EFT = None
+except (ImportError, AttributeError, TypeError):  # pragma: no cover
+    _EFT = None
 
 
 def _second_distance(
@@ -233,39 +221,53 @@ def _second_distance(
     workers: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(contested, d2)``: the pixels that need ``d2`` and ``d2`` there (inf elsewhere)."""
-    bg = lab == 0
-    d2 = np.full(lab.shape, np.inf, np.float32)
-    edge = _edges(c1)
-    if not edge.any():  # one cell (or none): no second cell anywhere
-        return np.zeros(lab.shape, bool), d2
-    # Lower bound on d2: every other cell lies outside c1's Voronoi region, and a
-    # chessboard path to it crosses an edge pixel; chessboard <= Euclidean distance.
-    e_lb = ndi.distance_transform_cdt(~edge, metric="chessboard").astype(np.float32)
-    e_lb *= np.float32(sp.min())
-    # 1e-3 of slack covers float32 rounding of d1
-    contested = bg & (d1 <= cutoff / 2 + 1e-3) & (d1 + e_lb <= cutoff + 1e-3)
-    owner = np.where(contested, c1, 0)
-    boxes = ndi.find_objects(owner)
-    jobs = [(cid + 1, box) for cid, box in enumerate(boxes) if box is not None]
     shape = lab.shape
+    d2 = np.full(shape, np.inf, np.float32)
+    # 1e-3 of slack covers float32 rounding of d1
+    contested = (lab == 0) & (d1 <= cutoff / 2 + 1e-3)
+    coords = np.nonzero(contested)
+    if coords[0].size == 0:
+        return contested, d2
+    # group the contested pixels by their nearest cell (their "owner")
+    own = c1[coords]
+    order = np.argsort(own, kind="stable")
+    own = own[order]
+    coords = tuple(c[order] for c in coords)
+    dvals = d1[coords]
+    starts = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])
+    ends = np.r_[starts[1:], own.size]
+    # A pixel x can only see cells within cutoff - d1(x): the owner's window is the box
+    # around all those balls (per axis, in pixels).
+    reach = (cutoff + 1e-3) - dvals
+    lows, highs = [], []
+    for ax in range(lab.ndim):
+        r = reach / sp[ax]
+        lows.append(np.maximum(np.floor(np.minimum.reduceat(coords[ax] - r, starts)), 0).astype(np.int64))
+        highs.append(np.minimum(np.ceil(np.maximum.reduceat(coords[ax] + r, starts)) + 1, shape[ax]).astype(np.int64))
+    iso = None if np.all(sp == 1) else sp
 
-    def one(job: tuple[int, tuple[slice, ...]]) -> None:
-        cid, box = job
-        own = owner[box] == cid
-        dmin = float(d1[box][own].min())
-        # every cell that can be second-nearest to an owned pixel is within this reach
-        reach = max(cutoff - dmin, 0.0) + 1e-3
-        win = _window(box, [int(math.ceil(reach / s)) for s in sp], shape)
+    def one(k: int) -> None:
+        s, e = starts[k], ends[k]
+        cid = own[s]
+        win = tuple(slice(int(lo[k]), int(hi[k])) for lo, hi in zip(lows, highs))
         labw = lab[win]
-        others = (labw != 0) & (labw != cid)
-        if not others.any():
+        nonfeature = labw == 0
+        nonfeature |= labw == cid
+        if nonfeature.all():
             return  # no other cell within reach: the term is negligible here
-        ft = ndi.distance_transform_edt(~others, sampling=sp, return_distances=False, return_indices=True)
-        mine = np.nonzero(owner[win] == cid)
+        ft = _feature_transform(nonfeature, iso)
+        pix = tuple(c[s:e] - w.start for c, w in zip(coords, win))
+        acc = None
+        for ax in range(lab.ndim):
+            diff = (ft[ax][pix] - pix[ax]).astype(np.float32)
+            if iso is not None:
+                diff *= np.float32(sp[ax])
+            diff *= diff
+            acc = diff if acc is None else acc + diff
         # each contested pixel has one owner, so threads never write the same pixel
-        d2[tuple(p + w.start for p, w in zip(mine, win))] = _distances_at(ft, (), mine, sp)
+        d2[tuple(c[s:e] for c in coords)] = np.sqrt(acc)
 
-    _map(one, jobs, workers)
+    _map(one, list(range(starts.size)), workers)
     return contested, d2
 
 
@@ -295,6 +297,10 @@ def border_distances(
     cells = lab > 0
     if not cells.any():
         return np.full(lab.shape, np.inf, np.float32), np.full(lab.shape, np.inf, np.float32)
+    if int(lab.max()) > 2 * lab.size + 1024:
+        # scipy's find_objects makes one entry per id up to the largest: relabel huge ids
+        ids = np.unique(lab)
+        lab = (np.searchsorted(ids, lab) + (ids[0] != 0)).astype(np.int64)
     if math.isinf(cutoff):
         cutoff = float(np.sqrt(np.sum((np.array(lab.shape) * sp) ** 2))) * 2
     d1, c1 = _nearest_cell(cells, lab, sp, cutoff / 2 + 1.0, workers)
