@@ -39,7 +39,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -510,6 +510,7 @@ def train_iter(
     amp: bool | None = None,
     seed: int = 0,
     schedule_iterations: int | None = None,
+    wrap_network: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
 ) -> Generator[Progress, None, UNet]:
     """Train a U-Net on labelled images; yields progress, returns the trained model.
 
@@ -547,6 +548,9 @@ def train_iter(
         schedule_iterations: length of the learning-rate schedule when it differs from
             ``iterations`` (a run split into several calls, e.g. pretraining on
             regenerated data pools).
+        wrap_network: called once with the network (on its device) before training; the
+            module it returns runs the training forward passes (e.g. a
+            ``DistributedDataParallel`` wrapper, see :mod:`napari_unet.ddp`).
 
     Yields:
         :class:`Progress` after every step; ``info`` holds ``iteration``, ``train_loss``,
@@ -640,6 +644,8 @@ def train_iter(
 
         use_amp = cpu_supports_bf16()
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported())
+    # the wrapper shares the network's parameters (DDP adds gradient all-reduce hooks)
+    forward_net = wrap_network(net) if wrap_network is not None else net
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
 
     run = TrainingRun(model=net, total=total)
@@ -764,7 +770,7 @@ def train_iter(
         xin = batch.image.contiguous(memory_format=torch.channels_last) if channels_last else batch.image
         net.train()
         with autocast(dev, use_amp):
-            logits = net(xin)
+            logits = forward_net(xin)
         loss = weighted_cross_entropy(logits, batch.targets.long(), batch.weights, batch.mask)
         if not torch.isfinite(loss):
             raise ValueError(
