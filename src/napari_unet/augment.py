@@ -19,8 +19,9 @@ Out-of-image pixels. The caller passes a *source* crop larger than the output ti
 :meth:`AugmentConfig.source_size`) so that a rotated, shifted and deformed tile normally
 stays inside it. Where the sampling grid still reaches past the source crop, the image
 is filled by **reflection** (so the network sees natural-looking context, as in the
-overlap-tile inference), and those pixels are **marked ignore** in the returned mask, so
-no label is ever taught from reflected content.
+overlap-tile inference), and those pixels are **marked ignore** in the returned mask
+(the mask is sampled with zero padding), so no label is ever taught from reflected
+content.
 
 Gray-value changes (applied to the image only, after the geometry, one draw per sample):
 gamma on the sample's own intensity range, contrast around the sample mean, additive
@@ -322,16 +323,17 @@ def augment_batch(
                 parts.append(targets.float())
             if mask is not None:
                 parts.append(mask.float())
+            # zeros padding: out-of-source pixels come back as mask 0 (ignored) for free
             nn_out = F.grid_sample(
-                torch.stack(parts, 1), grid, mode="nearest", padding_mode="reflection", align_corners=True
+                torch.stack(parts, 1), grid, mode="nearest", padding_mode="zeros", align_corners=True
             )
             i = 0
             if targets is not None:
-                out_t = nn_out[:, 0].round().to(targets.dtype)
+                # nearest sampling returns the stored values exactly: no rounding needed
+                out_t = nn_out[:, 0].to(targets.dtype)
                 i = 1
             if mask is not None:
-                inside = (grid.abs() <= 1.0 + 1e-6).all(dim=-1)
-                out_m = (nn_out[:, i] > 0.5) & inside
+                out_m = nn_out[:, i] > 0.5
 
     if config.enabled:
         img = _gray_values(img, config, generator)
