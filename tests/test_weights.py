@@ -256,3 +256,17 @@ def test_huge_ids_and_public_scipy_path_give_same_map(monkeypatch):
     monkeypatch.setattr(weights, "_EFT", None)  # scipy's public wrapper instead of its C call
     np.testing.assert_array_equal(weight_map(lab), w)
     np.testing.assert_array_equal(weight_map(lab, spacing=(1.5, 1.0)), w_sp)
+
+
+def test_border_distances_without_cutoff_are_exact_everywhere():
+    from napari_unet.weights import border_distances
+
+    lab = touching_cells((50, 60), 8, 9, seed=14)
+    d1, d2 = border_distances(lab)
+    ids = [i for i in np.unique(lab) if i]
+    per_cell = np.stack([ndi.distance_transform_edt(lab != i) for i in ids])
+    per_cell.sort(axis=0)
+    bg = lab == 0
+    np.testing.assert_allclose(d1[bg], per_cell[0][bg], atol=1e-4)
+    np.testing.assert_allclose(d2[bg], per_cell[1][bg], atol=1e-4)
+    assert np.all(d1[~bg] == 0) and np.all(d2[~bg] == 0)

@@ -91,12 +91,33 @@ def test_bad_labels_show_an_error(widget, qtbot, monkeypatch):
     viewer, w = widget
     shown = []
     monkeypatch.setattr("napari_unet._widgets.weight_map.show_error", shown.append)
-    layer = viewer.add_labels(np.ones((2, 3, 30, 30), np.int32), name="4d")  # not 2D/3D
+    bad = np.zeros((30, 30), np.int32)
+    bad[5:10, 5:10] = -3
+    layer = viewer.add_labels(bad, name="negative")
     w.labels_layer.value = layer
     w.compute()
-    assert shown and "2D or 3D" in shown[-1]
-    assert "4d weights" not in viewer.layers
-    assert "2D or 3D" in w.status.value
+    assert shown and "negative" in shown[-1]
+    assert "negative weights" not in viewer.layers
+    assert "negative" in w.status.value
+
+
+def test_stacks_volume_or_plane_by_plane(widget, qtbot):
+    viewer, w = widget
+    w.live.value = False
+    vol = np.stack([_cells((40, 50), 6, 9, seed=s) for s in range(3)])
+    viewer.add_labels(vol, name="stack")
+    w.labels_layer.value = viewer.layers["stack"]
+    w.compute()
+    _wait_for(qtbot, viewer, "stack weights", weight_map(vol))
+    w.per_plane.value = True
+    w.compute()
+    _wait_for(qtbot, viewer, "stack weights", np.stack([weight_map(p) for p in vol]))
+    # beyond 3D: always plane by plane
+    ts = np.stack([vol, vol[::-1]])
+    viewer.add_labels(ts, name="ts")
+    w.labels_layer.value = viewer.layers["ts"]
+    w.compute()
+    _wait_for(qtbot, viewer, "ts weights", np.stack([weight_map(p) for p in ts.reshape(-1, 40, 50)]).reshape(ts.shape))
 
 
 def test_no_layer_says_so(widget, monkeypatch):

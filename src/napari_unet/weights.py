@@ -170,7 +170,7 @@ def _nearest_cell(
         sub = cells[win]
         if not sub.any():
             return  # no cell within reach
-        ft = ndi.distance_transform_edt(~sub, sampling=sp, return_distances=False, return_indices=True)
+        ft = _feature_transform(~sub, sp)
         inner = tuple(slice(c.start - w.start, c.stop - w.start) for c, w in zip(core, win))
         grid = np.ogrid[inner]
         acc = None
@@ -182,7 +182,9 @@ def _nearest_cell(
         d1[core] = np.sqrt(acc)
         c1[core] = lab[win][tuple(f[inner] for f in ft)]
 
-    _map(one, _tiles(shape, tile), workers)
+    # when the halo spans the image, tiling would only repeat the whole-image transform
+    tiles = _tiles(shape, tile) if any(2 * m < n for m, n in zip(margin, shape)) else _tiles(shape, max(shape))
+    _map(one, tiles, workers)
     return d1, c1
 
 

@@ -33,13 +33,22 @@ class WeightParams:
     w0: float
     sigma: float
     class_weights: str
+    per_plane: bool = False
 
 
 def _compute(labels: np.ndarray, params: WeightParams) -> tuple[np.ndarray, WeightParams]:
+    """The map of a 2D or 3D layer, or of each 2D plane of a stack (``per_plane``)."""
     from ..weights import weight_map
 
     cw = None if params.class_weights == "none" else params.class_weights
-    return weight_map(labels, w0=params.w0, sigma=params.sigma, class_weights=cw), params
+    kwargs = dict(w0=params.w0, sigma=params.sigma, class_weights=cw)
+    if params.per_plane and labels.ndim > 2:
+        planes = labels.reshape((-1,) + labels.shape[-2:])
+        out = np.empty(planes.shape, np.float32)
+        for i, plane in enumerate(planes):
+            out[i] = weight_map(plane, **kwargs)
+        return out.reshape(labels.shape), params
+    return weight_map(labels, **kwargs), params
 
 
 class WeightMapWidget(Container):
@@ -69,13 +78,18 @@ class WeightMapWidget(Container):
             label="Class balance", choices=["none", "balanced"], value="none",
             tooltip="none: w_c = 1; balanced: inverse class frequency (mean 1 over the image)",
         )
+        self.per_plane = CheckBox(
+            text="plane by plane (stacks, time series)", value=False,
+            tooltip="For a layer with more than 2 dimensions: one 2D map per plane instead of "
+            "one 3D map (always on beyond 3D)",
+        )
         self.live = CheckBox(text="live (recompute when a value changes)", value=True)
         self.compute_button = PushButton(text="Compute")
         self.status = Label(value="")
         super().__init__(
             widgets=[
                 self.labels_layer, self.w0, self.sigma, self.class_weights,
-                self.live, self.compute_button, self.status,
+                self.per_plane, self.live, self.compute_button, self.status,
             ],
             labels=True,
         )
@@ -88,8 +102,10 @@ class WeightMapWidget(Container):
         self._timer.setInterval(self.DEBOUNCE_MS)
         self._timer.timeout.connect(self.compute)
         self.compute_button.changed.connect(self.compute)
-        for w in (self.w0, self.sigma, self.class_weights, self.labels_layer):
+        for w in (self.w0, self.sigma, self.class_weights, self.per_plane, self.labels_layer):
             w.changed.connect(self._value_changed)
+        self.labels_layer.changed.connect(self._sync_per_plane)
+        self._sync_per_plane()
 
     # -- helpers -------------------------------------------------------------------
 
@@ -104,7 +120,15 @@ class WeightMapWidget(Container):
         layer = self.labels_layer.value
         if layer is None:
             return None
-        return WeightParams(layer.name, float(self.w0.value), float(self.sigma.value), self.class_weights.value)
+        ndim = layer.ndim
+        per_plane = ndim > 3 or (ndim == 3 and bool(self.per_plane.value))
+        return WeightParams(
+            layer.name, float(self.w0.value), float(self.sigma.value), self.class_weights.value, per_plane
+        )
+
+    def _sync_per_plane(self, *_: Any) -> None:
+        layer = self.labels_layer.value
+        self.per_plane.visible = layer is not None and layer.ndim == 3
 
     def _value_changed(self, *_: Any) -> None:
         if self.live.value and self.labels_layer.value is not None:
