@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from ._progress import Progress, ProgressBar, drain
 from .augment import AugmentConfig, augment_batch
-from .device import autocast, describe_device, resolve_device
+from .device import autocast, describe_device, is_out_of_memory, resolve_device
 from .metrics import average_precision
 from .model import MODES, ModelFileError, UNet, center_crop, clone_model, load_model
 from .normalize import apply_normalization, normalization_params
@@ -762,24 +762,43 @@ def train_iter(
         for g in opt.param_groups:
             g["lr"] = cur_lr
         x, t, w, m = data.sample(batch_size, rng)
-        xt = torch.from_numpy(x).to(dev, non_blocking=True)
-        tt = torch.from_numpy(t).to(dev, non_blocking=True)
-        wt = torch.from_numpy(w).to(dev, non_blocking=True)
-        mt = torch.from_numpy(m).to(dev, non_blocking=True)
-        batch = augment_batch(xt, tt, wt, mt, out_size=in_size, config=augment, generator=gen)
-        xin = batch.image.contiguous(memory_format=torch.channels_last) if channels_last else batch.image
-        net.train()
-        with autocast(dev, use_amp):
-            logits = forward_net(xin)
-        loss = weighted_cross_entropy(logits, batch.targets.long(), batch.weights, batch.mask)
-        if not torch.isfinite(loss):
-            raise ValueError(
-                f"training diverged at iteration {it + 1}: the loss is {loss.item()}. Likely causes: "
-                f"a learning rate too high (now {cur_lr:.3g}; try 10x lower), images holding NaN/inf "
-                "values, labels with no annotated pixels, or a model file with broken weights"
-            )
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        try:
+            xt = torch.from_numpy(x).to(dev, non_blocking=True)
+            tt = torch.from_numpy(t).to(dev, non_blocking=True)
+            wt = torch.from_numpy(w).to(dev, non_blocking=True)
+            mt = torch.from_numpy(m).to(dev, non_blocking=True)
+            batch = augment_batch(xt, tt, wt, mt, out_size=in_size, config=augment, generator=gen)
+            xin = batch.image.contiguous(memory_format=torch.channels_last) if channels_last else batch.image
+            net.train()
+            with autocast(dev, use_amp):
+                logits = forward_net(xin)
+            loss = weighted_cross_entropy(logits, batch.targets.long(), batch.weights, batch.mask)
+            if not torch.isfinite(loss):
+                raise ValueError(
+                    f"training diverged at iteration {it + 1}: the loss is {loss.item()}. Likely causes: "
+                    f"a learning rate too high (now {cur_lr:.3g}; try 10x lower), images holding NaN/inf "
+                    "values, labels with no annotated pixels, or a model file with broken weights"
+                )
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+        except Exception as exc:  # torch reports out-of-memory as several exception types
+            if not is_out_of_memory(exc):
+                raise
+            if batch_size == 1:
+                raise MemoryError(
+                    f"out of memory on {describe_device(dev)} even with batch size 1; use a smaller "
+                    f"tile_size (now {out_size}), free memory, or train on another device"
+                ) from exc
+            # drop what the failed step holds, then retry the same step with half the batch
+            opt.zero_grad(set_to_none=True)
+            xt = tt = wt = mt = batch = xin = logits = loss = None  # noqa: F841
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            batch_size = max(1, batch_size // 2)
+            entry["batch_size"] = batch_size
+            yield Progress(it, total, f"out of memory: retrying with batch size {batch_size}",
+                           dict(info_common, phase="train", iteration=it, batch_size=batch_size))
+            continue
         scaler.step(opt)
         scaler.update()
         it += 1

@@ -55,8 +55,14 @@ def read_image(path: str | Path) -> tuple[Any, str | None]:
         try:
             with tifffile.TiffFile(path) as tif:
                 axes = _tiff_axes(tif)
+                # a truncated file opens fine and fails only when a tile is read: check now
+                need = max((o + n for page in tif.series[0].pages if page is not None
+                            for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
         except Exception as exc:  # tifffile raises several types for broken files
             raise ValueError(f"{path} is not a readable TIFF ({exc.__class__.__name__}: {exc})") from exc
+        size = path.stat().st_size
+        if need > size:
+            raise ValueError(f"{path} is truncated: its image data needs {need} bytes but the file has {size}; copy it again")
         try:
             return tifffile.memmap(path, mode="r"), axes
         except (ValueError, OSError):
