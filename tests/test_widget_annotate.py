@@ -409,7 +409,7 @@ def test_end_to_end_annotate_train_segment(make_napari_viewer, model_path, tmp_p
     train = w.train_widget()
     assert train is w.train_widget()  # reused, not opened twice
     train.start.value = train.SCRATCH
-    train.depth.value, train.width.value = 2, 4
+    train.depth.value, train.base_width.value = 2, 4
     train.iterations.value = 30
     train.tile_size.value = 48
     train.batch_size.value = 2
@@ -423,6 +423,7 @@ def test_end_to_end_annotate_train_segment(make_napari_viewer, model_path, tmp_p
     assert 0.0 <= s["before"] <= 1.0 and 0.0 <= s["after"] <= 1.0
     assert "before" in w.score.value and "after" in w.score.value
     assert train.trained_model is not None
+    assert len(train._job.images) == 1  # noqa: SLF001 - only the set's training entry, not the held-out rows
     # the open image was segmented again with the new model
     out = viewer.layers[f"{name} labels"]
     assert out.data.shape == (192, 192) and out.data.dtype.kind in "iu"

@@ -388,7 +388,13 @@ class AnnotateWidget(Container):
     def reset_choices(self, *_: Any) -> None:
         region, labels = self.region.value, self.annotations.value
         chosen = list(self.entries.value) if hasattr(self, "training_set") else []
+        source = self.model.source.value if hasattr(self, "model") else None
         super().reset_choices()
+        if hasattr(self, "model") and self.TRAINED not in self.model.source.choices:
+            # magicgui resets every ComboBox to its initial choices: add ours back
+            self.model.source.choices = [*self.model.source.choices, self.TRAINED]
+            if source == self.TRAINED:
+                self.model.source.value = source
         if hasattr(self, "training_set"):  # magicgui resets the entry list with the layer pickers
             self._refresh_entries()
             self.entries.value = [c for c in chosen if c in self.entries.choices]
@@ -978,7 +984,7 @@ class AnnotateWidget(Container):
             ts.add(s.image, s.labels, s.region, name=s.name)
         train = self.train_widget()
         try:
-            train.set_training_set(ts, source="Annotate widget")
+            train.set_training_set(ts, source="Annotate widget", only=True)
         except ValueError as exc:
             show_error_in(self.status, exc)
             return
