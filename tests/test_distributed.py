@@ -171,3 +171,22 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="not a zarr store"):
         segment_distributed(np.zeros((64, 64)), m, out=tmp_path / "notzarr")
     shutil.rmtree(tmp_path / "notzarr")
+
+
+@pytest.mark.slow
+def test_cli_segment_with_local_workers(tmp_path):
+    import tifffile
+
+    from napari_unet.cli import main
+    from napari_unet.model import save_model
+
+    model = tiny_model()
+    save_model(model, tmp_path / "m.pt")
+    img, _ = make_sample((260, 300), seed=5, kind="nuclei")
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    base = ["segment", str(tmp_path / "img.tif"), "--model", str(tmp_path / "m.pt"), "--tile-size", "64", "--no-amp"]
+    # distributed output must be a zarr store
+    assert main(base + ["-o", str(tmp_path / "out.tif"), "--workers", "2"]) == 2
+    assert main(base + ["-o", str(tmp_path / "out.zarr"), "--workers", "2", "--block-size", "128"]) == 0
+    labels = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["labels"][:]
+    assert same_up_to_permutation(segment(img, model, tile_size=64, amp=False, device="cpu"), labels)

@@ -658,4 +658,53 @@ def segment_distributed(image_or_paths: Any, model: Any = None, *, out: str | os
     return drain(segment_distributed_iter(image_or_paths, model, out=out, client=client, **kwargs), progress)
 
 
-__all__ = ["DistributedResult", "model_from_bytes", "model_to_bytes", "segment_distributed", "segment_distributed_iter"]
+
+
+def run_cli(args: Any) -> int:
+    """``napari-unet segment --scheduler ADDRESS`` / ``--workers N``: inputs into one zarr store.
+
+    Args:
+        args: the parsed ``segment`` arguments (``inputs``, ``output``, ``model``,
+            ``tile_size``, ``batch_size``, ``device``, ``axes``, ``min_size``, ``no_amp``,
+            ``scheduler``, ``workers``, ``block_size``, ``overlap``).
+
+    Returns:
+        the exit status (0).
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    if args.sample:
+        raise ValueError("--sample runs in one process; drop --scheduler/--workers")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if args.scheduler and args.workers:
+        raise ValueError("give --scheduler (an existing cluster) or --workers (a local one), not both")
+    if not str(args.output).rstrip("/\\").endswith(".zarr"):
+        raise ValueError(f"distributed output goes into one zarr store: end -o with .zarr (got {args.output})")
+    source: Any = args.inputs[0] if len(args.inputs) == 1 else list(args.inputs)
+    kwargs: dict[str, Any] = {}
+    if args.min_size is not None:
+        kwargs["min_size"] = args.min_size
+    device = "cpu" if args.device == "auto" else args.device
+    bar = tqdm(total=0, desc="blocks", unit="block", file=sys.stderr, dynamic_ncols=True)
+    try:
+        res = segment_distributed(
+            source, args.model, out=args.output, client=args.scheduler, n_workers=args.workers,
+            block_size=args.block_size, overlap=args.overlap, tile_size=args.tile_size, device=device,
+            axes=args.axes, batch_size=args.batch_size or 1, amp=False if args.no_amp else None, progress=bar, **kwargs,
+        )
+    finally:
+        bar.close()
+    for name in res.images:
+        where = f"{res.out}/{name}/labels" if name else f"{res.out}/labels"
+        print(f"{where}: {res.objects.get(name, 0)} objects", file=sys.stderr)
+    print(f"blocks computed {res.computed}, skipped (already done) {res.skipped}", file=sys.stderr)
+    if res.cut_objects:
+        print(f"warning: {res.cut_objects} object(s) reached past the {args.overlap} px overlap and may be split; "
+              "rerun into a new store with a larger --overlap", file=sys.stderr)
+    return 0
+
+
+__all__ = ["DistributedResult", "model_from_bytes", "model_to_bytes", "run_cli", "segment_distributed", "segment_distributed_iter"]

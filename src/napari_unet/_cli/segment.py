@@ -30,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute in float32 (default: bfloat16/float16 where the device supports it)")
     parser.add_argument("--sample", action="store_true",
                         help="segment the bundled synthetic sample image and print its average precision")
+    dist = parser.add_argument_group("distributed (Dask) inference; OUT is one zarr store")
+    dist.add_argument("--scheduler", metavar="ADDRESS",
+                      help="run as Dask tasks on this dask.distributed scheduler (e.g. tcp://host:8786)")
+    dist.add_argument("--workers", type=int, metavar="N", help="run as Dask tasks on a local cluster of N processes")
+    dist.add_argument("--block-size", type=int, default=2048, metavar="PX", help="output block edge per task (default 2048)")
+    dist.add_argument("--overlap", type=int, default=128, metavar="PX",
+                      help="margin post-processed around each block; larger than any clump of cells (default 128)")
 
 
 def _load_model(path: str | None) -> Any:
@@ -103,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give at least one input image (or --sample)")
     if args.inputs and not args.output:
         raise ValueError("give the output with -o OUT")
+    if args.scheduler or args.workers:
+        from ..distributed import run_cli
+
+        return run_cli(args)
     # open every input first: a typo in the last one should not cost the first one's run
     opened = [(Path(p), *read_image(p)) for p in args.inputs]
     model = _load_model(args.model)
