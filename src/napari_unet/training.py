@@ -511,6 +511,8 @@ def train_iter(
     seed: int = 0,
     schedule_iterations: int | None = None,
     wrap_network: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    optimizer: str = "adamw",
+    schedule: str = "cosine",
 ) -> Generator[Progress, None, UNet]:
     """Train a U-Net on labelled images; yields progress, returns the trained model.
 
@@ -548,6 +550,9 @@ def train_iter(
         schedule_iterations: length of the learning-rate schedule when it differs from
             ``iterations`` (a run split into several calls, e.g. pretraining on
             regenerated data pools).
+        optimizer: ``"adamw"`` (default, measured best), ``"adam"`` or ``"sgd"`` (the
+            paper's: momentum 0.99).
+        schedule: ``"cosine"`` (warm-up then cosine decay, default) or ``"constant"``.
         wrap_network: called once with the network (on its device) before training; the
             module it returns runs the training forward passes (e.g. a
             ``DistributedDataParallel`` wrapper, see :mod:`napari_unet.ddp`).
@@ -646,7 +651,16 @@ def train_iter(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported())
     # the wrapper shares the network's parameters (DDP adds gradient all-reduce hooks)
     forward_net = wrap_network(net) if wrap_network is not None else net
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.99)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'adamw', 'adam' or 'sgd'")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
 
     run = TrainingRun(model=net, total=total)
     base_history = list(net.meta.get("history", []))
@@ -691,9 +705,9 @@ def train_iter(
         "images": len(data),
         "val_images": len(val),
         "mode": mode,
-        "optimizer": "AdamW",
+        "optimizer": optimizer,
         "lr": lr,
-        "schedule": f"warmup {WARMUP_FRACTION:g} + cosine to {FINAL_LR_FRACTION:g}",
+        "schedule": f"warmup {WARMUP_FRACTION:g} + cosine to {FINAL_LR_FRACTION:g}" if schedule == "cosine" else "constant",
         "batch_size": batch_size,
         "tile_size": out_size,
         "w0": w0,
@@ -758,7 +772,7 @@ def train_iter(
             frac = it / total
         else:
             frac = elapsed / max_time
-        cur_lr = lr * lr_factor(frac)
+        cur_lr = lr * lr_factor(frac) if schedule == "cosine" else lr
         for g in opt.param_groups:
             g["lr"] = cur_lr
         x, t, w, m = data.sample(batch_size, rng)
