@@ -270,3 +270,16 @@ def test_border_distances_without_cutoff_are_exact_everywhere():
     np.testing.assert_allclose(d1[bg], per_cell[0][bg], atol=1e-4)
     np.testing.assert_allclose(d2[bg], per_cell[1][bg], atol=1e-4)
     assert np.all(d1[~bg] == 0) and np.all(d2[~bg] == 0)
+
+
+def test_distances_computed_once_serve_smaller_cutoffs():
+    from napari_unet.weights import border_distances, weight_map_from_distances
+
+    lab = touching_cells((90, 100), 25, 11, seed=15)
+    d1, d2 = border_distances(lab, cutoff_distance(10.0, 8.0))
+    for sigma in (8.0, 5.0, 2.5):
+        for cw in (None, "balanced"):
+            w = weight_map_from_distances(lab, d1, d2, w0=10.0, sigma=sigma, class_weights=cw)
+            assert np.abs(w - weight_map(lab, sigma=sigma, class_weights=cw)).max() <= 2 * TOLERANCE
+    with pytest.raises(ValueError, match="shape"):
+        weight_map_from_distances(lab, d1[:-1], d2[:-1])

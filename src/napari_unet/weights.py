@@ -363,7 +363,46 @@ def weight_map(
     if cutoff <= 0 or np.count_nonzero(lab) == 0:
         return w
     d1, d2 = border_distances(lab, cutoff, sp, workers)
+    return _add_border_term(w, lab, d1, d2, w0, sigma)
+
+
+def _add_border_term(
+    w: np.ndarray, lab: np.ndarray, d1: np.ndarray, d2: np.ndarray, w0: float, sigma: float
+) -> np.ndarray:
     keep = np.isfinite(d2) & (lab == 0)
     s = d1[keep] + d2[keep]
     w[keep] += (w0 * np.exp(-(s * s) / np.float32(2.0 * sigma * sigma))).astype(np.float32)
     return w
+
+
+def weight_map_from_distances(
+    labels: Any,
+    d1: np.ndarray,
+    d2: np.ndarray,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    class_weights: ClassWeights = None,
+) -> np.ndarray:
+    """The weight map from distances computed once by :func:`border_distances`.
+
+    Re-weighting is a single pass over the pixels, so a viewer can follow a slider: the
+    distances computed with a cutoff ``C`` serve every ``(w0, sigma)`` whose
+    :func:`cutoff_distance` is at most ``C``.
+
+    Args:
+        labels: the label image the distances were computed from.
+        d1, d2: ``border_distances(labels, C)``.
+        w0, sigma, class_weights: as in :func:`weight_map`.
+
+    Returns:
+        float32 array of the labels' shape.
+    """
+    lab = check_labels(labels)
+    if d1.shape != lab.shape or d2.shape != lab.shape:
+        raise ValueError(f"distances of shape {d1.shape} do not match labels of shape {lab.shape}")
+    if not math.isfinite(float(sigma)) or sigma <= 0:
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
+    w = class_weight_map(lab, class_weights)
+    if w0 <= 0 or np.count_nonzero(lab) == 0:
+        return w
+    return _add_border_term(w, lab, d1, d2, float(w0), float(sigma))

@@ -10,6 +10,7 @@ The core is ``napari_unet.weights.weight_map`` (Qt-free, tested without a viewer
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,19 +37,60 @@ class WeightParams:
     per_plane: bool = False
 
 
-def _compute(labels: np.ndarray, params: WeightParams) -> tuple[np.ndarray, WeightParams]:
+class DistanceCache:
+    """Distances ``d1``, ``d2`` of the last labels seen, reused while only w0/sigma change.
+
+    Re-weighting cached distances is one pass over the pixels, so dragging sigma *down*
+    is instant; distances are computed with 20% more reach than asked, so small steps up
+    are too. The key includes a CRC of the label pixels, so painting invalidates it.
+    """
+
+    HEADROOM = 1.2
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.cutoff = 0.0
+        self.distances: list[tuple[np.ndarray, np.ndarray]] = []
+        self.hits = 0
+
+    def get(self, planes: np.ndarray, per_plane: bool, cutoff: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        from ..weights import border_distances
+
+        key = (planes.shape, planes.dtype.str, per_plane, zlib.crc32(memoryview(np.ascontiguousarray(planes)).cast("B")))
+        if key == self.key and self.cutoff >= cutoff:
+            self.hits += 1
+            return self.distances
+        reach = cutoff * self.HEADROOM
+        self.distances = [border_distances(p, reach) for p in planes]
+        self.key, self.cutoff = key, reach
+        return self.distances
+
+
+def _compute(
+    labels: np.ndarray, params: WeightParams, cache: DistanceCache | None = None
+) -> tuple[np.ndarray, WeightParams]:
     """The map of a 2D or 3D layer, or of each 2D plane of a stack (``per_plane``)."""
-    from ..weights import weight_map
+    from ..targets import check_labels
+    from ..weights import cutoff_distance, weight_map, weight_map_from_distances
 
     cw = None if params.class_weights == "none" else params.class_weights
-    kwargs = dict(w0=params.w0, sigma=params.sigma, class_weights=cw)
-    if params.per_plane and labels.ndim > 2:
-        planes = labels.reshape((-1,) + labels.shape[-2:])
-        out = np.empty(planes.shape, np.float32)
-        for i, plane in enumerate(planes):
-            out[i] = weight_map(plane, **kwargs)
-        return out.reshape(labels.shape), params
-    return weight_map(labels, **kwargs), params
+    lab = check_labels(labels)
+    if params.per_plane and lab.ndim > 2:
+        planes = lab.reshape((-1,) + lab.shape[-2:])
+    elif lab.ndim in (2, 3):
+        planes = lab[None]
+    else:
+        raise ValueError(f"labels must be 2D or 3D, got {lab.ndim}D; use 'plane by plane'")
+    if cache is None or params.w0 <= 0:
+        out = np.stack([weight_map(p, w0=params.w0, sigma=params.sigma, class_weights=cw) for p in planes])
+        return out.reshape(lab.shape), params
+    if not params.sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {params.sigma}")
+    dists = cache.get(planes, params.per_plane, cutoff_distance(params.w0, params.sigma))
+    out = np.stack([
+        weight_map_from_distances(p, d1, d2, params.w0, params.sigma, cw) for p, (d1, d2) in zip(planes, dists)
+    ])
+    return out.reshape(lab.shape), params
 
 
 class WeightMapWidget(Container):
@@ -94,6 +136,7 @@ class WeightMapWidget(Container):
             labels=True,
         )
         self.worker: Any = None
+        self.cache = DistanceCache()
         self.shown: WeightParams | None = None  # what the output layer shows now
         self._pending = False  # a newer request arrived while a worker was running
         # parented to the widget, so it dies with it (no late timeout after the dock closes)
@@ -105,7 +148,10 @@ class WeightMapWidget(Container):
         for w in (self.w0, self.sigma, self.class_weights, self.per_plane, self.labels_layer):
             w.changed.connect(self._value_changed)
         self.labels_layer.changed.connect(self._sync_per_plane)
+        self._watched: Any = None  # the Labels layer whose edits trigger live updates
+        self.labels_layer.changed.connect(self._watch_layer)
         self._sync_per_plane()
+        self._watch_layer()
 
     # -- helpers -------------------------------------------------------------------
 
@@ -130,6 +176,21 @@ class WeightMapWidget(Container):
         layer = self.labels_layer.value
         self.per_plane.visible = layer is not None and layer.ndim == 3
 
+    def _watch_layer(self, *_: Any) -> None:
+        """Recompute (when live) after the person paints on, or replaces, the labels."""
+        for layer, connect in ((self._watched, False), (self.labels_layer.value, True)):
+            if layer is None:
+                continue
+            for name in ("data", "paint"):
+                emitter = getattr(layer.events, name, None)
+                if emitter is None:
+                    continue
+                if connect:
+                    emitter.connect(self._value_changed)
+                else:
+                    emitter.disconnect(self._value_changed)
+        self._watched = self.labels_layer.value
+
     def _value_changed(self, *_: Any) -> None:
         if self.live.value and self.labels_layer.value is not None:
             self._timer.start()  # restarts: only the last of a burst of changes runs
@@ -151,14 +212,16 @@ class WeightMapWidget(Container):
         labels = np.asarray(data)
         if labels.size <= self.SYNC_MAX_PIXELS:
             try:
-                result = _compute(labels, params)
+                result = _compute(labels, params, self.cache)
             except ValueError as exc:
                 self._error(exc)
                 return
             self._show(result, layer)
             return
         set_status(self.status, f"Computing ({labels.size / 1e6:.1f} Mpx)...")
-        worker = create_worker(_compute, labels, params, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(
+            _compute, labels, params, self.cache, _start_thread=False, _ignore_errors=True
+        )
         self.worker = worker
         worker.returned.connect(lambda res: self._show(res, layer))
         worker.errored.connect(self._error)
