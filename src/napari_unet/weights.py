@@ -19,8 +19,8 @@ How it is computed (same values as one distance transform per cell, far less wor
 3. For each cell ``c``, ``d2`` of the pixels it owns is an exact Euclidean transform of
    "all cells but ``c``" in a window: the box around the balls of radius ``D - d1(x)``
    around its pixels ``x`` (no cell outside it can matter), about the cell's box
-   enlarged by ``D``. Cells are independent, so the windows are shared among two
-   threads (scipy's transforms release the GIL). Work and memory are proportional to
+   enlarged by ``D``. Cells are independent, so the windows are shared among the
+   CPU threads (scipy's transforms release the GIL). Work and memory are proportional to
    the pixels of the windows (a few times the image), never to cells x pixels.
 
 The result equals the per-cell formula wherever the border term is at least ``tol``,
@@ -63,6 +63,15 @@ def cutoff_distance(w0: float, sigma: float, tol: float = TOLERANCE) -> float:
     if w0 <= tol:
         return 0.0
     return float(sigma * math.sqrt(2.0 * math.log(w0 / tol)))
+
+
+def default_workers() -> int:
+    """Threads for the distance transforms: the CPUs this process may use, at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))  # respects cgroup / taskset limits on Linux
+    except AttributeError:  # macOS, Windows
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
 
 
 def _check_spacing(spacing: Any, ndim: int) -> np.ndarray:
@@ -286,7 +295,7 @@ def border_distances(
         cutoff: ``d2`` is exact on the background pixels where ``d1 + d2 <= cutoff``;
             elsewhere it is ``inf`` or a value ``>= `` the exact one with ``d1 + d2 > cutoff``.
         spacing: pixel size per axis (or one number), for anisotropic images.
-        workers: threads to use (default: up to 2, the CPUs available).
+        workers: threads to use (default: :func:`default_workers`).
 
     Returns:
         ``(d1, d2)`` float32; both are 0 on cell pixels; ``d2`` is ``inf`` where there is no
@@ -295,7 +304,7 @@ def border_distances(
     lab = check_labels(labels)
     sp = _check_spacing(spacing, lab.ndim)
     if workers is None:
-        workers = min(2, os.cpu_count() or 1)
+        workers = default_workers()
     cells = lab > 0
     if not cells.any():
         return np.full(lab.shape, np.inf, np.float32), np.full(lab.shape, np.inf, np.float32)
@@ -336,7 +345,7 @@ def weight_map(
         spacing: pixel size per axis (or one number) for anisotropic images.
         tol: the border term is dropped where it is below ``tol`` (this bounds the work
             per pixel, see :func:`cutoff_distance`); the result is exact to ``tol``.
-        workers: threads (default: up to 2).
+        workers: threads (default: :func:`default_workers`, 2 on a 2-core machine).
 
     Returns:
         float32 array of the labels' shape. The border term is 0 on cell pixels and when
