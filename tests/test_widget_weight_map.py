@@ -169,3 +169,12 @@ def test_screenshot(widget, qtbot):
 
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         imsave(SCREENSHOT, img, check_contrast=False)
+
+
+def test_opens_from_the_plugin_menu(make_napari_viewer):
+    """The manifest entry (napari.yaml) builds the widget."""
+    from napari_unet._widgets.weight_map import WeightMapWidget
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Weight map")
+    assert isinstance(widget, WeightMapWidget)
