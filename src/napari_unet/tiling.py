@@ -222,7 +222,8 @@ def _channel_map(layout: Layout, in_channels: int) -> str:
     c = layout.channels
     if c == in_channels:
         return "keep"
-    if layout.rgb or (layout.channel is not None and c in (3, 4) and layout.axes[layout.channel] == "S"):
+    if layout.rgb and c in (3, 4):
+        # RGB(A) into a gray model: the mean of R, G and B (alpha ignored)
         if in_channels == 1:
             return "gray"
         if in_channels == 3 and c == 4:
