@@ -5,8 +5,8 @@ plot must not redraw on each one: :meth:`LossPlot.add` only appends numbers to l
 a Qt timer redraws at most ``max_fps`` times a second, and only when something changed.
 The redraw updates the existing line artists (``set_data``) instead of re-plotting.
 
-Left axis: training loss per step (thin, faint), its running mean (solid) and the
-validation loss (markers), on a log scale because losses fall over orders of magnitude.
+Left axis (linear, from 0): training loss per step (thin, faint), its running mean
+(solid) and the validation loss (markers).
 Right axis: validation average precision at IoU 0.5 (0-1).
 """
 
@@ -59,20 +59,19 @@ class LossPlot(QWidget):
             for spine in a.spines.values():
                 spine.set_color(fg)
         ax.set_xlabel("iteration", color=fg, fontsize=9)
-        ax.set_ylabel("loss (log)", color=fg, fontsize=9)
+        ax.set_ylabel("loss", color=fg, fontsize=9)
         ax2.set_ylabel("validation AP@0.5", color=AP_COLOR, fontsize=9)
-        ax.set_yscale("log")
         ax2.set_ylim(0, 1)
-        ax.grid(True, which="major", alpha=0.2, color=fg)
+        ax.grid(True, alpha=0.2, color=fg)
         (self._raw,) = ax.plot([], [], color=TRAIN_COLOR, lw=0.6, alpha=0.35)
         (self._smooth,) = ax.plot([], [], color=TRAIN_COLOR, lw=1.6, label="train loss")
         (self._val,) = ax.plot([], [], color=VAL_COLOR, lw=1.2, marker="o", ms=3, label="val. loss")
         (self._ap,) = ax2.plot([], [], color=AP_COLOR, lw=1.2, marker="s", ms=3, label="val. AP")
-        leg = ax.legend(
-            handles=[self._smooth, self._val, self._ap], loc="upper center", fontsize=8, ncol=3,
-            frameon=False, bbox_to_anchor=(0.5, 1.16), labelcolor=fg,
+        # above the axes, outside the data, so it never hides a curve
+        self.figure.legend(
+            handles=[self._smooth, self._val, self._ap], loc="outside upper center", fontsize=8,
+            ncol=3, frameon=False, labelcolor=fg, handlelength=1.5, columnspacing=1.0,
         )
-        leg.set_in_layout(True)
         self.ax, self.ax_ap = ax, ax2
         self._fg = fg
 
@@ -126,8 +125,7 @@ class LossPlot(QWidget):
         xs = self.train_x + self.val_x
         if xs:
             self.ax.set_xlim(0, max(max(xs), 10) * 1.02)
-            ys = [y for y in self.train_y + self.val_loss if y > 0]
-            lo, hi = min(ys), max(ys)
-            self.ax.set_ylim(lo / 1.3, hi * 1.3)
+            # linear from 0: the first steps' loss sets the top, the fall stays visible
+            self.ax.set_ylim(0, max(self.train_y + self.val_loss) * 1.05)
         self.canvas.draw_idle()
         self.draw_count += 1

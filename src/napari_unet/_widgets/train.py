@@ -330,6 +330,25 @@ def _row(*widgets: Any) -> Container:
     return row
 
 
+def _collapsibles(sections: list[tuple[str, Container]]) -> Container:
+    """A magicgui row holding folded-away (superqt ``QCollapsible``) sections."""
+    from superqt import QCollapsible
+
+    holder = Container(widgets=[], labels=False)
+    holder.margins = (0, 0, 0, 0)
+    layout = holder.native.layout()
+    layout.setSpacing(2)
+    holder.sections = []  # the QCollapsibles (tests and the screenshot script expand them)
+    for title, inner in sections:
+        inner.margins = (0, 0, 0, 0)
+        box = QCollapsible(title)
+        box.addWidget(inner.native)
+        box.collapse(animate=False)
+        layout.addWidget(box)
+        holder.sections.append(box)
+    return holder
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     if seconds >= 3600:
@@ -459,11 +478,27 @@ class TrainWidget(Container):
         self.aug_strength = FloatSlider(label="Aug. strength", value=1.0, min=0.0, max=2.0, step=0.1,
                                         tooltip="Scales every augmentation's range (1 = defaults)")
 
+        # rarely changed settings fold away, so the loss plot stays in view
+        self.advanced = Container(
+            widgets=[self.lr, self.tile_size, self.batch_size, self.val_fraction, self.val_every,
+                     self.checkpoint_dir],
+            labels=True,
+        )
+        self.augmentation = Container(
+            widgets=[_row(self.aug_elastic, self.aug_rotate, self.aug_flip),
+                     _row(self.aug_gray, self.aug_noise), self.aug_strength],
+            labels=True,
+        )
+        self.settings_box = _collapsibles(
+            [("Advanced: learning rate, tile, batch, validation", self.advanced), ("Augmentation", self.augmentation)]
+        )
+
         # -- run
         self.run_button = PushButton(text="Train", tooltip="Start training (in the background)")
         self.cancel_button = PushButton(text="Cancel", tooltip="Stop at the next step and keep the best model so far")
         self.progress = ProgressBar(value=0, min=0, max=0, label="Progress")
         self.eta = Label(value="", label="")
+        self.eta.native.setWordWrap(True)
         self.plot = LossPlot(dark=_is_dark(napari_viewer))
         self.plot_box = Container(widgets=[], labels=False)
         self.plot_box.margins = (0, 0, 0, 0)
@@ -504,16 +539,8 @@ class TrainWidget(Container):
                 self.budget,
                 self.iterations,
                 self.minutes,
-                self.lr,
-                self.tile_size,
-                self.batch_size,
-                self.val_fraction,
-                self.val_every,
                 *self.device.widgets,
-                self.checkpoint_dir,
-                _row(self.aug_elastic, self.aug_rotate, self.aug_flip),
-                _row(self.aug_gray, self.aug_noise),
-                self.aug_strength,
+                self.settings_box,
                 _row(self.run_button, self.cancel_button),
                 self.progress,
                 self.eta,
@@ -541,6 +568,8 @@ class TrainWidget(Container):
         self.budget.changed.connect(self._sync)
         self.native.setMinimumWidth(320)
         align_form(self)
+        align_form(self.advanced)
+        align_form(self.augmentation)
         self._sync()
         self.reset_choices()
         self._update_set_info()
@@ -621,12 +650,15 @@ class TrainWidget(Container):
             )
         return LayerPair(image, labels, self.region.value)
 
-    def set_training_set(self, ts: Any, source: str = "Annotate widget") -> None:
+    def set_training_set(self, ts: Any, source: str = "Annotate widget", only: bool = False) -> None:
         """Use a :class:`napari_unet.data.TrainingSet` (e.g. handed over by the Annotate widget).
 
-        It is used together with the layer pairs of the list.
+        It is used together with the layer pairs of the list; ``only=True`` (the Annotate
+        widget's "Train on this") also leaves out the pair chosen in the pickers, which
+        could otherwise hold entries the Annotate widget keeps out of training for scoring.
         """
         images, _, _ = training_set_arrays(ts)  # fail now on a malformed set
+        self._set_only = bool(only)
         self.training_set = ts
         self.training_set_source = source
         self._update_set_info()
@@ -670,7 +702,8 @@ class TrainWidget(Container):
         regions: list[Any] = []
         sources: list[str] = []
         pairs = list(self._pairs)
-        if not pairs and (self.training_set is None or self.labels_layer.value is not None):
+        if not pairs and (self.training_set is None
+                          or (self.labels_layer.value is not None and not getattr(self, "_set_only", False))):
             pairs = [self._current_pair()]
         for pair in pairs:
             i, lab, r = pair_arrays(pair)
@@ -832,14 +865,15 @@ class TrainWidget(Container):
             self.progress.value = min(int(time.perf_counter() - self._t0), int(job.max_time))
         parts = []
         last = self._last_info
-        if "device" in last:
-            parts.append(f"on {last['device']}")
+        if "iteration" in last and rec.total:
+            parts.append(f"step {last['iteration']}/{rec.total}")
         if info.get("phase") == "done":
             parts.append("finished")
         elif "eta" in last:
             parts.append(f"ETA {_fmt_time(last['eta'])}")
         if "val_ap" in last:
-            parts.append(f"val. AP {self._last_info['val_ap']:.2f}")
+            best = f" (best {self._run.best_score:.2f})" if self._run is not None and self._run.best_state is not None else ""
+            parts.append(f"val. AP {last['val_ap']:.2f}{best}")
         if parts:
             self.eta.value = " · ".join(parts)
 
