@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--sample segments the sample image only; drop the inputs or --sample")
         return _run_sample(args, model)
     out = Path(args.output)
-    several = len(opened) > 1 or out.is_dir() or args.output.endswith(("/", "\\"))
+    # an existing zarr output is a directory too, but it is one output, not a folder of them
+    several = (len(opened) > 1 or (out.is_dir() and out.suffix.lower() != ".zarr")
+               or args.output.endswith(("/", "\\")))
     if several:
         if out.exists() and not out.is_dir():
             raise ValueError(f"with several inputs OUT must be a directory, but {out} is a file")
