@@ -228,3 +228,43 @@ def test_augmentation_switches_and_strength(widget):
     for box in (widget.aug_rotate, widget.aug_flip, widget.aug_gray):
         box.value = False
     assert not widget.augment_config().enabled
+
+
+def test_training_set_folder_and_handover(qtbot, widget, tmp_path):
+    from napari_unet.data import TrainingSet
+
+    ts = TrainingSet()
+    for s in (41, 42):
+        img, lab = sample(s)
+        region = np.zeros(lab.shape, bool)
+        region[:64] = True  # only the top part is annotated
+        ts.add(img, np.where(region, lab, 0), region)
+    folder = ts.save(tmp_path / "set")
+    # a layer pair sits in the pickers: with a set loaded it is not used implicitly
+    img, lab = sample(43)
+    widget.image.value = widget._viewer.add_image(img, name="other")
+    widget.labels_layer.value = widget._viewer.add_labels(lab, name="other labels")
+
+    widget.folder.value = folder
+    widget.load_folder_button.native.click()
+    assert widget.training_set is not None and len(widget.training_set) == 2, widget.status.value
+    assert "2 image(s)" in widget.set_info.value
+    images, labels, regions, sources = widget.collect_data()
+    assert len(images) == 2 and regions[0].sum() == 64 * 96
+    widget.val_fraction.value = 0.0
+    widget.iterations.value = 3
+    assert train_and_wait(qtbot, widget) == "done", widget.status.value
+    assert widget.plot.train_x == [1, 2, 3] and widget.trained_model is not None
+
+    # the Annotate widget hands a set over directly; a folder without a set is refused
+    widget.set_training_set(TrainingSet.load(folder), source="Annotate widget", only=True)
+    assert "Annotate widget" in widget.set_info.value
+    widget.add_pair()  # listed pairs are used together with the set
+    assert len(widget.collect_data()[0]) == 3
+    widget.folder.value = tmp_path / "nothing"
+    (tmp_path / "nothing").mkdir()
+    widget.load_folder_button.native.click()
+    assert "nothing" in widget.status.value  # the error names the folder
+    assert "Annotate widget" in widget.set_info.value  # the previous set is kept
+    widget.clear_set_button.native.click()
+    assert widget.training_set is None and len(widget.collect_data()[0]) == 1

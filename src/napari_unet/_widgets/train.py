@@ -653,12 +653,12 @@ class TrainWidget(Container):
     def set_training_set(self, ts: Any, source: str = "Annotate widget", only: bool = False) -> None:
         """Use a :class:`napari_unet.data.TrainingSet` (e.g. handed over by the Annotate widget).
 
-        It is used together with the layer pairs of the list; ``only=True`` (the Annotate
-        widget's "Train on this") also leaves out the pair chosen in the pickers, which
-        could otherwise hold entries the Annotate widget keeps out of training for scoring.
+        It is used together with the layer pairs of the *list*; the pair chosen in the
+        pickers is not added implicitly while a set is loaded (it could hold entries the
+        Annotate widget keeps out of training for scoring). ``only`` is accepted for the
+        Annotate widget's "Train on this" call; that behaviour is now always the case.
         """
         images, _, _ = training_set_arrays(ts)  # fail now on a malformed set
-        self._set_only = bool(only)
         self.training_set = ts
         self.training_set_source = source
         self._update_set_info()
@@ -702,8 +702,10 @@ class TrainWidget(Container):
         regions: list[Any] = []
         sources: list[str] = []
         pairs = list(self._pairs)
-        if not pairs and (self.training_set is None
-                          or (self.labels_layer.value is not None and not getattr(self, "_set_only", False))):
+        if not pairs and self.training_set is None:
+            # nothing listed and no set: the pair chosen in the pickers. With a set, the
+            # pickers' pair is never added implicitly (it may hold the Annotate widget's
+            # held-out entries); add it to the list to train on both.
             pairs = [self._current_pair()]
         for pair in pairs:
             i, lab, r = pair_arrays(pair)
