@@ -301,12 +301,12 @@ def test_training_set_add_list_show_holdout_remove_save_load(widget, tmp_path):
     s = w.training_set.samples[0]
     # without a region: cropped to cells + margin, and that area is the stored region
     assert s.region is not None and s.region.shape == s.labels.shape and s.labels.shape[0] < 96
-    assert w.entries.choices[0].startswith("1. cells [") and "2 cells" in w.entries.choices[0]
+    assert w.entries.choices[0].startswith("1. 2 cells, ") and w.entries.choices[0].endswith("82x52 — cells [0:82, 0:52]")
     region = w.new_region_layer()
     region.add_rectangles(np.array([[0.0, 0.0], [40.0, 40.0]]))
     assert w.add_to_set() == 1
     assert w.training_set.samples[1].labels.shape == (41, 41)
-    assert len(w.entries.choices) == 2 and "1 cells" in w.entries.choices[1]
+    assert len(w.entries.choices) == 2 and w.entries.choices[1].startswith("2. 1 cells, 41x41")
     w.entries.value = [w.entries.choices[1]]
     w.toggle_held_out()
     assert "held out" in w.entries.choices[1] and len(w.held_out) == 1

@@ -308,6 +308,7 @@ class AnnotateWidget(Container):
                                        "start training; the open image is segmented again when it ends")
         self.score = Label(value="", label="Score")
         self.score.tooltip = "AP@0.5 (TP / (TP+FP+FN) at IoU 0.5) against your annotations"
+        self.score.native.setWordWrap(True)
         self.progress = ProgressBar(value=0, min=0, max=0, label="Progress")
         self.status = Label(value="", label="Status")
         self.status.native.setWordWrap(True)
@@ -675,7 +676,10 @@ class AnnotateWidget(Container):
     # -- training-area overlay -------------------------------------------------------------
 
     def update_area_overlay(self, *_: Any) -> None:
-        """Show (or hide) the training area as a translucent overlay."""
+        """Show the assumed training area (labelled cells + margin) as a translucent overlay.
+
+        Hidden when the switch is off, and when a region layer marks the area explicitly.
+        """
         labels = self.annotations.value
         if labels is None:
             return
@@ -686,11 +690,15 @@ class AnnotateWidget(Container):
                 layers[name].visible = False
             return
         try:
-            region = self.region_mask()
-            if region is None:
-                region = default_region(np.asarray(labels.data), int(self.margin.value))
+            has_region = self.region_mask() is not None
+            # an explicit region shows itself (its outline); only the assumed area needs showing
+            region = None if has_region else default_region(np.asarray(labels.data), int(self.margin.value))
         except ValueError as exc:
             show_error_in(self.status, exc)
+            return
+        if region is None:
+            if name in layers:
+                layers[name].visible = False
             return
         if name in layers:
             layer = layers[name]
@@ -840,7 +848,7 @@ class AnnotateWidget(Container):
         s = self.training_set.samples[i]
         shape = "x".join(str(n) for n in np.asarray(s.labels).shape)
         held = " · held out" if s.name in self.held_out else ""
-        return f"{i + 1}. {s.name} — {shape}, {count_cells(s.labels)} cells{held}"
+        return f"{i + 1}. {count_cells(s.labels)} cells, {shape}{held} — {s.name}"
 
     def _refresh_entries(self) -> None:
         self.entries.choices = [self.entry_text(i) for i in range(len(self.training_set.samples))]
@@ -941,7 +949,8 @@ class AnnotateWidget(Container):
     def train_widget(self) -> Any:
         """The Train dock widget (opened if needed)."""
         if self._train_widget is None or self._train_widget.native is None:
-            _, widget = self._viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+            # tabbed with the other docks: a second tall dock would not fit beside this one
+            _, widget = self._viewer.window.add_plugin_dock_widget("napari-unet", "Train", tabify=True)
             self._train_widget = widget
         return self._train_widget
 
@@ -1026,8 +1035,20 @@ class AnnotateWidget(Container):
             w.layer.contour = 2
             self.last_scores["layer"] = w.layer.name
         self._show_score()
+        self._raise_dock()
         set_status(self.status, "Trained. " + self.score.value + " The predictions on the image were updated; "
                    "'Predict to annotate' now uses the new model")
+
+    def _raise_dock(self) -> None:
+        """Bring this dock to the front (the Train dock may be tabbed over it)."""
+        from qtpy.QtWidgets import QDockWidget
+
+        parent = self.native.parentWidget()
+        while parent is not None and not isinstance(parent, QDockWidget):
+            parent = parent.parentWidget()
+        if parent is not None:
+            parent.show()
+            parent.raise_()
 
     def _show_score(self) -> None:
         s = self.last_scores
