@@ -291,3 +291,14 @@ def test_cli_train_writes_a_model(tmp_path, capsys):
     rc = main(["train", "--images", str(tmp_path / "a.tif"), "-o", str(out), "--model", str(start)])
     assert rc == 2
     assert "same number of files" in capsys.readouterr().err
+
+
+def test_early_stopping_stops_after_patience():
+    data = [discs(seed=s) for s in range(4)]
+    model = fine_tune([d[0] for d in data], [d[1] for d in data], tiny(), iterations=400, val_every=2,
+                      early_stopping=2, lr=1e-9, batch_size=2, tile_size=32, device="cpu", amp=False,
+                      val_fraction=0.25)
+    last = model.meta["history"][-1]
+    # with a negligible learning rate only BatchNorm statistics move: it soon stalls
+    assert last["stopped"] == "early stopping"
+    assert last["iterations"] < 100

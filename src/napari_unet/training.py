@@ -145,30 +145,9 @@ def _weights_for(labels: np.ndarray, targets: np.ndarray, mode: str, w0: float, 
             inv /= (inv * freq).sum()  # mean weight 1
             w = inv[targets].astype(np.float32)
         return w
-    try:
-        from .weights import weight_map
-    except ImportError:  # pragma: no cover - weights.py is written in parallel
-        weight_map = _fallback_weight_map
+    from .weights import weight_map
+
     return np.asarray(weight_map(labels, w0=w0, sigma=sigma, class_weights=class_weights), np.float32)
-
-
-def _fallback_weight_map(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, class_weights: Any = None) -> np.ndarray:
-    """Straightforward eq. 2 (one distance transform per cell); only until weights.py lands."""
-    from scipy import ndimage as ndi
-
-    w = np.ones(labels.shape, np.float32)
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    if len(ids) < 2 or w0 == 0:
-        return w
-    d1 = np.full(labels.shape, np.inf)
-    d2 = np.full(labels.shape, np.inf)
-    for i in ids:
-        d = ndi.distance_transform_edt(labels != i)
-        d2 = np.minimum(d2, np.maximum(d1, d))
-        d1 = np.minimum(d1, d)
-    border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
-    return (w + np.where(labels == 0, border, 0)).astype(np.float32)
 
 
 @dataclass
@@ -443,23 +422,10 @@ def lr_factor(fraction: float) -> float:
 
 
 def _postprocess(probs: np.ndarray, mode: str) -> np.ndarray:
-    """Probabilities → labels, with the package's postprocess when it is available."""
-    try:
-        from .postprocess import probabilities_to_labels
-    except ImportError:  # pragma: no cover - postprocess.py is written in parallel
-        probabilities_to_labels = None
-    if probabilities_to_labels is not None:
-        return np.asarray(probabilities_to_labels(probs, mode))
-    from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
+    """Probabilities → labels with the package's post-processing (as ``segment`` does)."""
+    from .postprocess import probabilities_to_labels
 
-    cls = probs.argmax(0)
-    if mode == "semantic":
-        return cls
-    if mode == "instance2":
-        return ndi.label(cls == 1)[0]
-    markers = ndi.label(cls == 1)[0]
-    return watershed(-probs[1], markers, mask=cls != 0)
+    return np.asarray(probabilities_to_labels(probs, mode))
 
 
 def _restrict_to_region(pred: np.ndarray, region: np.ndarray) -> np.ndarray:
