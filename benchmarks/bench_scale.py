@@ -104,11 +104,18 @@ def dask_speedup(args: argparse.Namespace, image_path: str) -> list[dict[str, fl
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             client.wait_for_workers(n)
-            out = tempfile.mkdtemp(dir=args.tmp) + "/seg.zarr"
-            t0 = time.perf_counter()
-            res = segment_distributed(image, model, out=out, client=client, block_size=args.block,
-                                      tile_size=args.tile, amp=False)
-            dt = time.perf_counter() - t0
+            # import torch and the package on every worker first: a one-time cost per
+            # process that a long run pays once, not what this measures
+            client.run(lambda: __import__("napari_unet.tiling") and __import__("napari_unet.postprocess"))
+            times = []
+            for _ in range(args.repeats):
+                out = tempfile.mkdtemp(dir=args.tmp) + "/seg.zarr"
+                t0 = time.perf_counter()
+                res = segment_distributed(image, model, out=out, client=client, block_size=args.block,
+                                          tile_size=args.tile, amp=False)
+                times.append(time.perf_counter() - t0)
+            # the best of the repeats: on a shared machine the others measure the neighbours
+            dt = min(times)
         rows.append({"workers": n, "seconds": dt, "blocks": res.computed["probabilities"],
                      "objects": res.objects.get("", 0)})
     return rows
@@ -116,13 +123,14 @@ def dask_speedup(args: argparse.Namespace, image_path: str) -> list[dict[str, fl
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    p.add_argument("--sizes", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--threads", type=int, default=0, help="torch threads in the single-process runs (0 = default)")
     p.add_argument("--dask-size", type=int, default=2048, help="image edge for the Dask speed-up (0 = skip)")
-    p.add_argument("--block", type=int, default=1024)
+    p.add_argument("--block", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3, help="Dask runs per worker count (the best is shown)")
     p.add_argument("--tmp", default=None)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--image", help=argparse.SUPPRESS)
@@ -148,7 +156,8 @@ def main() -> None:
               f"{r['rss_base_mib']:>12.0f} {r['rss_peak_mib']:>12.0f}", flush=True)
     if args.dask_size:
         rows = dask_speedup(args, images[args.dask_size])
-        print(f"\nsegment_distributed, {args.dask_size}^2 image, {args.block} px blocks (cluster start excluded)")
+        print(f"\nsegment_distributed, {args.dask_size}^2 image, {args.block} px blocks, best of {args.repeats} "
+              "(cluster start and worker imports excluded)")
         for r in rows:
             print(f"  {r['workers']} worker(s): {r['seconds']:.1f} s ({r['blocks']} blocks, {r['objects']} objects)")
         print(f"  speed-up 1 -> 2 workers: {rows[0]['seconds'] / rows[1]['seconds']:.2f}x")

@@ -551,7 +551,9 @@ def segment_distributed_iter(
         for arr_name, (shape, ch, dt) in want.items():
             if arr_name in group and tuple(group[arr_name].shape) == shape and group[arr_name].dtype == np.dtype(dt):
                 continue
-            group.create_array(arr_name, shape=shape, chunks=ch, dtype=dt, fill_value=0, overwrite=True)
+            # zarr 3 names it create_array; zarr 2 create
+            make = getattr(group, "create_array", None) or group.create
+            make(arr_name, shape=shape, chunks=ch, dtype=dt, fill_value=0, overwrite=True)
         group.attrs["napari_unet"] = meta
 
     c, to_close = _get_client(client, n_workers)
