@@ -268,3 +268,25 @@ def test_training_set_folder_and_handover(qtbot, widget, tmp_path):
     assert "Annotate widget" in widget.set_info.value  # the previous set is kept
     widget.clear_set_button.native.click()
     assert widget.training_set is None and len(widget.collect_data()[0]) == 1
+
+
+def test_live_preview_and_load_model(qtbot, widget, tmp_path):
+    from napari_unet import UNet, save_model
+
+    viewer = widget._viewer
+    add_pairs(widget, [51, 52, 53, 54])
+    preview_img, _ = sample(55)
+    widget.apply_image.value = viewer.add_image(preview_img, name="open")
+    widget.preview.value = True
+    widget.iterations.value = 4
+    widget.val_every.value = 2
+    assert train_and_wait(qtbot, widget) == "done", widget.status.value
+    layer = viewer.layers["open preview"]  # written at the validations, from the worker's result
+    assert isinstance(layer, napari.layers.Labels) and layer.data.shape == preview_img.shape
+
+    other = UNet(in_channels=1, num_classes=2, depth=2, base_width=4)
+    other.meta["mode"] = "instance2"
+    path = save_model(other, tmp_path / "other.pt")
+    model = widget.load_model_from(path)
+    assert widget.trained_model is model and model.meta["mode"] == "instance2"
+    assert widget.start.value == widget.CURRENT and "other.pt" in widget.status.value

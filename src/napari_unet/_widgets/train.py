@@ -512,7 +512,8 @@ class TrainWidget(Container):
         self.load_button = PushButton(text="Load model...", tooltip="Make a model file the current model")
         self.apply_image = create_widget(annotation="napari.layers.Image", label="Apply to",
                                          options={"tooltip": "Image to segment with the current model"})
-        self.apply_button = PushButton(text="Apply to image", tooltip="Segment it with the current model → '<image> labels'")
+        self.apply_button = PushButton(text="Apply to image",
+                                       tooltip="Segment it with the current model → '<image> labels'")
         self.preview = CheckBox(text="Live preview at each validation", value=False,
                                 tooltip="Segment the 'Apply to' image with the current weights after "
                                 "each validation (slows training a little)")
@@ -874,7 +875,8 @@ class TrainWidget(Container):
         elif "eta" in last:
             parts.append(f"ETA {_fmt_time(last['eta'])}")
         if "val_ap" in last:
-            best = f" (best {self._run.best_score:.2f})" if self._run is not None and self._run.best_state is not None else ""
+            run = self._run
+            best = f" (best {run.best_score:.2f})" if run is not None and run.best_state is not None else ""
             parts.append(f"val. AP {last['val_ap']:.2f}{best}")
         if parts:
             self.eta.value = " · ".join(parts)
@@ -918,8 +920,9 @@ class TrainWidget(Container):
         layer = self.apply_image.value
         if layer is None:
             return
+        n = labels.ndim
         w = add_or_update_layer(self._viewer, labels, f"{layer.name} preview", "labels", writer=WRITER,
-                                scale=tuple(layer.scale)[-labels.ndim:], translate=tuple(layer.translate)[-labels.ndim:])
+                                scale=tuple(layer.scale)[-n:], translate=tuple(layer.translate)[-n:])
         w.layer.metadata.setdefault("napari_unet_preview", True)
 
     # -- model files ----------------------------------------------------------------------
