@@ -101,7 +101,7 @@ def dask_speedup(args: argparse.Namespace, image_path: str) -> list[dict[str, fl
     image = zarr.open_array(image_path, mode="r")
     rows = []
     for n in (1, 2):
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             client.wait_for_workers(n)
             # import torch and the package on every worker first: a one-time cost per

@@ -393,7 +393,7 @@ def _get_client(client: Any, n_workers: int | None) -> tuple[Any, list[Any]]:
             except ValueError:
                 pass
         cluster = LocalCluster(n_workers=n_workers or max(1, (os.cpu_count() or 1)), threads_per_worker=1,
-                               processes=True, dashboard_address=None)
+                               processes=True, dashboard_address=":0")
         c = Client(cluster)
         return c, [c, cluster]
     if isinstance(client, str):
