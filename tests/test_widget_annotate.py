@@ -348,6 +348,7 @@ def test_broken_folder_is_reported_and_nothing_is_lost(widget, tmp_path):
 # -- the whole loop ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_end_to_end_annotate_train_segment(make_napari_viewer, model_path, tmp_path, qtbot):
     """Sample image → predict in a region → correct → set → save/load → train → segment."""
     from napari_unet._sample_data import sample_nuclei
@@ -410,7 +411,7 @@ def test_end_to_end_annotate_train_segment(make_napari_viewer, model_path, tmp_p
     assert train is w.train_widget()  # reused, not opened twice
     train.start.value = train.SCRATCH
     train.depth.value, train.base_width.value = 2, 4
-    train.iterations.value = 30
+    train.iterations.value = 20
     train.tile_size.value = 48
     train.batch_size.value = 2
     train.val_fraction.value = 0.0
