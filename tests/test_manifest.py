@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -48,9 +47,6 @@ def test_npe2_validate():
 
 def test_npe2_validate_imports():
     """Every python_name in the manifest imports and names a real object."""
-    missing = [m for _, m in _widgets() if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.xfail(f"not written yet: {missing}")  # TODO(lead): remove
     res = _npe2_validate("--imports")
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -67,9 +63,6 @@ def test_manifest_is_the_one_npe2_finds():
 @pytest.mark.gui
 @pytest.mark.parametrize("display_name,module", _widgets(), ids=[n for n, _ in _widgets()])
 def test_widget_opens_from_plugin_menu(make_napari_viewer, display_name, module):
-    if importlib.util.find_spec(module) is None:
-        # TODO(lead): remove once every widget module exists
-        pytest.xfail(f"{module} is not written yet")
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", display_name)
     assert dock is not None
@@ -79,8 +72,6 @@ def test_widget_opens_from_plugin_menu(make_napari_viewer, display_name, module)
 
 @pytest.mark.gui
 def test_sample_data_opens(make_napari_viewer):
-    if importlib.util.find_spec("napari_unet._sample_data") is None:
-        pytest.xfail("napari_unet._sample_data is not written yet")  # TODO(lead): remove
     import napari
 
     viewer = make_napari_viewer()
@@ -98,8 +89,6 @@ def test_sample_data_opens(make_napari_viewer):
 )
 def test_import_does_not_load_torch(module):
     """napari imports these at start-up / when listing the plugin: torch must stay lazy."""
-    if importlib.util.find_spec(module) is None:
-        pytest.xfail(f"{module} is not written yet")  # TODO(lead): remove
     code = (
         "import sys, importlib; importlib.import_module(%r); "
         "bad = [m for m in ('torch',) if m in sys.modules]; "

@@ -32,10 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, helptext) in COMMANDS.items():
-        try:
-            mod = import_module(f"napari_unet._cli.{module}")
-        except ImportError:
-            continue
+        mod = import_module(f"napari_unet._cli.{module}")
         p = sub.add_parser(name, help=helptext, description=helptext)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
