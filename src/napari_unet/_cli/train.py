@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, metavar="N", help="training steps (default 500)")
     parser.add_argument("--max-time", type=float, metavar="S", help="stop after this many seconds")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--lr", type=float, help="peak learning rate (default 3e-4 fine-tuning, 1e-3 scratch)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 fine-tuning, 3e-3 scratch)")
     parser.add_argument("--batch-size", type=int, default=4, metavar="N")
     parser.add_argument("--tile-size", type=int, metavar="N", help="output tile edge (default 96 CPU, 192 GPU)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share held out for validation")
