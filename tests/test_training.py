@@ -302,3 +302,21 @@ def test_early_stopping_stops_after_patience():
     # with a negligible learning rate only BatchNorm statistics move: it soon stalls
     assert last["stopped"] == "early stopping"
     assert last["iterations"] < 100
+
+
+def test_instance2_weights_put_the_border_term_on_carved_contacts():
+    """The paper's 2-class form: pixels carved between touching cells get eq. 2's peak."""
+    from napari_unet.targets import labels_to_targets
+    from napari_unet.training import _weights_for
+
+    lab = np.zeros((40, 60), np.int32)
+    lab[10:30, 10:30] = 1
+    lab[10:30, 30:50] = 2  # touches cell 1 along x = 29/30
+    targets, _ = labels_to_targets(lab, "instance2", "all")
+    w = _weights_for(lab, targets, "instance2", 10.0, 5.0, None)
+    carved = (lab > 0) & (targets == 0)
+    assert carved.any()
+    # between two cells 0-1 px away the border term is close to w0
+    assert w[carved].min() > 1.0 + 0.8 * 10.0
+    # and far inside a cell there is no border term
+    assert w[20, 20] == 1.0

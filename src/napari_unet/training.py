@@ -159,6 +159,10 @@ def _weights_for(labels: np.ndarray, targets: np.ndarray, mode: str, w0: float, 
         return w
     from .weights import weight_map
 
+    if mode == "instance2":
+        # the carved-out touching borders are background to learn: they must get the
+        # border term (its peak is exactly there), so weigh the carved labels
+        labels = np.where(targets == 0, 0, labels)
     return np.asarray(weight_map(labels, w0=w0, sigma=sigma, class_weights=class_weights), np.float32)
 
 
