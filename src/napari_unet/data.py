@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ._files import write_atomic
+
 FORMAT = "napari-unet training set"
 VERSION = 1
 INDEX = "index.json"
@@ -159,9 +161,7 @@ class TrainingSet:
                 written.add(entry["region"])
             entries.append(entry)
         index = {"format": FORMAT, "version": VERSION, "samples": entries}
-        tmp = root / (INDEX + ".tmp")
-        tmp.write_text(json.dumps(index, indent=1))
-        os.replace(tmp, root / INDEX)
+        write_atomic(root / INDEX, lambda fh: fh.write(json.dumps(index, indent=1).encode()), fsync=False)
         # files of an earlier, larger set saved here would be mistaken for part of this one
         for sub in ("images", "labels", "regions"):
             for p in (root / sub).glob("*.tif"):

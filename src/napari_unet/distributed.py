@@ -47,7 +47,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import threading
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from ._files import write_atomic
 from ._progress import Progress, ProgressBar, drain
 
 #: default block edge (pixels of output) handled by one task
@@ -184,11 +184,8 @@ def _marker(root: Path, name: str, phase: str, key: str) -> Path:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    # markers are many and recomputable, so no fsync: a lost marker only means redoing a block
+    write_atomic(path, lambda fh: fh.write(data), fsync=False)
 
 
 def _plane_index(layout: Any, plane: tuple[int, ...], ys: slice, xs: slice) -> tuple[tuple[Any, ...], bool]:

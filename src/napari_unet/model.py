@@ -15,13 +15,14 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ._files import write_atomic
 
 FORMAT_NAME = "napari-unet-model"
 FORMAT_VERSION = 1
@@ -275,21 +276,20 @@ def save_model(model: UNet, path: str | os.PathLike) -> Path:
         "meta": copy.deepcopy(_plain(model.meta)),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return save_atomic(payload, path)
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`napari_unet._files.write_atomic`).
+
+    Args:
+        obj: What to save: tensors and plain containers.
+        path: The file to (over)write.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    return write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
 def _plain(obj: Any) -> Any:

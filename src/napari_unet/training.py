@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Generator, Sequence
@@ -68,7 +67,7 @@ from ._progress import Progress, ProgressBar, drain
 from .augment import AugmentConfig, augment_batch
 from .device import autocast, describe_device, is_out_of_memory, resolve_device
 from .metrics import average_precision
-from .model import MODES, ModelFileError, UNet, center_crop, clone_model, load_model
+from .model import MODES, ModelFileError, UNet, center_crop, clone_model, load_model, save_atomic
 from .normalize import apply_normalization, normalization_params
 from .targets import DEFAULT_MARGIN, check_labels, labels_to_targets
 
@@ -411,23 +410,6 @@ def _in_channels_of(images: Sequence[Any]) -> int:
     raise ValueError(f"training images must be 2D (optionally with a channel axis), got shape {arr.shape}")
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def lr_factor(fraction: float) -> float:
     """Schedule: linear warm-up over WARMUP_FRACTION, then cosine to FINAL_LR_FRACTION."""
     f = min(max(fraction, 0.0), 1.0)
@@ -714,7 +696,7 @@ def train_iter(
             best.load_state_dict(run.best_state)
             save_model(best, ckpt / "best.pt")
         net.train(was_training)
-        _save_atomic(
+        save_atomic(
             {
                 "iteration": it,
                 "total": total,
