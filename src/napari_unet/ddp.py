@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 
@@ -196,40 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_data(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any]]:
-    """Images, labels and regions from ``--set`` and/or ``--images/--labels`` (as the train CLI)."""
-    from ._cli._io import read_image
-
-    images: list[Any] = []
-    labels: list[Any] = []
-    regions: list[Any] = []
-    if args.set:
-        from .data import TrainingSet
-
-        ts = TrainingSet.load(args.set)
-        images += ts.images
-        labels += ts.labels
-        regions += list(ts.regions)
-    if args.images or args.labels:
-        if not args.images or not args.labels or len(args.images) != len(args.labels):
-            raise ValueError("--images and --labels must name the same number of files")
-        if args.regions and len(args.regions) != len(args.images):
-            raise ValueError("--regions must name one mask per image")
-        images += [np.asarray(read_image(p)[0]) for p in args.images]
-        labels += [np.asarray(read_image(p)[0]) for p in args.labels]
-        if args.regions:
-            regions += [np.asarray(read_image(p)[0]).astype(bool) for p in args.regions]
-        else:
-            regions += ["all" if args.complete else None] * len(args.images)
-    if not images:
-        raise ValueError("no training data: give --images and --labels, or --set FOLDER")
-    if args.complete:
-        regions = ["all" if r is None else r for r in regions]
-    return images, labels, regions
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m napari_unet.ddp`` (run by torchrun on every rank)."""
+    from ._cli.train import load_data
     from .augment import AugmentConfig
     from .model import save_model
 
@@ -237,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = _env_int("RANK", 0)
     world = _env_int("WORLD_SIZE", 1)
     try:
-        images, labels, regions = _load_data(args)
+        images, labels, regions = load_data(args)
         bar = None
         if rank == 0:
             from tqdm import tqdm

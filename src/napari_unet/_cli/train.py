@@ -43,12 +43,19 @@ def _read(path: str) -> np.ndarray:
     return np.asarray(arr)
 
 
-def run(args: argparse.Namespace) -> int:
-    from .._progress import Progress
-    from ..augment import AugmentConfig
-    from ..model import save_model
-    from ..training import train_iter
+def load_data(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any]]:
+    """Images, labels and regions from ``--set`` and/or ``--images/--labels/--regions``.
 
+    Shared by ``napari-unet train`` and ``python -m napari_unet.ddp``, which take the same
+    options (see :func:`add_arguments`).
+
+    Args:
+        args: Parsed options of :func:`add_arguments`.
+
+    Returns:
+        ``(images, labels, regions)``, one entry per image; a region is a bool mask,
+        ``"all"`` (``--complete``) or None (labelled cells + margin).
+    """
     images: list[Any] = []
     labels: list[Any] = []
     regions: list[Any] = []
@@ -77,6 +84,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("no training data: give --images and --labels, or --set FOLDER")
     if args.complete:
         regions = ["all" if r is None else r for r in regions]
+    return images, labels, regions
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._progress import Progress
+    from ..augment import AugmentConfig
+    from ..model import save_model
+    from ..training import train_iter
+
+    images, labels, regions = load_data(args)
 
     from tqdm import tqdm
 
