@@ -33,12 +33,12 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from magicgui.widgets import ComboBox, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import notification_manager, show_error, show_warning
 
@@ -49,6 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from ..model import UNet
+
+T = TypeVar("T")
 
 #: key under which napari-unet keeps its bookkeeping in a layer's ``metadata``
 META_KEY = "napari_unet"
@@ -115,6 +117,16 @@ def show_error_in(status: Label | None, exc_or_text: BaseException | str) -> Non
         show_error(text)
     if status is not None:
         set_status(status, text, "error")
+
+
+def make_or_show_error(make: Callable[[], T], status: Label | None) -> T | None:
+    """``make()`` (a widget collecting its job from its inputs), or None after showing its
+    ``ValueError`` (bad input) with :func:`show_error_in`; other errors propagate."""
+    try:
+        return make()
+    except ValueError as exc:
+        show_error_in(status, exc)
+        return None
 
 
 # -- running core generators --------------------------------------------------------------
@@ -285,15 +297,19 @@ def _watch_edits(layer: Any, writer: str) -> None:
         layer.events.paint.connect(_mark_edited)  # connecting twice is a no-op in napari
 
 
-def unique_layer_name(viewer: napari.Viewer, name: str) -> str:
-    """``name`` if free, else ``"name (2)"``, ``"name (3)"``, ..."""
-    names = {layer.name for layer in viewer.layers}
-    if name not in names:
+def unique_name(name: str, taken: Collection[str]) -> str:
+    """``name`` if not in ``taken``, else ``"name (2)"``, ``"name (3)"``, ..."""
+    if name not in taken:
         return name
     i = 2
-    while f"{name} ({i})" in names:
+    while f"{name} ({i})" in taken:
         i += 1
     return f"{name} ({i})"
+
+
+def unique_layer_name(viewer: napari.Viewer, name: str) -> str:
+    """``name`` if no layer has it, else ``"name (2)"``, ``"name (3)"``, ..."""
+    return unique_name(name, {layer.name for layer in viewer.layers})
 
 
 @dataclass
@@ -520,6 +536,23 @@ class DevicePicker:
 
 
 # -- layout ------------------------------------------------------------------------------
+
+
+def header(text: str, rule: bool = True) -> Label:
+    """A bold section title, with a rule under it unless ``rule`` is False."""
+    head = Label(label="", value=text)
+    style = "font-weight: bold; padding-top: 6px;"
+    if rule:
+        style += " border-bottom: 1px solid #5a626c;"
+    head.native.setStyleSheet(style)
+    return head
+
+
+def row(*widgets: Any) -> Container:
+    """The widgets side by side, without labels or margins (e.g. a Run / Cancel pair)."""
+    box = Container(widgets=list(widgets), layout="horizontal", labels=False)
+    box.margins = (0, 0, 0, 0)
+    return box
 
 
 def align_form(container: Any) -> None:

@@ -68,9 +68,13 @@ from ._common import (
     TaskRunner,
     add_or_update_layer,
     align_form,
+    header,
     load_model_cached,
+    make_or_show_error,
+    row,
     set_status,
     show_error_in,
+    unique_name,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,19 +87,6 @@ CONTEXT = 32
 AREA_REGION = "annotated region"
 AREA_VIEW = "field of view"
 AREA_PLANE = "whole image / plane"
-
-
-def _header(text: str) -> Label:
-    """A bold section title with a rule under it (as in the Segment widget)."""
-    head = Label(label="", value=text)
-    head.native.setStyleSheet("font-weight: bold; padding-top: 6px; border-bottom: 1px solid #5a626c;")
-    return head
-
-
-def _row(*widgets: Any) -> Container:
-    row = Container(widgets=list(widgets), layout="horizontal", labels=False)
-    row.margins = (0, 0, 0, 0)
-    return row
 
 
 def _array(layer: Any) -> Any:
@@ -316,36 +307,36 @@ class AnnotateWidget(Container):
 
         super().__init__(
             widgets=[
-                _header("Layers"),
+                header("Layers"),
                 self.image,
                 self.annotations,
                 self.new_labels_button,
                 self.brush_size,
-                _row(self.contour, self.auto_next),
+                row(self.contour, self.auto_next),
                 self.region,
                 self.new_region_button,
                 self.margin,
                 self.show_area,
-                _header("Predict to annotate"),
+                header("Predict to annotate"),
                 *self.model.widgets,
                 *self.device.widgets,
                 self.where,
                 self.replace,
-                _row(self.predict_button, self.cancel_button),
-                _header("Helpers (current plane, undo: Ctrl+Z)"),
-                _row(self.next_id_button, self.fill_holes_button),
+                row(self.predict_button, self.cancel_button),
+                header("Helpers (current plane, undo: Ctrl+Z)"),
+                row(self.next_id_button, self.fill_holes_button),
                 self.min_size,
                 self.remove_small_button,
-                _row(self.cut_line_button, self.split_button),
+                row(self.cut_line_button, self.split_button),
                 self.merge_a,
                 self.merge_b,
                 self.merge_button,
-                _header("Training set"),
-                _row(self.crop, self.add_button),
+                header("Training set"),
+                row(self.crop, self.add_button),
                 self.entries,
-                _row(self.show_button, self.holdout_button, self.remove_button),
+                row(self.show_button, self.holdout_button, self.remove_button),
                 self.folder,
-                _row(self.save_button, self.load_button),
+                row(self.save_button, self.load_button),
                 self.train_button,
                 self.score,
                 self.progress,
@@ -770,10 +761,8 @@ class AnnotateWidget(Container):
         """Fill the annotation layer from the model (in a worker); returns the worker."""
         if self.runner.running:
             return None
-        try:
-            job = self._make_predict_job()
-        except ValueError as exc:
-            show_error_in(self.status, exc)
+        job = make_or_show_error(self._make_predict_job, self.status)
+        if job is None:
             return None
         return self.runner.start(lambda: run_predict(job), lambda pred: self._predicted(job, pred),
                                  message="Predicting cells...")
@@ -792,15 +781,6 @@ class AnnotateWidget(Container):
             self.update_area_overlay()
 
     # -- training set ----------------------------------------------------------------------
-
-    def _unique_name(self, name: str) -> str:
-        names = {s.name for s in self.training_set.samples}
-        if name not in names:
-            return name
-        i = 2
-        while f"{name} ({i})" in names:
-            i += 1
-        return f"{name} ({i})"
 
     def add_to_set(self, *_: Any) -> int:
         """Add the image + labels + training area (each labelled plane); returns how many."""
@@ -829,7 +809,7 @@ class AnnotateWidget(Container):
                     if (ys.stop - ys.start, xs.stop - xs.start) != tuple(lab_all.shape[-2:]):
                         name += f" [{ys.start}:{ys.stop}, {xs.start}:{xs.stop}]"
                 added.append((np.array(img, copy=True), np.array(lab, copy=True), region.copy(),
-                              self._unique_name(name)))
+                              unique_name(name, {s.name for s in self.training_set.samples})))
             if not added:
                 raise ValueError("Nothing annotated: paint some cells (or draw a region around truly empty "
                                  "background) first")

@@ -35,9 +35,10 @@ from ._common import (
     TaskRunner,
     add_or_update_layer,
     align_form,
+    header,
     load_model_cached,
+    make_or_show_error,
     set_status,
-    show_error_in,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -168,15 +169,6 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
     )
 
 
-def _header(text: str) -> Label:
-    """A bold section title with a rule under it."""
-    head = Label(label="", value=text)
-    head.native.setStyleSheet(
-        "font-weight: bold; padding-top: 6px; border-bottom: 1px solid #5a626c;"
-    )
-    return head
-
-
 class SegmentWidget(Container):
     """Segment the chosen image layer with a U-Net (bundled model or a model file).
 
@@ -237,14 +229,14 @@ class SegmentWidget(Container):
 
         super().__init__(
             widgets=[
-                _header("Input"),
+                header("Input"),
                 self.image,
                 self.axes,
-                _header("Model"),
+                header("Model"),
                 *self.model.widgets,
                 *self.device.widgets,
                 self.tile_size,
-                _header("Output"),
+                header("Output"),
                 self.min_size,
                 self.probabilities,
                 buttons,
@@ -314,10 +306,8 @@ class SegmentWidget(Container):
         """Start segmenting (returns the worker, or None when the input is refused)."""
         if self.runner.running:
             return None
-        try:
-            job = self._make_job()
-        except ValueError as exc:
-            show_error_in(self.status, exc)
+        job = make_or_show_error(self._make_job, self.status)
+        if job is None:
             return None
         return self.runner.start(
             lambda: run_segment(job),

@@ -51,6 +51,9 @@ from ._common import (
     add_or_update_layer,
     align_form,
     bundled_model_available,
+    header,
+    make_or_show_error,
+    row,
     set_status,
     show_error_in,
 )
@@ -318,18 +321,6 @@ def run_apply(model: Any, data: Any, axes: str | None, device: str) -> Generator
 # -- the widget -----------------------------------------------------------------------
 
 
-def _header(text: str) -> Label:
-    head = Label(value=text)
-    head.native.setStyleSheet("font-weight: bold; padding-top: 6px;")
-    return head
-
-
-def _row(*widgets: Any) -> Container:
-    row = Container(widgets=list(widgets), layout="horizontal", labels=False)
-    row.margins = (0, 0, 0, 0)
-    return row
-
-
 def _collapsibles(sections: list[tuple[str, Container]]) -> Container:
     """A magicgui row holding folded-away (superqt ``QCollapsible``) sections."""
     from superqt import QCollapsible
@@ -485,8 +476,8 @@ class TrainWidget(Container):
             labels=True,
         )
         self.augmentation = Container(
-            widgets=[_row(self.aug_elastic, self.aug_rotate, self.aug_flip),
-                     _row(self.aug_gray, self.aug_noise), self.aug_strength],
+            widgets=[row(self.aug_elastic, self.aug_rotate, self.aug_flip),
+                     row(self.aug_gray, self.aug_noise), self.aug_strength],
             labels=True,
         )
         self.settings_box = _collapsibles(
@@ -520,35 +511,35 @@ class TrainWidget(Container):
 
         super().__init__(
             widgets=[
-                _header("Training data"),
+                header("Training data", rule=False),
                 self.image,
                 self.labels_layer,
                 self.region,
-                _row(self.add_pair_button, self.remove_pair_button),
+                row(self.add_pair_button, self.remove_pair_button),
                 self.pairs,
                 self.folder,
-                _row(self.load_folder_button, self.clear_set_button),
+                row(self.load_folder_button, self.clear_set_button),
                 self.set_info,
-                _header("Model"),
+                header("Model", rule=False),
                 self.start,
                 self.model_file,
                 self.resume_dir,
                 self.mode,
                 self.depth,
                 self.base_width,
-                _header("Training"),
+                header("Training", rule=False),
                 self.budget,
                 self.iterations,
                 self.minutes,
                 *self.device.widgets,
                 self.settings_box,
-                _row(self.run_button, self.cancel_button),
+                row(self.run_button, self.cancel_button),
                 self.progress,
                 self.eta,
                 self.plot_box,
                 self.status,
-                _header("Result"),
-                _row(self.save_button, self.load_button),
+                header("Result", rule=False),
+                row(self.save_button, self.load_button),
                 self.apply_image,
                 self.apply_button,
                 self.preview,
@@ -819,10 +810,8 @@ class TrainWidget(Container):
         """Start training (returns the worker, or None when the input is refused)."""
         if self.runner.running:
             return None
-        try:
-            job = self._make_job()
-        except ValueError as exc:
-            show_error_in(self.status, exc)
+        job = make_or_show_error(self._make_job, self.status)
+        if job is None:
             return None
         sources = job.kwargs.pop("_sources")
         self._job = job
