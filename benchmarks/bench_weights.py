@@ -23,24 +23,8 @@ import tracemalloc
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_unet.synthetic import touching_cells
 from napari_unet.weights import weight_map
-
-
-def touching_cells(shape, n, radius, seed=0):
-    """Voronoi cells of random seeds cut to a random radius: touching and separate cells."""
-    rng = np.random.default_rng(seed)
-    seeds = np.zeros(shape, bool)
-    pts = tuple(rng.integers(0, s, n) for s in shape)
-    seeds[pts] = True
-    d, idx = ndi.distance_transform_edt(~seeds, return_indices=True)
-    sid = np.zeros(shape, np.int64)
-    sid[pts] = np.arange(1, n + 1)
-    vor = sid[tuple(idx)]
-    rad = rng.uniform(0.6, 1.2, n + 1) * radius
-    lab = np.where(d < rad[vor], vor, 0)
-    perm = rng.permutation(10 * n)[: n + 1] + 1  # non-consecutive ids
-    perm[0] = 0
-    return perm[lab].astype(np.int32)
 
 
 def reference_weight_map(labels, w0=10.0, sigma=5.0):

@@ -18,6 +18,7 @@ from napari_unet.synthetic import (
     make_sample_full,
     random_params,
     render,
+    touching_cells,
 )
 
 
@@ -173,3 +174,17 @@ def test_sample_data_import_is_light():
             "print(sorted(m for m in ('torch', 'napari', 'qtpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_touching_cells_touch_and_number_as_asked():
+    lab = touching_cells((80, 90), 25, 11, seed=3, ids="consecutive")
+    ids = np.unique(lab[lab > 0])
+    assert lab.dtype == np.int32 and ids.min() >= 1 and ids.max() <= 25 and len(ids) > 15
+    # some cells touch: a pixel's 4-neighbour carries another non-zero id
+    grown = ndi.grey_dilation(lab, footprint=ndi.generate_binary_structure(2, 1))
+    assert np.any((lab > 0) & (grown != lab))
+    rand = touching_cells((80, 90), 25, 11, seed=3)
+    assert np.array_equal(rand > 0, lab > 0) and rand.max() > 25  # same cells, other ids
+    assert np.array_equal(touching_cells((80, 90), 25, 11, seed=3), rand)  # seeded
+    with pytest.raises(ValueError, match="ids"):
+        touching_cells((10, 10), 3, 2, ids="sorted")

@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 
 import napari_unet as nu
+from napari_unet.synthetic import touching_cells
 from napari_unet.weights import TOLERANCE, class_weight_map, cutoff_distance, weight_map
 
 
@@ -27,25 +28,6 @@ def reference_weight_map(labels, w0=10.0, sigma=5.0, spacing=None):
     bg = labels == 0
     w[bg] += w0 * np.exp(-((d1[bg] + d2[bg]) ** 2) / (2 * sigma**2))
     return w
-
-
-def touching_cells(shape, n, radius, seed=0, ids="random"):
-    """Voronoi cells of random seeds, each cut to a random radius: touching and not."""
-    rng = np.random.default_rng(seed)
-    seeds = np.zeros(shape, bool)
-    pts = tuple(rng.integers(0, s, n) for s in shape)
-    seeds[pts] = True
-    d, idx = ndi.distance_transform_edt(~seeds, return_indices=True)
-    sid = np.zeros(shape, np.int64)
-    sid[pts] = np.arange(1, n + 1)
-    vor = sid[tuple(idx)]
-    rad = rng.uniform(0.6, 1.2, n + 1) * radius
-    lab = np.where(d < rad[vor], vor, 0)
-    if ids == "random":  # non-consecutive ids
-        perm = rng.permutation(10 * n)[: n + 1] + 1
-        perm[0] = 0
-        lab = perm[lab]
-    return lab.astype(np.int32)
 
 
 @pytest.mark.parametrize(

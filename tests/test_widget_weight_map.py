@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
 
+from napari_unet.synthetic import touching_cells
 from napari_unet.weights import TOLERANCE, weight_map
 
 pytestmark = pytest.mark.gui
@@ -17,16 +17,8 @@ SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "weight_m
 
 
 def _cells(shape, n, radius, seed=0):
-    rng = np.random.default_rng(seed)
-    seeds = np.zeros(shape, bool)
-    pts = tuple(rng.integers(0, s, n) for s in shape)
-    seeds[pts] = True
-    d, idx = ndi.distance_transform_edt(~seeds, return_indices=True)
-    sid = np.zeros(shape, np.int32)
-    sid[pts] = np.arange(1, n + 1)
-    vor = sid[tuple(idx)]
-    rad = rng.uniform(0.6, 1.1, n + 1) * radius
-    return np.where(d < rad[vor], vor, 0).astype(np.int32)
+    """Touching cells with ids 1..n, radii 0.6-1.1 x ``radius``."""
+    return touching_cells(shape, n, radius, seed, ids="consecutive", size_range=(0.6, 1.1))
 
 
 @pytest.fixture
