@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import threshold_unet
 
 pytestmark = pytest.mark.gui
 
@@ -20,31 +21,6 @@ napari = pytest.importorskip("napari")
 
 WAIT_MS = 120_000  # generous for 2 shared cores; a hang still fails
 SCREENSHOTS = os.environ.get("NAPARI_UNET_SCREENSHOTS")  # folder: also write docs screenshots
-
-
-def threshold_unet():
-    """A depth-2 width-4 U-Net computing 'interior where normalised intensity > 0.5'."""
-    import torch
-
-    from napari_unet import UNet
-
-    model = UNet(in_channels=1, num_classes=3, depth=2, base_width=4, dropout=0.0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                m.weight.zero_()
-                m.bias.zero_()
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.zero_()
-                m.running_var.fill_(1.0)
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3):
-                m.weight[0, 0, 1, 1] = 1.0
-        model.head.weight[1, 0] = 40.0
-        model.head.bias[1] = -20.0
-        model.head.bias[2] = -20.0
-    model.meta["mode"] = "instance3"
-    return model.eval()
 
 
 def blobs(shape=(96, 120), centers=((20, 20), (20, 60), (60, 30), (70, 90), (30, 100)), radius=7):

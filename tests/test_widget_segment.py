@@ -13,40 +13,13 @@ import time
 
 import numpy as np
 import pytest
+from _helpers import threshold_unet
 
 pytestmark = pytest.mark.gui
 
 napari = pytest.importorskip("napari")
 
 WAIT_MS = 60_000  # generous for 2 shared cores; a hang still fails
-
-
-def threshold_unet(in_channels: int = 1):
-    """A depth-2 width-4 U-Net computing 'interior where normalised intensity > 0.5'."""
-    import torch
-
-    from napari_unet import UNet
-
-    model = UNet(in_channels=in_channels, num_classes=3, depth=2, base_width=4, dropout=0.0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                m.weight.zero_()
-                m.bias.zero_()
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.zero_()
-                m.running_var.fill_(1.0)
-        # every 3x3 conv copies channel 0 (the first one averages the input channels);
-        # up-convolutions stay zero, so the decoder carries the top skip connection
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3):
-                m.weight[0, 0, 1, 1] = 1.0
-        model.down[0][0].weight[0, :, 1, 1] = 1.0 / in_channels
-        model.head.weight[1, 0] = 40.0
-        model.head.bias[1] = -20.0
-        model.head.bias[2] = -20.0
-    model.meta["mode"] = "instance3"
-    return model.eval()
 
 
 def blobs(shape=(96, 110), n=8, seed=0, radius=6):
