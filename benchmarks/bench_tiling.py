@@ -101,7 +101,6 @@ def timed(fn, *args, **kwargs) -> float:
 
 
 def speed(size: int, depth: int, width: int, repeats: int, sweep: bool) -> None:
-    rng = np.random.default_rng(0)
     image, _ = nu.make_sample((size, size), 1, kind="nuclei")
     image = image.astype(np.float32)
     model = _net(depth, width)

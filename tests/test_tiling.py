@@ -17,7 +17,6 @@ from napari_unet.tiling import (
     predict_iter,
     reflect_indices,
     round_tile_size,
-    segment,
 )
 
 ATOL = 2e-5  # float32 rounding of a tiny network; real seams are ~1e-1

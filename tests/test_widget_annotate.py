@@ -214,7 +214,7 @@ def test_stack_plane_by_plane(make_napari_viewer, model_path, qtbot):
 
 
 def test_predict_in_region_keeps_user_labels_and_undoes(widget, qtbot):
-    w, viewer = widget, widget._viewer
+    w = widget
     layer = w.new_labels_layer()
     layer.data[55:65, 25:35] = 7  # the person's own cell (on a predicted blob)
     layer._reset_history()  # noqa: SLF001

@@ -48,7 +48,7 @@ import hashlib
 import io
 import os
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
