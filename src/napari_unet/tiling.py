@@ -363,7 +363,7 @@ def _forward(net: torch.nn.Module, x: np.ndarray, device: torch.device, amp: boo
             logits = net(t)[:, :, : keep[0], : keep[1]]
             probs = torch.softmax(logits.float(), dim=1)
             return probs.cpu().numpy()
-    except Exception as exc:
+    except Exception as exc:  # torch reports out-of-memory as several types; others re-raised
         if not is_out_of_memory(exc):
             raise
         if device.type == "cuda":
