@@ -548,6 +548,14 @@ def header(text: str, rule: bool = True) -> Label:
     return head
 
 
+def status_label(label: str = "Status") -> Label:
+    """The status line of a widget: wraps long messages instead of widening the dock."""
+    status = Label(value="", label=label)
+    status.native.setWordWrap(True)
+    status.native.setMinimumWidth(200)
+    return status
+
+
 def row(*widgets: Any) -> Container:
     """The widgets side by side, without labels or margins (e.g. a Run / Cancel pair)."""
     box = Container(widgets=list(widgets), layout="horizontal", labels=False)

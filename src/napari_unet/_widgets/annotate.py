@@ -74,6 +74,7 @@ from ._common import (
     row,
     set_status,
     show_error_in,
+    status_label,
     unique_name,
 )
 
@@ -301,9 +302,7 @@ class AnnotateWidget(Container):
         self.score.tooltip = "AP@0.5 (TP / (TP+FP+FN) at IoU 0.5) against your annotations"
         self.score.native.setWordWrap(True)
         self.progress = ProgressBar(value=0, min=0, max=0, label="Progress")
-        self.status = Label(value="", label="Status")
-        self.status.native.setWordWrap(True)
-        self.status.native.setMinimumWidth(200)
+        self.status = status_label()
 
         super().__init__(
             widgets=[

@@ -20,7 +20,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     Container,
-    Label,
     LineEdit,
     ProgressBar,
     PushButton,
@@ -38,7 +37,9 @@ from ._common import (
     header,
     load_model_cached,
     make_or_show_error,
+    row,
     set_status,
+    status_label,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -220,12 +221,9 @@ class SegmentWidget(Container):
         )
         self.run_button = PushButton(text="Segment", tooltip="Run the U-Net on the image (in the background)")
         self.cancel_button = PushButton(text="Cancel", tooltip="Stop after the current tile; no layer is changed")
-        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
-        buttons.margins = (0, 0, 0, 0)
+        buttons = row(self.run_button, self.cancel_button)
         self.progress = ProgressBar(value=0, min=0, max=0, label="Progress", tooltip="Tiles done")
-        self.status = Label(value="", label="Status")
-        self.status.native.setWordWrap(True)
-        self.status.native.setMinimumWidth(200)
+        self.status = status_label()
 
         super().__init__(
             widgets=[

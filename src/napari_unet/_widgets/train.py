@@ -56,6 +56,7 @@ from ._common import (
     row,
     set_status,
     show_error_in,
+    status_label,
 )
 from ._lossplot import LossPlot
 
@@ -494,9 +495,7 @@ class TrainWidget(Container):
         self.plot_box = Container(widgets=[], labels=False)
         self.plot_box.margins = (0, 0, 0, 0)
         self.plot_box.native.layout().addWidget(self.plot)
-        self.status = Label(value="", label="")
-        self.status.native.setWordWrap(True)
-        self.status.native.setMinimumWidth(200)
+        self.status = status_label(label="")
 
         # -- result
         self.save_button = PushButton(text="Save model...", tooltip="Write the trained model to a .pt file")
