@@ -107,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile-size", type=int, default=128, help="output tile edge")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this model file instead of a fresh network (a second stage)")
+    p.add_argument("--scale-range", type=float, nargs=2, default=(0.85, 1.15), metavar=("LO", "HI"),
+                   help="random zoom range of the augmentation (wider = more robust to magnification)")
+    p.add_argument("--seed-offset", type=int, default=0,
+                   help="added to the pool seeds, so a second stage sees new images")
     args = p.parse_args(argv)
 
     ckpt = args.checkpoint_dir
@@ -131,21 +137,29 @@ def main(argv: list[str] | None = None) -> int:
     log("recipe " + json.dumps(recipe), logf)
     val_images, val_labels = make_val(args.val, args.val_size)
 
-    model = UNet(in_channels=1, num_classes=3, depth=args.depth, base_width=args.base_width, dropout=args.dropout)
-    model.meta["mode"] = "instance3"
+    if args.init is not None:
+        model = load_model(args.init)
+        init_history = [dict(h, stage="first stage") for h in model.meta.get("history", [])[-1:]]
+        recipe["init_recipe"] = model.meta.get("recipe", {})
+        log(f"starting from {args.init} ({model.config})", logf)
+    else:
+        init_history = []
+        model = UNet(in_channels=1, num_classes=3, depth=args.depth, base_width=args.base_width, dropout=args.dropout)
+        model.meta["mode"] = "instance3"
+    augment = AugmentConfig(scale_range=tuple(args.scale_range))
     t_start = time.time()
     it = start_it
     while it < args.iterations:
         r = it // args.round
         stop = min(args.iterations, (r + 1) * args.round)
         t = time.time()
-        images, labels = make_pool(r, args.pool, args.size)
+        images, labels = make_pool(r + args.seed_offset, args.pool, args.size)
         log(f"round {r}: pool of {len(images)} images generated in {time.time() - t:.1f}s", logf)
         resume = ckpt if (ckpt / "state.pt").is_file() else None
         gen = train_iter(
             images, labels, model if resume is None else None, regions=["all"] * len(images),
             iterations=stop, schedule_iterations=args.iterations, device=args.device, lr=args.lr,
-            batch_size=args.batch_size, tile_size=args.tile_size, augment=AugmentConfig(),
+            batch_size=args.batch_size, tile_size=args.tile_size, augment=augment,
             val_images=val_images, val_labels=val_labels, val_regions=["all"] * len(val_images),
             val_every=args.val_every, checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,
             resume=resume, seed=args.seed + r,
@@ -181,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         "(instance3) with seeded watershed".format(d=args.depth, w=args.base_width)
     )
     final.meta["recipe"] = recipe
-    final.meta["history"] = hist[-1:]  # the last record already holds the whole curve
+    # the last record already holds the whole curve; a second stage keeps the first's too
+    final.meta["history"] = init_history + hist[-1:]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_model(final, args.out)
     log(f"wrote {args.out} from {best.name} (best validation AP50 {best_ap:.3f})", logf)
