@@ -104,3 +104,23 @@ def test_segment_end_to_end_with_tiny_model(tiny_model, rng):
 
     probs = predict(stack, tiny_model, amp=False)
     np.testing.assert_array_equal(lab, probabilities_to_labels(probs, "instance3", min_size=1))
+
+
+def test_distance_split_separates_cells_joined_by_a_bridge_of_interior():
+    """Two discs whose interiors touch through a narrow neck: one seed each by default."""
+    from napari_unet.postprocess import probabilities_to_labels
+
+    yy, xx = np.mgrid[:60, :90]
+    a = (yy - 30) ** 2 + (xx - 28) ** 2 < 15**2
+    b = (yy - 30) ** 2 + (xx - 60) ** 2 < 15**2
+    neck = (abs(yy - 30) <= 2) & (xx > 35) & (xx < 55)
+    interior = (a | b | neck).astype(np.float32)
+    probs = np.stack([1 - interior, interior, np.zeros_like(interior)])
+    split = probabilities_to_labels(probs, "instance3")
+    merged = probabilities_to_labels(probs, "instance3", split="interior")
+    assert merged.max() == 1
+    assert split.max() == 2
+    # each disc centre is in its own object
+    assert split[30, 28] != split[30, 60] and split[30, 28] > 0 and split[30, 60] > 0
+    with pytest.raises(ValueError, match="split"):
+        probabilities_to_labels(probs, "instance3", split="nope")
