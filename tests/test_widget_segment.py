@@ -252,6 +252,7 @@ def test_default_bundled_model(qtbot, make_napari_viewer):
     w = SegmentWidget(viewer)
     assert w.model.path is None  # the default is the bundled model
     viewer.add_image(blobs((128, 128), seed=6) * 1000, name="cells")
+    w.reset_choices()  # napari does this for a docked widget when layers change
     w.image.value = viewer.layers["cells"]
     assert run_and_wait(qtbot, w, timeout=120_000) == "done", w.status.value
     assert viewer.layers["cells labels"].data.max() > 0
