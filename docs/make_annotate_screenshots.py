@@ -104,8 +104,11 @@ def main() -> None:
     shot("3_training_set")
 
     train = w.train_widget()
-    train.start.value = train.SCRATCH
-    train.depth.value, train.base_width.value = 2, 8
+    if model_path is None:
+        train.start.value = train.BUNDLED  # fine-tune the bundled model, as a person would
+    else:
+        train.start.value = train.SCRATCH
+        train.depth.value, train.base_width.value = 2, 8
     train.iterations.value = args.iterations
     train.tile_size.value = 96
     train.batch_size.value = 2
