@@ -6,12 +6,13 @@ Three tables, all measured in one run:
    10_000, "normal" and "hard" difficulty, nuclei and whole cells);
 2. real fluorescence nuclei (the DSB 2018 crop shipped in the stardist wheel; see
    ``benchmarks/real_data.py``), when it can be fetched;
-3. fine-tuning on the top half of the real image for ``--finetune-time`` CPU seconds,
+3. (``--scales``) the real image zoomed 0.5x to 2x, for sensitivity to nucleus size;
+4. fine-tuning on the top half of the real image for ``--finetune-time`` CPU seconds,
    scored on the bottom half, against the model before fine-tuning and Otsu + watershed.
 
 Usage::
 
-    python benchmarks/eval_bundled.py [--model FILE] [--n 8] [--finetune-time 180]
+    python benchmarks/eval_bundled.py [--model FILE] [--n 8] [--finetune-time 180] [--scales]
 """
 
 from __future__ import annotations
@@ -86,6 +87,28 @@ def real_tables(model: nu.UNet, finetune_time: float) -> list[str]:
     return lines
 
 
+def scale_table(model: nu.UNet, zooms: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0)) -> list[str]:
+    """AP@0.5 on the real image resampled so that its nuclei appear at other sizes."""
+    from skimage.transform import rescale
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from real_data import load_real_datasets
+
+    lines = ["", "| real image, zoomed | " + " | ".join(f"{z:g}x" for z in zooms) + " |", "|---|" + "---|" * len(zooms)]
+    for name, image, gt in load_real_datasets():
+        if gt is None:
+            continue
+        ours, base = [], []
+        for z in zooms:
+            im = rescale(image.astype(np.float32), z, order=1, preserve_range=True, anti_aliasing=z < 1)
+            g = rescale(gt, z, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+            ours.append(nu.average_precision(g, nu.segment(im, model), 0.5)[0.5])
+            base.append(nu.average_precision(g, otsu_watershed(im), 0.5)[0.5])
+        lines.append(f"| {name}: U-Net AP@0.5 | " + " | ".join(f"{v:.2f}" for v in ours) + " |")
+        lines.append(f"| {name}: Otsu + watershed | " + " | ".join(f"{v:.2f}" for v in base) + " |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
@@ -93,12 +116,15 @@ def main() -> None:
     p.add_argument("--size", type=int, default=384)
     p.add_argument("--finetune-time", type=float, default=180.0)
     p.add_argument("--no-real", action="store_true")
+    p.add_argument("--scales", action="store_true", help="also score the real image zoomed 0.5x to 2x")
     args = p.parse_args()
     model = nu.load_model(args.model)
     print(f"model: {args.model or 'bundled'}; config {model.config}")
     lines = synthetic_table(model, args.n, args.size)
     if not args.no_real:
         lines += real_tables(model, args.finetune_time)
+        if args.scales:
+            lines += scale_table(model)
     print("\n".join(lines))
 
 
