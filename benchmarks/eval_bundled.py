@@ -1,6 +1,6 @@
 """Score a model (default: the bundled one) against the classical baseline.
 
-Three tables, all measured in one run:
+Up to four tables, all measured in one run:
 
 1. held-out synthetic images: seeds and settings never used in pretraining (seeds from
    10_000, "normal" and "hard" difficulty, nuclei and whole cells);
