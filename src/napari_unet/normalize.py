@@ -17,7 +17,7 @@ import numpy as np
 SUBSAMPLE_PIXELS = 4_000_000
 
 
-def _subsample(image: Any, max_pixels: int) -> np.ndarray:
+def strided_sample(image: Any, max_pixels: int) -> np.ndarray:
     """An evenly strided view/read of ``image`` with at most ~``max_pixels`` elements."""
     shape = image.shape
     n = int(np.prod(shape, dtype=np.int64))
@@ -55,7 +55,7 @@ def percentile_range(
         arrs = [image[(slice(None),) * ax + (c,)] for c in range(image.shape[ax])]
     los, his = [], []
     for a in arrs:
-        s = _subsample(a, max_pixels).astype(np.float64, copy=False).ravel()
+        s = strided_sample(a, max_pixels).astype(np.float64, copy=False).ravel()
         s = s[np.isfinite(s)]
         if s.size == 0:
             los.append(0.0)

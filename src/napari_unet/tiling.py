@@ -48,7 +48,7 @@ import torch
 
 from ._progress import Progress, ProgressBar, drain
 from .device import autocast, available_memory, cpu_supports_bf16, describe_device, is_out_of_memory, resolve_device
-from .normalize import SUBSAMPLE_PIXELS, apply_normalization, normalization_params
+from .normalize import SUBSAMPLE_PIXELS, apply_normalization, normalization_params, strided_sample
 
 #: seconds between progress records while a batch is on the device (cancel latency)
 HEARTBEAT_S = 0.2
@@ -239,16 +239,6 @@ def _channel_map(layout: Layout, in_channels: int) -> str:
     )
 
 
-def _strided_sample(image: Any, max_pixels: int) -> np.ndarray:
-    """An evenly strided read of ``image`` with about ``max_pixels`` elements."""
-    shape = image.shape
-    n = int(np.prod(shape, dtype=np.int64))
-    if n <= max_pixels:
-        return _as_numpy(image[...])
-    step = int(np.ceil((n / max_pixels) ** (1.0 / len(shape))))
-    return _as_numpy(image[tuple(slice(None, None, min(step, max(1, s // 2))) for s in shape)])
-
-
 def image_normalization(image: Any, layout: Layout, rule: dict[str, Any], channel_map: str = "keep") -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) per network input channel, computed once over the whole image.
 
@@ -260,7 +250,7 @@ def image_normalization(image: Any, layout: Layout, rule: dict[str, Any], channe
     eager = isinstance(image, np.ndarray)
     if channel_map == "keep" and (eager or rule.get("kind", "percentile") != "percentile"):
         return normalization_params(image, rule, layout.channel)
-    sample = _strided_sample(image, SUBSAMPLE_PIXELS * layout.channels)
+    sample = strided_sample(image, SUBSAMPLE_PIXELS * layout.channels)
     if sample.dtype == bool:
         sample = sample.astype(np.uint8)
     axis = layout.channel
