@@ -227,17 +227,32 @@ def test_cli_weight_map(tmp_path, capsys):
     assert main(["weight-map", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "y.tif")]) == 2
 
 
-def test_huge_ids_and_public_scipy_path_give_same_map(monkeypatch):
-    from napari_unet import weights
-
+def test_huge_ids_and_thread_counts_give_same_map():
     lab = touching_cells((80, 90), 20, 11, seed=13)
     w = weight_map(lab)
-    w_sp = weight_map(lab, spacing=(1.5, 1.0))
-    big = np.where(lab > 0, lab.astype(np.int64) + 2**40, 0)  # ids far beyond the pixel count
+    big = np.where(lab > 0, lab.astype(np.int64) + 2**40, 0)  # ids past int32
     np.testing.assert_array_equal(weight_map(big), w)
-    monkeypatch.setattr(weights, "_EFT", None)  # scipy's public wrapper instead of its C call
-    np.testing.assert_array_equal(weight_map(lab), w)
-    np.testing.assert_array_equal(weight_map(lab, spacing=(1.5, 1.0)), w_sp)
+    np.testing.assert_array_equal(weight_map(lab, workers=1), w)
+    np.testing.assert_array_equal(weight_map(lab, workers=3), w)
+    lab3 = touching_cells((6, 40, 50), 10, 8, seed=4)  # fewer planes than pieces: split along x
+    np.testing.assert_array_equal(weight_map(lab3, workers=1), weight_map(lab3, workers=4))
+
+
+@pytest.mark.parametrize("shape", [(37, 41), (9, 23, 17)])
+def test_two_nearest_on_scattered_pieces(shape):
+    """Cells made of many scattered pieces (the same id again and again along a line)
+    stress the "two nearest *distinct* labels" bookkeeping of the separable passes."""
+    from napari_unet.weights import border_distances
+
+    rng = np.random.default_rng(len(shape))
+    lab = np.where(rng.random(shape) < 0.08, rng.integers(1, 5, shape), 0)
+    spacing = (2.0,) + (1.0,) * (len(shape) - 1)
+    d1, d2 = border_distances(lab, spacing=spacing)
+    per_cell = np.stack([ndi.distance_transform_edt(lab != i, sampling=spacing) for i in range(1, 5)])
+    per_cell.sort(axis=0)
+    bg = lab == 0
+    np.testing.assert_allclose(d1[bg], per_cell[0][bg], rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(d2[bg], per_cell[1][bg], rtol=1e-6, atol=1e-5)
 
 
 def test_border_distances_without_cutoff_are_exact_everywhere():

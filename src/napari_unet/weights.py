@@ -8,20 +8,19 @@ The border term is 0 on cell pixels; ``w_c`` balances the class frequencies.
 
 How it is computed (same values as one distance transform per cell, far less work):
 
-1. One feature transform of the background, done in cache-sized tiles with a halo, gives
-   ``d1`` and the nearest cell ``c1`` of every pixel (exact, scipy's Euclidean
-   transform).
-2. ``d2(x)`` is the distance from ``x`` to the cells *other than* ``c1(x)``. It only
-   matters where the border term is not negligible, which bounds the distances
-   involved: with ``D = sigma * sqrt(2 ln(w0 / tol))`` the term is below ``tol`` as soon
-   as ``d1 + d2 > D`` (:func:`cutoff_distance`). Since ``d2 >= d1``, only background
-   pixels with ``d1 <= D/2`` need ``d2``; each is "owned" by its nearest cell.
-3. For each cell ``c``, ``d2`` of the pixels it owns is an exact Euclidean transform of
-   "all cells but ``c``" in a window: the box around the balls of radius ``D - d1(x)``
-   around its pixels ``x`` (no cell outside it can matter), about the cell's box
-   enlarged by ``D``. Cells are independent, so the windows are shared among the
-   CPU threads (scipy's transforms release the GIL). Work and memory are proportional to
-   the pixels of the windows (a few times the image), never to cells x pixels.
+1. ``d2(x)`` only matters where the border term is not negligible, which bounds the
+   distances involved: with ``D = sigma * sqrt(2 ln(w0 / tol))`` the term is below
+   ``tol`` as soon as ``d1 + d2 > D`` (:func:`cutoff_distance`). Since ``d2 >= d1``,
+   only background pixels with ``d1 <= D/2`` need ``d2`` ("contested" pixels).
+2. One separable transform finds, for every pixel at once, the squared distances to
+   its two nearest *distinct* cells (:mod:`napari_unet._two_nearest`, compiled with
+   numba): an exact linear sweep along the first axis, then along each further axis a
+   scan outward from every pixel that stops at its current second distance or at
+   ``D``. This is the exact Euclidean transform generalised from one nearest feature
+   to two nearest distinct labels; the module's docstring says why it stays exact.
+3. Slabs of the image are shared among threads (the kernels free the GIL). Work is
+   about constant per pixel for crowded images; memory is 6 numbers per pixel (9 in
+   3D), never cells x pixels.
 
 The result equals the per-cell formula wherever the border term is at least ``tol``,
 and differs from it by less than ``tol`` (default 1e-4) elsewhere.
@@ -36,7 +35,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .targets import check_labels
 
@@ -133,155 +131,28 @@ def class_weight_map(labels: np.ndarray, class_weights: ClassWeights = None) -> 
     return np.where(fg, np.float32(w_fg), np.float32(w_bg)).astype(np.float32, copy=False)
 
 
-def _tiles(shape: tuple[int, ...], tile: int) -> list[tuple[slice, ...]]:
-    """Cut ``shape`` into blocks of at most ``tile`` pixels per axis."""
-    import itertools
-
-    ranges = [[slice(i, min(i + tile, n)) for i in range(0, n, tile)] for n in shape]
-    return [tuple(t) for t in itertools.product(*ranges)]
+def _chunks(n: int, k: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]``: ``range(n)`` cut into at most ``k`` nearly equal pieces."""
+    edges = np.linspace(0, n, max(1, min(k, n)) + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def _window(box: tuple[slice, ...], margin: Sequence[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
-    return tuple(
-        slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(box, margin, shape)
-    )
-
-
-def _map(fn: Any, items: list, workers: int) -> None:
-    """Run ``fn`` on every item, in ``workers`` threads (scipy's transforms free the GIL)."""
-    if workers >= 2 and len(items) > 1:
+def _run(fn: Any, calls: list[tuple], workers: int) -> None:
+    """``fn(*args)`` for every ``args`` in ``calls``, in ``workers`` threads (the kernels free the GIL)."""
+    if workers >= 2 and len(calls) > 1:
         with ThreadPoolExecutor(workers) as pool:
-            # interleaved chunks: one task per thread keeps the pool overhead negligible
-            list(pool.map(lambda chunk: [fn(it) for it in chunk], [items[i::workers] for i in range(workers)]))
+            list(pool.map(lambda args: fn(*args), calls))
     else:
-        for it in items:
-            fn(it)
+        for args in calls:
+            fn(*args)
 
 
-def _nearest_cell(
-    cells: np.ndarray, lab: np.ndarray, sp: np.ndarray, reach: float, workers: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(d1, c1)``: distance to and id of the nearest cell, exact where ``d1 <= reach``.
-
-    The image is transformed in tiles with a halo of ``reach`` (a pixel's nearest cell
-    within ``reach`` lies in its halo). Small tiles also keep scipy's transform in the
-    cache, which makes the tiled transform about twice as fast as one whole-image one.
-    Elsewhere ``d1`` is ``>`` reach (or inf) and ``c1`` is a cell within the halo, or 0.
-    """
-    shape = lab.shape
-    margin = [int(math.ceil(reach / s)) + 1 for s in sp]
-    tile = 256 if lab.ndim == 2 else 48
-    d1 = np.full(shape, np.inf, np.float32)
-    c1 = np.zeros(shape, lab.dtype)
-
-    def one(core: tuple[slice, ...]) -> None:
-        win = _window(core, margin, shape)
-        sub = cells[win]
-        if not sub.any():
-            return  # no cell within reach
-        ft = _feature_transform(~sub, sp)
-        inner = tuple(slice(c.start - w.start, c.stop - w.start) for c, w in zip(core, win))
-        grid = np.ogrid[inner]
-        acc = None
-        for ax in range(lab.ndim):
-            diff = (ft[ax][inner] - grid[ax]).astype(np.float32)
-            diff *= np.float32(sp[ax])
-            diff *= diff
-            acc = diff if acc is None else acc + diff
-        d1[core] = np.sqrt(acc)
-        c1[core] = lab[win][tuple(f[inner] for f in ft)]
-
-    # when the halo spans the image, tiling would only repeat the whole-image transform
-    tiles = _tiles(shape, tile) if any(2 * m < n for m, n in zip(margin, shape)) else _tiles(shape, max(shape))
-    _map(one, tiles, workers)
-    return d1, c1
-
-
-def _feature_transform(nonfeature: np.ndarray, sp: np.ndarray | None) -> np.ndarray:
-    """scipy's exact Euclidean feature transform (indices of the nearest 0 of ``nonfeature``).
-
-    Calls scipy's C routine directly when it is there: the public wrapper copies the input
-    twice, which costs as much as the transform itself on the many small windows here.
-    """
-    ft = np.empty((nonfeature.ndim, *nonfeature.shape), np.int32)
-    if _EFT is not None:
-        inp = np.ascontiguousarray(nonfeature).view(np.int8)
-        _EFT(inp, None if sp is None else np.ascontiguousarray(sp, np.float64), ft)
-        return ft
-    return ndi.distance_transform_edt(nonfeature, sampling=sp, return_distances=False, return_indices=True)
-
-
-try:  # private, but stable for many scipy releases; the public path is the fallback
-    from scipy.ndimage import _nd_image
-
-    _EFT = _nd_image.euclidean_feature_transform
-    _probe = np.ones((3, 3), bool)
-    _probe[1, 1] = False
-    if not np.array_equal(_feature_transform(_probe, None)[:, 0, 0], [1, 1]):  # pragma: no cover
-        _EFT = None
-except (ImportError, AttributeError, TypeError):  # pragma: no cover
-    _EFT = None
-
-
-def _second_distance(
-    lab: np.ndarray,
-    d1: np.ndarray,
-    c1: np.ndarray,
-    sp: np.ndarray,
-    cutoff: float,
-    workers: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(contested, d2)``: the pixels that need ``d2`` and ``d2`` there (inf elsewhere)."""
-    shape = lab.shape
-    d2 = np.full(shape, np.inf, np.float32)
-    # 1e-3 of slack covers float32 rounding of d1
-    contested = (lab == 0) & (d1 <= cutoff / 2 + 1e-3)
-    flat = np.flatnonzero(contested)
-    if flat.size == 0:
-        return contested, d2
-    # group the contested pixels by their nearest cell (their "owner")
-    own = c1.ravel()[flat]
-    # numpy radix-sorts 16-bit keys: several times faster than its int32 sort here
-    order = np.argsort(own.astype(np.uint16) if int(own.max()) < 2**16 else own, kind="stable")
-    own = own[order]
-    flat = flat[order]
-    dvals = d1.ravel()[flat]
-    coords = np.unravel_index(flat, shape)
-    starts = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])
-    ends = np.r_[starts[1:], own.size]
-    # A pixel x can only see cells within cutoff - d1(x): the owner's window is the box
-    # around all those balls (per axis, in pixels).
-    reach = (cutoff + 1e-3) - dvals
-    lows, highs = [], []
-    for ax in range(lab.ndim):
-        r = reach / sp[ax]
-        lows.append(np.maximum(np.floor(np.minimum.reduceat(coords[ax] - r, starts)), 0).astype(np.int64))
-        highs.append(np.minimum(np.ceil(np.maximum.reduceat(coords[ax] + r, starts)) + 1, shape[ax]).astype(np.int64))
-    iso = None if np.all(sp == 1) else sp
-
-    def one(k: int) -> None:
-        s, e = starts[k], ends[k]
-        cid = own[s]
-        win = tuple(slice(int(lo[k]), int(hi[k])) for lo, hi in zip(lows, highs))
-        labw = lab[win]
-        nonfeature = labw == 0
-        nonfeature |= labw == cid
-        if nonfeature.all():
-            return  # no other cell within reach: the term is negligible here
-        ft = _feature_transform(nonfeature, iso)
-        pix = tuple(c[s:e] - w.start for c, w in zip(coords, win))
-        acc = None
-        for ax in range(lab.ndim):
-            diff = (ft[ax][pix] - pix[ax]).astype(np.float32)
-            if iso is not None:
-                diff *= np.float32(sp[ax])
-            diff *= diff
-            acc = diff if acc is None else acc + diff
-        # each contested pixel has one owner, so threads never write the same pixel
-        d2[tuple(c[s:e] for c in coords)] = np.sqrt(acc)
-
-    _map(one, list(range(starts.size)), workers)
-    return contested, d2
+def _as_int32(lab: np.ndarray) -> np.ndarray:
+    """The labels as C-contiguous int32 (ids past int32 are renumbered, keeping cells apart)."""
+    if lab.size and int(lab.max()) > np.iinfo(np.int32).max:
+        ids, inverse = np.unique(lab, return_inverse=True)
+        lab = (inverse.reshape(lab.shape) + (ids[0] != 0)).astype(np.int32)
+    return np.ascontiguousarray(lab, np.int32)
 
 
 def border_distances(
@@ -294,8 +165,10 @@ def border_distances(
 
     Args:
         labels: integer label image (2D or 3D), 0 = background.
-        cutoff: ``d2`` is exact on the background pixels where ``d1 + d2 <= cutoff``;
-            elsewhere it is ``inf`` or a value ``>= `` the exact one with ``d1 + d2 > cutoff``.
+        cutoff: only distances up to ``cutoff`` are looked for. ``d1`` is exact where it
+            is at most ``cutoff / 2`` (elsewhere it is larger than that, or inf), and
+            ``d2`` is exact where, in addition, ``d1 + d2 <= cutoff`` (elsewhere it is
+            ``inf`` or no smaller than the exact value, so ``d1 + d2 > cutoff``).
         spacing: pixel size per axis (or one number), for anisotropic images.
         workers: threads to use (default: :func:`default_workers`).
 
@@ -303,24 +176,66 @@ def border_distances(
         ``(d1, d2)`` float32; both are 0 on cell pixels; ``d2`` is ``inf`` where there is no
         second cell within reach.
     """
+    from . import _two_nearest as kernels  # numba: compiled on first use, then cached
+
     lab = check_labels(labels)
+    if lab.ndim not in (2, 3):
+        raise ValueError(f"labels must be 2D or 3D, got {lab.ndim}D (shape {lab.shape})")
     sp = _check_spacing(spacing, lab.ndim)
     if workers is None:
         workers = default_workers()
-    cells = lab > 0
-    if not cells.any():
-        return np.full(lab.shape, np.inf, np.float32), np.full(lab.shape, np.inf, np.float32)
-    if int(lab.max()) > 2 * lab.size + 1024:
-        # scipy's find_objects makes one entry per id up to the largest: relabel huge ids
-        ids = np.unique(lab)
-        lab = (np.searchsorted(ids, lab) + (ids[0] != 0)).astype(np.int64)
-    if math.isinf(cutoff):
-        cutoff = float(np.sqrt(np.sum((np.array(lab.shape) * sp) ** 2))) * 2
-    d1, c1 = _nearest_cell(cells, lab, sp, cutoff / 2 + 1.0, workers)
-    contested, d2 = _second_distance(lab, d1, c1, sp, cutoff, workers)
-    d1[cells] = 0
-    d2[cells] = 0
-    return d1, d2
+    shape = lab.shape
+    if not lab.any():
+        return np.full(shape, np.inf, np.float32), np.full(shape, np.inf, np.float32)
+    lab = _as_int32(lab)
+    # 1e-3 of slack covers float32 rounding of the squared distances
+    reach2 = np.float32((cutoff + 1e-3) ** 2)
+    half2 = np.float32((cutoff / 2 + 1e-3) ** 2)
+    pieces = 4 * workers  # a few pieces per thread evens out uneven slabs
+
+    # pass 1, along axis 0: the state (b1, l1, b2, l2) of every pixel
+    cols = lab.reshape(shape[0], -1)
+    b1 = np.empty(cols.shape, np.float32)
+    b2 = np.empty(cols.shape, np.float32)
+    l1 = np.empty(cols.shape, np.int32)
+    l2 = np.empty(cols.shape, np.int32)
+    _run(
+        kernels.sweep_first_axis,
+        [(cols, sp[0] ** 2, b1, l1, b2, l2, c0, c1) for c0, c1 in _chunks(cols.shape[1], pieces)],
+        workers,
+    )
+    state = [x.reshape(shape) for x in (b1, l1, b2, l2)]
+    if lab.ndim == 3:  # pass 2, along axis 1, into a new state
+        new = [np.empty(shape, x.dtype) for x in state]
+        _run(
+            kernels.scan_axis,
+            [(*state, *new, sp[1] ** 2, reach2, z0, z1, 0, shape[2]) for z0, z1 in _chunks(shape[0], pieces)]
+            if shape[0] >= pieces
+            else [(*state, *new, sp[1] ** 2, reach2, 0, shape[0], x0, x1) for x0, x1 in _chunks(shape[2], pieces)],
+            workers,
+        )
+        state = new
+    # last pass, along the last axis: distances of the background pixels
+    rows = lab.reshape(-1, shape[-1])
+    state = [x.reshape(rows.shape) for x in state]
+    d1 = np.empty(rows.shape, np.float32)
+    d2 = np.empty(rows.shape, np.float32)
+    _run(
+        kernels.scan_last_axis,
+        [(rows, *state, d1, d2, sp[-1] ** 2, reach2, half2, r0, r1) for r0, r1 in _chunks(rows.shape[0], pieces)],
+        workers,
+    )
+    return d1.reshape(shape), d2.reshape(shape)
+
+
+def compile_kernels() -> None:
+    """Compile the distance kernels now (numba; about 2 s the first time, then read from
+    numba's cache in a fraction of a second), e.g. in a background thread before a person
+    first moves a slider."""
+    lab = np.zeros((2, 3, 3), np.int32)
+    lab[0, 0, 0], lab[1, 2, 2] = 1, 2
+    border_distances(lab, workers=1)  # 3D uses all three kernels
+    border_distances(lab[0] + lab[1], workers=1)
 
 
 def weight_map(

@@ -10,6 +10,7 @@ The core is ``napari_unet.weights.weight_map`` (Qt-free, tested without a viewer
 
 from __future__ import annotations
 
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -93,6 +94,12 @@ def _compute(
     return out.reshape(lab.shape), params
 
 
+def _compile_kernels() -> None:
+    from ..weights import compile_kernels
+
+    compile_kernels()
+
+
 class WeightMapWidget(Container):
     """Compute and show the U-Net boundary weight map of a Labels layer."""
 
@@ -152,6 +159,8 @@ class WeightMapWidget(Container):
         self.labels_layer.changed.connect(self._watch_layer)
         self._sync_per_plane()
         self._watch_layer()
+        # compile the distance kernels before the first slider move (no-op when done)
+        threading.Thread(target=_compile_kernels, name="napari-unet-compile", daemon=True).start()
 
     # -- helpers -------------------------------------------------------------------
 
