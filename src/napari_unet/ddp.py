@@ -225,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"napari-unet ddp (rank {rank}): error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    # one line per rank, so a launcher (or a test) can check that the ranks agree
-    print(f"rank {rank}/{world}: {res.model.meta['history'][-1]['iterations']} iterations, "
-          f"parameter checksum {res.checksum!r}", flush=True)
+    # one line per rank, so a launcher (or a test) can check that the ranks agree; one
+    # write call, so the ranks' lines do not interleave on a shared stdout
+    sys.stdout.write(f"rank {rank}/{world}: {res.model.meta['history'][-1]['iterations']} iterations, "
+                     f"parameter checksum {res.checksum!r}\n")
+    sys.stdout.flush()
     if rank == 0:
         out = save_model(res.model, Path(args.output))
         print(f"wrote {out}", flush=True)
