@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="start from this model file instead of a fresh network (a second stage)")
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.85, 1.15), metavar=("LO", "HI"),
                    help="random zoom range of the augmentation (wider = more robust to magnification)")
+    p.add_argument("--diameter", type=float, default=20.0,
+                   help="cell diameter (px) recorded as the one the model segments best; the pools mix "
+                        "many sizes, so it is chosen by benchmarks/calibrate_diameter.py, not measured")
     p.add_argument("--seed-offset", type=int, default=0,
                    help="added to the pool seeds, so a second stage sees new images")
     args = p.parse_args(argv)
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "(instance3) with seeded watershed".format(d=args.depth, w=args.base_width)
     )
     final.meta["recipe"] = recipe
+    final.meta["diameter"] = args.diameter
     # the last record already holds the whole curve; a second stage keeps the first's too
     final.meta["history"] = init_history + hist[-1:]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -291,3 +291,31 @@ def test_device_picker_warns_about_cpu_only_torch(qtbot, monkeypatch):
     picker = DevicePicker()
     assert picker.info.value.startswith("cpu")
     assert "cannot use it" in picker.info.value and "CUDA build" in picker.info.value
+
+
+def test_cell_size_auto_given_and_unknown(qtbot, widget, tmp_path):
+    from napari_unet import save_model
+
+    viewer = widget._viewer
+    img = blobs(shape=(200, 220), n=10, radius=15)
+    viewer.add_image(img, name="big")
+    widget.image.value = viewer.layers["big"]
+    widget.min_size.value = 0
+    assert widget.cell_size.value == "auto" and not widget.diameter.enabled
+    # the fixture's model records no cell size: segmented as is, and the status says why
+    assert run_and_wait(qtbot, widget) == "done", widget.status.value
+    assert "records no cell diameter" in widget.status.value
+    as_is = viewer.layers["big labels"].data.copy()
+    # a model that knows 12 px cells, told these are 30 px: zoomed 0.4x, same blobs found
+    sized = threshold_unet()
+    sized.meta["diameter"] = 12.0
+    widget.model.file.value = save_model(sized, tmp_path / "sized.pt")
+    widget.cell_size.value = "diameter"
+    assert widget.diameter.enabled
+    widget.diameter.value = 30.0
+    assert run_and_wait(qtbot, widget) == "done", widget.status.value
+    assert "zoomed 0.40x" in widget.status.value
+    zoomed = viewer.layers["big labels"].data
+    assert zoomed.shape == img.shape
+    inter = np.logical_and(zoomed > 0, as_is > 0).sum()
+    assert inter / np.logical_or(zoomed > 0, as_is > 0).sum() > 0.9

@@ -595,6 +595,7 @@ def segment_iter(
     probabilities_out: Any = None,
     amp: bool | None = None,
     channels_last: bool = True,
+    diameter: float | str | None = None,
     **postprocess: Any,
 ) -> Generator[Progress, None, Any]:
     """Instance (or semantic) labels by tiled prediction and post-processing, plane by plane.
@@ -614,11 +615,25 @@ def segment_iter(
             channel axis, written plane by plane.
         probabilities_out: optional array ``(num_classes, *that shape)`` that also receives
             the probabilities.
+        diameter: the cells' median diameter in pixels, or ``"auto"`` to measure it with
+            the model (:func:`napari_unet.diameter.measure_diameter`, about a second).
+            When it differs from the model's own (``model.meta["diameter"]``) by more than
+            25%, a copy zoomed to the model's cell size is segmented (in memory) and the
+            labels are scaled back. None (default): segment the image as it is.
         **postprocess: further options of ``probabilities_to_labels``.
+
+    Yields:
+        :class:`Progress`; with ``diameter``, ``info`` also holds ``diameter`` and ``zoom``.
 
     Returns:
         int32 labels shaped like the image without its channel axis (or ``out``).
     """
+    if diameter is not None:
+        return (yield from _segment_zoomed(
+            image, model, diameter, tile_size=tile_size, device=device, axes=axes, min_size=min_size,
+            mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out, amp=amp,
+            channels_last=channels_last, **postprocess,
+        ))
     from .postprocess import probabilities_to_labels
 
     pred = _Predictor(image, model, tile_size, device, axes, batch_size, amp, channels_last)
@@ -661,6 +676,75 @@ def segment_iter(
         done += 1
         yield Progress(done, total, "post-processing", {"plane": plane})
     return out
+
+
+def _segment_zoomed(
+    image: Any, model: Any, diameter: float | str, *, axes: str | None, device: Any, min_size: int | None,
+    out: Any, probabilities_out: Any, **kwargs: Any,
+) -> Generator[Progress, None, Any]:
+    """:func:`segment_iter` with ``diameter``: segment a copy zoomed to the model's cell size."""
+    from .diameter import measure_diameter, model_diameter, resize_image, resize_nearest, zoom_for, zoomed_shape
+    from .model import load_model
+
+    net = load_model() if model is None else model
+    target = model_diameter(net)
+    if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
+        image = np.asarray(image)
+    lay = parse_axes(image.shape, axes)
+    if isinstance(diameter, str):
+        if diameter != "auto":
+            raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
+        yield Progress(0, 1, "measuring the cell diameter")
+        diameter = measure_diameter(image, net, axes=lay.axes, device=device)
+    zoom = zoom_for(target, diameter)
+    extra = {"diameter": float(diameter), "zoom": zoom}
+    if zoom == 1:
+        inner = segment_iter(image, net, axes=lay.axes, device=device, min_size=min_size, out=out,
+                             probabilities_out=probabilities_out, **kwargs)
+        return (yield from _with_info(inner, extra))
+    out_axes = "".join(a for i, a in enumerate(lay.axes) if i != lay.channel)
+    if out is not None:
+        _check_out(out, lay.out_shape, "labels")
+    if probabilities_out is not None:
+        _check_out(probabilities_out, (net.config.num_classes, *lay.out_shape), "probabilities")
+    # the image and its zoomed copy are held in memory (a lazy image is read here, once)
+    zh, zw = zoomed_shape(lay.yx_shape, zoom)
+    planes = math.prod(lay.shape) // (lay.yx_shape[0] * lay.yx_shape[1])  # planes x channels
+    need = planes * (lay.yx_shape[0] * lay.yx_shape[1] * (np.dtype(image.dtype).itemsize + 8) + zh * zw * 12)
+    if need > 0.7 * available_memory(torch.device("cpu")):
+        raise MemoryError(
+            f"zooming this image by {zoom:.2f} (cells of {float(diameter):.0f} px to the model's {target:.0f} px) "
+            f"needs about {need / 2**30:.1f} GiB in memory, more than is free; zoom it beforehand "
+            "(or segment it as it is)"
+        )
+    zoomed = resize_image(np.asarray(image), lay.axes, (zh, zw))
+    if min_size is not None:
+        min_size = max(1, round(min_size * zoom * zoom))
+    probs = None
+    if probabilities_out is not None:
+        probs = np.zeros((net.config.num_classes, *(s for i, s in enumerate(zoomed.shape) if i != lay.channel)),
+                         np.float32)
+    small = yield from _with_info(
+        segment_iter(zoomed, net, axes=lay.axes, device=device, min_size=min_size, probabilities_out=probs, **kwargs),
+        extra,
+    )
+    labels = resize_nearest(small, out_axes, lay.yx_shape)
+    if probabilities_out is not None:
+        probabilities_out[...] = resize_image(probs, "C" + out_axes, lay.yx_shape)
+    if out is None:
+        return labels
+    out[...] = labels
+    return out
+
+
+def _with_info(gen: Generator[Progress, None, Any], extra: dict[str, Any]) -> Generator[Progress, None, Any]:
+    """Relay ``gen``'s records with ``extra`` added to their ``info``; return its result."""
+    while True:
+        try:
+            rec = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(rec.done, rec.total, rec.message, {**rec.info, **extra})
 
 
 def segment(image: Any, model: Any = None, *, tile_size: int | None = None, device: str | torch.device | None = None,

@@ -607,6 +607,13 @@ def train_iter(
         w0=w0, sigma=sigma, class_weights=class_weights, margin=margin, num_classes=cfg.num_classes, rng=rng,
     )
     val = _prepare_validation(va_i, va_l, va_r, mode, norm_rule, in_ch, cfg.min_input_size, w0, sigma, class_weights, margin)
+    if mode != "semantic":
+        # the cell size the model will know best: what segment(..., diameter=...) zooms to
+        from .diameter import label_diameter
+
+        d = label_diameter([*labs, *va_l])
+        if math.isfinite(d):
+            net.meta["diameter"] = round(d, 2)
 
     net.to(dev)
     channels_last = dev.type != "mps"

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--axes", metavar="AXES",
                         help="axis letters of the input, e.g. ZYX, TCYX, YXS (default: from the file or guessed)")
     parser.add_argument("--min-size", type=int, metavar="PX", help="remove objects smaller than this (pixels)")
+    parser.add_argument("--diameter", type=_diameter, metavar="PX|auto",
+                        help="the cells' diameter in pixels, or 'auto' to measure it: the image is zoomed to "
+                             "the cell size the model knows best (default: segment the image as it is)")
     parser.add_argument("--probabilities", action="store_true",
                         help="also write class probabilities, as OUT_probabilities.<ext>")
     parser.add_argument("--format", choices=FORMATS, default="tif",
@@ -37,6 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dist.add_argument("--block-size", type=int, default=2048, metavar="PX", help="output block edge per task (default 2048)")
     dist.add_argument("--overlap", type=int, default=128, metavar="PX",
                       help="margin post-processed around each block; larger than any clump of cells (default 128)")
+
+
+def _diameter(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'auto', got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"the diameter must be a positive number of pixels, got {text!r}")
+    return value
 
 
 def _load_model(path: str | None) -> Any:
@@ -67,12 +82,27 @@ def _segment(image: Any, axes: str | None, model: Any, args: argparse.Namespace,
         kwargs["min_size"] = args.min_size
     gen = segment_iter(image, model, tile_size=args.tile_size, device=args.device, axes=axes,
                        batch_size=args.batch_size, out=labels_out, probabilities_out=probs_out,
-                       amp=False if args.no_amp else None, **kwargs)
+                       amp=False if args.no_amp else None, diameter=args.diameter, **kwargs)
+    seen: dict[str, float] = {}
+
+    def watch(g: Any) -> Any:  # keep the diameter and zoom the records report
+        while True:
+            try:
+                rec = next(g)
+            except StopIteration as stop:
+                return stop.value
+            if "zoom" in rec.info:
+                seen.update(diameter=rec.info["diameter"], zoom=rec.info["zoom"])
+            yield rec
+
     bar = _bar(desc)
     try:
-        labels = drain(gen, bar)
+        labels = drain(watch(gen), bar)
     finally:
         bar.close()
+    if seen:
+        how = "as it is" if seen["zoom"] == 1 else f"zoomed {seen['zoom']:.2f}x"
+        print(f"{desc}: cell diameter {seen['diameter']:.1f} px, segmented {how}", file=sys.stderr)
     if out_path is not None:
         finish_output(out_path, labels, fmt)
         if probs_path is not None:
@@ -111,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     if args.inputs and not args.output:
         raise ValueError("give the output with -o OUT")
     if args.scheduler or args.workers:
+        if args.diameter is not None:
+            raise ValueError("--diameter is not available with --scheduler/--workers; zoom the image beforehand")
         from ..distributed import run_cli
 
         return run_cli(args)

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
+    ComboBox,
     Container,
+    FloatSpinBox,
     LineEdit,
     ProgressBar,
     PushButton,
@@ -63,6 +65,7 @@ class SegmentJob:
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     notes: list[str] = field(default_factory=list)
+    diameter: float | str | None = None  # None: as is; "auto": measured; or pixels
 
 
 @dataclass
@@ -75,6 +78,9 @@ class SegmentResult:
     device: str
     tile_size: int | None
     seconds: float
+    diameter: float | None = None  # the cells' diameter used (measured or given), px
+    zoom: float = 1.0
+    notes: list[str] = field(default_factory=list)
 
 
 def layer_axes(layer: Any, text: str) -> str | None:
@@ -140,6 +146,11 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
     if job.want_probabilities:
         probs = np.zeros((model.config.num_classes, *layout.out_shape), np.float32)
     info: dict[str, Any] = {}
+    notes = []
+    diameter = job.diameter
+    if diameter is not None and model.meta.get("diameter") is None:
+        diameter = None
+        notes.append("the model records no cell diameter, so the image was segmented as it is")
     gen = segment_iter(
         job.data,
         model,
@@ -148,6 +159,7 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
         axes=job.axes,
         min_size=job.min_size,
         probabilities_out=probs,
+        diameter=diameter,
     )
     while True:
         try:
@@ -167,6 +179,9 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
         device=str(info.get("device", describe_device(device))),
         tile_size=info.get("tile_size"),
         seconds=time.perf_counter() - t0,
+        diameter=info.get("diameter"),
+        zoom=float(info.get("zoom", 1.0)),
+        notes=notes,
     )
 
 
@@ -174,7 +189,7 @@ class SegmentWidget(Container):
     """Segment the chosen image layer with a U-Net (bundled model or a model file).
 
     Child widgets are attributes (``image``, ``model``, ``device``, ``tile_size``,
-    ``axes``, ``min_size``, ``probabilities``, ``run_button``, ``cancel_button``,
+    ``axes``, ``cell_size``, ``diameter``, ``min_size``, ``probabilities``, ``run_button``, ``cancel_button``,
     ``progress``, ``status``) so scripts and tests can set values and press buttons.
     """
 
@@ -213,6 +228,19 @@ class SegmentWidget(Container):
             max=10**7,
             tooltip="Objects smaller than this many pixels are removed (0 keeps everything)",
         )
+        self.cell_size = ComboBox(
+            label="Cell size",
+            choices=["auto", "as is", "diameter"],
+            value="auto",
+            tooltip="auto: measure the cells' size with the model (about a second) and, when it "
+            "differs from the size the model knows best by more than 25%, segment a zoomed copy. "
+            "as is: segment the image unchanged. diameter: give the cells' diameter below",
+        )
+        self.diameter = FloatSpinBox(
+            label="Diameter (px)", value=20.0, min=1.0, max=5000.0, step=1.0, enabled=False,
+            tooltip="The cells' typical diameter in pixels (used when Cell size is 'diameter')",
+        )
+        self.cell_size.changed.connect(lambda v: setattr(self.diameter, "enabled", v == "diameter"))
         self.probabilities = CheckBox(
             text="Also output class probabilities",
             value=False,
@@ -235,6 +263,8 @@ class SegmentWidget(Container):
                 *self.device.widgets,
                 self.tile_size,
                 header("Output"),
+                self.cell_size,
+                self.diameter,
                 self.min_size,
                 self.probabilities,
                 buttons,
@@ -298,6 +328,7 @@ class SegmentWidget(Container):
             scale=scale,
             translate=translate,
             notes=notes,
+            diameter={"auto": "auto", "as is": None}.get(self.cell_size.value, float(self.diameter.value)),
         )
 
     def run(self, *_: Any) -> Any:
@@ -324,7 +355,10 @@ class SegmentWidget(Container):
             if len(scale) != result.labels.ndim:
                 scale = translate = None
         geo = {} if scale is None else {"scale": scale, "translate": translate}
-        notes = list(job.notes)
+        notes = list(job.notes) + list(result.notes)
+        if result.diameter is not None:
+            zoomed = f": segmented zoomed {result.zoom:.2f}x" if result.zoom != 1 else ""
+            notes.append(f"cells ~{result.diameter:.0f} px{zoomed}")
         if result.probabilities is not None:
             p = result.probabilities
             pgeo = {} if scale is None else {"scale": (1.0, *scale), "translate": (0.0, *translate)}

@@ -1,0 +1,246 @@
+"""Cell size: the diameter a model expects, the diameter of an image's cells, and the zoom
+between them.
+
+A model segments best the cells about as large as those it learned from
+(``model.meta["diameter"]``, the median diameter of its training cells). Cells much
+larger get cut into pieces, and much smaller ones get lost; segmenting a zoomed copy and
+scaling the labels back fixes both (``segment(..., diameter="auto")``; measured in
+``benchmarks/eval_bundled.py --scales``).
+
+Diameters are *median equivalent diameters*, ``2 sqrt(area / pi)`` over the objects, in
+pixels.
+
+:func:`measure_diameter` asks the model itself: it segments a crop of the image at a
+ladder of zooms and keeps the zoom at which the model's cells come out closest to the
+size it expects, where its own measurement is the most trustworthy (cells far too large
+come out as many small pieces, so a single pass at zoom 1 can be badly wrong).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+#: zooms tried by :func:`measure_diameter` (cells 4x too large to 2x too small)
+ZOOMS = (2.0, 1.4, 1.0, 0.7, 0.5, 0.35, 0.25)
+
+#: side of the crop segmented at each zoom, in zoomed pixels
+CROP = 512
+
+#: cells within this factor of the model's diameter are segmented without zooming
+TOLERANCE = 1.25
+
+#: fewer cells than this in the crop are not enough to measure their size
+MIN_CELLS = 5
+
+#: the estimates at two neighbouring zooms agree when within this factor (tried in turn)
+AGREEMENT = (1.1, 1.2)
+
+
+def label_diameter(labels: Any | Iterable[Any]) -> float:
+    """Median equivalent diameter ``2 sqrt(area / pi)`` of labelled objects, in pixels.
+
+    Args:
+        labels: an integer label image, or a list of them (the median is over the objects
+            of all of them). 3D labels are measured plane by plane (a 2D model's view).
+
+    Returns:
+        the median over objects, or ``nan`` when there is none.
+    """
+    arrays = [labels] if isinstance(labels, np.ndarray) or not isinstance(labels, Iterable) else list(labels)
+    areas = []
+    for lab in arrays:
+        lab = np.asarray(lab)
+        if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
+            raise ValueError(f"labels must be integer arrays, got dtype {lab.dtype}")
+        if lab.ndim < 2:
+            raise ValueError(f"labels must be at least 2D, got shape {lab.shape}")
+        planes = lab.reshape((-1,) + lab.shape[-2:])
+        for plane in planes:
+            _, counts = np.unique(plane[plane > 0], return_counts=True)
+            areas.append(counts)
+    areas_all = np.concatenate(areas) if areas else np.zeros(0)
+    if areas_all.size == 0:
+        return math.nan
+    return float(np.median(2.0 * np.sqrt(areas_all / math.pi)))
+
+
+def model_diameter(model: Any) -> float:
+    """The cell diameter ``model`` expects (``model.meta["diameter"]``), in pixels.
+
+    Raises:
+        ValueError: the model does not record one (models trained before it was recorded:
+            set ``model.meta["diameter"]`` to the median cell diameter of its training data).
+    """
+    d = getattr(model, "meta", {}).get("diameter")
+    if d is None or not (isinstance(d, (int, float)) and math.isfinite(d) and d > 0):
+        raise ValueError(
+            "this model does not record the cell diameter it was trained on, so it cannot rescale "
+            "images; set model.meta['diameter'] (pixels) or fine-tune it again"
+        )
+    return float(d)
+
+
+def zoom_for(model_d: float, diameter: float) -> float:
+    """Zoom that brings cells of ``diameter`` to the model's ``model_d``; 1 within :data:`TOLERANCE`."""
+    if not (isinstance(diameter, (int, float)) and math.isfinite(diameter) and diameter > 0):
+        raise ValueError(f"the cell diameter must be a positive number of pixels, got {diameter!r}")
+    z = model_d / float(diameter)
+    return 1.0 if 1 / TOLERANCE <= z <= TOLERANCE else z
+
+
+def middle_plane(image: Any, axes: str | None = None) -> tuple[np.ndarray, str]:
+    """The middle plane of a stack with its channels, and its axis letters (``"YX"``, ``"CYX"``...)."""
+    from .tiling import parse_axes
+
+    lay = parse_axes(np.shape(image), axes)
+    index: list[Any] = [slice(None)] * len(lay.shape)
+    for a in lay.planes:
+        index[a] = lay.shape[a] // 2
+    kept = "".join(lay.axes[a] for a in range(len(lay.shape)) if a not in lay.planes)
+    return np.asarray(image[tuple(index)]), kept
+
+
+def resize_image(image: np.ndarray, axes: str, yx_shape: tuple[int, int]) -> np.ndarray:
+    """``image`` (float32) with its Y and X axes resized to ``yx_shape``; other axes unchanged.
+
+    Bilinear between pixel centres, with a Gaussian pre-filter along an axis that shrinks
+    (no aliasing of fine texture).
+    """
+    from scipy import ndimage as ndi
+
+    x = np.asarray(image, np.float32)
+    for letter, n in zip("YX", yx_shape):
+        a = axes.index(letter)
+        m = x.shape[a]
+        if n == m:
+            continue
+        if n < m:
+            sigma = [0.0] * x.ndim
+            sigma[a] = (m / n - 1) / 2
+            x = ndi.gaussian_filter(x, sigma, mode="reflect")
+        c = np.clip((np.arange(n) + 0.5) * (m / n) - 0.5, 0, m - 1)
+        i0 = np.floor(c).astype(np.int64)
+        i1 = np.minimum(i0 + 1, m - 1)
+        f = (c - i0).astype(np.float32).reshape([-1 if k == a else 1 for k in range(x.ndim)])
+        x = np.take(x, i0, axis=a) * (1 - f) + np.take(x, i1, axis=a) * f
+    return x
+
+
+def zoomed_shape(yx_shape: tuple[int, int], zoom: float) -> tuple[int, int]:
+    """The Y, X size of an image of ``yx_shape`` zoomed by ``zoom``."""
+    return max(1, round(yx_shape[0] * zoom)), max(1, round(yx_shape[1] * zoom))
+
+
+def resize_nearest(labels: np.ndarray, axes: str, yx_shape: tuple[int, int]) -> np.ndarray:
+    """Labels with their Y and X axes resized to ``yx_shape`` (nearest pixel centre)."""
+    out = labels
+    for letter, n in zip("YX", yx_shape):
+        a = axes.index(letter)
+        src = np.minimum(((np.arange(n) + 0.5) * (out.shape[a] / n)).astype(np.int64), out.shape[a] - 1)
+        out = np.take(out, src, axis=a)
+    return out
+
+
+def measure_diameter(
+    image: Any,
+    model: Any = None,
+    *,
+    axes: str | None = None,
+    device: Any = None,
+    zooms: Iterable[float] = ZOOMS,
+) -> float:
+    """The median cell diameter of ``image`` in pixels, measured with the model.
+
+    A centred crop of the middle plane is segmented at each zoom; the zoom whose cells come
+    out closest (in ratio) to the model's diameter wins, and the diameter measured there,
+    scaled back, is the answer. About a second for the bundled model on a CPU.
+
+    Args:
+        image: as for :func:`napari_unet.segment` (2D, stack, channels, RGB; lazy arrays
+            are read only where the crops lie).
+        model: the network (None = the bundled model); must record ``meta["diameter"]``.
+        axes: axis letters as for :func:`napari_unet.predict`.
+        device: as for :func:`napari_unet.predict`.
+        zooms: the ladder of zooms to try.
+
+    Returns:
+        the estimated median equivalent diameter of the image's cells (pixels).
+
+    Raises:
+        ValueError: no zoom shows enough cells (:data:`MIN_CELLS`), or the model records no
+            diameter.
+    """
+    from .model import load_model
+    from .tiling import segment
+
+    net = load_model() if model is None else model
+    target = model_diameter(net)
+    plane, plane_axes = middle_plane(image, axes)
+    H, W = plane.shape[plane_axes.index("Y")], plane.shape[plane_axes.index("X")]
+    found: list[tuple[float, float]] = []  # (diameter seen at zoom z, that diameter / z)
+    tried = []
+    for z in zooms:
+        side = int(round(CROP / z))
+        y0, x0 = max(0, (H - side) // 2), max(0, (W - side) // 2)
+        index = [slice(None)] * plane.ndim
+        index[plane_axes.index("Y")] = slice(y0, y0 + side)
+        index[plane_axes.index("X")] = slice(x0, x0 + side)
+        crop = plane[tuple(index)]
+        yx = crop.shape[plane_axes.index("Y")], crop.shape[plane_axes.index("X")]
+        if min(yx) * z < 32:
+            continue  # too small to hold cells at this zoom
+        zoomed = resize_image(crop, plane_axes, zoomed_shape(yx, z)) if z != 1 else crop
+        try:
+            lab = segment(zoomed, net, axes=plane_axes, device=device)
+        except ValueError:
+            continue  # e.g. smaller than the network's field of view
+        n = len(np.unique(lab)) - 1
+        tried.append(f"{z:g}x: {n} cells")
+        if n >= MIN_CELLS:
+            d = label_diameter(lab)
+            found.append((d, d / z))
+    if not found:
+        raise ValueError(
+            f"found fewer than {MIN_CELLS} cells at every zoom ({'; '.join(tried) or 'image too small'}); "
+            "give the cell diameter instead"
+        )
+    return _pick(found, target)
+
+
+def _pick(found: list[tuple[float, float]], target: float) -> float:
+    """The estimate from the zoom whose cells look most like the model's size, among the
+    zooms whose estimate agrees with a neighbouring zoom's (within :data:`AGREEMENT`).
+
+    Where the model works, the size it measures does not depend on the zoom. Where the
+    cells are too large for it, it cuts them into pieces of about the same size *in its
+    own pixels* at every zoom, so the estimates drift with the zoom; where they are too
+    small it loses them. Requiring agreement keeps those zooms out.
+    """
+    logs = [math.log(e) for _, e in found]
+    for tol in AGREEMENT:
+        candidates = [
+            i for i in range(len(found))
+            if any(abs(logs[i] - logs[j]) <= math.log(tol) for j in (i - 1, i + 1) if 0 <= j < len(found))
+        ]
+        if candidates:
+            break
+    else:
+        candidates = list(range(len(found)))
+    best = min(candidates, key=lambda i: abs(math.log(found[i][0] / target)))
+    return float(found[best][1])
+
+
+__all__ = [
+    "label_diameter",
+    "measure_diameter",
+    "middle_plane",
+    "model_diameter",
+    "resize_nearest",
+    "resize_image",
+    "zoom_for",
+    "zoomed_shape",
+]
