@@ -6,7 +6,7 @@ Up to four tables, all measured in one run:
    10_000, "normal" and "hard" difficulty, nuclei and whole cells);
 2. real fluorescence nuclei (the DSB 2018 crop shipped in the stardist wheel; see
    ``benchmarks/real_data.py``), when it can be fetched;
-3. (``--scales``) the real image zoomed 0.5x to 2x, for sensitivity to nucleus size;
+3. (``--scales``) the real image zoomed 0.5x to 3x, for sensitivity to nucleus size, as it is and with ``diameter="auto"``;
 4. fine-tuning on the top half of the real image for ``--finetune-time`` CPU seconds,
    scored on the bottom half, against the model before fine-tuning and Otsu + watershed.
 
@@ -87,8 +87,9 @@ def real_tables(model: nu.UNet, finetune_time: float) -> list[str]:
     return lines
 
 
-def scale_table(model: nu.UNet, zooms: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0)) -> list[str]:
-    """AP@0.5 on the real image resampled so that its nuclei appear at other sizes."""
+def scale_table(model: nu.UNet, zooms: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)) -> list[str]:
+    """AP@0.5 on the real image resampled so that its nuclei appear at other sizes: as
+    it is, and with ``diameter="auto"`` (measured, then zoomed to the model's cell size)."""
     from skimage.transform import rescale
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -98,13 +99,17 @@ def scale_table(model: nu.UNet, zooms: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5,
     for name, image, gt in load_real_datasets():
         if gt is None:
             continue
-        ours, base = [], []
+        ours, auto, base = [], [], []
         for z in zooms:
             im = rescale(image.astype(np.float32), z, order=1, preserve_range=True, anti_aliasing=z < 1)
             g = rescale(gt, z, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
             ours.append(nu.average_precision(g, nu.segment(im, model), 0.5)[0.5])
+            if model.meta.get("diameter"):
+                auto.append(nu.average_precision(g, nu.segment(im, model, diameter="auto"), 0.5)[0.5])
             base.append(nu.average_precision(g, otsu_watershed(im), 0.5)[0.5])
         lines.append(f"| {name}: U-Net AP@0.5 | " + " | ".join(f"{v:.2f}" for v in ours) + " |")
+        if auto:
+            lines.append(f"| {name}: U-Net, diameter='auto' | " + " | ".join(f"{v:.2f}" for v in auto) + " |")
         lines.append(f"| {name}: Otsu + watershed | " + " | ".join(f"{v:.2f}" for v in base) + " |")
     return lines
 
@@ -116,7 +121,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=384)
     p.add_argument("--finetune-time", type=float, default=180.0)
     p.add_argument("--no-real", action="store_true")
-    p.add_argument("--scales", action="store_true", help="also score the real image zoomed 0.5x to 2x")
+    p.add_argument("--scales", action="store_true", help="also score the real image zoomed 0.5x to 3x")
     args = p.parse_args()
     model = nu.load_model(args.model)
     print(f"model: {args.model or 'bundled'}; config {model.config}")

@@ -92,14 +92,22 @@ def zoom_for(model_d: float, diameter: float) -> float:
     return 1.0 if 1 / TOLERANCE <= z <= TOLERANCE else z
 
 
-def middle_plane(image: Any, axes: str | None = None) -> tuple[np.ndarray, str]:
-    """The middle plane of a stack with its channels, and its axis letters (``"YX"``, ``"CYX"``...)."""
+def middle_plane(image: Any, axes: str | None = None, max_side: int | None = None) -> tuple[np.ndarray, str]:
+    """The middle plane of a stack with its channels, and its axis letters (``"YX"``, ``"CYX"``...).
+
+    ``max_side``: read at most a centred crop of this many pixels per side (only that is
+    read from a lazy image).
+    """
     from .tiling import parse_axes
 
     lay = parse_axes(np.shape(image), axes)
     index: list[Any] = [slice(None)] * len(lay.shape)
     for a in lay.planes:
         index[a] = lay.shape[a] // 2
+    if max_side is not None:
+        for a in (lay.y, lay.x):
+            start = max(0, (lay.shape[a] - max_side) // 2)
+            index[a] = slice(start, start + max_side)
     kept = "".join(lay.axes[a] for a in range(len(lay.shape)) if a not in lay.planes)
     return np.asarray(image[tuple(index)]), kept
 
@@ -179,7 +187,8 @@ def measure_diameter(
 
     net = load_model() if model is None else model
     target = model_diameter(net)
-    plane, plane_axes = middle_plane(image, axes)
+    zooms = tuple(zooms)
+    plane, plane_axes = middle_plane(image, axes, max_side=int(round(CROP / min(zooms))) + 1)
     H, W = plane.shape[plane_axes.index("Y")], plane.shape[plane_axes.index("X")]
     found: list[tuple[float, float]] = []  # (diameter seen at zoom z, that diameter / z)
     tried = []
