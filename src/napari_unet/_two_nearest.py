@@ -58,16 +58,24 @@ def sweep_first_axis(lab, s2, b1, l1, b2, l2, c0, c1):
     """Pass along axis 0 of the 2D view ``lab[n, m]`` for columns ``c0:c1``.
 
     ``s2`` is the squared spacing along axis 0. Writes ``b1, l1, b2, l2`` (squared
-    distances along the column to the two nearest distinct labels).
+    distances along the column to the two nearest distinct labels): a sweep down gives
+    the two nearest distinct labels above each pixel, a sweep up merges those below.
     """
+    _sweep(lab, s2, b1, l1, b2, l2, c0, c1, False)
+    _sweep(lab, s2, b1, l1, b2, l2, c0, c1, True)
+
+
+@njit(cache=True, nogil=True)
+def _sweep(lab, s2, b1, l1, b2, l2, c0, c1, upward):
     n = lab.shape[0]
     w = c1 - c0
-    # forward: the last label seen (pa, la) and the last one before its run (pb, lb)
+    # per column: the last label seen (pa, la) and the last one before its run (pb, lb)
     pa = np.full(w, -1, np.int64)
     la = np.zeros(w, lab.dtype)
     pb = np.full(w, -1, np.int64)
     lb = np.zeros(w, lab.dtype)
-    for i in range(n):
+    for step in range(n):
+        i = n - 1 - step if upward else step
         for k in range(w):
             j = c0 + k
             v = lab[i, j]
@@ -77,37 +85,12 @@ def sweep_first_axis(lab, s2, b1, l1, b2, l2, c0, c1):
                     lb[k] = la[k]
                     la[k] = v
                 pa[k] = i
-            x1 = INF
-            y1 = la[k]
-            x2 = INF
-            y2 = lb[k]
+            if upward:
+                x1, y1, x2, y2 = b1[i, j], l1[i, j], b2[i, j], l2[i, j]
+            else:
+                x1, y1, x2, y2 = INF, lab.dtype.type(0), INF, lab.dtype.type(0)
             if pa[k] >= 0:
-                x1 = np.float32((i - pa[k]) * (i - pa[k]) * s2)
-            if pb[k] >= 0:
-                x2 = np.float32((i - pb[k]) * (i - pb[k]) * s2)
-            b1[i, j] = x1
-            l1[i, j] = y1
-            b2[i, j] = x2
-            l2[i, j] = y2
-    # backward: merge the labels below into the forward result
-    pa[:] = -1
-    la[:] = 0
-    pb[:] = -1
-    lb[:] = 0
-    for i in range(n - 1, -1, -1):
-        for k in range(w):
-            j = c0 + k
-            v = lab[i, j]
-            if v != 0:
-                if v != la[k]:
-                    pb[k] = pa[k]
-                    lb[k] = la[k]
-                    la[k] = v
-                pa[k] = i
-            if pa[k] < 0:
-                continue
-            x1, y1, x2, y2 = b1[i, j], l1[i, j], b2[i, j], l2[i, j]
-            x1, y1, x2, y2 = _push(x1, y1, x2, y2, np.float32((pa[k] - i) * (pa[k] - i) * s2), la[k])
+                x1, y1, x2, y2 = _push(x1, y1, x2, y2, np.float32((pa[k] - i) * (pa[k] - i) * s2), la[k])
             if pb[k] >= 0:
                 x1, y1, x2, y2 = _push(x1, y1, x2, y2, np.float32((pb[k] - i) * (pb[k] - i) * s2), lb[k])
             b1[i, j] = x1
