@@ -19,10 +19,12 @@ come out as many small pieces, so a single pass at zoom 1 can be badly wrong).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from typing import Any
 
 import numpy as np
+
+from ._progress import Progress, drain
 
 #: zooms tried by :func:`measure_diameter` (cells 4x too large to 2x too small)
 ZOOMS = (2.0, 1.4, 1.0, 0.7, 0.5, 0.35, 0.25)
@@ -153,14 +155,14 @@ def resize_nearest(labels: np.ndarray, axes: str, yx_shape: tuple[int, int]) -> 
     return out
 
 
-def measure_diameter(
+def measure_diameter_iter(
     image: Any,
     model: Any = None,
     *,
     axes: str | None = None,
     device: Any = None,
     zooms: Iterable[float] = ZOOMS,
-) -> float:
+) -> Generator[Progress, None, float]:
     """The median cell diameter of ``image`` in pixels, measured with the model.
 
     A centred crop of the middle plane is segmented at each zoom; the zoom whose cells come
@@ -174,6 +176,9 @@ def measure_diameter(
         axes: axis letters as for :func:`napari_unet.predict`.
         device: as for :func:`napari_unet.predict`.
         zooms: the ladder of zooms to try.
+
+    Yields:
+        :class:`~napari_unet._progress.Progress`, one per zoom (so a worker can stop it).
 
     Returns:
         the estimated median equivalent diameter of the image's cells (pixels).
@@ -192,7 +197,8 @@ def measure_diameter(
     H, W = plane.shape[plane_axes.index("Y")], plane.shape[plane_axes.index("X")]
     found: list[tuple[float, float]] = []  # (diameter seen at zoom z, that diameter / z)
     tried = []
-    for z in zooms:
+    for k, z in enumerate(zooms):
+        yield Progress(k, len(zooms), f"measuring the cell size ({z:g}x)")
         side = int(round(CROP / z))
         y0, x0 = max(0, (H - side) // 2), max(0, (W - side) // 2)
         index = [slice(None)] * plane.ndim
@@ -218,6 +224,18 @@ def measure_diameter(
             "give the cell diameter instead"
         )
     return _pick(found, target)
+
+
+def measure_diameter(
+    image: Any,
+    model: Any = None,
+    *,
+    axes: str | None = None,
+    device: Any = None,
+    zooms: Iterable[float] = ZOOMS,
+) -> float:
+    """:func:`measure_diameter_iter` run to the end: the cells' median diameter in pixels."""
+    return drain(measure_diameter_iter(image, model, axes=axes, device=device, zooms=zooms))
 
 
 def _pick(found: list[tuple[float, float]], target: float) -> float:
@@ -246,6 +264,7 @@ def _pick(found: list[tuple[float, float]], target: float) -> float:
 __all__ = [
     "label_diameter",
     "measure_diameter",
+    "measure_diameter_iter",
     "middle_plane",
     "model_diameter",
     "resize_nearest",

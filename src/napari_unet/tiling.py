@@ -683,7 +683,7 @@ def _segment_zoomed(
     out: Any, probabilities_out: Any, **kwargs: Any,
 ) -> Generator[Progress, None, Any]:
     """:func:`segment_iter` with ``diameter``: segment a copy zoomed to the model's cell size."""
-    from .diameter import measure_diameter, model_diameter, resize_image, resize_nearest, zoom_for, zoomed_shape
+    from .diameter import measure_diameter_iter, model_diameter, resize_image, resize_nearest, zoom_for, zoomed_shape
     from .model import load_model
 
     net = load_model() if model is None else model
@@ -694,8 +694,7 @@ def _segment_zoomed(
     if isinstance(diameter, str):
         if diameter != "auto":
             raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
-        yield Progress(0, 1, "measuring the cell diameter")
-        diameter = measure_diameter(image, net, axes=lay.axes, device=device)
+        diameter = yield from measure_diameter_iter(image, net, axes=lay.axes, device=device)
     zoom = zoom_for(target, diameter)
     extra = {"diameter": float(diameter), "zoom": zoom}
     if zoom == 1:

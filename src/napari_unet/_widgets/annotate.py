@@ -72,6 +72,7 @@ from ._common import (
     load_model_cached,
     make_or_show_error,
     row,
+    segment_at_model_size,
     set_status,
     show_error_in,
     status_label,
@@ -139,12 +140,10 @@ def _resolve_model(spec: Any) -> Any:
 
 
 def run_predict(job: PredictJob) -> Generator[Progress, None, np.ndarray]:
-    """Worker: segment the crop with the model; returns its labels."""
-    from ..tiling import segment_iter
-
+    """Worker: segment the crop with the model (at the model's cell size); returns its labels."""
     yield Progress(0, 0, "Loading the model...")
     model = _resolve_model(job.model)
-    labels = yield from segment_iter(job.image, model, device=job.device, axes=job.axes)
+    labels = yield from segment_at_model_size(job.image, model, device=job.device, axes=job.axes)
     return np.asarray(labels)
 
 
@@ -168,20 +167,20 @@ class ScoreResult:
 
 def run_scores(job: ScoreJob) -> Generator[Progress, None, ScoreResult]:
     """Worker: AP@0.5 of the model on each entry (inside its region), then the open image."""
-    from ..tiling import segment_iter
-
     yield Progress(0, 0, "Loading the model...")
     model = _resolve_model(job.model)
     scores = []
     for i, s in enumerate(job.entries):
         yield Progress(i, len(job.entries) + (job.image is not None), f"Scoring '{s.name}'...")
         axes = "YXS" if np.asarray(s.image).ndim == 3 else "YX"
-        pred = yield from segment_iter(np.asarray(s.image), model, device=job.device, axes=axes)
+        pred = yield from segment_at_model_size(np.asarray(s.image), model, device=job.device, axes=axes)
         scores.append(region_score(s.labels, np.asarray(pred), s.region))
     labels = None
     if job.image is not None:
         yield Progress(len(job.entries), len(job.entries) + 1, "Segmenting the open image with the new model...")
-        labels = np.asarray((yield from segment_iter(job.image, model, device=job.device, axes=job.image_axes)))
+        labels = np.asarray(
+            (yield from segment_at_model_size(job.image, model, device=job.device, axes=job.image_axes))
+        )
     score = float(np.mean(scores)) if scores else None
     return ScoreResult(score, scores, labels)
 

@@ -40,6 +40,7 @@ from ._common import (
     load_model_cached,
     make_or_show_error,
     row,
+    segment_at_model_size,
     set_status,
     status_label,
 )
@@ -146,21 +147,12 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
     if job.want_probabilities:
         probs = np.zeros((model.config.num_classes, *layout.out_shape), np.float32)
     info: dict[str, Any] = {}
-    notes = []
-    diameter = job.diameter
-    if diameter is not None and model.meta.get("diameter") is None:
-        diameter = None
-        notes.append("the model records no cell diameter, so the image was segmented as it is")
-    gen = segment_iter(
-        job.data,
-        model,
-        tile_size=job.tile_size,
-        device=device,
-        axes=job.axes,
-        min_size=job.min_size,
-        probabilities_out=probs,
-        diameter=diameter,
-    )
+    notes: list[str] = []
+    kwargs = dict(tile_size=job.tile_size, min_size=job.min_size, probabilities_out=probs)
+    if job.diameter == "auto":
+        gen = segment_at_model_size(job.data, model, device=device, axes=job.axes, notes=notes, **kwargs)
+    else:
+        gen = segment_iter(job.data, model, device=device, axes=job.axes, diameter=job.diameter, **kwargs)
     while True:
         try:
             rec = next(gen)

@@ -54,6 +54,7 @@ from ._common import (
     header,
     make_or_show_error,
     row,
+    segment_at_model_size,
     set_status,
     show_error_in,
     status_label,
@@ -303,12 +304,11 @@ class ApplyResult:
 
 
 def run_apply(model: Any, data: Any, axes: str | None, device: str) -> Generator[Progress, None, ApplyResult]:
-    """Segment ``data`` with ``model`` tile by tile (the Segment widget's path)."""
-    from ..tiling import segment_iter
-
+    """Segment ``data`` with ``model`` tile by tile, at the model's cell size (the Segment
+    widget's path with Cell size "auto")."""
     t0 = time.perf_counter()
     info: dict[str, Any] = {}
-    gen = segment_iter(data, model, device=device, axes=axes)
+    gen = segment_at_model_size(data, model, device=device, axes=axes)
     while True:
         try:
             rec = next(gen)
