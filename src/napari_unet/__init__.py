@@ -23,6 +23,7 @@ _API = {
     "probabilities_to_labels": "postprocess",
     "weight_map": "weights",
     "measure_diameter": "diameter",
+    "export_bioimageio": "export",
     "labels_to_targets": "targets",
     "fine_tune": "training",
     "average_precision": "metrics",
@@ -49,6 +50,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from ._progress import Progress
     from .diameter import measure_diameter
+    from .export import export_bioimageio
     from .device import resolve_device
     from .metrics import average_precision
     from .model import ModelFileError, UNet, UNetConfig, load_model, save_model

@@ -16,6 +16,7 @@ COMMANDS = {
     "weight-map": ("weight_map", "compute the paper's boundary weight map of a label image"),
     "train": ("train", "fine-tune a model on labelled images"),
     "evaluate": ("evaluate", "score predicted labels against ground truth (average precision)"),
+    "export": ("export", "write a model as a bioimage.io model package (zip), to run it in other tools"),
 }
 
 
