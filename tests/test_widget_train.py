@@ -7,6 +7,7 @@ Tiny networks trained from scratch (depth 2, width 4) on small synthetic images
 from __future__ import annotations
 
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -90,6 +91,10 @@ def test_train_from_layer_pairs_plot_save_apply(qtbot, widget, tmp_path):
     for k, v in model.state_dict().items():
         assert np.array_equal(loaded.state_dict()[k].numpy(), v.numpy()), k
     assert not list(tmp_path.glob("*.tmp"))  # atomic write left no temporary file
+    exported = widget.export_model_to(tmp_path / "trained.pkg")  # ".zip" replaces the suffix
+    assert exported == tmp_path / "trained.zip"
+    assert "rdf.yaml" in zipfile.ZipFile(exported).namelist()
+    assert "bioimage.io" in widget.status.value
 
     # apply the model to an image: "<image> labels" is created, then updated in place
     new_img, _ = sample(9)
@@ -186,8 +191,11 @@ def test_bad_input_is_refused_with_a_message(qtbot, widget):
     assert [layer.name for layer in viewer.layers] == ["img", "small labels", "empty labels"]
     assert np.array_equal(viewer.layers["small labels"].data, lab[:80, :70])
     assert not widget.save_button.enabled and not widget.apply_button.enabled
+    assert not widget.export_button.enabled
     with pytest.raises(ValueError, match="no trained model"):
         widget.save_model_to("x.pt")
+    with pytest.raises(ValueError, match="no trained model"):
+        widget.export_model_to("x.zip")
 
 
 def test_shapes_region_rasterised_in_world_coordinates(qtbot, widget):

@@ -360,7 +360,7 @@ class TrainWidget(Container):
     (``budget``, ``iterations``, ``minutes``, ``lr``, ``tile_size``, ``batch_size``,
     ``val_fraction``, ``device``, ``checkpoint_dir``, augmentation check boxes and
     ``aug_strength``), run (``run_button``, ``cancel_button``, ``progress``, ``eta``,
-    ``plot``, ``status``) and result (``save_button``, ``load_button``,
+    ``plot``, ``status``) and result (``save_button``, ``load_button``, ``export_button``,
     ``apply_image``, ``apply_button``, ``preview``). The trained model is
     :attr:`trained_model`.
     """
@@ -500,6 +500,11 @@ class TrainWidget(Container):
         # -- result
         self.save_button = PushButton(text="Save model...", tooltip="Write the trained model to a .pt file")
         self.load_button = PushButton(text="Load model...", tooltip="Make a model file the current model")
+        self.export_button = PushButton(
+            text="Export for bioimage.io...",
+            tooltip="Write the current model as a bioimage.io model package (.zip), to run it in "
+            "other tools (deepImageJ, ilastik, bioimage.io)",
+        )
         self.apply_image = create_widget(annotation="napari.layers.Image", label="Apply to",
                                          options={"tooltip": "Image to segment with the current model"})
         self.apply_button = PushButton(text="Apply to image",
@@ -539,6 +544,7 @@ class TrainWidget(Container):
                 self.status,
                 header("Result", rule=False),
                 row(self.save_button, self.load_button),
+                self.export_button,
                 self.apply_image,
                 self.apply_button,
                 self.preview,
@@ -554,6 +560,7 @@ class TrainWidget(Container):
         self.clear_set_button.changed.connect(self.clear_training_set)
         self.save_button.changed.connect(self._save_clicked)
         self.load_button.changed.connect(self._load_clicked)
+        self.export_button.changed.connect(self._export_clicked)
         self.apply_button.changed.connect(self.apply)
         self.start.changed.connect(self._sync)
         self.budget.changed.connect(self._sync)
@@ -584,7 +591,7 @@ class TrainWidget(Container):
         self.minutes.visible = self.budget.value == self.MINUTES
         has_model = self.trained_model is not None
         busy = self.runner.running if hasattr(self, "runner") else False
-        for b in (self.save_button, self.apply_button):
+        for b in (self.save_button, self.apply_button, self.export_button):
             b.enabled = has_model and not busy
         self.load_button.enabled = not busy
 
@@ -928,6 +935,19 @@ class TrainWidget(Container):
         set_status(self.status, f"Saved the model to {out}")
         return out
 
+    def export_model_to(self, path: str | Path) -> Path:
+        """Write the current model as a bioimage.io package (``.zip`` added if missing)."""
+        from ..export import export_bioimageio
+
+        if self.trained_model is None:
+            raise ValueError("There is no trained model to export yet: train or load one first")
+        p = Path(path)
+        if p.suffix.lower() != ".zip":
+            p = p.with_suffix(".zip")
+        out = export_bioimageio(self.trained_model, p, overwrite=True)  # the dialog asked already
+        set_status(self.status, f"Exported the model as a bioimage.io package: {out}")
+        return out
+
     def load_model_from(self, path: str | Path) -> Any:
         """Make a model file the current model (for Apply, or to continue training)."""
         from ..model import load_model
@@ -948,6 +968,18 @@ class TrainWidget(Container):
             return
         try:
             self.save_model_to(path)
+        except (ValueError, OSError) as exc:
+            show_error_in(self.status, exc)
+
+    def _export_clicked(self, *_: Any) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(self.native, "Export for bioimage.io", "unet_model.bioimageio.zip",
+                                              "bioimage.io model packages (*.zip)")
+        if not path:
+            return
+        try:
+            self.export_model_to(path)
         except (ValueError, OSError) as exc:
             show_error_in(self.status, exc)
 
