@@ -229,3 +229,23 @@ def test_nan_in_training_images_is_a_clear_error(tiny):
     img[3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN/inf"):
         drain(train_iter([img], [lab], tiny, iterations=1, device="cpu", val_fraction=0))
+
+
+def test_plane_too_large_for_memory_is_refused_with_a_way_out(monkeypatch, tmp_path, capsys):
+    """Past the free memory the whole-plane watershed would meet the out-of-memory killer
+    (and take a viewer with it): segment refuses first and names the blockwise path."""
+    import tifffile
+
+    from napari_unet import tiling
+    from napari_unet.cli import main
+
+    img = np.random.default_rng(0).random((200, 220)).astype(np.float32)
+    model = UNet(in_channels=1, num_classes=3, depth=2, base_width=4)
+    monkeypatch.setattr(tiling, "available_memory", lambda device: 2**20)  # 1 MiB free
+    with pytest.raises(MemoryError, match="--workers"):
+        tiling.segment(img, model, device="cpu")
+    tifffile.imwrite(tmp_path / "in.tif", img)
+    assert main(["segment", str(tmp_path / "in.tif"), "-o", str(tmp_path / "out.tif")]) == 2
+    assert "GiB" in capsys.readouterr().err
+    monkeypatch.setattr(tiling, "available_memory", lambda device: 2**34)
+    assert tiling.segment(img, model, device="cpu").shape == img.shape

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, OSError) as exc:
+    except (UserError, ValueError, FileNotFoundError, OSError, MemoryError) as exc:
         if args.debug:
             raise
         msg = " ".join(str(exc).split())
