@@ -8,7 +8,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import h_maxima as skimage_h_maxima
 from skimage.morphology import reconstruction
 
-from napari_unet._morphology import h_maxima, reconstruction_by_dilation
+from napari_unet._morphology import edt, h_maxima, reconstruction_by_dilation
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -37,3 +37,15 @@ def test_distance_map_peaks():
     assert not h_maxima(np.zeros((5, 5)), 1.0).any()  # flat: no maxima
     with pytest.raises(ValueError):
         h_maxima(dist, 0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_edt_same_as_scipy(seed):
+    rng = np.random.default_rng(100 + seed)
+    shape = tuple(int(n) for n in rng.integers(1, 80, 2))
+    mask = rng.random(shape) < rng.uniform(0.5, 0.999)
+    if seed == 0:
+        mask[:] = True
+        mask[-1, -1] = False  # one far corner: long distances across the whole image
+    np.testing.assert_array_equal(edt(mask), ndi.distance_transform_edt(mask))
+    np.testing.assert_array_equal(edt(np.ones((4, 5), bool)), ndi.distance_transform_edt(np.ones((4, 5), bool)))

@@ -1,4 +1,5 @@
-"""Grey-scale reconstruction by dilation and h-maxima of 2D images (numba).
+"""Grey-scale reconstruction by dilation, h-maxima and the Euclidean distance transform of
+2D images (numba).
 
 :func:`h_maxima` gives exactly what ``skimage.morphology.h_maxima`` gives (same
 footprint: the 8-neighbourhood; same guard against rounding), about 20x faster: the
@@ -8,7 +9,10 @@ scikit-image's sorting-based one. Reconstruction only takes minima and maxima of
 input values, so the two agree to the last bit.
 
 It was the slowest step of turning probabilities into cells (0.48 s of 0.70 s on a
-1024² plane).
+1024² plane). The next slowest was scipy's distance transform (0.13 s); :func:`edt` gives
+the same values (exact squared integer distances, then one float64 square root, as
+scipy) several times faster: a linear pass down the columns, then the lower envelope of
+parabolas along the rows (Felzenszwalb and Huttenlocher, 2012).
 """
 
 from __future__ import annotations
@@ -106,3 +110,72 @@ def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
     resolution = 2 * np.finfo(image.dtype).resolution * np.abs(image)
     rec = reconstruction_by_dilation(image - h - resolution, image)
     return ((image - rec) >= h).astype(np.uint8)
+
+
+@njit(cache=True, nogil=True)
+def _edt_squared(mask, out):
+    """Squared distance from every pixel to the nearest False pixel of ``mask`` (int64)."""
+    h, w = mask.shape
+    big = (h + w) * (h + w) * 4 + 1
+    # columns: distance to the nearest False pixel above and below (two sweeps)
+    last = np.full(w, -1, np.int64)
+    for y in range(h):
+        for x in range(w):
+            if not mask[y, x]:
+                last[x] = y
+            out[y, x] = big if last[x] < 0 else (y - last[x]) * (y - last[x])
+    last[:] = -1
+    for y in range(h - 1, -1, -1):
+        for x in range(w):
+            if not mask[y, x]:
+                last[x] = y
+            if last[x] >= 0:
+                d = (last[x] - y) * (last[x] - y)
+                if d < out[y, x]:
+                    out[y, x] = d
+    # rows: lower envelope of the parabolas (x - q)^2 + f(q)
+    f = np.empty(w, np.int64)
+    v = np.empty(w, np.int64)
+    z = np.empty(w + 1, np.float64)
+    for y in range(h):
+        k = -1
+        for q in range(w):
+            f[q] = out[y, q]
+            if f[q] >= big:
+                continue
+            if k < 0:
+                k = 0
+                v[0] = q
+                z[0] = -np.inf
+                z[1] = np.inf
+                continue
+            s = ((f[q] + q * q) - (f[v[k]] + v[k] * v[k])) / (2.0 * (q - v[k]))
+            while s <= z[k]:
+                k -= 1
+                s = ((f[q] + q * q) - (f[v[k]] + v[k] * v[k])) / (2.0 * (q - v[k]))
+            k += 1
+            v[k] = q
+            z[k] = s
+            z[k + 1] = np.inf
+        if k < 0:
+            continue  # no False pixel reaches this row through the columns: stays "big"
+        k = 0
+        for x in range(w):
+            while z[k + 1] < x:
+                k += 1
+            out[y, x] = (x - v[k]) * (x - v[k]) + f[v[k]]
+
+
+def edt(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance from each True pixel of a 2D mask to the nearest False pixel
+    (0 on False pixels), float64: the values of ``scipy.ndimage.distance_transform_edt``."""
+    mask = np.ascontiguousarray(mask, bool)
+    if mask.ndim != 2:
+        raise ValueError(f"edt works on 2D masks, got shape {mask.shape}")
+    if mask.all():  # no False pixel: keep scipy's own answer for this corner case
+        from scipy import ndimage as ndi
+
+        return ndi.distance_transform_edt(mask)
+    out = np.empty(mask.shape, np.int64)
+    _edt_squared(mask, out)
+    return np.sqrt(out.astype(np.float64))

@@ -63,9 +63,9 @@ def _instance3(probs: np.ndarray, foreground_threshold: float, seed_threshold: f
     foreground = (1.0 - probs[0]) > foreground_threshold
     seeds_mask = (interior > seed_threshold) & foreground
     if split == "distance":
-        from ._morphology import h_maxima  # skimage's, bit for bit, 25x faster
+        from ._morphology import edt, h_maxima  # scipy's and skimage's values, compiled
 
-        dist = ndi.gaussian_filter(ndi.distance_transform_edt(seeds_mask), DISTANCE_SMOOTHING)
+        dist = ndi.gaussian_filter(edt(seeds_mask), DISTANCE_SMOOTHING)
         peaks = h_maxima(dist, h) > 0 if seeds_mask.any() else seeds_mask
         seeds, n = ndi.label(peaks & seeds_mask, structure=_FOUR)
         landscape = -dist
