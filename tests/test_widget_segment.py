@@ -315,6 +315,12 @@ def test_cell_size_auto_given_and_unknown(qtbot, widget, tmp_path):
     widget.diameter.value = 30.0
     assert run_and_wait(qtbot, widget) == "done", widget.status.value
     assert "zoomed 0.40x" in widget.status.value
+    # auto with that model: measured (the blobs are 30 px), shown in the diameter box
+    widget.diameter.value = 50.0
+    widget.cell_size.value = "auto"
+    assert run_and_wait(qtbot, widget) == "done", widget.status.value
+    assert abs(widget.diameter.value - 30) < 3 and not widget.diameter.enabled
+    assert "cells ~" in widget.status.value
     zoomed = viewer.layers["big labels"].data
     assert zoomed.shape == img.shape
     inter = np.logical_and(zoomed > 0, as_is > 0).sum()

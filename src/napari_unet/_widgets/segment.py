@@ -351,6 +351,8 @@ class SegmentWidget(Container):
         if result.diameter is not None:
             zoomed = f": segmented zoomed {result.zoom:.2f}x" if result.zoom != 1 else ""
             notes.append(f"cells ~{result.diameter:.0f} px{zoomed}")
+            if job.diameter == "auto":  # show what was measured, ready to adjust by hand
+                self.diameter.value = round(float(result.diameter), 1)
         if result.probabilities is not None:
             p = result.probabilities
             pgeo = {} if scale is None else {"scale": (1.0, *scale), "translate": (0.0, *translate)}
