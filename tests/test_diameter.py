@@ -141,6 +141,34 @@ def test_training_records_the_cells_diameter():
     assert trained.meta["diameter"] == pytest.approx(dm.label_diameter(lab), abs=0.01)
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_fine_tuning_zooms_the_data_to_the_model(channels):
+    """A model that knows 12 px cells, fine-tuned on 30 px cells: trained on copies zoomed
+    0.4x and still knows 12 px; with zoom_to_model=False it learns the data's 30 px."""
+    img, lab = discs((160, 180), 15, 6, seed=5)
+    if channels == 2:
+        img = np.stack([img, img])  # C, Y, X
+    start = nu.UNet(in_channels=channels, num_classes=3, depth=2, base_width=4)
+    start.meta["mode"] = "instance3"
+    start.meta["diameter"] = 12.0
+    region = np.ones(lab.shape, bool)
+    kw = dict(iterations=2, device="cpu", tile_size=32, val_fraction=0.25)
+    zoomed = nu.fine_tune([img], [lab], model=start, regions=[region], **kw)
+    rec = zoomed.meta["history"][-1]
+    assert zoomed.meta["diameter"] == 12.0
+    assert rec["zoom"] == pytest.approx(12.0 / dm.label_diameter(lab), abs=1e-3)
+    assert rec["data_diameter"] == pytest.approx(dm.label_diameter(lab), abs=0.01)
+    from napari_unet.training import _zoom_to_model
+
+    out = _zoom_to_model(start, False, True, [img], [lab], [region], [img], [lab], None)
+    z = out[6]
+    assert out[0][0].shape[-2:] == out[1][0].shape == out[2][0].shape == (round(160 * z), round(180 * z))
+    assert out[3][0].shape[-2:] == out[4][0].shape and out[5] is None
+    native = nu.fine_tune([img], [lab], model=start, zoom_to_model=False, **kw)
+    assert native.meta["diameter"] == pytest.approx(dm.label_diameter(lab), abs=0.01)
+    assert native.meta["history"][-1]["zoom"] == 1.0
+
+
 @pytest.mark.parametrize("radius, size, seed", [(3.0, 256, 11), (30.0, 720, 12)])
 def test_bundled_model_auto_diameter_rescues_small_and_large_nuclei(radius, size, seed):
     """Nuclei of 6 px get lost and nuclei of 60 px get cut up by the bundled model (it

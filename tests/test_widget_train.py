@@ -298,3 +298,11 @@ def test_live_preview_and_load_model(qtbot, widget, tmp_path):
     model = widget.load_model_from(path)
     assert widget.trained_model is model and model.meta["mode"] == "instance2"
     assert widget.start.value == widget.CURRENT and "other.pt" in widget.status.value
+
+
+def test_zoom_to_model_setting_reaches_training(widget):
+    add_pairs(widget, [1])
+    assert widget.zoom_to_model.value is True
+    assert widget._make_job().kwargs["zoom_to_model"] is True
+    widget.zoom_to_model.value = False
+    assert widget._make_job().kwargs["zoom_to_model"] is False

@@ -415,6 +415,56 @@ def _in_channels_of(images: Sequence[Any]) -> int:
     raise ValueError(f"training images must be 2D (optionally with a channel axis), got shape {arr.shape}")
 
 
+def _image_axes(arr: Any, yx: tuple[int, ...]) -> str:
+    """Axis letters of a training image whose labels have shape ``yx``."""
+    shape = tuple(np.shape(arr))
+    if len(shape) == 2:
+        return "YX"
+    if len(shape) == 3 and shape[1:] == tuple(yx):
+        return "CYX"
+    if len(shape) == 3 and shape[:2] == tuple(yx):
+        return "YXC"
+    raise ValueError(f"a training image of shape {shape} does not match its labels of shape {tuple(yx)}")
+
+
+def _zoom_to_model(net: UNet, fresh: bool, enabled: bool, imgs: list, labs: list, regs: list | None,
+                   va_i: list, va_l: list, va_r: list | None) -> tuple:
+    """Training data zoomed to the starting model's cell size (see ``zoom_to_model``), and
+    the model's ``meta["diameter"]`` set to the size it will know best afterwards.
+
+    Returns the (possibly zoomed) lists, the zoom and the data's median cell diameter.
+    """
+    from .diameter import label_diameter, resize_image, resize_nearest, zoom_for, zoomed_shape
+
+    data_d = label_diameter([*labs, *va_l])
+    if not math.isfinite(data_d):
+        return imgs, labs, regs, va_i, va_l, va_r, 1.0, data_d
+    target = None if fresh else net.meta.get("diameter")
+    if not (enabled and isinstance(target, (int, float)) and target > 0):
+        net.meta["diameter"] = round(data_d, 2)  # the data's own size is what it will know
+        return imgs, labs, regs, va_i, va_l, va_r, 1.0, data_d
+    zoom = zoom_for(float(target), data_d)
+    if zoom == 1.0:
+        return imgs, labs, regs, va_i, va_l, va_r, 1.0, data_d
+
+    def zoom_set(images: list, labels: list, regions: list | None) -> tuple[list, list, list | None]:
+        out_i, out_l, out_r = [], [], None if regions is None else []
+        for k, (img, lab) in enumerate(zip(images, labels)):
+            lab = np.asarray(lab)
+            yx = zoomed_shape(lab.shape[-2:], zoom)
+            out_i.append(resize_image(np.asarray(img), _image_axes(img, lab.shape), yx))
+            out_l.append(resize_nearest(lab, "YX", yx))
+            if out_r is not None:
+                r = regions[k]
+                out_r.append(resize_nearest(np.asarray(r), "YX", yx) if isinstance(r, np.ndarray) else r)
+        return out_i, out_l, out_r
+
+    imgs, labs, regs = zoom_set(imgs, labs, regs)
+    if va_i:
+        va_i, va_l, va_r = zoom_set(va_i, va_l, va_r)
+    return imgs, labs, regs, va_i, va_l, va_r, zoom, data_d
+
+
 def lr_factor(fraction: float) -> float:
     """Schedule: linear warm-up over WARMUP_FRACTION, then cosine to FINAL_LR_FRACTION."""
     f = min(max(fraction, 0.0), 1.0)
@@ -482,6 +532,7 @@ def train_iter(
     wrap_network: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     optimizer: str = "adamw",
     schedule: str = "cosine",
+    zoom_to_model: bool = True,
 ) -> Generator[Progress, None, UNet]:
     """Train a U-Net on labelled images; yields progress, returns the trained model.
 
@@ -497,7 +548,7 @@ def train_iter(
         iterations: training steps (default 500 unless ``max_time`` alone is given).
         max_time: stop cleanly after this many seconds.
         device: ``None``/``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``.
-        lr: peak learning rate (default 3e-3 from scratch, 1e-3 from a trained model).
+        lr: peak learning rate (default 3e-3 from scratch, 3e-4 from a trained model).
         batch_size: tiles per step.
         tile_size: edge of the network's *output* tile in pixels (as in ``predict``),
             rounded up to a valid size; default 96 on the CPU, 192 on a GPU.
@@ -522,6 +573,14 @@ def train_iter(
         optimizer: ``"adamw"`` (default, measured best), ``"adam"`` or ``"sgd"`` (the
             paper's: momentum 0.99).
         schedule: ``"cosine"`` (warm-up then cosine decay, default) or ``"constant"``.
+        zoom_to_model: when the starting model records the cell diameter it knows best
+            (``meta["diameter"]``) and the training cells' median diameter differs from it
+            by more than 25%, train on copies zoomed to the model's size (as
+            ``segment(..., diameter="auto")`` segments), so that fine-tuning builds on what
+            the model knows instead of relearning the scale. Measured on the real crop
+            zoomed 2x, 90 s from the bundled model: AP@0.5 0.87 zoomed vs 0.67 unzoomed
+            (0.83 before; ``benchmarks/bench_finetune_scale.py``). False: train at the
+            data's own scale and record its diameter.
         wrap_network: called once with the network (on its device) before training; the
             module it returns runs the training forward passes (e.g. a
             ``DistributedDataParallel`` wrapper, see :mod:`napari_unet.ddp`).
@@ -601,19 +660,17 @@ def train_iter(
         va_r = list(val_regions) if val_regions is not None else None
     else:
         imgs, labs, regs, va_i, va_l, va_r = _split_for_validation(imgs, labs, regs, val_fraction)
+    zoom, data_diameter = 1.0, math.nan
+    if mode != "semantic":
+        imgs, labs, regs, va_i, va_l, va_r, zoom, data_diameter = _zoom_to_model(
+            net, fresh, zoom_to_model, imgs, labs, regs, va_i, va_l, va_r
+        )
     norm_rule = net.meta.get("normalization", {"kind": "percentile", "low": 1.0, "high": 99.8})
     data = TrainingData(
         imgs, labs, regs, mode=mode, normalization=norm_rule, in_channels=in_ch, source_size=source,
         w0=w0, sigma=sigma, class_weights=class_weights, margin=margin, num_classes=cfg.num_classes, rng=rng,
     )
     val = _prepare_validation(va_i, va_l, va_r, mode, norm_rule, in_ch, cfg.min_input_size, w0, sigma, class_weights, margin)
-    if mode != "semantic":
-        # the cell size the model will know best: what segment(..., diameter=...) zooms to
-        from .diameter import label_diameter
-
-        d = label_diameter([*labs, *va_l])
-        if math.isfinite(d):
-            net.meta["diameter"] = round(d, 2)
 
     net.to(dev)
     channels_last = dev.type != "mps"
@@ -691,6 +748,8 @@ def train_iter(
         "augment": {f: getattr(augment, f) for f in augment.__dataclass_fields__},
         "device": dev_text,
         "amp": use_amp,
+        "data_diameter": None if not math.isfinite(data_diameter) else round(data_diameter, 2),
+        "zoom": round(zoom, 4),
     }
 
     def checkpoint(it: int, final: bool = False) -> None:

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, metavar="N", help="training steps (default 500)")
     parser.add_argument("--max-time", type=float, metavar="S", help="stop after this many seconds")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 fine-tuning, 3e-3 scratch)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 3e-4 fine-tuning, 3e-3 scratch)")
     parser.add_argument("--batch-size", type=int, default=4, metavar="N")
     parser.add_argument("--tile-size", type=int, metavar="N", help="output tile edge (default 96 CPU, 192 GPU)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share held out for validation")
@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-dir", metavar="DIR", help="write last/best checkpoints here")
     parser.add_argument("--resume", metavar="DIR", help="continue from the checkpoints in DIR")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--native-scale", action="store_true",
+                        help="train at the images' own scale (default: when the cells' size differs from the "
+                             "starting model's by more than 25%%, train on copies zoomed to the model's size)")
 
 
 def _read(path: str) -> np.ndarray:
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, lr=args.lr, batch_size=args.batch_size, tile_size=args.tile_size,
         augment=AugmentConfig.off() if args.no_augment else AugmentConfig(), val_fraction=args.val_fraction,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, mode=args.mode, seed=args.seed,
+        zoom_to_model=not args.native_scale,
     )
     bar = tqdm(total=0, desc="training", unit="it", file=sys.stderr, dynamic_ncols=True)
     shown = 0

@@ -456,6 +456,12 @@ class TrainWidget(Container):
                                  tooltip="Steps between validations ('auto': 20 per run, every 50 "
                                  "steps on a time budget). The best model is chosen at validations")
         self.val_every.native.setSpecialValueText("auto")
+        self.zoom_to_model = CheckBox(
+            text="train at the model's cell size", value=True,
+            tooltip="When your cells' size differs from the size the starting model knows by more than "
+            "25%, train on copies zoomed to the model's size (what Segment's Cell size 'auto' does at "
+            "inference). Off: the model learns your images' own scale",
+        )
         self.device = DevicePicker()
         self.checkpoint_dir = FileEdit(label="Checkpoints", mode="d",
                                        tooltip="Where best.pt/last.pt/state.pt are kept (empty: a "
@@ -473,7 +479,7 @@ class TrainWidget(Container):
         # rarely changed settings fold away, so the loss plot stays in view
         self.advanced = Container(
             widgets=[self.lr, self.tile_size, self.batch_size, self.val_fraction, self.val_every,
-                     self.checkpoint_dir],
+                     self.zoom_to_model, self.checkpoint_dir],
             labels=True,
         )
         self.augmentation = Container(
@@ -794,6 +800,7 @@ class TrainWidget(Container):
         job.augment = self.augment_config()
         job.device = self.device.value
         job.val_fraction = float(self.val_fraction.value)
+        job.kwargs["zoom_to_model"] = bool(self.zoom_to_model.value)
         if int(self.val_every.value) > 0:
             job.kwargs["val_every"] = int(self.val_every.value)
         ck = self.checkpoint_dir.value
