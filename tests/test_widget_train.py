@@ -306,3 +306,28 @@ def test_zoom_to_model_setting_reaches_training(widget):
     assert widget._make_job().kwargs["zoom_to_model"] is True
     widget.zoom_to_model.value = False
     assert widget._make_job().kwargs["zoom_to_model"] is False
+
+
+def test_file_buttons_save_export_load(widget, tmp_path, monkeypatch):
+    """The Save / Export / Load buttons, with the file dialogs answered by the test."""
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_unet import UNet
+
+    model = UNet(in_channels=1, num_classes=3, depth=2, base_width=4)
+    widget.trained_model = model
+    widget._sync()
+    answers = iter([str(tmp_path / "m.pt"), str(tmp_path / "m.zip"), ""])
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (next(answers), "")))
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(tmp_path / "m.pt"), "")))
+    widget.save_button.native.click()
+    assert (tmp_path / "m.pt").is_file() and "Saved" in widget.status.value
+    widget.export_button.native.click()
+    assert zipfile.is_zipfile(tmp_path / "m.zip") and "bioimage.io" in widget.status.value
+    widget.save_button.native.click()  # dialog cancelled: nothing happens
+    widget.trained_model = None
+    widget.load_button.native.click()
+    assert widget.trained_model is not None and "Loaded m.pt" in widget.status.value
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(tmp_path / "no.pt"), "")))
+    widget.load_button.native.click()  # a missing file: said in the status, nothing lost
+    assert "no.pt" in widget.status.value and widget.trained_model is not None

@@ -966,41 +966,28 @@ class TrainWidget(Container):
         set_status(self.status, f"Loaded {Path(path).name} ({mode}); it is now the current model")
         return self.trained_model
 
-    def _save_clicked(self, *_: Any) -> None:
+    def _with_file(self, save: bool, title: str, default: str, filters: str, action: Any) -> None:
+        """Ask for a file (to write or to read) and run ``action(path)``; errors go to the status."""
         from qtpy.QtWidgets import QFileDialog
 
-        path, _ = QFileDialog.getSaveFileName(self.native, "Save model", "unet_model.pt",
-                                              "napari-unet models (*.pt)")
+        ask = QFileDialog.getSaveFileName if save else QFileDialog.getOpenFileName
+        path, _ = ask(self.native, title, default, filters)
         if not path:
             return
         try:
-            self.save_model_to(path)
+            action(path)
         except (ValueError, OSError) as exc:
             show_error_in(self.status, exc)
+
+    def _save_clicked(self, *_: Any) -> None:
+        self._with_file(True, "Save model", "unet_model.pt", "napari-unet models (*.pt)", self.save_model_to)
 
     def _export_clicked(self, *_: Any) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        path, _ = QFileDialog.getSaveFileName(self.native, "Export for bioimage.io", "unet_model.bioimageio.zip",
-                                              "bioimage.io model packages (*.zip)")
-        if not path:
-            return
-        try:
-            self.export_model_to(path)
-        except (ValueError, OSError) as exc:
-            show_error_in(self.status, exc)
+        self._with_file(True, "Export for bioimage.io", "unet_model.bioimageio.zip",
+                        "bioimage.io model packages (*.zip)", self.export_model_to)
 
     def _load_clicked(self, *_: Any) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        path, _ = QFileDialog.getOpenFileName(self.native, "Load model", "",
-                                              "napari-unet models (*.pt);;All files (*)")
-        if not path:
-            return
-        try:
-            self.load_model_from(path)
-        except (ValueError, OSError) as exc:
-            show_error_in(self.status, exc)
+        self._with_file(False, "Load model", "", "napari-unet models (*.pt);;All files (*)", self.load_model_from)
 
     # -- apply ----------------------------------------------------------------------------
 
