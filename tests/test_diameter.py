@@ -118,6 +118,7 @@ def test_near_the_model_size_nothing_is_zoomed(blob_model):
     img, _ = discs((160, 160), 6, 8)
     plain = nu.segment(img, blob_model, device="cpu")
     np.testing.assert_array_equal(nu.segment(img, blob_model, device="cpu", diameter=14.0), plain)
+    np.testing.assert_array_equal(nu.segment(img, blob_model, device="cpu", diameter=np.float32(13)), plain)
 
 
 def test_bad_diameters_say_so(blob_model):

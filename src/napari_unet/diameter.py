@@ -2,7 +2,8 @@
 between them.
 
 A model segments best the cells about as large as those it learned from
-(``model.meta["diameter"]``, the median diameter of its training cells). Cells much
+(``model.meta["diameter"]``: the median diameter of its training cells; for the bundled
+model, which saw many sizes, the value chosen by ``benchmarks/calibrate_diameter.py``). Cells much
 larger get cut into pieces, and much smaller ones get lost; segmenting a zoomed copy and
 scaling the labels back fixes both (``segment(..., diameter="auto")``; measured in
 ``benchmarks/eval_bundled.py --scales``).
@@ -19,6 +20,7 @@ come out as many small pieces, so a single pass at zoom 1 can be badly wrong).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Generator, Iterable
 from typing import Any
 
@@ -78,7 +80,7 @@ def model_diameter(model: Any) -> float:
             set ``model.meta["diameter"]`` to the median cell diameter of its training data).
     """
     d = getattr(model, "meta", {}).get("diameter")
-    if d is None or not (isinstance(d, (int, float)) and math.isfinite(d) and d > 0):
+    if d is None or isinstance(d, bool) or not (isinstance(d, numbers.Real) and math.isfinite(d) and d > 0):
         raise ValueError(
             "this model does not record the cell diameter it was trained on, so it cannot rescale "
             "images; set model.meta['diameter'] (pixels) or fine-tune it again"
@@ -88,7 +90,7 @@ def model_diameter(model: Any) -> float:
 
 def zoom_for(model_d: float, diameter: float) -> float:
     """Zoom that brings cells of ``diameter`` to the model's ``model_d``; 1 within :data:`TOLERANCE`."""
-    if not (isinstance(diameter, (int, float)) and math.isfinite(diameter) and diameter > 0):
+    if isinstance(diameter, bool) or not (isinstance(diameter, numbers.Real) and math.isfinite(diameter) and diameter > 0):
         raise ValueError(f"the cell diameter must be a positive number of pixels, got {diameter!r}")
     z = model_d / float(diameter)
     return 1.0 if 1 / TOLERANCE <= z <= TOLERANCE else z
