@@ -162,6 +162,9 @@ def test_cancel_stops_within_a_second_and_keeps_best_model(qtbot, widget):
     assert model is not None and run.best_state is not None
     for k, v in model.state_dict().items():  # the best weights, not the last ones
         assert torch.equal(v, run.best_state[k]), k
+    rec = model.meta["history"][-1]  # the cancelled run is on record
+    assert rec["stopped"] == "cancelled" and not rec["finished"] and rec["iterations"] >= 6
+    assert rec["best_iteration"] == run.best_iteration
     assert "Cancelled" in widget.status.value and "best model" in widget.status.value
     assert widget.save_button.enabled and widget.run_button.enabled
     assert widget.start.value == widget.CURRENT

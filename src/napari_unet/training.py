@@ -362,12 +362,17 @@ class TrainingRun:
     best_iteration: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     curve: list[dict[str, float]] = field(default_factory=list)
+    #: the model's history with this run's record so far (set by ``train_iter``)
+    history: Callable[[], list[dict[str, Any]]] | None = None
 
     def best_model(self) -> UNet:
-        """A CPU copy of the best model so far (the current one when never validated)."""
+        """A CPU copy of the best model so far (the current one when never validated),
+        with this run's record in its history (marked as not finished)."""
         model = clone_model(self.model)
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
+        if self.history is not None:
+            model.meta["history"] = self.history()
         return model.eval()
 
 
@@ -752,12 +757,20 @@ def train_iter(
         "zoom": round(zoom, 4),
     }
 
+    def history(it: int, final: bool, stopped: str | None = None) -> list[dict[str, Any]]:
+        rec = dict(entry, iterations=it, seconds=round(elapsed_before + time.perf_counter() - t0, 1), finished=final)
+        if stopped is not None:
+            rec["stopped"] = stopped
+        rec.update(_summary(run))
+        return base_history + [rec]
+
+    # what a widget that cancels keeps (the generator's own return is lost on quit)
+    run.history = lambda: history(run.iteration, False, "cancelled")
+
     def checkpoint(it: int, final: bool = False) -> None:
         if ckpt is None:
             return
-        rec = dict(entry, iterations=it, seconds=round(elapsed_before + time.perf_counter() - t0, 1), finished=final)
-        rec.update(_summary(run))
-        net.meta["history"] = base_history + [rec]
+        net.meta["history"] = history(it, final)
         from .model import save_model
 
         was_training = net.training
@@ -889,12 +902,10 @@ def train_iter(
     entry["stopped"] = stop_reason
     if ckpt is not None:
         checkpoint(it, final=True)
-    rec = dict(entry, iterations=it, seconds=round(elapsed_before + time.perf_counter() - t0, 1), finished=True)
-    rec.update(_summary(run))
     result = clone_model(net)
     if run.best_state is not None:
         result.load_state_dict(run.best_state)
-    result.meta["history"] = base_history + [rec]
+    result.meta["history"] = history(it, True)
     result.eval()
     yield Progress(it, it, f"finished ({stop_reason})", dict(info_common, phase="done", iteration=it, **last_val))
     return result
