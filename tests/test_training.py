@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import napari_unet as nu
+from napari_unet import training
 from napari_unet._progress import Progress
 from napari_unet.augment import AugmentConfig
 from napari_unet.metrics import average_precision
@@ -210,6 +211,35 @@ def test_resume_continues_from_the_saved_iteration(tmp_path):
     assert len(model.meta["history"]) == 1
     with pytest.raises(ValueError, match="cannot resume"):
         next(train_iter(imgs, labs, iterations=3, resume=tmp_path / "nothing", **FAST))
+
+
+def test_resumed_time_limited_run_keeps_its_budget_and_schedule(tmp_path):
+    """max_time is the whole run's: a resumed run trains only what is left of it, with the
+    learning rate where the schedule had got to (not a new warm-up)."""
+    img, lab = discs()
+    gen = train_iter([img], [lab], tiny(), max_time=5.0, checkpoint_dir=tmp_path, checkpoint_every=1, **FAST)
+    for rec in gen:
+        if rec.info.get("phase") == "train" and rec.info["eta"] < 2.5:  # past half of the budget
+            break
+    gen.close()
+    elapsed = torch.load(tmp_path / "state.pt", weights_only=True)["elapsed"]
+    assert 2.0 < elapsed < 5.0
+    lrs, t0 = [], time.perf_counter()
+    gen = train_iter([img], [lab], None, max_time=5.0, resume=tmp_path, **FAST)
+    while True:
+        try:
+            rec = next(gen)
+        except StopIteration as stop:
+            model = stop.value
+            break
+        if rec.info.get("phase") == "train":
+            lrs.append(rec.info["lr"])
+    took = time.perf_counter() - t0
+    assert took < 5.0 - elapsed + 2.0  # the rest of the budget (and set-up), not a new one
+    peak = training.LR_FINE_TUNE
+    assert lrs and lrs[0] < peak * training.lr_factor(0.3)  # past the middle of the cosine
+    assert lrs[0] > peak * training.FINAL_LR_FRACTION  # and not at its end either
+    assert model.meta["history"][-1]["stopped"] == "time"
 
 
 def test_nan_image_and_diverging_loss_give_clear_errors():

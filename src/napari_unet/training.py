@@ -551,7 +551,9 @@ def train_iter(
         regions: per image, the annotated area: a bool mask, ``"all"`` (complete labels)
             or None (labelled cells plus ``margin`` pixels; the rest is ignored).
         iterations: training steps (default 500 unless ``max_time`` alone is given).
-        max_time: stop cleanly after this many seconds.
+        max_time: stop cleanly after this many seconds (of the whole run: a resumed run
+            counts the time it trained before, and its learning-rate schedule goes on
+            where it stopped).
         device: ``None``/``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``.
         lr: peak learning rate (default 3e-3 from scratch, 3e-4 from a trained model).
         batch_size: tiles per step.
@@ -809,7 +811,8 @@ def train_iter(
     stop_reason = "done"
     last_val: dict[str, float] = {}
     while it < total:
-        elapsed = time.perf_counter() - t0
+        # a resumed run's time budget counts the time it trained before
+        elapsed = elapsed_before + time.perf_counter() - t0
         if max_time is not None and elapsed >= max_time:
             stop_reason = "time"
             break
@@ -888,7 +891,7 @@ def train_iter(
         mean_step = float(np.mean(step_times[-50:]))
         eta = (total - it) * mean_step
         if max_time is not None:
-            eta = min(eta, max(0.0, max_time - (time.perf_counter() - t0)))
+            eta = min(eta, max(0.0, max_time - (elapsed_before + time.perf_counter() - t0)))
             if iterations is None:
                 total_est = it + int(eta / max(mean_step, 1e-9))
                 run.total = total_est
