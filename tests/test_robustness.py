@@ -72,6 +72,16 @@ def test_training_out_of_memory_halves_the_batch_and_retries(tiny):
     assert last["iterations"] == 3 and last["batch_size"] == 1
 
 
+def test_training_out_of_memory_without_retry_is_a_clear_error(tiny):
+    """Under DistributedDataParallel (``ddp.py`` passes ``oom_retry=False``) one process
+    must not halve its batch alone: it stops with the batch size to use instead."""
+    img, lab = make_sample((96, 96), seed=0)
+    gen = train_iter([img], [lab], tiny, iterations=3, batch_size=4, tile_size=32, val_fraction=0, device="cpu",
+                     wrap_network=lambda net: _OOMAbove(net, limit=1), oom_retry=False)
+    with pytest.raises(MemoryError, match="batch size 4.*batch size 2"):
+        drain(gen)
+
+
 def test_training_out_of_memory_with_one_tile_is_a_clear_error(tiny):
     img, lab = make_sample((96, 96), seed=0)
     with pytest.raises(MemoryError, match="even with batch size 1"):

@@ -164,7 +164,8 @@ def ddp_train(
 
         gen = train_iter(
             images, labels, model, regions=regs, device=dev, seed=seed + rank, val_fraction=0.0,
-            checkpoint_dir=checkpoint_dir if rank == 0 else None, wrap_network=wrap, **train_kwargs,
+            checkpoint_dir=checkpoint_dir if rank == 0 else None, wrap_network=wrap, oom_retry=False,
+            **train_kwargs,
         )
         model = drain(gen, progress if rank == 0 else None)
         dist.barrier()

@@ -538,6 +538,7 @@ def train_iter(
     optimizer: str = "adamw",
     schedule: str = "cosine",
     zoom_to_model: bool = True,
+    oom_retry: bool = True,
 ) -> Generator[Progress, None, UNet]:
     """Train a U-Net on labelled images; yields progress, returns the trained model.
 
@@ -588,6 +589,9 @@ def train_iter(
             zoomed 2x, 90 s from the bundled model: AP@0.5 0.87 zoomed vs 0.67 unzoomed
             (0.83 before; ``benchmarks/bench_finetune_scale.py``). False: train at the
             data's own scale and record its diameter.
+        oom_retry: on running out of memory, halve the batch and retry the step (default).
+            False: stop with a clear error instead, as under DistributedDataParallel, where
+            one process halving alone would leave the others waiting for it forever.
         wrap_network: called once with the network (on its device) before training; the
             module it returns runs the training forward passes (e.g. a
             ``DistributedDataParallel`` wrapper, see :mod:`napari_unet.ddp`).
@@ -849,6 +853,12 @@ def train_iter(
         except Exception as exc:  # torch reports out-of-memory as several exception types
             if not is_out_of_memory(exc):
                 raise
+            if not oom_retry:
+                raise MemoryError(
+                    f"out of memory on {describe_device(dev)} with batch size {batch_size} and tile {out_size}; "
+                    f"not retried (all processes must take the same steps): rerun with batch size "
+                    f"{max(1, batch_size // 2)} or a smaller tile"
+                ) from exc
             if batch_size == 1:
                 raise MemoryError(
                     f"out of memory on {describe_device(dev)} even with batch size 1; use a smaller "
