@@ -16,10 +16,13 @@ Passes:
 
 1. :func:`sweep_first_axis`: along the first axis, two linear sweeps that track the last
    two distinct labels seen (O(1) per pixel, exact, unbounded).
-2. :func:`scan_axis`: along each further axis, every pixel looks at the line positions
+2. :func:`scan_axis` (3D, the middle axis): every pixel looks at the line positions
    outward from itself and stops as soon as the offset alone is no smaller than its
    current second distance, or beyond the reach ``R`` (offsets beyond ``R`` only give
    distances beyond ``R``, which the caller does not need).
+3. :func:`scan_last_axis`: the same scan along the last axis, for background pixels only,
+   writing the distances; it also stops once a pixel's nearest cell is known to lie
+   beyond ``R/2`` (such a pixel is not contested: its border term is negligible).
 
 All kernels are compiled with ``nogil`` so the caller can run slabs of the image in
 threads. Label 0 is background; ``l = 0`` with ``b = inf`` means "no cell".
