@@ -755,6 +755,12 @@ def _segment_zoomed(
         extra,
     )
     labels = resize_nearest(small, out_axes, lay.yx_shape)
+    mode = kwargs.get("mode") or net.meta.get("mode", "instance3")
+    if zoom > 1 and mode != "semantic":
+        # shrinking the labels back can drop a speck: keep the ids 1..N without gaps
+        from skimage.segmentation import relabel_sequential
+
+        labels = relabel_sequential(labels)[0].astype(np.int32, copy=False)
     if probabilities_out is not None:
         probabilities_out[...] = resize_image(probs, "C" + out_axes, lay.yx_shape)
     if out is None:
