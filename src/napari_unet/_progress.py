@@ -9,7 +9,7 @@ as quick as one tile or one training step).
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -36,6 +36,20 @@ class ProgressBar(Protocol):
     total: Any
 
     def update(self, n: int = 1) -> Any: ...
+
+
+def relay(gen: Generator[Progress, None, T], each: Callable[[Progress], Progress]) -> Generator[Progress, None, T]:
+    """Yield ``each(record)`` for every record of ``gen``, and return ``gen``'s result.
+
+    ``each`` may amend a record (return a new one) or only look at it (return it as is),
+    e.g. to keep the last device or cell size that the records reported.
+    """
+    while True:
+        try:
+            rec = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield each(rec)
 
 
 def drain(gen: Generator[Progress, None, T], progress: ProgressBar | None = None) -> T:

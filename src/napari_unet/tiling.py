@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._progress import Progress, ProgressBar, drain
+from ._progress import Progress, ProgressBar, drain, relay
 from .device import autocast, available_memory, cpu_supports_bf16, describe_device, is_out_of_memory, resolve_device
 from .normalize import SUBSAMPLE_PIXELS, apply_normalization, normalization_params, strided_sample
 
@@ -771,12 +771,7 @@ def _segment_zoomed(
 
 def _with_info(gen: Generator[Progress, None, Any], extra: dict[str, Any]) -> Generator[Progress, None, Any]:
     """Relay ``gen``'s records with ``extra`` added to their ``info``; return its result."""
-    while True:
-        try:
-            rec = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield Progress(rec.done, rec.total, rec.message, {**rec.info, **extra})
+    return relay(gen, lambda rec: Progress(rec.done, rec.total, rec.message, {**rec.info, **extra}))
 
 
 def segment(image: Any, model: Any = None, *, tile_size: int | None = None, device: str | torch.device | None = None,

@@ -69,7 +69,7 @@ def _bar(desc: str) -> Any:
 def _segment(image: Any, axes: str | None, model: Any, args: argparse.Namespace, out_path: Path | None,
              fmt: str, desc: str) -> Any:
     from ..tiling import parse_axes, segment_iter
-    from .._progress import drain
+    from .._progress import drain, relay
 
     layout = parse_axes(image.shape, axes)
     labels_out = create_output(out_path, layout.out_shape, "int32", fmt) if out_path is not None else None
@@ -85,19 +85,14 @@ def _segment(image: Any, axes: str | None, model: Any, args: argparse.Namespace,
                        amp=False if args.no_amp else None, diameter=args.diameter, **kwargs)
     seen: dict[str, float] = {}
 
-    def watch(g: Any) -> Any:  # keep the diameter and zoom the records report
-        while True:
-            try:
-                rec = next(g)
-            except StopIteration as stop:
-                return stop.value
-            if "zoom" in rec.info:
-                seen.update(diameter=rec.info["diameter"], zoom=rec.info["zoom"])
-            yield rec
+    def watch(rec: Any) -> Any:  # keep the diameter and zoom the records report
+        if "zoom" in rec.info:
+            seen.update(diameter=rec.info["diameter"], zoom=rec.info["zoom"])
+        return rec
 
     bar = _bar(desc)
     try:
-        labels = drain(watch(gen), bar)
+        labels = drain(relay(gen, watch), bar)
     finally:
         bar.close()
     if seen:

@@ -29,7 +29,7 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from .._progress import Progress
+from .._progress import Progress, relay
 from ._common import (
     DevicePicker,
     ModelPicker,
@@ -153,15 +153,7 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
         gen = segment_at_model_size(job.data, model, device=device, axes=job.axes, notes=notes, **kwargs)
     else:
         gen = segment_iter(job.data, model, device=device, axes=job.axes, diameter=job.diameter, **kwargs)
-    while True:
-        try:
-            rec = next(gen)
-        except StopIteration as stop:
-            labels = np.asarray(stop.value)
-            break
-        if isinstance(rec, Progress) and rec.info:
-            info.update(rec.info)
-        yield rec
+    labels = np.asarray((yield from relay(gen, lambda rec: info.update(rec.info) or rec)))
     return SegmentResult(
         labels=labels,
         probabilities=probs,

@@ -44,7 +44,7 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from .._progress import Progress
+from .._progress import Progress, relay
 from ._common import (
     DevicePicker,
     TaskRunner,
@@ -309,14 +309,8 @@ def run_apply(model: Any, data: Any, axes: str | None, device: str) -> Generator
     t0 = time.perf_counter()
     info: dict[str, Any] = {}
     gen = segment_at_model_size(data, model, device=device, axes=axes)
-    while True:
-        try:
-            rec = next(gen)
-        except StopIteration as stop:
-            return ApplyResult(np.asarray(stop.value), time.perf_counter() - t0, str(info.get("device", device)))
-        if isinstance(rec, Progress) and rec.info:
-            info.update(rec.info)
-        yield rec
+    labels = yield from relay(gen, lambda rec: info.update(rec.info) or rec)
+    return ApplyResult(np.asarray(labels), time.perf_counter() - t0, str(info.get("device", device)))
 
 
 # -- the widget -----------------------------------------------------------------------
