@@ -67,7 +67,7 @@ def main() -> None:
         ]
         seconds[md] = time.perf_counter() - t
     width = max(len(n) for n, _, _ in data)
-    print(f"AP@0.5; columns: segmented as is, then diameter='auto' with model diameter = ...")
+    print("AP@0.5; columns: segmented as is, then diameter='auto' with model diameter = ...")
     print(f"{'image':<{width}} {'cells':>6} " + " ".join(f"{c:>10}" for c in columns))
     for k, (name, _, g) in enumerate(data):
         print(f"{name:<{width}} {label_diameter(g):6.1f} " + " ".join(f"{v[k]:10.3f}" for v in columns.values()))

@@ -56,9 +56,7 @@ class _Level(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
-        h, w = x.shape[-2], x.shape[-1]
-        top, left = (skip.shape[-2] - h) // 2, (skip.shape[-1] - w) // 2
-        return self.conv(torch.cat([skip[:, :, top : top + h, left : left + w], x], dim=1))
+        return self.conv(torch.cat([center_crop(skip, (x.shape[-2], x.shape[-1])), x], dim=1))
 
 
 class ExportedUNet(nn.Module):
