@@ -7,6 +7,16 @@ Importable as ``from _helpers import ...``: pytest puts this folder on ``sys.pat
 from __future__ import annotations
 
 
+def run_to_end(gen):
+    """Run a progress generator to the end: ``(its result, the records it yielded)``."""
+    records = []
+    while True:
+        try:
+            records.append(next(gen))
+        except StopIteration as stop:
+            return stop.value, records
+
+
 def threshold_unet(in_channels: int = 1):
     """A depth-2 width-4 U-Net computing 'interior where normalised intensity > 0.5'.
 

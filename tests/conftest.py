@@ -30,5 +30,15 @@ def tiny_model():
 
 
 @pytest.fixture
+def model_path(tmp_path):
+    """A model file of ``_helpers.threshold_unet``: finds bright blobs, deterministically."""
+    from _helpers import threshold_unet
+
+    from napari_unet import save_model
+
+    return save_model(threshold_unet(), tmp_path / "threshold.pt")
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(12345)

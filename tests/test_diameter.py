@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from _helpers import threshold_unet
+from _helpers import run_to_end, threshold_unet
 
 import napari_unet as nu
 from napari_unet import diameter as dm
@@ -86,18 +86,10 @@ def test_pick_trusts_only_zooms_that_agree(found, target, truth):
 
 def test_zoomed_segmentation_matches_the_cells(blob_model):
     img, lab = discs((300, 340), 15, 12, seed=3)  # 30 px cells, the model's are 12 px
-    seen = []
     from napari_unet.tiling import segment_iter
 
-    gen = segment_iter(img, blob_model, device="cpu", diameter="auto", min_size=0)
-    while True:
-        try:
-            rec = next(gen)
-        except StopIteration as stop:
-            out = stop.value
-            break
-        seen.append(rec.info)
-    zoom = seen[-1]["zoom"]
+    out, records = run_to_end(segment_iter(img, blob_model, device="cpu", diameter="auto", min_size=0))
+    zoom = records[-1].info["zoom"]
     assert abs(zoom - 12 / dm.label_diameter(lab)) < 0.05  # zoomed about 0.4x
     assert out.shape == lab.shape and out.dtype == np.int32
     assert nu.average_precision(lab, out, thresholds=(0.9,))[0.9] == 1.0  # every disc, IoU >= 0.9

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _helpers import run_to_end
 
 from napari_unet._progress import drain
 from napari_unet.model import ModelFileError, UNet, load_model, save_model
@@ -58,13 +59,8 @@ def test_training_out_of_memory_halves_the_batch_and_retries(tiny):
 
     gen = train_iter([img], [lab], tiny, iterations=3, batch_size=4, tile_size=32, val_fraction=0, device="cpu",
                      wrap_network=wrap)
-    messages = []
-    while True:
-        try:
-            messages.append(next(gen).message)
-        except StopIteration as stop:
-            model = stop.value
-            break
+    model, records = run_to_end(gen)
+    messages = [r.message for r in records]
     assert any("out of memory: retrying with batch size 2" in m for m in messages)
     assert any("out of memory: retrying with batch size 1" in m for m in messages)
     assert wrappers[0].seen == [4, 2, 1, 1, 1]  # two failed tries, then 3 steps of 1 tile

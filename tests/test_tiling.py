@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from _helpers import run_to_end
 
 import napari_unet as nu
 from napari_unet._progress import Progress, drain
@@ -29,14 +30,9 @@ def _fixed_norm(model):
 
 
 def _infos(gen):
-    infos = []
-    while True:
-        try:
-            rec = next(gen)
-        except StopIteration as stop:
-            return stop.value, infos
-        assert isinstance(rec, Progress)
-        infos.append(rec.info)
+    result, records = run_to_end(gen)
+    assert all(isinstance(rec, Progress) for rec in records)
+    return result, [rec.info for rec in records]
 
 
 def test_seamless_for_any_tile_size_and_equal_to_one_padded_pass(tiny_model, rng):

@@ -4,6 +4,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from _helpers import run_to_end
 
 import napari_unet as nu
 from napari_unet import training
@@ -140,13 +141,7 @@ def test_progress_every_step_and_validation_picks_best(tmp_path):
     data = [discs(seed=s) for s in range(4)]
     gen = train_iter([d[0] for d in data], [d[1] for d in data], tiny(), iterations=12, val_every=4,
                      batch_size=2, tile_size=32, device="cpu", amp=False, val_fraction=0.25)
-    recs = []
-    while True:
-        try:
-            recs.append(next(gen))
-        except StopIteration as stop:
-            model = stop.value
-            break
+    model, recs = run_to_end(gen)
     steps = [r.info["iteration"] for r in recs if r.info.get("phase") == "train"]
     assert steps == list(range(1, 13))
     assert all(isinstance(r, Progress) for r in recs)
@@ -197,15 +192,8 @@ def test_resume_continues_from_the_saved_iteration(tmp_path):
     gen = train_iter(imgs, labs, None, iterations=20, resume=tmp_path, **FAST)
     first = next(gen)
     assert first.done == 5
-    steps = []
-    while True:
-        try:
-            r = next(gen)
-        except StopIteration as stop:
-            model = stop.value
-            break
-        if r.info.get("phase") == "train":
-            steps.append(r.info["iteration"])
+    model, recs = run_to_end(gen)
+    steps = [r.info["iteration"] for r in recs if r.info.get("phase") == "train"]
     assert steps == list(range(6, 21))
     assert model.meta["history"][-1]["iterations"] == 20
     assert len(model.meta["history"]) == 1
@@ -224,17 +212,10 @@ def test_resumed_time_limited_run_keeps_its_budget_and_schedule(tmp_path):
     gen.close()
     elapsed = torch.load(tmp_path / "state.pt", weights_only=True)["elapsed"]
     assert 2.0 < elapsed < 5.0
-    lrs, t0 = [], time.perf_counter()
-    gen = train_iter([img], [lab], None, max_time=5.0, resume=tmp_path, **FAST)
-    while True:
-        try:
-            rec = next(gen)
-        except StopIteration as stop:
-            model = stop.value
-            break
-        if rec.info.get("phase") == "train":
-            lrs.append(rec.info["lr"])
+    t0 = time.perf_counter()
+    model, recs = run_to_end(train_iter([img], [lab], None, max_time=5.0, resume=tmp_path, **FAST))
     took = time.perf_counter() - t0
+    lrs = [r.info["lr"] for r in recs if r.info.get("phase") == "train"]
     assert took < 5.0 - elapsed + 2.0  # the rest of the budget (and set-up), not a new one
     peak = training.LR_FINE_TUNE
     assert lrs and lrs[0] < peak * training.lr_factor(0.3)  # past the middle of the cosine

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _helpers import threshold_unet
 
 pytestmark = pytest.mark.gui
 
@@ -29,13 +28,6 @@ def blobs(shape=(96, 120), centers=((20, 20), (20, 60), (60, 30), (70, 90), (30,
     for cy, cx in centers:
         img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 1.0
     return img.astype(np.float32)
-
-
-@pytest.fixture
-def model_path(tmp_path):
-    from napari_unet import save_model
-
-    return save_model(threshold_unet(), tmp_path / "threshold.pt")
 
 
 @pytest.fixture

@@ -34,13 +34,6 @@ def blobs(shape=(96, 110), n=8, seed=0, radius=6):
 
 
 @pytest.fixture
-def model_path(tmp_path):
-    from napari_unet import save_model
-
-    return save_model(threshold_unet(), tmp_path / "threshold.pt")
-
-
-@pytest.fixture
 def widget(make_napari_viewer, model_path):
     from napari_unet._widgets.segment import SegmentWidget
 
