@@ -181,6 +181,13 @@ class TaskRunner:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started_at
 
+    def make_job(self, make: Callable[[], T]) -> T | None:
+        """The job a widget collects from its inputs, or None: while a task runs (a second
+        press does nothing) or when the input is refused (said in the status)."""
+        if self.running:
+            return None
+        return make_or_show_error(make, self.status)
+
     def start(
         self,
         make_gen: Callable[[], Generator[Progress, None, Any]],

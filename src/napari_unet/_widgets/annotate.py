@@ -70,7 +70,6 @@ from ._common import (
     align_form,
     header,
     load_model_cached,
-    make_or_show_error,
     row,
     segment_at_model_size,
     set_status,
@@ -757,9 +756,7 @@ class AnnotateWidget(Container):
 
     def predict(self, *_: Any) -> Any:
         """Fill the annotation layer from the model (in a worker); returns the worker."""
-        if self.runner.running:
-            return None
-        job = make_or_show_error(self._make_predict_job, self.status)
+        job = self.runner.make_job(self._make_predict_job)
         if job is None:
             return None
         return self.runner.start(lambda: run_predict(job), lambda pred: self._predicted(job, pred),

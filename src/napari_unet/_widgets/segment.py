@@ -38,7 +38,6 @@ from ._common import (
     align_form,
     header,
     load_model_cached,
-    make_or_show_error,
     row,
     segment_at_model_size,
     set_status,
@@ -317,9 +316,7 @@ class SegmentWidget(Container):
 
     def run(self, *_: Any) -> Any:
         """Start segmenting (returns the worker, or None when the input is refused)."""
-        if self.runner.running:
-            return None
-        job = make_or_show_error(self._make_job, self.status)
+        job = self.runner.make_job(self._make_job)
         if job is None:
             return None
         return self.runner.start(

@@ -52,7 +52,6 @@ from ._common import (
     align_form,
     bundled_model_available,
     header,
-    make_or_show_error,
     row,
     segment_at_model_size,
     set_status,
@@ -815,9 +814,7 @@ class TrainWidget(Container):
 
     def run(self, *_: Any) -> Any:
         """Start training (returns the worker, or None when the input is refused)."""
-        if self.runner.running:
-            return None
-        job = make_or_show_error(self._make_job, self.status)
+        job = self.runner.make_job(self._make_job)
         if job is None:
             return None
         sources = job.kwargs.pop("_sources")
