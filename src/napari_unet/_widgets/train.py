@@ -438,17 +438,15 @@ class TrainWidget(Container):
                                f"{training.LR_SCRATCH:g} from scratch, {training.LR_FINE_TUNE:g} when fine-tuning")
         self.lr.native.setDecimals(5)
         self.lr.native.setSpecialValueText("auto")
-        self.tile_size = SpinBox(label="Tile size (px)", value=0, min=0, max=4096, step=16,
-                                 tooltip="Edge of the output tile per sample ('auto': 96 on the CPU, 192 on a GPU)")
-        self.tile_size.native.setSpecialValueText("auto")
+        self.tile_size = SpinBox(label="Tile (0 = auto)", value=0, min=0, max=4096, step=16,
+                                 tooltip="Edge of the output tile per sample (0 = auto: 96 on the CPU, 192 on a GPU)")
         self.batch_size = SpinBox(label="Batch size", value=4, min=1, max=256, tooltip="Tiles per step")
         self.val_fraction = FloatSpinBox(label="Validation", value=0.2, min=0.0, max=0.5, step=0.05,
                                          tooltip="Share held out to measure progress (whole images from 4 "
                                          "images up, else a strip of each); 0 = none")
-        self.val_every = SpinBox(label="Validate every", value=0, min=0, max=10**6,
-                                 tooltip="Steps between validations ('auto': 20 per run, every 50 "
+        self.val_every = SpinBox(label="Validate every (0 = auto)", value=0, min=0, max=10**6,
+                                 tooltip="Steps between validations (0 = auto: 20 per run, every 50 "
                                  "steps on a time budget). The best model is chosen at validations")
-        self.val_every.native.setSpecialValueText("auto")
         self.zoom_to_model = CheckBox(
             text="train at the model's cell size", value=True,
             tooltip="When your cells' size differs from the size the starting model knows by more than "
@@ -543,7 +541,7 @@ class TrainWidget(Container):
                 self.status,
                 header("Result", rule=False),
                 row(self.save_button, self.load_button),
-                self.export_button,
+                row(self.export_button),
                 self.apply_image,
                 self.apply_button,
                 self.preview,
