@@ -48,12 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, OSError, MemoryError) as exc:
-        if args.debug:
+    except (UserError, ValueError, FileNotFoundError, OSError, MemoryError, RuntimeError) as exc:
+        if args.debug or (isinstance(exc, RuntimeError) and not _is_device_error(exc)):
             raise
         msg = " ".join(str(exc).split())
         print(f"napari-unet {args.command}: error: {msg}", file=sys.stderr)
         return 2
+
+
+def _is_device_error(exc: BaseException) -> bool:
+    """A device that cannot be used (e.g. ``--device cuda`` without CUDA): the user's to fix."""
+    from .device import DeviceError  # imports torch, which a device error has already loaded
+
+    return isinstance(exc, DeviceError)
 
 
 if __name__ == "__main__":  # pragma: no cover

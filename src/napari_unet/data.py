@@ -96,6 +96,16 @@ def check_sample(image: Any, labels: Any, region: Any = None, name: str = "") ->
     return img, lab, reg
 
 
+def _inside(root: Path, rel: Any, key: str) -> Path:
+    """``root / rel`` for a path of the index, refused unless it is a relative path inside ``root``."""
+    if not isinstance(rel, str) or not rel:
+        raise ValueError(f"the {key!r} path must be a file name relative to the folder, got {rel!r}")
+    path = root / rel
+    if Path(rel).is_absolute() or not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"the {key!r} path {rel!r} points outside the training-set folder; keep the files inside it")
+    return path
+
+
 @dataclass
 class TrainingSet:
     """An ordered list of :class:`TrainingSample` with folder save/load.
@@ -209,7 +219,7 @@ class TrainingSet:
                     if rel is None:
                         arrays.append(None)
                         continue
-                    path = root / rel
+                    path = _inside(root, rel, key)
                     if not path.is_file():
                         raise ValueError(f"missing file {rel}")
                     try:

@@ -211,10 +211,8 @@ def measure_diameter_iter(
         if min(yx) * z < 32:
             continue  # too small to hold cells at this zoom
         zoomed = resize_image(crop, plane_axes, zoomed_shape(yx, z)) if z != 1 else crop
-        try:
-            lab = segment(zoomed, net, axes=plane_axes, device=device)
-        except ValueError:
-            continue  # e.g. smaller than the network's field of view
+        # no try/except: any error here (a channel mismatch, a bad device) is the user's to see
+        lab = segment(zoomed, net, axes=plane_axes, device=device)
         n = len(np.unique(lab)) - 1
         tried.append(f"{z:g}x: {n} cells")
         if n >= MIN_CELLS:

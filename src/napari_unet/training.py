@@ -610,6 +610,10 @@ def train_iter(
         raise ValueError("no training images given")
     if regions is not None and len(regions) != len(images):
         raise ValueError(f"got {len(regions)} regions for {len(images)} images")
+    for k, (img, lab) in enumerate(zip(images, labels)):
+        if np.ndim(lab) != 2:
+            raise ValueError(f"labels {k} have shape {np.shape(lab)} but training takes 2D (Y, X) labels, "
+                             f"one per 2D image (image {k} has shape {np.shape(img)})")
     if iterations is not None and int(iterations) < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}")
     if max_time is not None and float(max_time) <= 0:

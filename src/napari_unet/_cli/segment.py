@@ -141,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
         from ..distributed import run_cli
 
         return run_cli(args)
+    from ..device import resolve_device
+
+    resolve_device(args.device)  # a device that cannot be used is said before any work starts
     # open every input first: a typo in the last one should not cost the first one's run
     opened = [(Path(p), *read_image(p)) for p in args.inputs]
     model = _load_model(args.model)

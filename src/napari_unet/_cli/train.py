@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     from ..model import save_model
     from ..training import train_iter
 
+    from ..device import resolve_device
+
+    resolve_device(args.device)  # a device that cannot be used is said before any work starts
     images, labels, regions = load_data(args)
 
     from tqdm import tqdm
