@@ -223,6 +223,7 @@ class TrainingData:
         self.source_size = int(source_size)
         self.items: list[_Item] = []
         pad = self.source_size // 2 + 1
+        n_flat = 0
         for k, (img, lab) in enumerate(zip(images, labels)):
             idx = first_index + k
             chw = _as_chw(img, in_channels, idx)
@@ -230,6 +231,12 @@ class TrainingData:
             lab = check_labels(lab, f"labels {idx}")
             if lab.shape != chw.shape[1:]:
                 raise ValueError(f"labels {idx} have shape {lab.shape} but image {idx} is {chw.shape[1:]} (y, x)")
+            flat = chw.size > 0 and chw.min() == chw.max()
+            n_flat += flat
+            if flat and lab.max(initial=0) > 0:
+                # an all-zero image (a wrong channel or an empty file) would train its whole budget on nothing
+                raise ValueError(f"training image {idx} is constant (every pixel is {chw.flat[0]:g}) but its labels "
+                                 "hold cells: nothing in the image shows them; check the file or channel")
             region = regions[k] if regions is not None else None
             try:
                 targets, mask = labels_to_targets(lab, mode, region, margin)
@@ -264,6 +271,8 @@ class TrainingData:
             )
         if not self.items:
             raise ValueError("no training images given")
+        if n_flat == len(self.items):
+            raise ValueError("every training image is constant (all its pixels the same): there is nothing to learn from")
         counts = np.array([it.counted for it in self.items], np.float64)
         # images are drawn in proportion to their annotated area
         self._p = counts / counts.sum()

@@ -1,0 +1,205 @@
+"""Checks that tell the user when a result should not be trusted, in one sentence each.
+
+Qt-free; the widgets show these warnings in their status line, the command line prints them.
+
+* **Nothing here** (:func:`drop_faint_objects`): a U-Net asked to find cells finds
+  them in pure camera noise too, because percentile normalisation stretches any noise to
+  the full range. Each object the network finds is tested against the image's own noise:
+  its mean intensity must stand out from the ring of background around it by
+  :data:`MIN_OBJECT_Z` standard errors (the pixel noise ``sigma`` is measured robustly from
+  differences of neighbouring pixels, so it is the image's noise, whatever its gain,
+  offset, bit depth or size). Objects that do not are dropped; when nothing is left a
+  :class:`UserWarning` says there are no cells.
+* **NaN pixels** (:data:`NONFINITE_WARNING`): NaN and inf pixels are segmented as
+  background; the user is told.
+* **Unlike the training data** (:func:`modality_warning`): an image that looks like
+  nothing the model learned from (a colour image of stained tissue for a fluorescence
+  model, dark objects on a bright background, a channel count the model does not take)
+  gets a warning that says so and what to do.
+
+The model file records what it was trained on in ``model.meta["modality"]``:
+
+* ``"fluorescence"`` (the default when the key is missing): bright objects on a dark
+  background, one or more fluorescence channels;
+* ``"stained"``: brightfield images of stained tissue (H&E and similar), RGB, dark nuclei on
+  a bright background.
+
+A model for another modality adds its name there; :func:`modality_warning` then checks
+nothing it does not know about.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+#: the warning when NaN/inf pixels were replaced (one sentence)
+NONFINITE_WARNING = (
+    "The image holds NaN or infinite pixels, which were segmented as background, so cells under them are lost; "
+    "fill them (e.g. numpy.nan_to_num) or crop them away."
+)
+
+#: the warning when the network found objects but none stands out from the image's noise
+NOTHING_HERE_WARNING = (
+    "No cells found: nothing in this image stands out from its noise (an empty field?); "
+    "if there are cells, check the channel and the contrast."
+)
+
+#: an object is kept when its mean intensity exceeds its surroundings' by this many
+#: standard errors of the image noise (benchmarks/bench_blank.py measures the choice:
+#: objects the bundled model finds in pure noise score below about 6, real cells mostly far above)
+MIN_OBJECT_Z = 6.0
+
+#: width in pixels of the background ring an object is compared with
+RING = 4
+
+#: rounds of :func:`drop_faint_objects` (objects without background around them are
+#: tested again once faint neighbours are gone)
+MAX_ROUNDS = 4
+
+
+def noise_sigma(x: np.ndarray) -> float:
+    """Robust standard deviation of the pixel noise of a 2D image.
+
+    From the median absolute deviation of differences of horizontally neighbouring pixels
+    (divided by sqrt 2): edges of cells touch few pairs, so this is the noise, not the signal.
+    """
+    x = np.asarray(x, np.float64)
+    if x.shape[-1] < 2:
+        return 0.0
+    d = np.diff(x, axis=-1).ravel()
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return 0.0
+    mad = float(np.median(np.abs(d - np.median(d))))
+    if mad == 0.0:
+        # quantised, mostly flat images: fall back to the mean absolute deviation
+        mad = float(np.mean(np.abs(d - np.median(d)))) / 1.2533 * 0.6745
+    return 1.4826 * mad / math.sqrt(2.0)
+
+
+def object_contrast(x: np.ndarray, labels: np.ndarray, ring: int = RING) -> np.ndarray:
+    """Per object, its mean minus the mean of the background ring around it, in standard
+    errors of the pixel noise (a z-score); index ``i - 1`` is object ``i``.
+
+    Objects without background around them (cells packed wall to wall) get ``+inf``: there
+    is nothing to compare them with, so they are never dropped for it.
+    """
+    from scipy import ndimage as ndi
+
+    labels = np.asarray(labels)
+    n = int(labels.max(initial=0))
+    if n == 0:
+        return np.zeros(0)
+    x = np.asarray(x, np.float64)
+    sigma = noise_sigma(x)
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    inside = np.bincount(labels.ravel(), x.ravel(), minlength=n + 1)[1:]
+    dist, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
+    near = (labels == 0) & (dist <= ring)
+    owner = labels[iy[near], ix[near]]
+    ring_n = np.bincount(owner, minlength=n + 1)[1:]
+    ring_sum = np.bincount(owner, x[near], minlength=n + 1)[1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff = inside / np.maximum(area, 1) - ring_sum / np.maximum(ring_n, 1)
+        se = sigma * np.sqrt(1.0 / np.maximum(area, 1) + 1.0 / np.maximum(ring_n, 1))
+        z = np.where(se > 0, diff / se, np.where(diff > 0, np.inf, 0.0))
+    z[ring_n == 0] = np.inf
+    return z
+
+
+def drop_faint_objects(x: np.ndarray, labels: np.ndarray, min_z: float = MIN_OBJECT_Z) -> np.ndarray:
+    """``labels`` with the objects that do not stand out from the noise of ``x`` set to 0.
+
+    Test at the image's own resolution: a zoomed copy has smoothed, correlated noise, whose
+    pixel differences understate it.
+
+    Args:
+        x: the plane as the network sees it, normalised, ``(Y, X)`` or ``(C, Y, X)``
+            (channels averaged).
+        labels: instance labels of that plane (ids kept; dropped objects become 0).
+        min_z: see :data:`MIN_OBJECT_Z`.
+    """
+    x = np.asarray(x, np.float32)
+    if x.ndim == 3:
+        x = x.mean(axis=0)
+    out = labels
+    for _ in range(MAX_ROUNDS):
+        z = object_contrast(x, out)
+        faint = np.flatnonzero(z < min_z) + 1
+        if faint.size == 0:
+            break
+        out = np.where(np.isin(out, faint), 0, out).astype(labels.dtype, copy=False)
+        # objects packed among dropped ones had no background to compare with: test them again
+    return out
+
+
+def modality_warning(image: Any, layout: Any, meta: dict[str, Any], lo: np.ndarray, hi: np.ndarray) -> str | None:
+    """One sentence when ``image`` looks unlike what the model was trained on, else None.
+
+    Args:
+        image: the image (any array-like; only a strided sample is read).
+        layout: its :class:`napari_unet.tiling.Layout`.
+        meta: the model's ``meta`` (``meta.get("modality", "fluorescence")``).
+        lo, hi: the image's normalisation range per network input channel.
+    """
+    from .normalize import strided_sample
+
+    modality = meta.get("modality", "fluorescence")
+    if modality not in ("fluorescence", "stained"):
+        return None
+    sample = np.asarray(strided_sample(image, 1_000_000), np.float64)
+    if layout.channel is not None:
+        sample = np.moveaxis(sample, layout.channel, -1).reshape(-1, layout.channels)
+    else:
+        sample = sample.reshape(-1, 1)
+    sample = sample[np.isfinite(sample).all(axis=1)]
+    if sample.size == 0:
+        return None
+    if modality == "fluorescence":
+        if layout.rgb and looks_stained(sample[:, :3]):
+            return ("This colour image looks like stained tissue (brightfield), but the model was trained on "
+                    "fluorescence images, so expect poor results; fine-tune it on a few labelled tiles of "
+                    "these images, or use a model for stained tissue.")
+        gray = sample[:, :3].mean(axis=1) if layout.rgb else sample.mean(axis=1)
+        if bright_background(gray):
+            return ("The background of this image is bright and the objects dark, but the model was trained on "
+                    "bright cells on a dark background (fluorescence); invert the image (e.g. image.max() - image) "
+                    "or fine-tune the model on these images.")
+    elif modality == "stained" and not (layout.rgb and looks_stained(sample[:, :3])):
+        return ("The model was trained on colour images of stained tissue (brightfield), and this image does not "
+                "look like one; use a fluorescence model, or fine-tune this one on these images.")
+    return None
+
+
+def bright_background(gray: np.ndarray) -> bool:
+    """True when most pixels sit near the top of the intensity range (bright field, dark objects)."""
+    lo, med, hi = np.percentile(gray, (1.0, 50.0, 99.8))
+    return bool(hi > lo and (med - lo) / (hi - lo) > 0.6)
+
+
+def looks_stained(rgb: np.ndarray) -> bool:
+    """True for RGB pixels like brightfield stained tissue: a bright, coloured background
+    (most pixels light) and clearly coloured pixels (saturation), as H&E gives."""
+    if rgb.shape[-1] < 3 or rgb.size == 0:
+        return False
+    top = float(np.percentile(rgb, 99.8))
+    if top <= 0:
+        return False
+    v = rgb / top
+    mx, mn = v.max(axis=1), v.min(axis=1)
+    saturation = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-12), 0.0)
+    return bool(np.median(mx) > 0.5 and np.median(saturation) > 0.08)
+
+
+__all__ = [
+    "MIN_OBJECT_Z",
+    "NONFINITE_WARNING",
+    "NOTHING_HERE_WARNING",
+    "drop_faint_objects",
+    "modality_warning",
+    "noise_sigma",
+    "object_contrast",
+]
