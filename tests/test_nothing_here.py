@@ -116,3 +116,18 @@ def test_training_on_an_all_zero_image_is_refused_at_once(tiny_model):
     with pytest.raises(ValueError, match="every training image is constant"):
         fine_tune([np.zeros((64, 64), np.uint16)], [np.zeros((64, 64), np.int32)], tiny_model, iterations=2,
                   tile_size=16, device="cpu", val_fraction=0, regions=["all"])
+
+
+def test_a_flat_image_at_float32_rounding_is_not_stretched():
+    from napari_unet.normalize import apply_normalization, percentile_range
+
+    rng = np.random.default_rng(0)
+    # a constant 1e6 whose float32 rounding flickers by one ulp (0.0625), as a zoomed copy does
+    image = (1e6 + 0.0625 * rng.integers(0, 2, (64, 64))).astype(np.float32)
+    lo, hi = percentile_range(image)
+    assert hi > lo
+    out = apply_normalization(image, lo, hi, channel_axis=0)
+    assert np.abs(out).max() < 0.1  # not stretched to 0..1
+    real = np.linspace(0, 1000, 64 * 64, dtype=np.float32).reshape(64, 64)
+    lo, hi = percentile_range(real)
+    assert apply_normalization(real, lo, hi, channel_axis=0).max() > 0.99  # a real range still is
