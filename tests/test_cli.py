@@ -55,9 +55,9 @@ def test_segment_several_inputs_to_zarr_directory(tif, model_file, tmp_path, rng
     assert stack.shape == image.shape and stack.dtype == np.int32
     assert zarr.open_array(str(outdir / "plane_labels.zarr"), mode="r").shape == image[0].shape
     assert zarr.open_array(str(outdir / "img_labels.zarr"), mode="r").shape == image[1].shape
-    # a single input over an existing zarr output replaces it (it is not a folder of outputs)
+    # a single input over an existing zarr output replaces it with --overwrite (it is not a folder of outputs)
     single = outdir / "stack_labels.zarr"
-    assert main(["segment", str(npy), "-o", str(single), "--model", model_file, "--no-amp"]) == 0
+    assert main(["segment", str(npy), "-o", str(single), "--model", model_file, "--no-amp", "--overwrite"]) == 0
     assert zarr.open_array(str(single), mode="r").shape == image[0].shape
 
 

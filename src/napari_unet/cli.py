@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from importlib import import_module
+from typing import Any
 
 COMMANDS = {
     "segment": ("segment", "segment images with a model (overlap-tile inference)"),
@@ -44,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
@@ -54,6 +58,17 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(exc).split())
         print(f"napari-unet {args.command}: error: {msg}", file=sys.stderr)
         return 2
+
+
+def _one_line_warning(command: str) -> Any:
+    """``warnings.showwarning`` that prints the core's warnings ("no cells found", "image unlike the
+    model's training data", ...) as one line on stderr, without the source line."""
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        text = " ".join(str(message).split())
+        print(f"napari-unet {command}: warning: {text}", file=sys.stderr)
+
+    return show
 
 
 def _is_device_error(exc: BaseException) -> bool:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._io import FORMATS, create_output, finish_output, output_format, read_image
+from ._io import FORMATS, create_output, discard_output, finish_output, output_format, read_image, refuse_existing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the cell size the model knows best (default: segment the image as it is)")
     parser.add_argument("--probabilities", action="store_true",
                         help="also write class probabilities, as OUT_probabilities.<ext>")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs that exist already (default: refuse them); with --scheduler/--workers, "
+                             "restart a store that was begun with other settings instead of refusing it")
     parser.add_argument("--format", choices=FORMATS, default="tif",
                         help="output format when OUT is a directory (default: tif)")
     parser.add_argument("--no-amp", action="store_true",
@@ -68,15 +71,38 @@ def _bar(desc: str) -> Any:
 
 def _segment(image: Any, axes: str | None, model: Any, args: argparse.Namespace, out_path: Path | None,
              fmt: str, desc: str) -> Any:
-    from ..tiling import parse_axes, segment_iter
-    from .._progress import drain, relay
+    from ..tiling import parse_axes
 
     layout = parse_axes(image.shape, axes)
     labels_out = create_output(out_path, layout.out_shape, "int32", fmt) if out_path is not None else None
     probs_out = probs_path = None
     if args.probabilities and out_path is not None:
-        probs_path = out_path.with_name(out_path.stem + "_probabilities" + out_path.suffix)
+        probs_path = probabilities_path(out_path)
         probs_out = create_output(probs_path, (model.config.num_classes, *layout.out_shape), "float32", fmt)
+    try:
+        labels = _run(image, axes, model, args, labels_out, probs_out, desc)
+    except BaseException:
+        for p in (out_path, probs_path):
+            if p is not None:
+                discard_output(p, fmt)
+        raise
+    if out_path is not None:
+        finish_output(out_path, labels, fmt)
+        if probs_path is not None:
+            finish_output(probs_path, probs_out, fmt)
+    return labels
+
+
+def probabilities_path(out_path: Path) -> Path:
+    """Where ``--probabilities`` writes beside ``out_path``."""
+    return out_path.with_name(out_path.stem + "_probabilities" + out_path.suffix)
+
+
+def _run(image: Any, axes: str | None, model: Any, args: argparse.Namespace, labels_out: Any, probs_out: Any,
+         desc: str) -> Any:
+    from ..tiling import segment_iter
+    from .._progress import drain, relay
+
     kwargs: dict[str, Any] = {}
     if args.min_size is not None:
         kwargs["min_size"] = args.min_size
@@ -98,10 +124,6 @@ def _segment(image: Any, axes: str | None, model: Any, args: argparse.Namespace,
     if seen:
         how = "as it is" if seen["zoom"] == 1 else f"zoomed {seen['zoom']:.2f}x"
         print(f"{desc}: cell diameter {seen['diameter']:.1f} px, segmented {how}", file=sys.stderr)
-    if out_path is not None:
-        finish_output(out_path, labels, fmt)
-        if probs_path is not None:
-            finish_output(probs_path, probs_out, fmt)
     return labels
 
 
@@ -116,6 +138,8 @@ def _run_sample(args: argparse.Namespace, model: Any) -> int:
     image, truth = make_sample(SAMPLE_SHAPE, SAMPLE_SEED, kind="nuclei", **SAMPLE_RECIPE)
     out_path = Path(args.output) if args.output else None
     fmt = output_format(out_path) if out_path is not None else "tif"
+    if out_path is not None:
+        refuse_existing([out_path] + ([probabilities_path(out_path)] if args.probabilities else []), args.overwrite)
     labels = _segment(image, None, model, args, out_path, fmt, "sample")
     print(f"sample image {image.shape[0]}x{image.shape[1]}: {int(truth.max())} true cells, "
           f"{int(labels.max())} found")
@@ -158,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if several:
         if out.exists() and not out.is_dir():
             raise ValueError(f"with several inputs OUT must be a directory, but {out} is a file")
-        out.mkdir(parents=True, exist_ok=True)
+    jobs = []
     for path, image, file_axes in opened:
         if several:
             fmt = args.format
@@ -171,7 +195,13 @@ def run(args: argparse.Namespace) -> int:
             target = out
         if target.resolve() == path.resolve():
             raise ValueError(f"the output {target} would overwrite its input")
-        axes = args.axes or file_axes
-        _segment(image, axes, model, args, target, fmt, path.name)
+        jobs.append((path, image, file_axes, target, fmt))
+    # every output is checked before the first run: none is replaced without --overwrite
+    refuse_existing([t for *_, t, _f in jobs] + ([probabilities_path(t) for *_, t, _f in jobs] if args.probabilities
+                                                 else []), args.overwrite)
+    if several:
+        out.mkdir(parents=True, exist_ok=True)
+    for path, image, file_axes, target, fmt in jobs:
+        _segment(image, args.axes or file_axes, model, args, target, fmt, path.name)
         print(f"{path} -> {target}", file=sys.stderr)
     return 0
