@@ -54,9 +54,11 @@ continues from the saved iteration.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -637,6 +639,16 @@ def train_iter(
     in_ch = _in_channels_of(images)
     state: dict[str, Any] | None = None
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    settings = _run_settings(images, labels, regions, val_images, val_labels, mode=mode, batch_size=batch_size,
+                             tile_size=tile_size, augment=augment, val_fraction=val_fraction, w0=w0, sigma=sigma,
+                             class_weights=class_weights, margin=margin, seed=seed, optimizer=optimizer,
+                             schedule=schedule, zoom_to_model=zoom_to_model)
+    if resume is None and ckpt is not None:
+        found = [n for n in CHECKPOINT_FILES if (ckpt / n).exists()]
+        if found:
+            # their best.pt would pass for this run's: refuse rather than mix two runs in one folder
+            raise ValueError(f"{ckpt} holds checkpoints of an earlier run ({', '.join(found)}); resume it, or choose "
+                             "an empty checkpoint folder (napari-unet train --overwrite replaces them)")
     if resume is not None:
         rdir = Path(resume)
         if rdir.is_file():
@@ -651,6 +663,10 @@ def train_iter(
             raise ModelFileError(f"{rdir / 'state.pt'} is not a readable training state ({exc})") from exc
         if ckpt is None:
             ckpt = rdir
+        differ = sorted(k for k, v in settings.items() if state.get("settings", {}).get(k, v) != v)
+        if differ:
+            raise ValueError(f"cannot resume from {rdir}: that run was started with other {', '.join(differ)}; "
+                             "resume with the same images and settings, or start a new run in another folder")
     else:
         net, fresh = _resolve_model(model, mode, in_ch, labels)
     net_mode = net.meta.get("mode", "instance3")
@@ -720,6 +736,7 @@ def train_iter(
         raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
 
     run = TrainingRun(model=net, total=total)
+    run_id = state.get("run_id") if state is not None else uuid.uuid4().hex
     base_history = list(net.meta.get("history", []))
     start_it = 0
     elapsed_before = 0.0
@@ -744,7 +761,10 @@ def train_iter(
             total = int(state.get("total", total))
         best_file = (Path(resume) if Path(resume).is_dir() else Path(resume).parent) / "best.pt"
         if best_file.is_file():
-            run.best_state = {k: v.clone() for k, v in load_model(best_file).state_dict().items()}
+            best_model = load_model(best_file)
+            # a best.pt of another run in this folder is not this run's best
+            if best_model.meta.get("checkpoint_run") == run_id:
+                run.best_state = {k: v.clone() for k, v in best_model.state_dict().items()}
         for g in opt.param_groups:
             lr = float(g.get("initial_lr", lr))
     for g in opt.param_groups:
@@ -793,11 +813,13 @@ def train_iter(
         from .model import save_model
 
         was_training = net.training
+        net.meta["checkpoint_run"] = run_id  # ties last.pt and best.pt to this run's state.pt
         save_model(net, ckpt / "last.pt")
         if run.best_state is not None and run.best_iteration == it:
             best = clone_model(net)
             best.load_state_dict(run.best_state)
             save_model(best, ckpt / "best.pt")
+        del net.meta["checkpoint_run"]
         net.train(was_training)
         save_atomic(
             {
@@ -814,6 +836,8 @@ def train_iter(
                 "base_history_len": len(base_history),
                 "numpy_rng": rng.bit_generator.state,
                 "torch_gen": gen.get_state(),
+                "run_id": run_id,
+                "settings": settings,
             },
             ckpt / "state.pt",
         )
@@ -935,6 +959,33 @@ def train_iter(
     result.eval()
     yield Progress(it, it, f"finished ({stop_reason})", dict(info_common, phase="done", iteration=it, **last_val))
     return result
+
+
+#: the files a training run writes into its checkpoint folder
+CHECKPOINT_FILES = ("last.pt", "best.pt", "state.pt")
+
+
+def _run_settings(images: Sequence[Any], labels: Sequence[Any], regions: Sequence[Any] | None,
+                  val_images: Sequence[Any] | None, val_labels: Sequence[Any] | None, **options: Any) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues: a hash of the data and the settings."""
+    data = hashlib.sha1()
+    for group in (images, labels, regions or [], val_images or [], val_labels or []):
+        for a in group:
+            if isinstance(a, str) or a is None:
+                data.update(repr(a).encode())
+                continue
+            arr = np.ascontiguousarray(np.asarray(a))
+            data.update(f"{arr.shape}{arr.dtype}".encode())
+            data.update(arr.tobytes())
+        data.update(b"|")
+    out: dict[str, Any] = {"images": data.hexdigest()}
+    for k, v in options.items():
+        if isinstance(v, AugmentConfig):
+            v = repr(v)
+        elif v is not None and not isinstance(v, (str, int, float, bool)):
+            v = repr(np.asarray(v).tolist())
+        out[k.replace("_", " ")] = v
+    return out
 
 
 def _summary(run: TrainingRun) -> dict[str, Any]:

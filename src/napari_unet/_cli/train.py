@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the labels are complete: every unlabelled pixel is background")
     parser.add_argument("--set", metavar="FOLDER", help="a training-set folder (index.json + TIFFs)")
     parser.add_argument("-o", "--output", required=True, metavar="MODEL.pt", help="where to write the trained model")
-    parser.add_argument("--overwrite", action="store_true", help="replace MODEL.pt if it exists (default: refuse)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace MODEL.pt if it exists, and an earlier run's checkpoints in --checkpoint-dir "
+                             "(default: refuse both)")
     parser.add_argument("--model", default=None, metavar="START",
                         help="starting model: a model file, 'bundled' (default) or 'scratch'")
     parser.add_argument("--mode", choices=("instance3", "instance2", "semantic"),
@@ -105,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
         start = args.model not in (None, "bundled", "scratch") and Path(args.model).resolve() == out_path.resolve()
         what = "is the starting model" if start else "exists already"
         raise ValueError(f"the output {out_path} {what}; choose another name or add --overwrite to replace it")
+    if args.overwrite and args.checkpoint_dir and not args.resume:
+        from ..training import CHECKPOINT_FILES
+
+        for name in CHECKPOINT_FILES:  # an earlier run's checkpoints, replaced as asked
+            (Path(args.checkpoint_dir) / name).unlink(missing_ok=True)
     images, labels, regions = load_data(args)
 
     from tqdm import tqdm
