@@ -65,8 +65,10 @@ def _one_line_warning(command: str) -> Any:
     model's training data", ...) as one line on stderr, without the source line."""
 
     def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        from tqdm import tqdm
+
         text = " ".join(str(message).split())
-        print(f"napari-unet {command}: warning: {text}", file=sys.stderr)
+        tqdm.write(f"napari-unet {command}: warning: {text}", file=sys.stderr)  # on its own line, above any bar
 
     return show
 

@@ -5,8 +5,8 @@ Qt-free; the widgets show these warnings in their status line, the command line 
 * **Nothing here** (:func:`drop_faint_objects`): a U-Net asked to find cells finds
   them in pure camera noise too, because percentile normalisation stretches any noise to
   the full range. Each object the network finds is tested against the image's own noise:
-  its mean intensity must stand out from the ring of background around it by
-  :data:`MIN_OBJECT_Z` standard errors (the pixel noise ``sigma`` is measured robustly from
+  its mean intensity must stand out from the ring of background around it (brighter or
+  darker) by :data:`MIN_OBJECT_Z` standard errors (the pixel noise ``sigma`` is measured robustly from
   differences of neighbouring pixels, so it is the image's noise, whatever its gain,
   offset, bit depth or size). Objects that do not are dropped; when nothing is left a
   :class:`UserWarning` says there are no cells.
@@ -127,7 +127,8 @@ def drop_faint_objects(x: np.ndarray, labels: np.ndarray, min_z: float = MIN_OBJ
         x = x.mean(axis=0)
     out = labels
     for _ in range(MAX_ROUNDS):
-        z = object_contrast(x, out)
+        # either sign: a model for stained tissue finds dark nuclei on a bright background
+        z = np.abs(object_contrast(x, out))
         faint = np.flatnonzero(z < min_z) + 1
         if faint.size == 0:
             break
@@ -136,14 +137,16 @@ def drop_faint_objects(x: np.ndarray, labels: np.ndarray, min_z: float = MIN_OBJ
     return out
 
 
-def modality_warning(image: Any, layout: Any, meta: dict[str, Any], lo: np.ndarray, hi: np.ndarray) -> str | None:
+def modality_warning(image: Any, layout: Any, meta: dict[str, Any]) -> str | None:
     """One sentence when ``image`` looks unlike what the model was trained on, else None.
 
+    (A channel count the model cannot take is an error, raised by the tiling itself.)
+
     Args:
-        image: the image (any array-like; only a strided sample is read).
+        image: the image (any array-like; only a strided sample of about a million
+            values is read).
         layout: its :class:`napari_unet.tiling.Layout`.
         meta: the model's ``meta`` (``meta.get("modality", "fluorescence")``).
-        lo, hi: the image's normalisation range per network input channel.
     """
     from .normalize import strided_sample
 
@@ -175,9 +178,20 @@ def modality_warning(image: Any, layout: Any, meta: dict[str, Any], lo: np.ndarr
 
 
 def bright_background(gray: np.ndarray) -> bool:
-    """True when most pixels sit near the top of the intensity range (bright field, dark objects)."""
+    """True for dark objects on a bright background (brightfield, an inverted image).
+
+    Fluorescence intensities are skewed to the bright side (a dark background and few
+    bright cells: skewness +0.7 to +10 on the images benchmarks/bench_blank.py uses; pure
+    noise -0.1 to +0.4); dark objects on a bright background skew them the other way, or
+    put the median high in the range.
+    """
+    gray = np.asarray(gray, np.float64).ravel()
+    sd = float(gray.std())
+    if sd == 0 or not np.isfinite(sd):
+        return False
+    skew = float(np.mean(((gray - gray.mean()) / sd) ** 3))
     lo, med, hi = np.percentile(gray, (1.0, 50.0, 99.8))
-    return bool(hi > lo and (med - lo) / (hi - lo) > 0.6)
+    return bool(skew < -0.5 or (hi > lo and (med - lo) / (hi - lo) > 0.6 and skew < 0))
 
 
 def looks_stained(rgb: np.ndarray) -> bool:

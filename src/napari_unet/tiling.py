@@ -49,7 +49,7 @@ import torch
 
 from ._progress import Progress, ProgressBar, drain, relay
 from .device import autocast, available_memory, cpu_supports_bf16, describe_device, is_out_of_memory, resolve_device
-from .image_checks import MIN_OBJECT_Z, NONFINITE_WARNING, NOTHING_HERE_WARNING, drop_faint_objects
+from .image_checks import MIN_OBJECT_Z, NONFINITE_WARNING, NOTHING_HERE_WARNING, drop_faint_objects, modality_warning
 from .normalize import SUBSAMPLE_PIXELS, apply_normalization, normalization_params, strided_sample
 
 #: seconds between progress records while a batch is on the device (cancel latency)
@@ -558,7 +558,8 @@ def predict_iter(
         float32 probabilities of shape ``(num_classes, *image shape without channels)``,
         or ``out``.
     """
-    pred = _Predictor(image, model, tile_size, device, axes, batch_size, amp, channels_last)
+    pred = _Predictor(image, _checked_model(image, model, axes), tile_size, device, axes, batch_size, amp,
+                      channels_last)
     lay = pred.layout
     shape = (pred.config.num_classes, *lay.out_shape)
     if out is None:
@@ -639,6 +640,7 @@ def segment_iter(
     Returns:
         int32 labels shaped like the image without its channel axis (or ``out``).
     """
+    model = _checked_model(image, model, axes)
     if diameter is not None:
         return (yield from _segment_zoomed(
             image, model, diameter, tile_size=tile_size, device=device, axes=axes, min_size=min_size,
@@ -838,6 +840,28 @@ def _segment_zoomed(
     return out
 
 
+def _checked_model(image: Any, model: Any, axes: str | None) -> Any:
+    """The model (None: the bundled one), after warning when ``image`` looks unlike its training data.
+
+    Inner calls (a zoomed copy, the crops of a cell-size measurement) are not checked again.
+    """
+    if model is None:
+        from .model import load_model
+
+        model = load_model()
+    meta = getattr(model, "meta", None)
+    if not isinstance(meta, dict) or meta.get(_INNER) or not hasattr(image, "shape"):
+        return model
+    message = modality_warning(image, parse_axes(np.shape(image), axes), meta)
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return model
+
+
+#: meta key of the model copies made by :func:`with_normalization_of` for inner calls
+_INNER = "_napari_unet_inner"
+
+
 def with_normalization_of(model: Any, image: Any, layout: Layout) -> Any:
     """``model`` (a shallow copy sharing its weights) that normalises any image as ``image`` is normalised.
 
@@ -848,7 +872,7 @@ def with_normalization_of(model: Any, image: Any, layout: Layout) -> Any:
     rule = model.meta.get("normalization", {"kind": "percentile"})
     lo, hi = image_normalization(image, layout, rule, _channel_map(layout, model.config.in_channels))
     fixed = copy.copy(model)
-    fixed.meta = {**model.meta, "normalization": {"kind": "fixed", "lo": lo.tolist(), "hi": hi.tolist()}}
+    fixed.meta = {**model.meta, "normalization": {"kind": "fixed", "lo": lo.tolist(), "hi": hi.tolist()}, _INNER: True}
     return fixed
 
 

@@ -23,7 +23,9 @@ FORMATS = ("tif", "zarr", "npy")
 def _tiff_axes(tif: Any) -> str | None:
     """The axes of a TIFF's first series in our letters (None when they make no sense)."""
     series = tif.series[0]
-    rgb = str(getattr(series.keyframe, "photometric", "")).upper().endswith("RGB")
+    photometric = getattr(series.keyframe, "photometric", "")
+    # an IntEnum: str() gives "2" on Python 3.11+, so compare its name
+    rgb = str(getattr(photometric, "name", photometric)).upper().endswith("RGB")
     axes = ""
     for a in series.axes.upper():
         if a in "TZCYX":
