@@ -705,8 +705,7 @@ def _drop_faint(source: _Source, lo: np.ndarray, hi: np.ndarray, plane: tuple[in
 
     H, W = source.layout.yx_shape
     seen = apply_normalization(source.read(plane, 0, H, 0, W), lo, hi, channel_axis=0)
-    kept = drop_faint_objects(seen, labels, min_z)
-    return kept if kept is labels else relabel_sequential(kept)[0]
+    return relabel_sequential(drop_faint_objects(seen, labels, min_z))[0]
 
 
 def objects_above_noise(image: Any, labels: np.ndarray, model: Any, axes: str | None = None,

@@ -274,7 +274,8 @@ class TrainingData:
         if not self.items:
             raise ValueError("no training images given")
         if n_flat == len(self.items):
-            raise ValueError("every training image is constant (all its pixels the same): there is nothing to learn from")
+            warnings.warn("Every training image is constant (all its pixels the same), so training can only learn "
+                          "that flat images hold no cells; check the files or channels.", UserWarning, stacklevel=2)
         counts = np.array([it.counted for it in self.items], np.float64)
         # images are drawn in proportion to their annotated area
         self._p = counts / counts.sum()
