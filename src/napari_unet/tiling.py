@@ -700,18 +700,19 @@ def segment_iter(
 
 def _drop_faint(source: _Source, lo: np.ndarray, hi: np.ndarray, plane: tuple[int, ...], labels: np.ndarray,
                 min_z: float) -> np.ndarray:
-    """One plane's labels without the objects lost in its noise, renumbered 1..N."""
+    """One plane's labels without the objects lost in its noise, renumbered 1..N if any was dropped."""
     from skimage.segmentation import relabel_sequential
 
     H, W = source.layout.yx_shape
     seen = apply_normalization(source.read(plane, 0, H, 0, W), lo, hi, channel_axis=0)
-    return relabel_sequential(drop_faint_objects(seen, labels, min_z))[0]
+    kept = drop_faint_objects(seen, labels, min_z)
+    return kept if kept is labels else relabel_sequential(kept)[0]
 
 
 def objects_above_noise(image: Any, labels: np.ndarray, model: Any, axes: str | None = None,
                         min_z: float = MIN_OBJECT_Z) -> np.ndarray:
     """``labels`` of ``image`` (same resolution) without the objects that do not stand out
-    from its noise (see :mod:`napari_unet.image_checks`), renumbered 1..N per plane.
+    from its noise (see :mod:`napari_unet.image_checks`), renumbered without gaps.
 
     Args:
         image: the image as given to :func:`segment` (planes, channels as in ``axes``).
@@ -720,6 +721,8 @@ def objects_above_noise(image: Any, labels: np.ndarray, model: Any, axes: str | 
         axes: as for :func:`segment`.
         min_z: see :data:`napari_unet.image_checks.MIN_OBJECT_Z`.
     """
+    from skimage.segmentation import relabel_sequential
+
     lay = parse_axes(np.shape(image), axes)
     cmap = _channel_map(lay, model.config.in_channels)
     lo, hi = image_normalization(image, lay, model.meta.get("normalization", {"kind": "percentile"}), cmap)
@@ -729,7 +732,8 @@ def objects_above_noise(image: Any, labels: np.ndarray, model: Any, axes: str | 
     for plane in lay.plane_indices():
         idx, transpose = _out_index(lay, plane, slice(None), slice(None))
         lab = out[idx].T if transpose else out[idx]
-        lab = _drop_faint(source, lo, hi, plane, lab, min_z).astype(np.int64)
+        # renumbered in any case: shrinking zoomed labels back can lose a speck
+        lab = relabel_sequential(_drop_faint(source, lo, hi, plane, lab, min_z))[0].astype(np.int64)
         lab[lab > 0] += next_id  # ids unique across the stack, as segment gives them
         next_id = max(next_id, int(lab.max(initial=0)))
         out[idx] = lab.T if transpose else lab
