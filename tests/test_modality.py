@@ -86,3 +86,11 @@ def test_real_he_tiles_warn_with_the_bundled_model():
     for path in sorted(HE.glob("*_image.tif")):
         image = tifffile.imread(path)
         assert "stained tissue" in (modality_warning(image, parse_axes(image.shape), meta) or ""), path.name
+
+
+@pytest.mark.parametrize("diameter", [None, "auto", 40.0])
+def test_said_once_whatever_the_diameter(model_path, diameter):
+    model = nu.load_model(model_path)
+    model.meta["diameter"] = 12.0
+    said = _messages(nu.segment, he_like(shape=(128, 128)), model, diameter=diameter)
+    assert sum("stained tissue" in m for m in said) == 1, said

@@ -793,7 +793,7 @@ def _segment_zoomed(
     zoom = zoom_for(target, diameter)
     extra = {"diameter": float(diameter), "zoom": zoom}
     if zoom == 1:
-        inner = segment_iter(image, net, axes=lay.axes, device=device, min_size=min_size, out=out,
+        inner = segment_iter(image, _inner(net), axes=lay.axes, device=device, min_size=min_size, out=out,
                              probabilities_out=probabilities_out, min_object_z=min_object_z, **kwargs)
         return (yield from _with_info(inner, extra))
     out_axes = "".join(a for i, a in enumerate(lay.axes) if i != lay.channel)
@@ -874,9 +874,14 @@ def with_normalization_of(model: Any, image: Any, layout: Layout) -> Any:
     """
     rule = model.meta.get("normalization", {"kind": "percentile"})
     lo, hi = image_normalization(image, layout, rule, _channel_map(layout, model.config.in_channels))
-    fixed = copy.copy(model)
-    fixed.meta = {**model.meta, "normalization": {"kind": "fixed", "lo": lo.tolist(), "hi": hi.tolist()}, _INNER: True}
-    return fixed
+    return _inner(model, normalization={"kind": "fixed", "lo": lo.tolist(), "hi": hi.tolist()})
+
+
+def _inner(model: Any, **meta: Any) -> Any:
+    """A shallow copy of ``model`` (same weights) for an inner call: its image is not checked again."""
+    inner = copy.copy(model)
+    inner.meta = {**model.meta, **meta, _INNER: True}
+    return inner
 
 
 def _with_info(gen: Generator[Progress, None, Any], extra: dict[str, Any]) -> Generator[Progress, None, Any]:
