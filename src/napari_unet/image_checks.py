@@ -58,22 +58,18 @@ RING = 4
 #: about this many pixels are used by :func:`noise_sigma`
 NOISE_SAMPLE = 250_000
 
+#: block edges (pixels) of the background block means :func:`noise_sigma` also compares,
+#: and how many neighbouring pairs of such blocks it needs
+NOISE_BLOCKS = (4, 8)
+MIN_BLOCK_PAIRS = 200
+
 #: rounds of :func:`drop_faint_objects` (objects without background around them are
 #: tested again once faint neighbours are gone)
 MAX_ROUNDS = 4
 
 
-def noise_sigma(x: np.ndarray) -> float:
-    """Robust standard deviation of the pixel noise of a 2D image.
-
-    From the median absolute deviation of differences of horizontally neighbouring pixels
-    (divided by sqrt 2): edges of cells touch few pairs, so this is the noise, not the signal.
-    """
-    x = np.asarray(x)
-    if x.shape[-1] < 2:
-        return 0.0
-    step = max(1, x.size // NOISE_SAMPLE)  # every k-th row is plenty for a robust spread
-    d = np.diff(x.reshape(-1, x.shape[-1])[::step].astype(np.float64), axis=-1).ravel()
+def _spread(d: np.ndarray) -> float:
+    """Robust standard deviation of differences of neighbours, over sqrt 2."""
     d = d[np.isfinite(d)]
     if d.size == 0:
         return 0.0
@@ -82,6 +78,37 @@ def noise_sigma(x: np.ndarray) -> float:
         # quantised, mostly flat images: fall back to the mean absolute deviation
         mad = float(np.mean(np.abs(d - np.median(d)))) / 1.2533 * 0.6745
     return 1.4826 * mad / math.sqrt(2.0)
+
+
+def noise_sigma(x: np.ndarray, background: np.ndarray | None = None, blocks: tuple[int, ...] = NOISE_BLOCKS) -> float:
+    """Robust standard deviation of the pixel noise of a 2D image, as it matters for the
+    mean of an object.
+
+    From the differences of horizontally neighbouring pixels (a median absolute
+    deviation: cell edges touch few pairs, so this is the noise, not the signal). Noise
+    correlated between neighbours (a blurred, binned or resampled image) makes an
+    object's mean vary more than single pixels say; where ``background`` (a mask of pixels
+    far from any object) holds enough whole ``b x b`` blocks, the differences of
+    neighbouring block means, scaled by ``b``, measure that, and the largest estimate is
+    returned (they agree for independent pixels).
+    """
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[-1] < 2:
+        return 0.0
+    step = max(1, x.size // NOISE_SAMPLE)  # every k-th row is plenty for a robust spread
+    sigma = _spread(np.diff(x[::step].astype(np.float64), axis=-1).ravel())
+    if background is None:
+        return sigma
+    for b in blocks:
+        h, w = (x.shape[0] // b) * b, (x.shape[1] // b) * b
+        if h < b or w < 2 * b:
+            continue
+        means = x[:h, :w].astype(np.float64).reshape(h // b, b, w // b, b).mean(axis=(1, 3))
+        clear = background[:h, :w].reshape(h // b, b, w // b, b).all(axis=(1, 3))
+        pairs = clear[:, 1:] & clear[:, :-1]
+        if pairs.sum() >= MIN_BLOCK_PAIRS:
+            sigma = max(sigma, b * _spread(np.diff(means, axis=-1)[pairs]))
+    return sigma
 
 
 def object_contrast(x: np.ndarray, labels: np.ndarray, ring: int = RING, sigma: float | None = None) -> np.ndarray:
@@ -134,8 +161,12 @@ def drop_faint_objects(x: np.ndarray, labels: np.ndarray, min_z: float = MIN_OBJ
     x = np.asarray(x, np.float32)
     if x.ndim == 3:
         x = x.mean(axis=0)
+    from scipy import ndimage as ndi
+
     out = labels
-    sigma = noise_sigma(x)
+    # the background: pixels farther than the ring from every object the network found
+    background = ndi.maximum_filter(labels, size=2 * RING + 1, mode="constant") == 0
+    sigma = noise_sigma(x, background)
     for _ in range(MAX_ROUNDS):
         # either sign: a model for stained tissue finds dark nuclei on a bright background
         z = np.abs(object_contrast(x, out, sigma=sigma))
