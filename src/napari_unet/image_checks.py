@@ -69,15 +69,22 @@ MAX_ROUNDS = 4
 
 
 def _spread(d: np.ndarray) -> float:
-    """Robust standard deviation of differences of neighbours, over sqrt 2."""
+    """Robust standard deviation of differences of neighbours, over sqrt 2.
+
+    The standard deviation of the bulk of the differences: those within 4 robust standard
+    deviations (median absolute deviation) of the median, or 2 quantisation steps, which
+    leaves out the few large ones at cell edges. A median absolute deviation alone
+    understates the noise of low, integer counts (Poisson noise of a few photons).
+    """
     d = d[np.isfinite(d)]
     if d.size == 0:
         return 0.0
-    mad = float(np.median(np.abs(d - np.median(d))))
-    if mad == 0.0:
-        # quantised, mostly flat images: fall back to the mean absolute deviation
-        mad = float(np.mean(np.abs(d - np.median(d)))) / 1.2533 * 0.6745
-    return 1.4826 * mad / math.sqrt(2.0)
+    centred = np.abs(d - np.median(d))
+    robust = 1.4826 * float(np.median(centred))
+    steps = centred[centred > 0]
+    bound = max(4.0 * robust, 2.0 * float(steps.min()) if steps.size else 0.0)
+    bulk = d[centred <= bound]
+    return float(bulk.std()) / math.sqrt(2.0) if bulk.size > 1 else 0.0
 
 
 def noise_sigma(x: np.ndarray, background: np.ndarray | None = None, blocks: tuple[int, ...] = NOISE_BLOCKS) -> float:
