@@ -596,9 +596,14 @@ def segment_iter(
     amp: bool | None = None,
     channels_last: bool = True,
     diameter: float | str | None = None,
+    voxel_size: Any = None,
+    plane_by_plane: bool = False,
     **postprocess: Any,
 ) -> Generator[Progress, None, Any]:
     """Instance (or semantic) labels by tiled prediction and post-processing, plane by plane.
+
+    A stack whose axes name a ``Z`` (``axes="ZYX"``, ``"TZYX"``...) gets 3D labels, one id
+    per cell across its planes (:mod:`napari_unet.volume`), unless ``plane_by_plane``.
 
     Each plane is predicted (see :func:`predict_iter`) and turned into labels with
     :func:`napari_unet.postprocess.probabilities_to_labels`; a stack's planes are
@@ -620,7 +625,12 @@ def segment_iter(
             When it differs from the model's own (``model.meta["diameter"]``) by more than
             25%, a copy zoomed to the model's cell size is segmented (in memory) and the
             labels are scaled back. None (default): segment the image as it is.
-        **postprocess: further options of ``probabilities_to_labels``.
+        voxel_size: Z stacks: ``(z, y, x)`` voxel size (a napari layer's ``scale``) or
+            one number, Z step / pixel size; None = estimated from the cells.
+        plane_by_plane: Z stacks: label each plane on its own (unrelated sections), as
+            for other plane axes.
+        **postprocess: further options of ``probabilities_to_labels`` (3D: of
+            :func:`napari_unet.volume.segment_volume_iter`, e.g. ``views``).
 
     Yields:
         :class:`Progress`; with ``diameter``, ``info`` also holds ``diameter`` and ``zoom``.
@@ -628,11 +638,19 @@ def segment_iter(
     Returns:
         int32 labels shaped like the image without its channel axis (or ``out``).
     """
+    if not plane_by_plane and "Z" in str(axes or "").upper():
+        from .volume import segment_volume_iter
+
+        return (yield from segment_volume_iter(
+            image, model, axes=axes, voxel_size=voxel_size, diameter=diameter, tile_size=tile_size, device=device,
+            min_size=min_size, mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out,
+            amp=amp, channels_last=channels_last, **postprocess,
+        ))
     if diameter is not None:
         return (yield from _segment_zoomed(
             image, model, diameter, tile_size=tile_size, device=device, axes=axes, min_size=min_size,
             mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out, amp=amp,
-            channels_last=channels_last, **postprocess,
+            channels_last=channels_last, plane_by_plane=plane_by_plane, **postprocess,
         ))
     from .postprocess import probabilities_to_labels
 
