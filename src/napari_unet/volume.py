@@ -58,7 +58,10 @@ def check_voxel_size(voxel_size: Any) -> float | None:
     """Anisotropy (Z step / pixel size) from ``voxel_size`` ``(z, y, x)`` or a number; None stays None."""
     if voxel_size is None:
         return None
-    v = np.atleast_1d(np.asarray(voxel_size, dtype=float))
+    try:
+        v = np.atleast_1d(np.asarray(voxel_size, dtype=float)).ravel()
+    except (TypeError, ValueError):
+        raise ValueError(f"voxel_size must be (z, y, x) numbers or one number, got {voxel_size!r}") from None
     if v.size == 1:
         a = float(v[0])
     elif v.size >= 3:
