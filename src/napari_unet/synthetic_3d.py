@@ -24,7 +24,7 @@ Typical use::
 from __future__ import annotations
 
 import math
-from typing import Any
+
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -159,8 +159,3 @@ def make_stack(
         return image, lut[lab], keep[labels]
     return image, lut[lab]
 
-
-def sample_kwargs(image: np.ndarray) -> dict[str, Any]:
-    """Display settings for a stack: percentile contrast."""
-    lo, hi = (float(v) for v in np.percentile(image, (1.0, 99.8)))
-    return {"contrast_limits": (lo, hi)}
