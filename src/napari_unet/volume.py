@@ -436,3 +436,71 @@ def _zoomed(image: Any, net: Any, lay: Any, diameter: float | str, given: float 
         return labels
     out[...] = labels
     return out
+
+
+# -- training planes from 3D annotations ---------------------------------------------------
+
+
+def _resample_nearest(x: np.ndarray, axis: int, n: int) -> np.ndarray:
+    src = np.minimum(((np.arange(n) + 0.5) * (x.shape[axis] / n)).astype(np.int64), x.shape[axis] - 1)
+    return np.take(x, src, axis=axis)
+
+
+def stack_planes(image: Any, labels: Any, region: Any = None, voxel_size: Any = None,
+                 side_planes: int | None = None) -> tuple[list, list, list]:
+    """2D training planes from a labelled (Z, Y, X) stack: XY planes, and XZ and YZ planes
+    resampled along Z to isotropic voxels, so the 2D network learns the cells as they
+    look in every orientation the 3D path predicts.
+
+    Args:
+        image, labels: the stack and its 3D instance labels (same shape).
+        region: None, ``"all"`` or a bool (Z, Y, X) mask of the annotated part.
+        voxel_size: ``(z, y, x)`` or Z step / pixel size; None = estimated from the
+            labels (:func:`estimate_anisotropy` without blur correction, since
+            annotations are not blurred; 1 when too few cells span 3 planes).
+        side_planes: XZ and YZ planes taken each (evenly spaced); None = as many as the
+            stack has Z planes (all three orientations weigh about the same).
+
+    Returns:
+        ``(images, labels, regions)``: lists of 2D arrays (regions: None/"all"/masks).
+    """
+    img = np.asarray(image, np.float32)
+    lab = np.asarray(labels)
+    if img.shape != lab.shape or img.ndim != 3:
+        raise ValueError(f"a 3D training stack and its labels need the same (Z, Y, X) shape, got {img.shape} and {lab.shape}")
+    a = check_voxel_size(voxel_size)
+    if a is None:
+        a = estimate_anisotropy(lab, blur_correction=1.0) or 1.0
+    reg = region if region is None or isinstance(region, str) else np.asarray(region, bool)
+    nz = lab.shape[0]
+    n_iso = max(1, round(nz * a))
+    iso_img = resample_axis(img, 0, n_iso)
+    iso_lab = _resample_nearest(lab, 0, n_iso)
+    plain = reg is None or isinstance(reg, str)
+    iso_reg = None if plain else _resample_nearest(reg, 0, n_iso)
+    ims, lbs, rgs = list(img), list(lab), [reg] * nz if plain else list(reg)
+    k = nz if side_planes is None else int(side_planes)
+    for axis in (1, 2):
+        for i in np.linspace(0, lab.shape[axis] - 1, min(k, lab.shape[axis])).round().astype(int):
+            ims.append(np.take(iso_img, i, axis=axis))
+            lbs.append(np.take(iso_lab, i, axis=axis))
+            rgs.append(reg if plain else np.take(iso_reg, i, axis=axis))
+    return ims, lbs, rgs
+
+
+def expand_stacks(images: Sequence[Any], labels: Sequence[Any], regions: Sequence[Any] | None,
+                  voxel_size: Any = None) -> tuple[list, list, list | None]:
+    """Training lists with every labelled (Z, Y, X) stack replaced by its :func:`stack_planes`."""
+    out_i: list = []
+    out_l: list = []
+    out_r: list = []
+    for j, (im, lb) in enumerate(zip(images, labels)):
+        rg = None if regions is None else regions[j]
+        if np.ndim(lb) == 3 and np.shape(im) == np.shape(lb):
+            i2, l2, r2 = stack_planes(im, lb, rg, voxel_size)
+        else:
+            i2, l2, r2 = [im], [lb], [rg]
+        out_i += i2
+        out_l += l2
+        out_r += r2
+    return out_i, out_l, (None if regions is None and all(r is None for r in out_r) else out_r)
