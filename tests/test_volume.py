@@ -107,8 +107,8 @@ def test_lazy_zarr_stack_gives_the_in_memory_labels(bundled, stack, tmp_path):
     z = zarr.open_array(str(tmp_path / "s.zarr"), mode="w", shape=img.shape, chunks=(2, 32, 32), dtype=img.dtype)
     z[...] = img
     out = zarr.open_array(str(tmp_path / "l.zarr"), mode="w", shape=img.shape, chunks=(2, 32, 32), dtype="int32")
-    ref = segment(img, bundled, axes="ZYX")
-    got = segment(z, bundled, axes="ZYX", out=out)
+    ref = segment(img, bundled, axes="ZYX", block_voxels=1)  # two blocks of 64 px along X
+    got = segment(z, bundled, axes="ZYX", out=out, block_voxels=1)
     assert ref.max() > 0
     assert np.array_equal(np.asarray(got[...]), ref)
 
@@ -171,3 +171,28 @@ def test_training_on_a_3d_stack_improves_its_held_out_3d_ap():
                         device="cpu", amp=False, regions=["all"], val_fraction=0.0, voxel_size=(2, 1, 1))
     ap1 = ap(trained)
     assert ap1 > ap0 + 0.3 and ap1 > 0.5, (ap0, ap1)
+
+
+def test_blocks_with_halo_give_one_id_per_cell_across_block_edges(bundled):
+    """Small blocks (4 here) agree with one block: cells cut by block edges keep one id."""
+    from napari_unet._progress import drain, relay
+    from napari_unet.tiling import segment_iter
+
+    img, truth = make_stack((8, 200, 200), seed=7, anisotropy=3.0, radius=8)
+    seen = {}
+    whole = segment(img, bundled, axes="ZYX", voxel_size=(3, 1, 1))
+    gen = segment_iter(img, bundled, axes="ZYX", voxel_size=(3, 1, 1), block_voxels=24 * 240**2)
+    blocks = drain(relay(gen, lambda r: seen.update(r.info) or r))
+    assert seen["blocks"] == 4
+    assert set(np.unique(blocks)) == set(range(int(blocks.max()) + 1))  # ids 1..N
+    assert average_precision(whole, blocks, 0.9)[0.9] > 0.95
+    assert abs(average_precision(truth, blocks, 0.5)[0.5] - average_precision(truth, whole, 0.5)[0.5]) < 0.03
+
+
+def test_axes_order_and_probabilities_out(bundled, stack):
+    img = stack[0][:6, :48, :56]
+    ref = segment(img, bundled, axes="ZYX", voxel_size=(3, 1, 1))
+    probs = np.zeros((3, 48, 6, 56), np.float32)
+    got = segment(img.transpose(1, 0, 2), bundled, axes="YZX", voxel_size=(3, 1, 1), probabilities_out=probs)
+    assert np.array_equal(got.transpose(1, 0, 2), ref)
+    assert np.allclose(probs.sum(0), 1, atol=1e-3) and probs[1].max() > 0.5

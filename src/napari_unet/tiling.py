@@ -380,7 +380,8 @@ def _prepare_network(model: torch.nn.Module, device: torch.device, channels_last
 
 class _Predictor:
     def __init__(self, image: Any, model: Any, tile_size: int | None, device: Any, axes: str | None,
-                 batch_size: int | None, amp: bool | None, channels_last: bool) -> None:
+                 batch_size: int | None, amp: bool | None, channels_last: bool,
+                 normalization: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         if model is None:
             from .model import load_model
 
@@ -402,7 +403,8 @@ class _Predictor:
             amp = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_supports_bf16())
         self.amp = bool(amp)
         self.channels_last = bool(channels_last) and self.device.type != "mps"
-        self.lo, self.hi = image_normalization(
+        # a given (lo, hi): a block of a larger image (volume.py), normalised as the whole
+        self.lo, self.hi = normalization if normalization is not None else image_normalization(
             image, self.layout, model.meta.get("normalization", {"kind": "percentile"}), self.channel_map
         )
         self.source = _Source(image, self.layout, self.channel_map)

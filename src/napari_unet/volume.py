@@ -245,19 +245,33 @@ def side_views(image: np.ndarray, anisotropy: float, predict: Any) -> Generator[
 # -- the pipeline --------------------------------------------------------------------------
 
 
-def _predict_gen(net: Any, **kw: Any) -> Any:
-    from .tiling import predict_iter
+class _Views:
+    """Predicts arrays with the network, all normalised as one image (the whole volume)."""
 
-    def run(x: Any, view: str, axes: str = "QYX") -> Generator[Progress, None, np.ndarray]:
-        inner = predict_iter(x, net, axes=axes, **kw)
+    def __init__(self, net: Any, norm: tuple[np.ndarray, np.ndarray], predict_kw: dict[str, Any]) -> None:
+        self.net, self.norm, self.kw = net, norm, predict_kw
+
+    def __call__(self, x: Any, view: str, axes: str = "QYX") -> Generator[Progress, None, np.ndarray]:
+        """Probabilities ``(k, *x's shape without channels)`` of ``x`` (axes ``axes``)."""
+        from .tiling import _out_index, _Predictor
+
+        kw = self.kw
+        pred = _Predictor(x, self.net, kw.get("tile_size"), kw.get("device"), axes, kw.get("batch_size"),
+                          kw.get("amp"), kw.get("channels_last", True), normalization=self.norm)
+        lay = pred.layout
+        out = np.zeros((pred.config.num_classes, *lay.out_shape), np.float32)
+
+        def write(plane: tuple[int, ...], oy: int, ox: int, probs: np.ndarray) -> None:
+            idx, transpose = _out_index(lay, plane, slice(oy, oy + probs.shape[1]), slice(ox, ox + probs.shape[2]))
+            out[(slice(None),) + idx] = probs.transpose(0, 2, 1) if transpose else probs
+
+        inner = pred.run(lay.plane_indices(), write, 0)
         while True:
             try:
                 rec = next(inner)
-            except StopIteration as stop:
-                return stop.value
+            except StopIteration:
+                return out
             yield Progress(rec.done, rec.total, f"{view}: {rec.message}", rec.info)
-
-    return run
 
 
 def segment_volume_iter(
@@ -272,12 +286,19 @@ def segment_volume_iter(
     mode: str | None = None,
     out: Any = None,
     probabilities_out: Any = None,
+    block_voxels: int | None = None,
     h: float = H_3D,
     foreground_threshold: float = 0.5,
     seed_threshold: float = 0.5,
     **predict_kw: Any,
 ) -> Generator[Progress, None, Any]:
     """3D labels of a stack with a ``Z`` axis (each time point / other plane axis on its own).
+
+    Large volumes are processed in blocks of the full depth and a part of the Y/X plane,
+    each with a halo (the network's plus a cell diameter) so that the cells at its edge
+    are whole; a cell cut by a block edge gets one id, as both blocks see it whole in
+    their halos. Memory is bounded by the blocks plus the labels (``out`` may be a zarr
+    array on disk); lazy inputs are read block by block.
 
     Args:
         image: array-like with axes ``axes`` (``"ZYX"``, ``"TZYX"``, ``"ZCYX"``...).
@@ -286,20 +307,23 @@ def segment_volume_iter(
         voxel_size: ``(z, y, x)`` voxel size in any unit (a napari layer's ``scale``), or
             one number (Z step / pixel size); None = estimated from the cells
             (:func:`estimate_anisotropy`).
-        views: ``"auto"`` (XY + XZ + YZ up to :data:`MAX_MULTIVIEW_ANISOTROPY`, else XY),
-            ``"xy"`` or ``"xyz"``.
-        min_size: objects with fewer voxels are removed; None = the 2D default (16 px)
-            times 8 pixels of depth, in planes.
         diameter: the cells' diameter in XY pixels, ``"auto"`` (measured by the model) or
             None; as for ``segment``: when it is far from the model's, the stack is zoomed
             in Y and X (its planes kept, the anisotropy scaled with the zoom).
+        views: ``"auto"`` (XY + XZ + YZ up to :data:`MAX_MULTIVIEW_ANISOTROPY`, else XY),
+            ``"xy"`` or ``"xyz"``. Side views need a single-channel image.
+        min_size: objects with fewer voxels are removed; None = the 2D default (16 px)
+            times 8 pixels of depth, in planes.
         mode: as for ``segment``; ``"semantic"`` gives the per-voxel class.
         out, probabilities_out: optional arrays to write (labels; averaged probabilities).
+        block_voxels: voxels of one block with its halo, on the isotropic grid of the side
+            views (None = :data:`BLOCK_VOXELS`).
         h, foreground_threshold, seed_threshold: of :func:`watershed_3d`.
         **predict_kw: ``tile_size``, ``device``, ``batch_size``, ``amp``, ``channels_last``.
 
     Yields:
-        Progress; ``info`` holds ``anisotropy``, ``anisotropy_source`` and ``method``.
+        Progress; ``info`` holds ``anisotropy``, ``anisotropy_source``, ``method``,
+        ``views`` and ``blocks``.
 
     Returns:
         int32 labels shaped like the image without its channel axis (ids unique over the
@@ -318,11 +342,10 @@ def segment_volume_iter(
         raise ValueError(f"views must be 'auto', 'xy' or 'xyz', got {views!r}")
     mode = mode or net.meta.get("mode", "instance3")
     given = check_voxel_size(voxel_size)
+    ws = dict(h=h, foreground_threshold=foreground_threshold, seed_threshold=seed_threshold)
     if diameter is not None:
-        return (yield from _zoomed(image, net, lay, diameter, given, out, probabilities_out, predict_kw.get("device"),
-                                   views=views, min_size=min_size, mode=mode, h=h,
-                                   foreground_threshold=foreground_threshold, seed_threshold=seed_threshold,
-                                   **predict_kw))
+        return (yield from _zoomed(image, net, lay, diameter, given, out, probabilities_out, views=views,
+                                   min_size=min_size, mode=mode, block_voxels=block_voxels, **ws, **predict_kw))
     k = net.config.num_classes
     if out is None:
         out = np.zeros(lay.out_shape, np.int32)
@@ -331,67 +354,191 @@ def segment_volume_iter(
         _check_out(probabilities_out, (k, *lay.out_shape), "probabilities")
     zi = lay.axes.index("Z")
     outer = [a for a in lay.planes if a != zi]
-    out_axes = "".join(a for i, a in enumerate(lay.axes) if i != lay.channel)
     vol_axes = "".join(lay.axes[i] for i in range(len(lay.shape)) if i not in outer)
+    out_axes = "".join(a for i, a in enumerate(lay.axes) if i != lay.channel)
     offset = 0
-    run = _predict_gen(net, **predict_kw)
     for t in np.ndindex(*(lay.shape[a] for a in outer)):
         index: list[Any] = [slice(None)] * len(lay.shape)
         for a, i in zip(outer, t):
             index[a] = i
-        vol = image[tuple(index)] if outer else image
-        # the probabilities of one volume, ordered (k, Z, Y, X)
-        p = yield from run(vol, "XY", vol_axes)
-        order = [vol_axes.replace("C", "").replace("S", "").index(c) for c in "ZYX"]
-        p = np.ascontiguousarray(p.transpose([0] + [1 + o for o in order]))
-        labels, p, info = yield from _volume_labels(vol, vol_axes, order, p, given, views, mode, min_size, run,
-                                                    h=h, foreground_threshold=foreground_threshold,
-                                                    seed_threshold=seed_threshold)
-        yield Progress(1, 1, f"3D labels: {info['method']}", info)
-        if mode != "semantic" and offset:
-            labels = np.where(labels > 0, labels.astype(np.int64) + offset, 0)
+        vol = image[tuple(index)] if outer else image  # lazy arrays stay lazy
+        oidx = tuple(i for j, i in enumerate(index) if j != lay.channel)
+        sink = _Sink(out, oidx, out_axes)
+        psink = None if probabilities_out is None else _Sink(probabilities_out, oidx, out_axes, classes=True)
+        n = yield from _segment_volume(vol, vol_axes, net, given, views, mode, min_size, ws, predict_kw,
+                                       block_voxels or BLOCK_VOXELS, sink, psink, offset)
         if mode != "semantic":
-            offset = max(offset, int(labels.max(initial=0)))
+            offset += n
             if offset > np.iinfo(np.int32).max:
                 raise ValueError("more objects than int32 labels can hold")
-        back = np.argsort(order)
-        oidx = tuple(i for j, i in enumerate(index) if j != lay.channel)
-        out[oidx] = labels.astype(np.int32).transpose(back)
-        if probabilities_out is not None:
-            probabilities_out[(slice(None),) + oidx] = p.transpose([0] + [1 + b for b in back])
     return out
 
 
-def _volume_labels(vol: Any, vol_axes: str, order: list[int], p: np.ndarray, given: float | None, views: str,
-                   mode: str, min_size: int | None, run: Any, **ws: Any) -> Generator[Progress, None, tuple]:
-    """Labels (Z, Y, X) of one volume from its XY probabilities ``p`` (k, Z, Y, X)."""
-    from .postprocess import DEFAULT_MIN_SIZE, probabilities_to_labels
+#: voxels of one block with its halo, on the isotropic grid (about 0.5 GB of peak memory
+#: with the side views' float32 probabilities)
+BLOCK_VOXELS = 2**24
+
+
+class _Sink:
+    """Reads and writes (Z, Y, X)-ordered blocks of one volume inside a larger array.
+
+    ``index``: per axis of ``arr`` (after a leading class axis when ``classes``), an int
+    (another plane axis: the time point) or ``slice(None)``; ``letters``: the axis letters.
+    """
+
+    def __init__(self, arr: Any, index: tuple[Any, ...], letters: str, classes: bool = False) -> None:
+        self.arr, self.index, self.letters, self.classes = arr, index, letters, classes
+        spatial = [c for c, i in zip(letters, index) if isinstance(i, slice)]
+        self.order = [spatial.index(c) for c in "ZYX"]
+        self.back = [int(b) for b in np.argsort(self.order)]
+
+    def _at(self, ys: slice, xs: slice) -> tuple[Any, ...]:
+        idx = tuple(ys if c == "Y" else xs if c == "X" else i for c, i in zip(self.letters, self.index))
+        return ((slice(None),) if self.classes else ()) + idx
+
+    def _perm(self, order: list[int]) -> list[int]:
+        return [0] + [1 + o for o in order] if self.classes else order
+
+    def get(self, ys: slice, xs: slice) -> np.ndarray:
+        return np.asarray(self.arr[self._at(ys, xs)]).transpose(self._perm(self.order))
+
+    def put(self, value: np.ndarray, ys: slice, xs: slice) -> None:
+        self.arr[self._at(ys, xs)] = value.transpose(self._perm(self.back))
+
+
+def _blocks(n: int, core: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """(core start, core stop, halo start, halo stop) along an axis of ``n`` pixels."""
+    k = max(1, math.ceil(n / core))
+    edges = [round(i * n / k) for i in range(k + 1)]
+    return [(a, b, max(0, a - halo), min(n, b + halo)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _read(vol: Any, vol_axes: str, ys: slice, xs: slice) -> np.ndarray:
+    index = [slice(None)] * len(vol_axes)
+    index[vol_axes.index("Y")], index[vol_axes.index("X")] = ys, xs
+    return np.asarray(vol[tuple(index)])
+
+
+def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, views: str, mode: str,
+                    min_size: int | None, ws: dict[str, Any], predict_kw: dict[str, Any], block_voxels: int,
+                    sink: _Sink, psink: _Sink | None, offset: int) -> Generator[Progress, None, int]:
+    """Segment one volume into ``sink`` with ids from ``offset + 1``; returns how many."""
+    from .postprocess import probabilities_to_labels
+    from .tiling import _channel_map, image_normalization, parse_axes
+
+    vlay = parse_axes(vol.shape, vol_axes)
+    rule = net.meta.get("normalization", {"kind": "percentile"})
+    run = _Views(net, image_normalization(vol, vlay, rule, _channel_map(vlay, net.config.in_channels)), predict_kw)
+    spatial = [c for c in vol_axes if c not in "CS"]
+    order = [spatial.index(c) for c in "ZYX"]
+    Z, H, W = (vlay.out_shape[o] for o in order)
+    halo = int(net.config.halo + round(net.meta.get("diameter") or 20))
+    info: dict[str, Any] = {"anisotropy": given, "anisotropy_source": "voxel size"}
+    a = given
+    if a is None and mode != "semantic":
+        # from a central crop: cells linked across planes, lateral vs axial spread
+        side = 384
+        y0, x0 = max(0, (H - side) // 2), max(0, (W - side) // 2)
+        crop = _read(vol, vol_axes, slice(y0, y0 + side), slice(x0, x0 + side))
+        p = yield from run(crop, "XY (Z step)", vol_axes)
+        p = p.transpose([0] + [1 + o for o in order])
+        a = estimate_anisotropy(link_planes(probabilities_to_labels(p, mode)))
+        info.update(anisotropy=a, anisotropy_source="estimated" if a else "unknown")
+    depth = Z * max(1.0, a or 1.0)
+    core = max(64, int(math.sqrt(block_voxels / depth)) - 2 * halo)
+    by, bx = _blocks(H, core, halo), _blocks(W, core, halo)
+    info["blocks"] = len(by) * len(bx)
+    parent: dict[int, int] = {}
+
+    def find(i: int) -> int:
+        while parent.get(i, i) != i:
+            parent[i] = parent.get(parent[i], parent[i])
+            i = parent[i]
+        return i
+
+    done: list[tuple[int, int, int, int]] = []  # cores written so far
+    nxt = offset
+    for bi, (cy0, cy1, hy0, hy1) in enumerate(by):
+        for bj, (cx0, cx1, hx0, hx1) in enumerate(bx):
+            sub = _read(vol, vol_axes, slice(hy0, hy1), slice(hx0, hx1))
+            p = yield from run(sub, "XY", vol_axes)
+            p = np.ascontiguousarray(p.transpose([0] + [1 + o for o in order]))
+            labels, p, binfo = yield from _block_labels(sub, vol_axes, order, p, a, views, mode, min_size, run, ws)
+            info.update(binfo)
+            yield Progress(bi * len(bx) + bj + 1, info["blocks"], f"3D labels: {info['method']}", info)
+            cy, cx = slice(cy0 - hy0, cy1 - hy0), slice(cx0 - hx0, cx1 - hx0)
+            if psink is not None:
+                psink.put(p[:, :, cy, cx], slice(cy0, cy1), slice(cx0, cx1))
+            if mode == "semantic":
+                sink.put(labels[:, cy, cx].astype(np.int32), slice(cy0, cy1), slice(cx0, cx1))
+                continue
+            glob = np.where(labels > 0, labels.astype(np.int64) + nxt, 0)
+            # the halo over cores already written: the same cells, seen whole here
+            for (dy0, dy1, dx0, dx1) in done:
+                oy0, oy1, ox0, ox1 = max(dy0, hy0), min(dy1, hy1), max(dx0, hx0), min(dx1, hx1)
+                if oy0 >= oy1 or ox0 >= ox1:
+                    continue
+                mine = glob[:, oy0 - hy0 : oy1 - hy0, ox0 - hx0 : ox1 - hx0]
+                theirs = sink.get(slice(oy0, oy1), slice(ox0, ox1)).astype(np.int64)
+                _merge(mine, theirs, parent, find)
+            sink.put(glob[:, cy, cx].astype(np.int32), slice(cy0, cy1), slice(cx0, cx1))
+            done.append((cy0, cy1, cx0, cx1))
+            nxt += int(labels.max(initial=0))
+    if mode == "semantic":
+        return 0
+    # one id per merged cell, numbered offset+1.. without gaps
+    lut = np.arange(nxt + 1, dtype=np.int64)
+    for i in parent:
+        lut[i] = find(i)
+    present = np.zeros(nxt + 1, bool)
+    for (cy0, cy1, cx0, cx1) in done:
+        present[lut[sink.get(slice(cy0, cy1), slice(cx0, cx1))]] = True
+    present[: offset + 1] = False
+    final = np.zeros(nxt + 1, np.int64)
+    final[present] = np.arange(offset + 1, offset + 1 + int(present.sum()))
+    lut = final[lut]
+    for (cy0, cy1, cx0, cx1) in done:
+        sink.put(lut[sink.get(slice(cy0, cy1), slice(cx0, cx1))].astype(np.int32), slice(cy0, cy1), slice(cx0, cx1))
+    return int(present.sum())
+
+
+def _merge(mine: np.ndarray, theirs: np.ndarray, parent: dict[int, int], find: Any) -> None:
+    """Join ids of ``mine`` and ``theirs`` (same region) that are the same cell: their
+    overlap covers at least half of the smaller of the two there."""
+    both = (mine > 0) & (theirs > 0)
+    if not both.any():
+        return
+    pairs, count = np.unique(np.stack([mine[both], theirs[both]]), axis=1, return_counts=True)
+    m_ids, m_n = np.unique(mine[mine > 0], return_counts=True)
+    t_ids, t_n = np.unique(theirs[theirs > 0], return_counts=True)
+    m_size = dict(zip(m_ids.tolist(), m_n.tolist()))
+    t_size = dict(zip(t_ids.tolist(), t_n.tolist()))
+    for (i, j), c in zip(pairs.T.tolist(), count.tolist()):
+        if c >= LINK_OVERLAP * min(m_size[i], t_size[j]):
+            ri, rj = find(i), find(j)
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+
+
+def _block_labels(vol: np.ndarray, vol_axes: str, order: list[int], p: np.ndarray, a: float | None, views: str,
+                  mode: str, min_size: int | None, run: Any, ws: dict[str, Any]) -> Generator[Progress, None, tuple]:
+    """Labels (Z, Y, X) of one block from its XY probabilities ``p`` (k, Z, Y, X)."""
+    from .postprocess import DEFAULT_MIN_SIZE, _remove_small_and_relabel, probabilities_to_labels
 
     if mode == "semantic":
-        return np.argmax(p, 0).astype(np.int32), p, {"method": "semantic", "anisotropy": given}
-    per_plane = probabilities_to_labels(p, mode)
-    a, source = given, "voxel size"
-    if a is None:
-        a, source = estimate_anisotropy(link_planes(per_plane)), "estimated"
-    info = {"anisotropy": a, "anisotropy_source": source}
+        return np.argmax(p, 0).astype(np.int32), p, {"method": "semantic"}
     if a is None:
         # fewer than 3 cells span 3 planes: far too coarse in Z for 3D distances
-        return link_planes(per_plane), p, {**info, "method": "linked planes", "anisotropy_source": "unknown"}
-    channels = any(c in vol_axes for c in "CS")
-    side = views == "xyz" or (views == "auto" and a <= MAX_MULTIVIEW_ANISOTROPY)
-    if side and not channels:
-        zyx = np.asarray(vol, np.float32).transpose(order)
-        s = yield from side_views(zyx, a, lambda x, view: run(x, view))
+        return link_planes(probabilities_to_labels(p, mode)), p, {"method": "linked planes", "views": "XY"}
+    info = {"views": "XY"}
+    if (views == "xyz" or (views == "auto" and a <= MAX_MULTIVIEW_ANISOTROPY)) and not any(c in vol_axes for c in "CS"):
+        s = yield from side_views(np.asarray(vol, np.float32).transpose(order), a, run)
         p = (p + 2 * s) / 3
         info["views"] = "XY, XZ, YZ"
-    else:
-        info["views"] = "XY"
     if min_size is None:
         min_size = max(1, round(DEFAULT_MIN_SIZE * 8 / a))
     if mode == "instance2":
         fg, _ = ndi.label((1.0 - p[0]) > ws["foreground_threshold"], structure=_SIX)
-        from .postprocess import _remove_small_and_relabel
-
         return _remove_small_and_relabel(fg, min_size), p, {**info, "method": "3D components"}
     if a > MAX_WATERSHED_ANISOTROPY:
         return link_planes(probabilities_to_labels(p, mode)), p, {**info, "method": "linked planes"}
@@ -399,7 +546,7 @@ def _volume_labels(vol: Any, vol_axes: str, order: list[int], p: np.ndarray, giv
 
 
 def _zoomed(image: Any, net: Any, lay: Any, diameter: float | str, given: float | None, out: Any,
-            probabilities_out: Any, device: Any, **kw: Any) -> Generator[Progress, None, Any]:
+            probabilities_out: Any, **kw: Any) -> Generator[Progress, None, Any]:
     """:func:`segment_volume_iter` with a cell diameter: zoom Y and X to the model's cell size."""
     from .diameter import measure_diameter_iter, model_diameter, resize_image, resize_nearest, zoom_for, zoomed_shape
     from .tiling import _check_out, _with_info
@@ -408,7 +555,7 @@ def _zoomed(image: Any, net: Any, lay: Any, diameter: float | str, given: float 
     if isinstance(diameter, str):
         if diameter != "auto":
             raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
-        diameter = yield from measure_diameter_iter(image, net, axes=lay.axes, device=device)
+        diameter = yield from measure_diameter_iter(image, net, axes=lay.axes, device=kw.get("device"))
     zoom = zoom_for(target, diameter)
     extra = {"diameter": float(diameter), "zoom": zoom}
     voxel = None if given is None else given * zoom
@@ -416,7 +563,8 @@ def _zoomed(image: Any, net: Any, lay: Any, diameter: float | str, given: float 
         inner = segment_volume_iter(image, net, axes=lay.axes, voxel_size=voxel, out=out,
                                     probabilities_out=probabilities_out, **kw)
         return (yield from _with_info(inner, extra))
-    _check_out(out if out is not None else np.zeros(lay.out_shape, bool), lay.out_shape, "labels")
+    if out is not None:
+        _check_out(out, lay.out_shape, "labels")
     zoomed = resize_image(np.asarray(image), lay.axes, zoomed_shape(lay.yx_shape, zoom))
     if kw.get("min_size") is not None:
         kw["min_size"] = max(1, round(kw["min_size"] * zoom * zoom))
