@@ -181,7 +181,7 @@ def test_blocks_with_halo_give_one_id_per_cell_across_block_edges(bundled):
     img, truth = make_stack((8, 200, 200), seed=7, anisotropy=3.0, radius=8)
     seen = {}
     whole = segment(img, bundled, axes="ZYX", voxel_size=(3, 1, 1))
-    gen = segment_iter(img, bundled, axes="ZYX", voxel_size=(3, 1, 1), block_voxels=24 * 240**2)
+    gen = segment_iter(img, bundled, axes="ZYX", voxel_size=(3, 1, 1), block_voxels=8 * 240**2)
     blocks = drain(relay(gen, lambda r: seen.update(r.info) or r))
     assert seen["blocks"] == 4
     assert set(np.unique(blocks)) == set(range(int(blocks.max()) + 1))  # ids 1..N

@@ -224,21 +224,31 @@ def resample_axis(x: np.ndarray, axis: int, n: int) -> np.ndarray:
     return np.take(x, i0, axis=axis) * (1 - f) + np.take(x, i1, axis=axis) * f
 
 
+#: planes of a side view predicted at a time (bounds the side views' memory)
+SIDE_CHUNK = 32
+
+
 def side_views(image: np.ndarray, anisotropy: float, predict: Any) -> Generator[Progress, None, np.ndarray]:
     """Mean of the XZ and YZ predictions of a (Z, Y, X) volume, on its own grid: ``(k, Z, Y, X)``.
 
     The volume is first resampled along Z to isotropic voxels (``Z * anisotropy`` planes),
-    so that the side views look like the XY planes the network learned from.
-    ``predict(array_QYX)`` is a progress generator returning ``(k, Q, Y, X)``.
+    so that the side views look like the XY planes the network learned from; they are
+    predicted :data:`SIDE_CHUNK` planes at a time and brought back to the stack's planes.
+    ``predict(array_QYX, view)`` is a progress generator returning ``(k, Q, Y, X)``.
     """
     nz = image.shape[0]
     iso = resample_axis(image, 0, max(1, round(nz * anisotropy)))
     total = None
-    for view, order in (("XZ", (1, 0, 2)), ("YZ", (2, 0, 1))):
-        p = yield from predict(np.ascontiguousarray(iso.transpose(order)), view)
-        p = p.transpose((0,) + tuple(1 + int(i) for i in np.argsort(order)))  # back to (k, Ziso, Y, X)
-        p = resample_axis(p, 1, nz)
-        total = p if total is None else total + p
+    for view, axis in (("XZ", 1), ("YZ", 2)):
+        for start in range(0, image.shape[axis], SIDE_CHUNK):
+            part = np.take(iso, np.arange(start, min(start + SIDE_CHUNK, image.shape[axis])), axis=axis)
+            p = yield from predict(np.ascontiguousarray(np.moveaxis(part, axis, 0)), view)  # (k, n, Ziso, other)
+            p = resample_axis(np.moveaxis(p, 1, axis + 1), 1, nz)  # (k, Z, ...) with the chunk at `axis`
+            if total is None:
+                total = np.zeros((p.shape[0], *image.shape), np.float32)
+            index = [slice(None)] * 4
+            index[axis + 1] = slice(start, start + p.shape[axis + 1])
+            total[tuple(index)] += p
     return total / 2
 
 
@@ -316,8 +326,7 @@ def segment_volume_iter(
             times 8 pixels of depth, in planes.
         mode: as for ``segment``; ``"semantic"`` gives the per-voxel class.
         out, probabilities_out: optional arrays to write (labels; averaged probabilities).
-        block_voxels: voxels of one block with its halo, on the isotropic grid of the side
-            views (None = :data:`BLOCK_VOXELS`).
+        block_voxels: voxels of one block with its halo (None = :data:`BLOCK_VOXELS`).
         h, foreground_threshold, seed_threshold: of :func:`watershed_3d`.
         **predict_kw: ``tile_size``, ``device``, ``batch_size``, ``amp``, ``channels_last``.
 
@@ -374,9 +383,9 @@ def segment_volume_iter(
     return out
 
 
-#: voxels of one block with its halo, on the isotropic grid (about 0.5 GB of peak memory
-#: with the side views' float32 probabilities)
-BLOCK_VOXELS = 2**24
+#: voxels of one block with its halo (peak memory about 70 bytes per voxel of a block,
+#: measured by benchmarks/bench_3d.py --part memory)
+BLOCK_VOXELS = 2**22
 
 
 class _Sink:
@@ -444,8 +453,7 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
         p = p.transpose([0] + [1 + o for o in order])
         a = estimate_anisotropy(link_planes(probabilities_to_labels(p, mode)))
         info.update(anisotropy=a, anisotropy_source="estimated" if a else "unknown")
-    depth = Z * max(1.0, a or 1.0)
-    core = max(64, int(math.sqrt(block_voxels / depth)) - 2 * halo)
+    core = max(64, int(math.sqrt(block_voxels / Z)) - 2 * halo)
     by, bx = _blocks(H, core, halo), _blocks(W, core, halo)
     info["blocks"] = len(by) * len(bx)
     parent: dict[int, int] = {}
