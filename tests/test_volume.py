@@ -196,3 +196,19 @@ def test_axes_order_and_probabilities_out(bundled, stack):
     got = segment(img.transpose(1, 0, 2), bundled, axes="YZX", voxel_size=(3, 1, 1), probabilities_out=probs)
     assert np.array_equal(got.transpose(1, 0, 2), ref)
     assert np.allclose(probs.sum(0), 1, atol=1e-3) and probs[1].max() > 0.5
+
+
+def test_split_and_merge_a_3d_cell():
+    from napari_unet.annotate import merge_labels, split_label
+
+    lab = np.zeros((5, 20, 30), np.int32)
+    lab[:, 5:15, 3:27] = 4  # two nuclei joined into one 3D object
+    edit = split_label(lab, [[2, 0, 15], [2, 19, 15]])  # a line drawn on plane 2
+    out = lab.copy()
+    out[edit.indices] = edit.values
+    left, right = out[:, 10, 5], out[:, 10, 25]
+    assert len(set(left)) == 1 and len(set(right)) == 1 and left[0] != right[0]  # through every plane
+    assert (out > 0).sum() == (lab > 0).sum()
+    back = merge_labels(out, [int(left[0]), int(right[0])])
+    out[back.indices] = back.values
+    assert np.array_equal(out, lab)
