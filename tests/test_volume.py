@@ -212,3 +212,36 @@ def test_split_and_merge_a_3d_cell():
     back = merge_labels(out, [int(left[0]), int(right[0])])
     out[back.indices] = back.values
     assert np.array_equal(out, lab)
+
+
+def test_diameter_zooms_the_stack_in_y_and_x(bundled):
+    from napari_unet._progress import drain, relay
+    from napari_unet.tiling import segment_iter
+
+    img, truth = make_stack((8, 64, 64), seed=5, anisotropy=2.0, radius=5)
+    seen = {}
+    gen = segment_iter(img, bundled, axes="ZYX", voxel_size=(2, 1, 1), diameter=10.0)
+    labels = drain(relay(gen, lambda r: seen.update(r.info) or r))
+    assert labels.shape == img.shape
+    assert seen["zoom"] == 2.0 and seen["anisotropy"] == 4.0  # Z step in zoomed pixels
+    assert set(np.unique(labels)) == set(range(int(labels.max()) + 1))
+    assert average_precision(truth, labels, 0.5)[0.5] > 0.5
+
+
+def test_cli_voxel_size_and_plane_by_plane(model_path, stack, tmp_path, capsys):
+    from napari_unet import load_model
+    from napari_unet.cli import main
+
+    img = stack[0][:6, :48, :48]
+    src = tmp_path / "s.npy"
+    np.save(src, img)
+    net = load_model(model_path)
+    assert main(["segment", str(src), "-o", str(tmp_path / "a.npy"), "--axes", "ZYX", "--model", str(model_path),
+                 "--voxel-size", "1.5", "0.5", "0.5", "--no-amp"]) == 0
+    assert "Z step 3.00 px (voxel size)" in capsys.readouterr().err
+    assert np.array_equal(np.load(tmp_path / "a.npy"), segment(img, net, axes="ZYX", voxel_size=3, amp=False))
+    assert main(["segment", str(src), "-o", str(tmp_path / "b.npy"), "--axes", "ZYX", "--model", str(model_path),
+                 "--plane-by-plane", "--no-amp"]) == 0
+    assert np.array_equal(np.load(tmp_path / "b.npy"), segment(img, net, axes="QYX", amp=False))
+    assert main(["segment", str(src), "-o", str(tmp_path / "c.zarr"), "--axes", "ZYX", "--workers", "1"]) == 2
+    assert "--plane-by-plane" in capsys.readouterr().err
