@@ -103,7 +103,9 @@ CHILD = textwrap.dedent("""
         net = UNet(in_channels=1, num_classes=3, depth=3, base_width=8)
         net.meta["diameter"] = 20.0
         out = zarr.open_array({out!r}, mode="w", shape=src.shape, chunks=(8, 256, 256), dtype="int32")
-        segment(src, net, axes="ZYX", voxel_size=(2, 1, 1), out=out, device="cpu", plane_by_plane={run!r} == "2D")
+        flat = {run!r} == "2D"
+        segment(src, net, axes="ZYX", voxel_size=(2, 1, 1), out=out, device="cpu", plane_by_plane=flat,
+                **({{}} if flat else dict(block_voxels=2**22)))
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM"):
             print(int(line.split()[1]) * 1024)
@@ -135,7 +137,7 @@ def part_memory(quick: bool) -> None:
           f"{vox * 4 / 2**20:.0f} MiB; float32 probabilities of the whole would be {vox * 12 / 2**20:.0f} MiB) -> zarr")
     print(f"  opening only: {base / 2**20:.0f} MiB; plane by plane (2D): {flat / 2**20:.0f} MiB "
           f"(+{(flat - base) / 2**20:.0f} MiB) in {peaks['2D'][1]:.0f} s; "
-          f"3D (Z step 2, XY + XZ + YZ, blocks): {seg / 2**20:.0f} MiB (+{(seg - base) / 2**20:.0f} MiB) "
+          f"3D (Z step 2, XY + XZ + YZ, blocks of 4 Mvoxel): {seg / 2**20:.0f} MiB (+{(seg - base) / 2**20:.0f} MiB) "
           f"in {peaks['3D'][1]:.0f} s")
 
 
