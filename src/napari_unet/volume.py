@@ -159,7 +159,6 @@ def estimate_anisotropy(labels: np.ndarray, blur_correction: float = BLUR_CORREC
     idx = np.nonzero(labels)
     lab = labels[idx]
     count = np.bincount(lab, minlength=n + 1).astype(float)
-    ratios = []
     var = []
     for coord in idx:
         c = coord.astype(float)
