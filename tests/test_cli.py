@@ -34,7 +34,8 @@ def test_segment_tiff_in_process(tif, model_file, tiny_model, tmp_path, capsys):
                  "--no-amp", "--probabilities"]) == 0
     labels = tifffile.imread(out)
     assert labels.shape == image.shape and labels.dtype == np.int32
-    np.testing.assert_array_equal(labels, segment(image, tiny_model, amp=False))
+    # an ImageJ ZYX stack: 3D labels, as segment(..., axes="ZYX") gives
+    np.testing.assert_array_equal(labels, segment(image, tiny_model, axes="ZYX", amp=False, tile_size=24))
     probs = tifffile.imread(tmp_path / "labels_probabilities.tif")
     assert probs.shape == (3, *image.shape)
     assert "%" in capsys.readouterr().err  # the tqdm bar went to stderr

@@ -382,7 +382,8 @@ def _prepare_network(model: torch.nn.Module, device: torch.device, channels_last
 
 class _Predictor:
     def __init__(self, image: Any, model: Any, tile_size: int | None, device: Any, axes: str | None,
-                 batch_size: int | None, amp: bool | None, channels_last: bool) -> None:
+                 batch_size: int | None, amp: bool | None, channels_last: bool,
+                 normalization: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         if model is None:
             from .model import load_model
 
@@ -404,7 +405,8 @@ class _Predictor:
             amp = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_supports_bf16())
         self.amp = bool(amp)
         self.channels_last = bool(channels_last) and self.device.type != "mps"
-        self.lo, self.hi = image_normalization(
+        # a given (lo, hi): a block of a larger image (volume.py), normalised as the whole
+        self.lo, self.hi = normalization if normalization is not None else image_normalization(
             image, self.layout, model.meta.get("normalization", {"kind": "percentile"}), self.channel_map
         )
         self.source = _Source(image, self.layout, self.channel_map)
@@ -604,9 +606,14 @@ def segment_iter(
     channels_last: bool = True,
     diameter: float | str | None = None,
     min_object_z: float | None = MIN_OBJECT_Z,
+    voxel_size: Any = None,
+    plane_by_plane: bool = False,
     **postprocess: Any,
 ) -> Generator[Progress, None, Any]:
     """Instance (or semantic) labels by tiled prediction and post-processing, plane by plane.
+
+    A stack whose axes name a ``Z`` (``axes="ZYX"``, ``"TZYX"``...) gets 3D labels, one id
+    per cell across its planes (:mod:`napari_unet.volume`), unless ``plane_by_plane``.
 
     Each plane is predicted (see :func:`predict_iter`) and turned into labels with
     :func:`napari_unet.postprocess.probabilities_to_labels`; a stack's planes are
@@ -632,7 +639,12 @@ def segment_iter(
             the background around them by this many standard errors of the image's noise
             are dropped, so an empty field gives no cells (and a ``UserWarning`` says there
             are none; see :mod:`napari_unet.image_checks`). None keeps every object.
-        **postprocess: further options of ``probabilities_to_labels``.
+        voxel_size: Z stacks: ``(z, y, x)`` voxel size (a napari layer's ``scale``) or
+            one number, Z step / pixel size; None = estimated from the cells.
+        plane_by_plane: Z stacks: label each plane on its own (unrelated sections), as
+            for other plane axes.
+        **postprocess: further options of ``probabilities_to_labels`` (3D: of
+            :func:`napari_unet.volume.segment_volume_iter`, e.g. ``views``).
 
     Yields:
         :class:`Progress`; with ``diameter``, ``info`` also holds ``diameter`` and ``zoom``.
@@ -641,11 +653,19 @@ def segment_iter(
         int32 labels shaped like the image without its channel axis (or ``out``).
     """
     model = _checked_model(image, model, axes)
+    if not plane_by_plane and "Z" in str(axes or "").upper():
+        from .volume import segment_volume_iter
+
+        return (yield from segment_volume_iter(
+            image, model, axes=axes, voxel_size=voxel_size, diameter=diameter, tile_size=tile_size, device=device,
+            min_size=min_size, mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out,
+            amp=amp, channels_last=channels_last, min_object_z=min_object_z, **postprocess,
+        ))
     if diameter is not None:
         return (yield from _segment_zoomed(
             image, model, diameter, tile_size=tile_size, device=device, axes=axes, min_size=min_size,
             mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out, amp=amp,
-            channels_last=channels_last, min_object_z=min_object_z, **postprocess,
+            channels_last=channels_last, min_object_z=min_object_z, plane_by_plane=plane_by_plane, **postprocess,
         ))
     from .postprocess import probabilities_to_labels
 

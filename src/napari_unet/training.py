@@ -551,6 +551,7 @@ def train_iter(
     schedule: str = "cosine",
     zoom_to_model: bool = True,
     oom_retry: bool = True,
+    voxel_size: Any = None,
 ) -> Generator[Progress, None, UNet]:
     """Train a U-Net on labelled images; yields progress, returns the trained model.
 
@@ -604,6 +605,10 @@ def train_iter(
         oom_retry: on running out of memory, halve the batch and retry the step (default).
             False: stop with a clear error instead, as under DistributedDataParallel, where
             one process halving alone would leave the others waiting for it forever.
+        voxel_size: for labelled 3D stacks (an image and labels of the same (Z, Y, X)
+            shape, which train on XY, XZ and YZ planes, see
+            :func:`napari_unet.volume.stack_planes`): ``(z, y, x)`` or Z step / pixel
+            size; None = estimated from the labels.
         wrap_network: called once with the network (on its device) before training; the
             module it returns runs the training forward passes (e.g. a
             ``DistributedDataParallel`` wrapper, see :mod:`napari_unet.ddp`).
@@ -635,6 +640,12 @@ def train_iter(
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     total = int(iterations) if iterations is not None else (DEFAULT_ITERATIONS if max_time is None else 10**9)
+    if any(np.ndim(lab) == 3 for lab in list(labels) + list(val_labels or [])):
+        from .volume import expand_stacks  # labelled 3D stacks -> planes of all orientations
+
+        images, labels, regions = expand_stacks(images, labels, regions, voxel_size)
+        if val_images is not None and val_labels is not None:
+            val_images, val_labels, val_regions = expand_stacks(val_images, val_labels, val_regions, voxel_size)
 
     dev = resolve_device(device)
     in_ch = _in_channels_of(images)

@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diameter", type=_diameter, metavar="PX|auto",
                         help="the cells' diameter in pixels, or 'auto' to measure it: the image is zoomed to "
                              "the cell size the model knows best (default: segment the image as it is)")
+    parser.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                        help="Z stacks: voxel size in any unit (default: the anisotropy is estimated from the cells)")
+    parser.add_argument("--plane-by-plane", action="store_true",
+                        help="Z stacks: label each plane on its own (unrelated sections) instead of 3D cells")
     parser.add_argument("--probabilities", action="store_true",
                         help="also write class probabilities, as OUT_probabilities.<ext>")
     parser.add_argument("--overwrite", action="store_true",
@@ -106,14 +110,21 @@ def _run(image: Any, axes: str | None, model: Any, args: argparse.Namespace, lab
     kwargs: dict[str, Any] = {}
     if args.min_size is not None:
         kwargs["min_size"] = args.min_size
+    if getattr(args, "voxel_size", None):
+        kwargs["voxel_size"] = tuple(args.voxel_size)
+    if getattr(args, "plane_by_plane", False):
+        kwargs["plane_by_plane"] = True
     gen = segment_iter(image, model, tile_size=args.tile_size, device=args.device, axes=axes,
                        batch_size=args.batch_size, out=labels_out, probabilities_out=probs_out,
                        amp=False if args.no_amp else None, diameter=args.diameter, **kwargs)
     seen: dict[str, float] = {}
+    seen3d: dict[str, Any] = {}
 
     def watch(rec: Any) -> Any:  # keep the diameter and zoom the records report
         if "zoom" in rec.info:
             seen.update(diameter=rec.info["diameter"], zoom=rec.info["zoom"])
+        if "method" in rec.info:  # 3D: how the stack was segmented
+            seen3d.update(rec.info)
         return rec
 
     bar = _bar(desc)
@@ -124,6 +135,9 @@ def _run(image: Any, axes: str | None, model: Any, args: argparse.Namespace, lab
     if seen:
         how = "as it is" if seen["zoom"] == 1 else f"zoomed {seen['zoom']:.2f}x"
         print(f"{desc}: cell diameter {seen['diameter']:.1f} px, segmented {how}", file=sys.stderr)
+    if seen3d.get("anisotropy"):
+        print(f"{desc}: 3D, Z step {seen3d['anisotropy']:.2f} px ({seen3d['anisotropy_source']}), "
+              f"{seen3d['method']} on {seen3d.get('views', 'XY')}", file=sys.stderr)
     return labels
 
 
@@ -162,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     if args.scheduler or args.workers:
         if args.diameter is not None:
             raise ValueError("--diameter is not available with --scheduler/--workers; zoom the image beforehand")
+        if "Z" in (args.axes or "").upper() and not args.plane_by_plane:
+            raise ValueError("3D labels are not available with --scheduler/--workers; add --plane-by-plane")
         from ..distributed import run_cli
 
         return run_cli(args)
