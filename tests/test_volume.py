@@ -80,6 +80,15 @@ def test_zyx_stack_gives_3d_ids(bundled, stack):
     assert np.median(_pieces(truth, flat)) >= 3
 
 
+def test_empty_stack_gives_no_cells_and_says_so(bundled):
+    # a camera-noise stack: without the noise test the 3D path finds hundreds of "cells"
+    img = np.random.default_rng(0).poisson(20, (12, 128, 128)).astype(np.uint16)
+    assert segment(img, bundled, axes="ZYX", min_object_z=None).max() > 10
+    with pytest.warns(UserWarning, match="No cells found"):
+        labels = segment(img, bundled, axes="ZYX")
+    assert labels.max() == 0
+
+
 def test_plane_by_plane_is_the_old_per_plane_path(model_path, stack):
     """plane_by_plane=True on ZYX = the stack's planes as unrelated images (axes 'QYX')."""
     from napari_unet import load_model

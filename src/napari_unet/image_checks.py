@@ -161,19 +161,20 @@ def drop_faint_objects(x: np.ndarray, labels: np.ndarray, min_z: float = MIN_OBJ
 
     Args:
         x: the plane as the network sees it, normalised, ``(Y, X)`` or ``(C, Y, X)``
-            (channels averaged).
-        labels: instance labels of that plane (ids kept; dropped objects become 0).
+            (channels averaged); or a stack, ``(Z, Y, X)``, with 3D labels.
+        labels: instance labels of that plane or stack (ids kept; dropped objects become 0).
         min_z: see :data:`MIN_OBJECT_Z`.
     """
     x = np.asarray(x, np.float32)
-    if x.ndim == 3:
+    if x.ndim == labels.ndim + 1:
         x = x.mean(axis=0)
     from scipy import ndimage as ndi
 
     out = labels
     # the background: pixels farther than the ring from every object the network found
     background = ndi.maximum_filter(labels, size=2 * RING + 1, mode="constant") == 0
-    sigma = noise_sigma(x, background)
+    # a stack: the noise of its planes' rows, one after the other
+    sigma = noise_sigma(x.reshape(-1, x.shape[-1]), background.reshape(-1, x.shape[-1]))
     for _ in range(MAX_ROUNDS):
         # either sign: a model for stained tissue finds dark nuclei on a bright background
         z = np.abs(object_contrast(x, out, sigma=sigma))

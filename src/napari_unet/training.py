@@ -628,9 +628,11 @@ def train_iter(
     if regions is not None and len(regions) != len(images):
         raise ValueError(f"got {len(regions)} regions for {len(images)} images")
     for k, (img, lab) in enumerate(zip(images, labels)):
-        if np.ndim(lab) != 2:
+        stack = np.ndim(lab) == 3 and tuple(np.shape(img)[:3]) == tuple(np.shape(lab))  # a labelled (Z, Y, X) stack
+        if np.ndim(lab) != 2 and not stack:
             raise ValueError(f"labels {k} have shape {np.shape(lab)} but training takes 2D (Y, X) labels, "
-                             f"one per 2D image (image {k} has shape {np.shape(img)})")
+                             f"one per 2D image, or (Z, Y, X) labels of a stack of that shape "
+                             f"(image {k} has shape {np.shape(img)})")
     if iterations is not None and int(iterations) < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}")
     if max_time is not None and float(max_time) <= 0:

@@ -30,6 +30,7 @@ training planes of all three orientations.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Generator, Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ._progress import Progress
+from .image_checks import NOTHING_HERE_WARNING, drop_faint_objects
 
 #: multi-view prediction (XY + XZ + YZ) up to this anisotropy; beyond, XY only. Measured
 #: on synthetic stacks (radius 10 px), 3D AP@0.5 with the Z step given, XY only -> three
@@ -308,6 +310,7 @@ def segment_volume_iter(
     h: float = H_3D,
     foreground_threshold: float = 0.5,
     seed_threshold: float = 0.5,
+    min_object_z: float | None = None,
     **predict_kw: Any,
 ) -> Generator[Progress, None, Any]:
     """3D labels of a stack with a ``Z`` axis (each time point / other plane axis on its own).
@@ -337,6 +340,10 @@ def segment_volume_iter(
         block_voxels: voxels of one block with its halo (None = from the free memory,
             :func:`default_block_voxels`).
         h, foreground_threshold, seed_threshold: of :func:`watershed_3d`.
+        min_object_z: objects whose mean does not stand out from the background around
+            them by this many standard errors of the stack's noise are dropped, and a
+            ``UserWarning`` says when none is left (as for ``segment``; see
+            :mod:`napari_unet.image_checks`). None keeps every object.
         **predict_kw: ``tile_size``, ``device``, ``batch_size``, ``amp``, ``channels_last``.
 
     Yields:
@@ -363,7 +370,8 @@ def segment_volume_iter(
     ws = dict(h=h, foreground_threshold=foreground_threshold, seed_threshold=seed_threshold)
     if diameter is not None:
         return (yield from _zoomed(image, net, lay, diameter, given, out, probabilities_out, views=views,
-                                   min_size=min_size, mode=mode, block_voxels=block_voxels, **ws, **predict_kw))
+                                   min_size=min_size, mode=mode, block_voxels=block_voxels,
+                                   min_object_z=min_object_z, **ws, **predict_kw))
     k = net.config.num_classes
     if out is None:
         out = np.zeros(lay.out_shape, np.int32)
@@ -384,11 +392,13 @@ def segment_volume_iter(
         sink = _Sink(out, oidx, out_axes)
         psink = None if probabilities_out is None else _Sink(probabilities_out, oidx, out_axes, classes=True)
         n = yield from _segment_volume(vol, vol_axes, net, given, views, mode, min_size, ws, predict_kw,
-                                       block_voxels or default_block_voxels(), sink, psink, offset)
+                                       block_voxels or default_block_voxels(), sink, psink, offset, min_object_z)
         if mode != "semantic":
             offset += n
             if offset > np.iinfo(np.int32).max:
                 raise ValueError("more objects than int32 labels can hold")
+    if mode != "semantic" and min_object_z is not None and offset == 0:
+        warnings.warn(NOTHING_HERE_WARNING, UserWarning, stacklevel=2)
     return out
 
 
@@ -452,7 +462,8 @@ def _read(vol: Any, vol_axes: str, ys: slice, xs: slice) -> np.ndarray:
 
 def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, views: str, mode: str,
                     min_size: int | None, ws: dict[str, Any], predict_kw: dict[str, Any], block_voxels: int,
-                    sink: _Sink, psink: _Sink | None, offset: int) -> Generator[Progress, None, int]:
+                    sink: _Sink, psink: _Sink | None, offset: int,
+                    min_object_z: float | None = None) -> Generator[Progress, None, int]:
     """Segment one volume into ``sink`` with ids from ``offset + 1``; returns how many."""
     from .postprocess import probabilities_to_labels
     from .tiling import _channel_map, image_normalization, parse_axes
@@ -494,6 +505,8 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
             p = yield from run(sub, "XY", vol_axes)
             p = np.ascontiguousarray(p.transpose([0] + [1 + o for o in order]))
             labels, p, binfo = yield from _block_labels(sub, vol_axes, order, p, a, views, mode, min_size, run, ws)
+            if mode != "semantic" and min_object_z is not None:
+                labels = drop_faint_objects(_gray_zyx(sub, vol_axes), labels, min_object_z)
             info.update(binfo)
             yield Progress(bi * len(bx) + bj + 1, info["blocks"], f"3D labels: {info['method']}", info)
             cy, cx = slice(cy0 - hy0, cy1 - hy0), slice(cx0 - hx0, cx1 - hx0)
@@ -530,6 +543,18 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
     for (cy0, cy1, cx0, cx1) in done:
         sink.put(lut[sink.get(slice(cy0, cy1), slice(cx0, cx1))].astype(np.int32), slice(cy0, cy1), slice(cx0, cx1))
     return int(present.sum())
+
+
+def _gray_zyx(block: np.ndarray, vol_axes: str) -> np.ndarray:
+    """A block's intensities, channels averaged, in (Z, Y, X) order (for the noise test:
+    its z-scores do not change with the normalisation's scale and offset)."""
+    x = np.asarray(block, np.float32)
+    letters = vol_axes
+    for c in "CS":
+        if c in letters:
+            x = x.mean(axis=letters.index(c))
+            letters = letters.replace(c, "")
+    return x.transpose([letters.index(c) for c in "ZYX"])
 
 
 def _merge(mine: np.ndarray, theirs: np.ndarray, parent: dict[int, int], find: Any) -> None:
