@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import notification_manager, show_error, show_warning
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtWidgets import QAbstractButton, QFrame, QLabel, QScrollArea, QStyle
 
 from .._progress import Progress
 
@@ -593,19 +595,82 @@ def row(*widgets: Any) -> Container:
     return box
 
 
+class _FormScrollArea(QScrollArea):
+    """A vertical scroll area exactly as wide as the form it holds needs (never clipping
+    it), and only ``min_height`` tall at least. ``on_show`` runs when it is first shown."""
+
+    def __init__(self, min_height: int, on_show: Callable[[], None]) -> None:
+        super().__init__()
+        self._min_height = min_height
+        self._on_show: Callable[[], None] | None = on_show
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        inner = self.widget()
+        width = 0 if inner is None else inner.minimumSizeHint().expandedTo(inner.minimumSize()).width()
+        bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+        return QSize(width + bar + 2 * self.frameWidth(), self._min_height)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        if self._on_show is not None:
+            self._on_show()
+            self._on_show = None
+            self.updateGeometry()
+        super().showEvent(event)
+
+
+def fit_texts(form: Container, *forms: Container) -> None:
+    """Keep every text of ``form`` whole: align the label columns of ``form`` and of the
+    labelled containers ``forms`` inside it, and give buttons, check boxes and one-line
+    labels at least their text's width, so a narrow dock cannot squeeze them ("Remove
+    selecte"). Measured once napari's theme (its font) applies: when first shown."""
+    for f in (form, *forms):
+        align_form(f)
+    for w in form.native.findChildren((QAbstractButton, QLabel)):
+        if not (isinstance(w, QLabel) and w.wordWrap()):
+            w.setMinimumWidth(max(w.minimumWidth(), w.sizeHint().width()))
+
+
+def scroll_form(outer: Container, form: Container, *forms: Container, min_height: int = 150) -> QScrollArea:
+    """Show ``form`` -- the only child of the plain container ``outer`` -- in a vertical
+    scroll area, so a tall widget fits a small screen (1280x800) instead of forcing the
+    window taller than the screen; its texts are fitted with :func:`fit_texts` (``forms``:
+    labelled containers inside ``form``). Returns the scroll area.
+
+    magicgui's ``Container(scrollable=True)`` wraps its *root* widget in a scroll area, but
+    napari docks a magicgui widget's ``.native`` (the inner widget), so the scroll area
+    never reaches the dock; hence the scroll area lives inside ``outer`` here.
+    """
+    fit_texts(form, *forms)  # now, for widgets that are never shown; again when shown
+    scroll = _FormScrollArea(min_height, lambda: fit_texts(form, *forms))
+    layout = outer.native.layout()
+    layout.removeWidget(form.native)
+    scroll.setWidget(form.native)  # magicgui keeps ``form`` as a child (reset_choices etc.)
+    layout.addWidget(scroll)
+    outer.margins = (0, 0, 0, 0)
+    return scroll
+
+
 def align_form(container: Any) -> None:
     """Give every label of a labelled magicgui container the same (sufficient) width.
 
     magicgui measures label text with the default font before the widget is styled by
     napari's theme, so long labels can end up wider than their column and rows stop
     lining up; measuring the real Qt labels afterwards fixes it. Label *values* (status
-    lines, section titles) are left-aligned.
+    lines, section titles) are left-aligned. A row without a label (a section title, a
+    folded section, a status line) spans the whole width instead of leaving an empty
+    label column.
     """
-    from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QSizePolicy
 
     rows = [w._labeled_widget() for w in container]  # noqa: SLF001 - magicgui's own rows
     labels = [r._label_widget for r in rows if r is not None]  # noqa: SLF001
+    for lab in labels:
+        if not str(lab.value).strip():
+            lab.visible = False
+    labels = [lab for lab in labels if lab.visible is not False and str(lab.value).strip()]
     if not labels:
         return
     width = max(lab.native.sizeHint().width() for lab in labels) + 16

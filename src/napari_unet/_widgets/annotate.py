@@ -67,10 +67,10 @@ from ._common import (
     ModelPicker,
     TaskRunner,
     add_or_update_layer,
-    align_form,
     header,
     load_model_cached,
     row,
+    scroll_form,
     segment_at_model_size,
     set_status,
     show_error_in,
@@ -302,7 +302,8 @@ class AnnotateWidget(Container):
         self.progress = ProgressBar(value=0, min=0, max=0, label="Progress")
         self.status = status_label()
 
-        super().__init__(
+        # the form scrolls inside the dock: it is taller than a 1280x800 screen
+        self.form = Container(
             widgets=[
                 header("Layers"),
                 self.image,
@@ -341,6 +342,7 @@ class AnnotateWidget(Container):
             ],
             labels=True,
         )
+        super().__init__(widgets=[self.form], labels=False)
         self.runner = TaskRunner(progress=self.progress, run_button=self.predict_button,
                                  cancel_button=self.cancel_button, status=self.status)
         self.new_labels_button.changed.connect(self.new_labels_layer)
@@ -366,8 +368,8 @@ class AnnotateWidget(Container):
         self.save_button.changed.connect(self._save_clicked)
         self.load_button.changed.connect(self._load_clicked)
         self.train_button.changed.connect(self.train_on_this)
-        self.native.setMinimumWidth(320)
-        align_form(self)
+        self.form.native.setMinimumWidth(320)
+        self.scroll = scroll_form(self, self.form)
         self.reset_choices()
         self._image_changed()
         self._refresh_entries()

@@ -35,10 +35,10 @@ from ._common import (
     ModelPicker,
     TaskRunner,
     add_or_update_layer,
-    align_form,
     header,
     load_model_cached,
     row,
+    scroll_form,
     segment_at_model_size,
     set_status,
     status_label,
@@ -236,7 +236,7 @@ class SegmentWidget(Container):
         self.progress = ProgressBar(value=0, min=0, max=0, label="Progress", tooltip="Tiles done")
         self.status = status_label()
 
-        super().__init__(
+        self.form = Container(
             widgets=[
                 header("Input"),
                 self.image,
@@ -256,6 +256,7 @@ class SegmentWidget(Container):
             ],
             labels=True,
         )
+        super().__init__(widgets=[self.form], labels=False)
         self.runner = TaskRunner(
             progress=self.progress,
             run_button=self.run_button,
@@ -264,8 +265,8 @@ class SegmentWidget(Container):
         )
         self.run_button.changed.connect(self.run)
         self.image.changed.connect(self._describe_image)
-        self.native.setMinimumWidth(320)
-        align_form(self)
+        self.form.native.setMinimumWidth(320)
+        self.scroll = scroll_form(self, self.form)
         self._describe_image()
         self.reset_choices()
 

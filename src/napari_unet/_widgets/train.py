@@ -49,10 +49,10 @@ from ._common import (
     DevicePicker,
     TaskRunner,
     add_or_update_layer,
-    align_form,
     bundled_model_available,
     header,
     row,
+    scroll_form,
     segment_at_model_size,
     set_status,
     show_error_in,
@@ -444,7 +444,7 @@ class TrainWidget(Container):
         self.val_fraction = FloatSpinBox(label="Validation", value=0.2, min=0.0, max=0.5, step=0.05,
                                          tooltip="Share held out to measure progress (whole images from 4 "
                                          "images up, else a strip of each); 0 = none")
-        self.val_every = SpinBox(label="Validate every (0 = auto)", value=0, min=0, max=10**6,
+        self.val_every = SpinBox(label="Val. every (0 = auto)", value=0, min=0, max=10**6,
                                  tooltip="Steps between validations (0 = auto: 20 per run, every 50 "
                                  "steps on a time budget). The best model is chosen at validations")
         self.zoom_to_model = CheckBox(
@@ -479,7 +479,7 @@ class TrainWidget(Container):
             labels=True,
         )
         self.settings_box = _collapsibles(
-            [("Advanced: learning rate, tile, batch, validation", self.advanced), ("Augmentation", self.augmentation)]
+            [("Advanced: learning rate, tile, batch", self.advanced), ("Augmentation", self.augmentation)]
         )
 
         # -- run
@@ -510,7 +510,8 @@ class TrainWidget(Container):
                                 tooltip="Segment the 'Apply to' image with the current weights after "
                                 "each validation (slows training a little)")
 
-        super().__init__(
+        # the form scrolls inside the dock: it is taller than a 1280x800 screen
+        self.form = Container(
             widgets=[
                 header("Training data", rule=False),
                 self.image,
@@ -548,6 +549,7 @@ class TrainWidget(Container):
             ],
             labels=True,
         )
+        super().__init__(widgets=[self.form], labels=False)
         self.runner = TaskRunner(progress=self.progress, run_button=self.run_button,
                                  cancel_button=self.cancel_button, status=self.status)
         self.run_button.changed.connect(self.run)
@@ -561,10 +563,8 @@ class TrainWidget(Container):
         self.apply_button.changed.connect(self.apply)
         self.start.changed.connect(self._sync)
         self.budget.changed.connect(self._sync)
-        self.native.setMinimumWidth(320)
-        align_form(self)
-        align_form(self.advanced)
-        align_form(self.augmentation)
+        self.form.native.setMinimumWidth(320)
+        self.scroll = scroll_form(self, self.form, self.advanced, self.augmentation)
         self._sync()
         self.reset_choices()
         self._update_set_info()

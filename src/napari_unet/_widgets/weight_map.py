@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, Label, PushButton, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, PushButton, create_widget
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
-from ._common import add_or_update_layer, set_status
+from ._common import add_or_update_layer, scroll_form, set_status, status_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -134,14 +134,16 @@ class WeightMapWidget(Container):
         )
         self.live = CheckBox(text="live (recompute when a value changes)", value=True)
         self.compute_button = PushButton(text="Compute")
-        self.status = Label(value="")
-        super().__init__(
+        self.status = status_label()
+        self.form = Container(
             widgets=[
                 self.labels_layer, self.w0, self.sigma, self.class_weights,
                 self.per_plane, self.live, self.compute_button, self.status,
             ],
             labels=True,
         )
+        super().__init__(widgets=[self.form], labels=False)
+        self.scroll = scroll_form(self, self.form)
         self.worker: Any = None
         self.cache = DistanceCache()
         self.shown: WeightParams | None = None  # what the output layer shows now
