@@ -93,6 +93,21 @@ def error_text(exc: BaseException) -> str:
     return text[0].upper() + text[1:] if text else text
 
 
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def is_core_warning(category: type, filename: str) -> bool:
+    """True for a warning napari-unet raised for the person: a ``UserWarning`` attributed
+    to a file of this package (the core warns with ``stacklevel=2``); numpy's "invalid
+    value" (a ``RuntimeWarning``) and other libraries' notices stay on the console."""
+    if not issubclass(category, UserWarning):
+        return False
+    try:
+        return Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
+    except (OSError, ValueError):
+        return False
+
+
 def set_status(status: Label, text: str, kind: str = "ok") -> None:
     """Write ``text`` to a status label; ``kind`` is "ok", "warning" or "error"."""
     status.value = text
@@ -171,6 +186,7 @@ class TaskRunner:
         self.worker: GeneratorWorker | None = None
         self.started_at = 0.0
         self.last_outcome: str | None = None  # "done", "cancelled", "error" (tests, status)
+        self.warnings: list[str] = []  # the core's warnings during the last run
         self.cancel_button.enabled = False
         self.cancel_button.changed.connect(self.cancel)
         self.progress.visible = False
@@ -217,6 +233,7 @@ class TaskRunner:
         )
         self.worker = worker
         self.last_outcome = None
+        self.warnings = []
         self.started_at = time.perf_counter()
         self.progress.min, self.progress.max, self.progress.value = 0, 0, 0  # busy indicator
         self.progress.visible = True
@@ -244,6 +261,10 @@ class TaskRunner:
             except (ValueError, TypeError) as exc:  # e.g. a layer that cannot take the data
                 self.last_outcome = "error"
                 show_error_in(self.status, exc)
+                return
+            if self.warnings:  # the success line must not hide what the core warned about
+                text = str(self.status.value).rstrip(". ")
+                set_status(self.status, f"{text}. Warning: " + " ".join(self.warnings), "warning")
 
         def _errored(exc: BaseException) -> None:
             self.last_outcome = "error"
@@ -258,8 +279,18 @@ class TaskRunner:
                 on_cancelled()
 
         def _warned(args: tuple) -> None:
-            # warnings raised in the worker (e.g. "GPU present but torch is CPU-only")
-            show_warning(str(args[0]))
+            # warnings raised in the worker ("image unlike the model's training data", "GPU
+            # present but torch is CPU-only"): a notification, and the status line until the
+            # run ends (then appended to its last line)
+            message, category, filename = args[0], args[1], str(args[2])
+            if not is_core_warning(category, filename):
+                return  # a library's notice to developers, not to the person
+            text = str(message).strip()
+            if text in self.warnings:
+                return
+            self.warnings.append(text)
+            show_warning(text)
+            set_status(self.status, f"Warning: {text}", "warning")
 
         def _finished() -> None:
             self.worker = None
@@ -292,6 +323,56 @@ def _mark_edited(event: Any) -> None:
     meta = layer.metadata.get(META_KEY)
     if isinstance(meta, dict):
         meta["edited"] = True
+
+
+def is_ours(layer: Any) -> bool:
+    """True for a layer napari-unet created (tagged in its ``metadata``); any other layer
+    is the person's and is never modified."""
+    return isinstance(layer.metadata.get(META_KEY), dict)
+
+
+def result_name(image_name: str, what: str, model_tag: str) -> str:
+    """``"<image> <what> (<model>)"``: results of different models (bundled, a file,
+    trained here) go to different layers, so they can be compared."""
+    return f"{image_name} {what} ({model_tag})"
+
+
+def model_tag(path: str | Path | None) -> str:
+    """A short name of a model for layer names: "bundled" or the file's stem."""
+    return "bundled" if path is None else Path(path).stem
+
+
+def on_close(widget: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once when the dock holding the magicgui ``widget`` is closed.
+
+    napari closes a dock by taking its widget out of it (``setParent(None)``); a hidden
+    dock keeps its widget. (The viewer closing deletes the widget instead: connect to
+    ``widget.native.destroyed`` for that, touching no child widget then.)
+    """
+    from qtpy.QtCore import QEvent, QObject
+
+    class _Watch(QObject):
+        def __init__(self) -> None:
+            super().__init__(widget.native)
+            self.docked = False
+            self.done = False
+
+        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+            if event.type() == QEvent.Type.ParentChange:
+                if obj.parentWidget() is not None:
+                    self.docked = True
+                elif self.docked:
+                    self.fire()
+            return False
+
+        def fire(self) -> None:
+            if not self.done:
+                self.done = True
+                callback()
+
+    watch = _Watch()
+    widget.native.installEventFilter(watch)
+    widget._close_watch = watch  # noqa: SLF001 - keep it alive with the widget
 
 
 def was_edited(layer: Any) -> bool:
@@ -352,12 +433,17 @@ def add_or_update_layer(
             (``scale``, ``translate``, ``colormap``, ...).
 
     Returns:
-        a :class:`LayerWrite` with the layer and whether it is new. A Labels layer the
-        person edited since we wrote it, or a layer of another type or dimensionality, is
-        left alone and a new layer ``"name (2)"`` is made instead.
+        a :class:`LayerWrite` with the layer and whether it is new. A layer napari-unet
+        did not create (the person's own, e.g. a curated mask of that name), a Labels
+        layer the person edited since we wrote it, or a layer of another type or
+        dimensionality, is left alone and a new layer ``"name (2)"`` is made instead.
     """
     existing = viewer.layers[name] if name in viewer.layers else None
     note = ""
+    if existing is not None and not is_ours(existing):
+        note = f"'{name}' is your layer, not a napari-unet result, so it was kept and the result went to a new one"
+        name = unique_layer_name(viewer, name)
+        existing = None
     if existing is not None:
         same_kind = existing._type_string == layer_type  # noqa: SLF001 - public in practice
         same_ndim = getattr(existing.data, "ndim", None) == getattr(data, "ndim", None)
