@@ -331,6 +331,13 @@ def is_ours(layer: Any) -> bool:
     return isinstance(layer.metadata.get(META_KEY), dict)
 
 
+def loaded_from_file(layer: Any) -> bool:
+    """True for a layer napari read from a file or a sample (e.g. a mask of every cell),
+    rather than one made in the viewer (``layer.source``)."""
+    source = getattr(layer, "source", None)
+    return source is not None and (source.path is not None or getattr(source, "sample", None) is not None)
+
+
 def result_name(image_name: str, what: str, model_tag: str) -> str:
     """``"<image> <what> (<model>)"``: results of different models (bundled, a file,
     trained here) go to different layers, so they can be compared."""
