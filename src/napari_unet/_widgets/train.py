@@ -656,10 +656,15 @@ class TrainWidget(Container):
     # napari calls this when layers are added/removed, refreshing the layer pickers
     def reset_choices(self, *_: Any) -> None:
         region = self.region.value
+        chosen = list(self.pairs.value)
         super().reset_choices()
         if region is None:  # a new Shapes layer (e.g. a new annotation) is not a region yet
             self.region.value = None
-        self._forget_removed_layers()
+        if not self._forget_removed_layers():
+            # magicgui resets the pair list to its initial (empty) choices with the layer
+            # pickers: show the pairs that train again, so the list never hides one
+            self._refresh_pairs()
+            self.pairs.value = [c for c in chosen if c in self.pairs.choices]
 
     def _sync(self, *_: Any) -> None:
         start = self.start.value
@@ -718,15 +723,18 @@ class TrainWidget(Container):
         self.pairs.value = []
         self._update_set_info()
 
-    def _forget_removed_layers(self) -> None:
+    def _forget_removed_layers(self) -> bool:
+        """Drop listed pairs whose layers were removed; True when the list changed."""
         if not getattr(self, "_pairs", None):
-            return
+            return False
         layers = list(self._viewer.layers)
         keep = [p for p in self._pairs if p.image in layers and p.labels in layers
                 and (p.region is None or p.region in layers)]
         if len(keep) != len(self._pairs):
             self._pairs = keep
             self._refresh_pairs()
+            return True
+        return False
 
     def _current_pair(self) -> LayerPair:
         image, labels = self.image.value, self.labels_layer.value
