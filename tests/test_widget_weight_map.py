@@ -122,7 +122,7 @@ def test_sigma_follows_a_drag_without_pauses(widget, qtbot):
 def test_paint_during_a_background_computation_is_not_dropped(widget, qtbot):
     viewer, w = widget
     labels = _cells((600, 600), 150, 20, seed=5)  # above SYNC_MAX_PIXELS: computed in a worker
-    layer = viewer.add_labels(labels, name="cells")
+    layer = viewer.add_labels(labels.copy(), name="cells")  # napari paints into the array it holds
     w.live.value = False
     w.labels_layer.value = layer
     qtbot.waitUntil(lambda: not w._warmup.is_alive(), timeout=60_000)
