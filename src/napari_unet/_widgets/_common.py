@@ -114,6 +114,12 @@ def set_status(status: Label, text: str, kind: str = "ok") -> None:
     status.tooltip = text  # long messages are elided by the layout; the tooltip keeps all
     style = {"error": _ERROR_STYLE, "warning": _WARN_STYLE}.get(kind, _OK_STYLE)
     status.native.setStyleSheet(style)
+    status.native.setProperty("napari_unet_kind", kind)
+
+
+def status_kind(status: Label) -> str:
+    """What :func:`set_status` last showed: "ok", "warning" or "error"."""
+    return str(status.native.property("napari_unet_kind") or "ok")
 
 
 def show_error_in(status: Label | None, exc_or_text: BaseException | str) -> None:
