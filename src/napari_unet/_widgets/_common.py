@@ -744,6 +744,7 @@ def scroll_form(outer: Container, form: Container, *forms: Container, min_height
     """
     fit_texts(form, *forms)  # now, for widgets that are never shown; again when shown
     scroll = _FormScrollArea(min_height, lambda: fit_texts(form, *forms))
+    form.native.layout().addStretch(1)  # rows stay packed at the top of a tall dock
     layout = outer.native.layout()
     layout.removeWidget(form.native)
     scroll.setWidget(form.native)  # magicgui keeps ``form`` as a child (reset_choices etc.)

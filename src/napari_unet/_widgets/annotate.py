@@ -414,7 +414,7 @@ class AnnotateWidget(Container):
         self._pick_annotation_layer()
         layer = self.image.value
         if layer is None:
-            set_status(self.status, "Open an image (File ▸ Open Sample ▸ U-Net for a demo)")
+            set_status(self.status, "Open an image (File ▸ Open Sample ▸ Synthetic nuclei for a demo)")
 
     def _pick_annotation_layer(self) -> None:
         """Select '<image> annotations' and '<image> annotated region' when they exist."""

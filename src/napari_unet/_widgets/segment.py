@@ -277,7 +277,7 @@ class SegmentWidget(Container):
     def _describe_image(self, *_: Any) -> None:
         layer = self.image.value
         if layer is None:
-            set_status(self.status, "Open an image (File ▸ Open Sample ▸ U-Net for a demo)")
+            set_status(self.status, "Open an image (File ▸ Open Sample ▸ Synthetic nuclei for a demo)")
             return
         data = layer.data[0] if layer.multiscale else layer.data
         kind = "RGB " if layer.rgb else ""
@@ -289,8 +289,7 @@ class SegmentWidget(Container):
         layer = self.image.value
         if layer is None:
             raise ValueError(
-                "No image layer: open an image first (or File ▸ Open Sample ▸ U-Net ▸ "
-                "Synthetic nuclei)"
+                "No image layer: open an image first (or File ▸ Open Sample ▸ Synthetic nuclei)"
             )
         data = layer.data[0] if layer.multiscale else layer.data  # highest resolution
         if len(data.shape) < 2 or min(data.shape[-2:]) < 1:

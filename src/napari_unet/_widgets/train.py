@@ -739,7 +739,7 @@ class TrainWidget(Container):
     def _current_pair(self) -> LayerPair:
         image, labels = self.image.value, self.labels_layer.value
         if image is None:
-            raise ValueError("No image layer: open the image you annotated (or File ▸ Open Sample ▸ U-Net)")
+            raise ValueError("No image layer: open the image you annotated (or File ▸ Open Sample ▸ Synthetic nuclei)")
         if labels is None:
             raise ValueError(
                 "No Labels layer: add one (layer list ▸ new Labels layer) and paint some cells, "
