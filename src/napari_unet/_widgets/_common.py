@@ -17,11 +17,19 @@ Everything here is a thin skin over the Qt-free core:
   ``device.resolve_device`` + ``describe_device`` chose, including the warning when a GPU
   is present but the installed PyTorch is CPU-only.
 
-**Labels edited by the user are never silently overwritten.** A Labels layer we write is
-tagged in its ``metadata`` and watched for napari's ``paint`` event (brush, eraser, fill,
-polygon; also emitted by undo/redo). If the person painted on it since we last wrote it, a
-re-run writes to a new layer ``"<name> (2)"`` instead and says so in the status line; an
-unedited layer is updated in place.
+**Nothing the user made is modified.** A layer napari-unet did not create (no tag in its
+``metadata``) is the person's: a result under its name goes to a new layer ``"<name> (2)"``.
+A Labels layer we write is tagged and watched for napari's ``paint`` event (brush, eraser,
+fill, polygon; also emitted by undo/redo); if the person painted on it since we last wrote
+it, a re-run writes to a new layer too and says so in the status line; an unedited layer
+of ours is updated in place. Result layers are named after the model that made them
+(:func:`result_name`), so results of different models sit side by side.
+
+**Worker warnings** (the core's ``UserWarning``: NaN pixels, an image unlike the model's
+training data) are shown as a notification and stay in the status line after the
+result line (:class:`TaskRunner`).
+
+**Forms scroll** (:func:`scroll_form`): every widget fits a 1280x800 screen.
 
 torch is imported lazily (when a widget is created or a job runs), never when this module
 is imported, so napari's start-up stays fast.
@@ -41,7 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import notification_manager, show_error, show_warning
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
 from qtpy.QtWidgets import QAbstractButton, QFrame, QLabel, QScrollArea, QStyle
 
 from .._progress import Progress
@@ -355,37 +363,31 @@ def model_tag(path: str | Path | None) -> str:
     return "bundled" if path is None else Path(path).stem
 
 
+class _CloseWatch(QObject):
+    """Event filter behind :func:`on_close`."""
+
+    def __init__(self, widget: Any, callback: Callable[[], None]) -> None:
+        super().__init__(widget.native)
+        self._callback: Callable[[], None] | None = callback
+        self._docked = False
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.ParentChange:
+            if obj.parentWidget() is not None:
+                self._docked = True
+            elif self._docked and self._callback is not None:
+                callback, self._callback = self._callback, None
+                callback()
+        return False
+
+
 def on_close(widget: Any, callback: Callable[[], None]) -> None:
     """Call ``callback`` once when the dock holding the magicgui ``widget`` is closed.
 
     napari closes a dock by taking its widget out of it (``setParent(None)``); a hidden
-    dock keeps its widget. (The viewer closing deletes the widget instead: connect to
-    ``widget.native.destroyed`` for that, touching no child widget then.)
+    dock keeps its widget, and so does a widget that was never docked.
     """
-    from qtpy.QtCore import QEvent, QObject
-
-    class _Watch(QObject):
-        def __init__(self) -> None:
-            super().__init__(widget.native)
-            self.docked = False
-            self.done = False
-
-        def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
-            if event.type() == QEvent.Type.ParentChange:
-                if obj.parentWidget() is not None:
-                    self.docked = True
-                elif self.docked:
-                    self.fire()
-            return False
-
-        def fire(self) -> None:
-            if not self.done:
-                self.done = True
-                callback()
-
-    watch = _Watch()
-    widget.native.installEventFilter(watch)
-    widget._close_watch = watch  # noqa: SLF001 - keep it alive with the widget
+    widget.native.installEventFilter(_CloseWatch(widget, callback))  # a child: lives as long
 
 
 def was_edited(layer: Any) -> bool:
@@ -770,7 +772,7 @@ def align_form(container: Any) -> None:
     for lab in labels:
         if not str(lab.value).strip():
             lab.visible = False
-    labels = [lab for lab in labels if lab.visible is not False and str(lab.value).strip()]
+    labels = [lab for lab in labels if str(lab.value).strip()]
     if not labels:
         return
     width = max(lab.native.sizeHint().width() for lab in labels) + 16

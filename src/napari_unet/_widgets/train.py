@@ -645,6 +645,9 @@ class TrainWidget(Container):
         for w in (self.image, self.labels_layer, self.region, self.complete):
             w.changed.connect(self._update_set_info)
         on_close(self, self._closed)
+        # the viewer closing deletes the widget: stop the worker, touching no child widget
+        runner = self.runner
+        self.native.destroyed.connect(lambda *_: runner.worker.quit() if runner.worker is not None else None)
         self.form.native.setMinimumWidth(320)
         self.scroll = scroll_form(self, self.form, self.advanced, self.augmentation)
         self._sync()
@@ -955,6 +958,11 @@ class TrainWidget(Container):
             message=f"Preparing {len(job.images)} training image(s) ({'; '.join(sources)})...",
         )
         self._after_start(worker)
+        if worker is not None:  # on a small screen: Train, the progress and the plot in view
+            from qtpy.QtCore import QPoint
+
+            top = self.run_button.native.mapTo(self.form.native, QPoint(0, 0)).y()
+            self.scroll.verticalScrollBar().setValue(top - 8)
         return worker
 
     def cancel(self) -> None:

@@ -282,6 +282,6 @@ class WeightMapWidget(Container):
         note = f"; {out.note}" if out.note else ""
         set_status(
             self.status,
-            f"w0 {params.w0:g}, sigma {params.sigma:g}, {params.class_weights}: "
-            f"range {lo:.2f} to {hi:.2f}{note}",
+            f"w0 {params.w0:g}, sigma {params.sigma:g} px, class balance {params.class_weights}: "
+            f"weights {lo:.2f} to {hi:.2f}{note}",
         )
