@@ -75,8 +75,9 @@ class GuiStalls:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.timer.stop()
-        self._tick()
+        if self.timer.isActive():  # stopping twice measures nothing more
+            self.timer.stop()
+            self._tick()
 
     @property
     def longest(self) -> float:

@@ -10,7 +10,11 @@ Training data: (image, Labels [, Shapes region]) layer pairs added to a list (or
 chosen in the pickers, if the list is empty), plus a training set loaded from a folder or
 handed over by the Annotate widget (:meth:`TrainWidget.set_training_set`). A Shapes layer
 marks the annotated region (rectangles/polygons rasterised to a mask); without one, the
-labelled cells plus a margin count and the rest is ignored.
+labelled cells plus a margin count and the rest is ignored -- unless *labels are complete*
+is on (the default for a mask read from a file): then the whole image counts. A line
+under the list says exactly what will be trained on; training warns (status line) when
+most pixels would be ignored. Apply writes ``"<image> labels (trained)"``; Export runs in
+the worker; closing the dock stops training and removes temporary checkpoint folders.
 
 Cancel stops at the next training step (well within a second) and keeps the best model
 so far: the generator's return value is lost when a worker is quit, so the widget keeps
