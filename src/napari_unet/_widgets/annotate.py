@@ -1071,8 +1071,7 @@ class AnnotateWidget(Container):
             where = f" The new model's predictions are in '{w.layer.name}'" + (f" ({w.note})" if w.note else "") + ";"
         self._show_score()
         self._raise_dock()
-        set_status(self.status, "Trained. " + self.score.value + where + " 'Predict to annotate' now uses the "
-                   "new model")
+        set_status(self.status, f"Trained. {self.score.value}.{where} 'Predict to annotate' now uses the new model")
 
     def _raise_dock(self) -> None:
         """Bring this dock to the front (the Train dock may be tabbed over it)."""
