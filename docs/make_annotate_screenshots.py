@@ -101,6 +101,7 @@ def main() -> None:
     w.toggle_held_out()
     w.folder.value = Path(tempfile.mkdtemp()) / "nuclei set"
     w.save_set()
+    w.scroll.ensureWidgetVisible(w.entries.native)  # the set's list in view
     shot("3_training_set")
 
     train = w.train_widget()

@@ -6,19 +6,22 @@ A thin skin over :mod:`napari_unet.annotate` (label-editing helpers that return
 * **Labels layer** ``"<image> annotations"`` with cell-painting defaults: brush size,
   ``preserve_labels`` (painting never overwrites another cell), a fresh id selected after
   every stroke, an outline (contour) display switch.
-* **Predict to annotate** fills empty pixels (or replaces what is inside the region) with
-  the current model's cells, in a worker, so the person corrects rather than draws. Every
+* **Predict to annotate** fills empty pixels (or replaces what is inside the area) with
+  the current model's cells -- in the field of view, or in the annotated region once one
+  is drawn -- in a worker, so the person corrects rather than draws. Every
   change to the Labels layer -- prediction and helpers alike -- goes through
   ``Labels.data_setitem`` inside ``block_history``, so one Ctrl+Z undoes it.
 * **Annotated region**: a Shapes layer ``"<image> annotated region"``; without one,
   "labelled cells plus a margin" is what training uses, and the *training area* overlay
-  shows it.
+  shows it -- unless *labels are complete* (the default for a mask read from a file): then
+  the whole plane. Adding mostly-ignored images to the set is said in the status line.
 * **Training set**: add the (image, labels, region) -- cropped to the region's bounding box
   -- for a 2D image, or each labelled plane of a stack; list, show, hold out, remove; save
   to and load from a folder.
 * **Train on this** hands the set (minus held-out entries) to the Train widget and starts
-  it; when training ends, the open image is segmented again with the new model and a
-  before/after score (AP@0.5 on the held-out entries) is shown here.
+  it; when training ends, the open image is segmented again with the new model (into
+  ``"<image> labels (trained)"``) and a before/after score (AP@0.5 on the held-out entries)
+  is shown here. A cancelled training changes nothing here.
 
 Stacks are annotated plane by plane: the helpers and predict-to-annotate act on the plane
 shown in the viewer.
