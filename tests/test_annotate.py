@@ -180,7 +180,7 @@ def test_split_label_errors():
     with pytest.raises(ValueError, match="no cell with id 7"):
         split_label(lab, [(0, 10), (19, 10)], label_id=7)
     with pytest.raises(ValueError, match="2D"):
-        split_label(np.zeros((2, 5, 5), np.int32), [(0, 0), (4, 4)])
+        split_label(np.zeros((2, 2, 5, 5), np.int32), [(0, 0), (4, 4)])  # 3D stacks split, 4D not
     with pytest.raises(ValueError, match="at least 2 points"):
         split_label(lab, [(0, 10)])
 

@@ -34,7 +34,8 @@ def test_segment_tiff_in_process(tif, model_file, tiny_model, tmp_path, capsys):
                  "--no-amp", "--probabilities"]) == 0
     labels = tifffile.imread(out)
     assert labels.shape == image.shape and labels.dtype == np.int32
-    np.testing.assert_array_equal(labels, segment(image, tiny_model, amp=False))
+    # an ImageJ ZYX stack: 3D labels, as segment(..., axes="ZYX") gives
+    np.testing.assert_array_equal(labels, segment(image, tiny_model, axes="ZYX", amp=False, tile_size=24))
     probs = tifffile.imread(tmp_path / "labels_probabilities.tif")
     assert probs.shape == (3, *image.shape)
     assert "%" in capsys.readouterr().err  # the tqdm bar went to stderr
@@ -55,9 +56,9 @@ def test_segment_several_inputs_to_zarr_directory(tif, model_file, tmp_path, rng
     assert stack.shape == image.shape and stack.dtype == np.int32
     assert zarr.open_array(str(outdir / "plane_labels.zarr"), mode="r").shape == image[0].shape
     assert zarr.open_array(str(outdir / "img_labels.zarr"), mode="r").shape == image[1].shape
-    # a single input over an existing zarr output replaces it (it is not a folder of outputs)
+    # a single input over an existing zarr output replaces it with --overwrite (it is not a folder of outputs)
     single = outdir / "stack_labels.zarr"
-    assert main(["segment", str(npy), "-o", str(single), "--model", model_file, "--no-amp"]) == 0
+    assert main(["segment", str(npy), "-o", str(single), "--model", model_file, "--no-amp", "--overwrite"]) == 0
     assert zarr.open_array(str(single), mode="r").shape == image[0].shape
 
 

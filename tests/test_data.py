@@ -45,7 +45,7 @@ def test_round_trip(tmp_path, rng):
     assert index["format"] == "napari-unet training set" and index["samples"][1]["region"] is None
     # saving a smaller set in the same folder leaves no stale files behind
     ts.remove(0)
-    ts.save(tmp_path / "set")
+    ts.save(tmp_path / "set", overwrite=True)
     assert_same(ts, TrainingSet.load(tmp_path / "set"))
     assert sorted(p.name for p in (tmp_path / "set" / "labels").iterdir()) == ["0000.tif", "0001.tif"]
 

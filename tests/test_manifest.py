@@ -57,7 +57,7 @@ def test_manifest_is_the_one_npe2_finds():
     pm = PluginManifest.from_distribution("napari-unet")
     assert pm.name == "napari-unet"
     assert [w.display_name for w in pm.contributions.widgets] == [name for name, _ in _widgets()]
-    assert [s.key for s in pm.contributions.sample_data] == ["nuclei"]
+    assert [s.key for s in pm.contributions.sample_data] == ["nuclei", "nuclei_3d"]
 
 
 @pytest.mark.gui

@@ -299,7 +299,7 @@ def test_cli_train_writes_a_model(tmp_path, capsys):
     assert (tmp_path / "ck" / "last.pt").is_file()
     assert "wrote" in capsys.readouterr().out
     # bad input: one line, exit status 2
-    rc = main(["train", "--images", str(tmp_path / "a.tif"), "-o", str(out), "--model", str(start)])
+    rc = main(["train", "--images", str(tmp_path / "a.tif"), "-o", str(out), "--model", str(start), "--overwrite"])
     assert rc == 2
     assert "same number of files" in capsys.readouterr().err
 

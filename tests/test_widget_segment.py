@@ -251,6 +251,7 @@ def test_3d_stack_and_small_image(qtbot, widget):
     viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.5))
     widget.image.value = viewer.layers["stack"]
     widget.min_size.value = 0
+    widget.plane_by_plane.value = True  # unrelated sections
     assert run_and_wait(qtbot, widget) == "done", widget.status.value
     labels = viewer.layers["stack labels (threshold)"]
     assert labels.data.shape == stack.shape and labels.data.dtype == np.int32

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .synthetic import make_sample
+from .synthetic_3d import make_stack
 
 #: fixed recipe of the sample: moderate difficulty, some clumps, 12-bit camera
 SAMPLE_SHAPE = (512, 512)
@@ -35,4 +36,24 @@ def sample_nuclei() -> list[tuple[Any, dict[str, Any], str]]:
         (image, {"name": "nuclei (synthetic)", "colormap": "gray", "contrast_limits": (lo, hi)},
          "image"),
         (labels, {"name": "nuclei ground truth", "opacity": 0.5}, "labels"),
+    ]
+
+
+#: the 3D sample: a confocal-like stack, Z step 3x the pixel (the layers' scale says so)
+SAMPLE_3D_SHAPE = (24, 160, 160)
+SAMPLE_3D_ANISOTROPY = 3.0
+
+
+def sample_nuclei_3d() -> list[tuple[Any, dict[str, Any], str]]:
+    """A synthetic confocal stack of nuclei (Z, Y, X) and its 3D labels, as napari layer data.
+
+    Both layers carry ``scale=(3, 1, 1)``: the Segment widget reads the Z step from it.
+    """
+    image, labels = make_stack(SAMPLE_3D_SHAPE, SAMPLE_SEED, anisotropy=SAMPLE_3D_ANISOTROPY)
+    lo, hi = (float(v) for v in np.percentile(image, (1.0, 99.8)))
+    scale = (SAMPLE_3D_ANISOTROPY, 1.0, 1.0)
+    return [
+        (image, {"name": "nuclei 3D (synthetic)", "colormap": "gray", "contrast_limits": (lo, hi), "scale": scale},
+         "image"),
+        (labels, {"name": "nuclei 3D ground truth", "opacity": 0.5, "scale": scale}, "labels"),
     ]

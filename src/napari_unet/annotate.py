@@ -255,9 +255,14 @@ def split_label(labels: Any, line: Any, label_id: int | None = None, *, min_piec
     keeps the id, every other piece gets a new id, and the pixels on the line (and slivers
     smaller than ``min_piece``) go to the nearest piece, so the cell's area is unchanged.
 
+    On a (Z, Y, X) stack the line, drawn in any plane, cuts the cell through all its
+    planes (the cut is the line extruded along Z) and the pieces are 6-connected: one
+    stroke splits two nuclei a 3D segmentation joined.
+
     Args:
-        labels: 2D integer label image.
-        line: (N, 2) polyline vertices (row, column) in pixel coordinates.
+        labels: 2D integer label image, or a 3D (Z, Y, X) stack.
+        line: (N, 2) polyline vertices (row, column) in pixel coordinates; on a stack
+            (N, 3) vertices (plane, row, column) are accepted too (the plane is ignored).
         label_id: the cell to split; None = the id most of the line runs over.
         min_piece: pieces smaller than this are slivers cut off by a line that grazes the
             edge, and are given back to their neighbour.
@@ -270,10 +275,13 @@ def split_label(labels: Any, line: Any, label_id: int | None = None, *, min_piec
             least ``min_piece`` pixels (draw it across the whole cell).
     """
     lab = check_labels(labels)
-    if lab.ndim != 2:
-        raise ValueError(f"split works on a 2D plane, got labels of shape {lab.shape}")
-    rr, cc = polyline_pixels(line, lab.shape)
-    under = lab[rr, cc]
+    if lab.ndim not in (2, 3):
+        raise ValueError(f"split works on a 2D plane or a (Z, Y, X) stack, got labels of shape {lab.shape}")
+    pts = np.asarray(line, dtype=float)
+    if lab.ndim == 3 and pts.ndim == 2 and pts.shape[1] == 3:
+        pts = pts[:, 1:]
+    rr, cc = polyline_pixels(pts, lab.shape[-2:])
+    under = lab[..., rr, cc]
     if label_id is None:
         ids, counts = np.unique(under[under > 0], return_counts=True)
         if ids.size == 0:
@@ -286,9 +294,9 @@ def split_label(labels: Any, line: Any, label_id: int | None = None, *, min_piec
     box = ndi.find_objects(cell.astype(np.int8))[0]
     box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
     cut = np.zeros(lab.shape, bool)
-    cut[rr, cc] = True
+    cut[..., rr, cc] = True
     cell_b, cut_b = cell[box], cut[box]
-    pieces, n = ndi.label(cell_b & ~cut_b)  # 4-connected
+    pieces, n = ndi.label(cell_b & ~cut_b)  # 4-connected (6-connected in 3D)
     sizes = np.bincount(pieces.ravel(), minlength=n + 1)
     big = [i for i in range(1, n + 1) if sizes[i] >= min_piece]
     if len(big) < 2:

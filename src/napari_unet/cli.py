@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from importlib import import_module
+from typing import Any
 
 COMMANDS = {
     "segment": ("segment", "segment images with a model (overlap-tile inference)"),
@@ -44,16 +46,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, OSError, MemoryError) as exc:
-        if args.debug:
+    except (UserError, ValueError, FileNotFoundError, OSError, MemoryError, RuntimeError) as exc:
+        if args.debug or (isinstance(exc, RuntimeError) and not _is_device_error(exc)):
             raise
         msg = " ".join(str(exc).split())
         print(f"napari-unet {args.command}: error: {msg}", file=sys.stderr)
         return 2
+
+
+def _one_line_warning(command: str) -> Any:
+    """``warnings.showwarning`` that prints the core's warnings ("no cells found", "image unlike the
+    model's training data", ...) as one line on stderr, without the source line."""
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        from tqdm import tqdm
+
+        text = " ".join(str(message).split())
+        tqdm.write(f"napari-unet {command}: warning: {text}", file=sys.stderr)  # on its own line, above any bar
+
+    return show
+
+
+def _is_device_error(exc: BaseException) -> bool:
+    """A device that cannot be used (e.g. ``--device cuda`` without CUDA): the user's to fix."""
+    from .device import DeviceError  # imports torch, which a device error has already loaded
+
+    return isinstance(exc, DeviceError)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +95,16 @@ def check_sample(image: Any, labels: Any, region: Any = None, name: str = "") ->
     return img, lab, reg
 
 
+def _inside(root: Path, rel: Any, key: str) -> Path:
+    """``root / rel`` for a path of the index, refused unless it is a relative path inside ``root``."""
+    if not isinstance(rel, str) or not rel:
+        raise ValueError(f"the {key!r} path must be a file name relative to the folder, got {rel!r}")
+    path = root / rel
+    if Path(rel).is_absolute() or not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"the {key!r} path {rel!r} points outside the training-set folder; keep the files inside it")
+    return path
+
+
 @dataclass
 class TrainingSet:
     """An ordered list of :class:`TrainingSample` with folder save/load.
@@ -133,41 +142,82 @@ class TrainingSet:
     def regions(self) -> list[np.ndarray | None]:
         return [s.region for s in self.samples]
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write the set to ``folder`` (created if needed; its index is replaced last).
+    def save(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the set to ``folder`` (created if needed).
+
+        Every file is written under a temporary name and renamed into place, the index
+        last, so a crash leaves the old set or the new one. With ``overwrite``, files that
+        the old index listed and the new set no longer uses are then removed; no other
+        file is ever touched.
+
+        Args:
+            folder: the training-set folder.
+            overwrite: replace a set already saved there (without it, an existing set or
+                any file the new set would write is refused).
 
         Returns:
             The folder.
+
+        Raises:
+            ValueError: ``folder`` is a file, or it holds a set or files in the way and
+                ``overwrite`` is False.
         """
+        import io
+
         import tifffile
 
         root = Path(folder)
         if root.exists() and not root.is_dir():
             raise ValueError(f"{root} is a file, not a folder: choose a folder for the training set")
-        for sub in ("images", "labels", "regions"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+        old_files = self._files_of_saved(root)
         entries = []
-        written = set()
         for i, s in enumerate(self.samples):
             stem = f"{i:04d}.tif"
-            entry: dict[str, Any] = {"name": s.name, "image": f"images/{stem}", "labels": f"labels/{stem}",
-                                     "region": None}
-            tifffile.imwrite(root / entry["image"], s.image)
-            tifffile.imwrite(root / entry["labels"], s.labels)
-            written.update({entry["image"], entry["labels"]})
+            entries.append({"name": s.name, "image": f"images/{stem}", "labels": f"labels/{stem}",
+                            "region": f"regions/{stem}" if s.region is not None else None})
+        written = {e[k] for e in entries for k in ("image", "labels", "region") if e[k] is not None}
+        if not overwrite:
+            in_the_way = sorted(p for p in written | {INDEX} if (root / p).exists())
+            if in_the_way:
+                what = "holds a training set already" if (root / INDEX).exists() else f"already has {in_the_way[0]}"
+                raise ValueError(f"{root} {what}; choose another folder or save with overwrite=True to replace it")
+
+        def tiff(array: np.ndarray) -> Any:
+            def write(fh: Any) -> None:
+                buf = io.BytesIO()
+                tifffile.imwrite(buf, array)
+                fh.write(buf.getvalue())
+            return write
+
+        for s, entry in zip(self.samples, entries):
+            write_atomic(root / entry["image"], tiff(s.image), fsync=False)
+            write_atomic(root / entry["labels"], tiff(s.labels), fsync=False)
             if s.region is not None:
-                entry["region"] = f"regions/{stem}"
-                tifffile.imwrite(root / entry["region"], s.region.astype(np.uint8))
-                written.add(entry["region"])
-            entries.append(entry)
+                write_atomic(root / entry["region"], tiff(s.region.astype(np.uint8)), fsync=False)
         index = {"format": FORMAT, "version": VERSION, "samples": entries}
-        write_atomic(root / INDEX, lambda fh: fh.write(json.dumps(index, indent=1).encode()), fsync=False)
-        # files of an earlier, larger set saved here would be mistaken for part of this one
-        for sub in ("images", "labels", "regions"):
-            for p in (root / sub).glob("*.tif"):
-                if re.fullmatch(r"\d{4,}\.tif", p.name) and f"{sub}/{p.name}" not in written:
-                    p.unlink()
+        write_atomic(root / INDEX, lambda fh: fh.write(json.dumps(index, indent=1).encode()))
+        # files of the earlier set saved here that this one no longer lists would be mistaken for part of it
+        for rel in sorted(old_files - written):
+            (root / rel).unlink(missing_ok=True)
         return root
+
+    @staticmethod
+    def _files_of_saved(root: Path) -> set[str]:
+        """The files (relative paths inside ``root``) that the index saved in ``root`` lists."""
+        try:
+            index = json.loads((root / INDEX).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return set()
+        out = set()
+        for entry in index.get("samples", []) if isinstance(index, dict) else []:
+            for key in ("image", "labels", "region"):
+                rel = entry.get(key) if isinstance(entry, dict) else None
+                try:
+                    if _inside(root, rel, key).is_file():
+                        out.add(rel)
+                except ValueError:
+                    continue  # a path outside the folder is not ours to remove
+        return out
 
     @classmethod
     def load(cls, folder: str | os.PathLike, strict: bool = True) -> TrainingSet:
@@ -209,7 +259,7 @@ class TrainingSet:
                     if rel is None:
                         arrays.append(None)
                         continue
-                    path = root / rel
+                    path = _inside(root, rel, key)
                     if not path.is_file():
                         raise ValueError(f"missing file {rel}")
                     try:

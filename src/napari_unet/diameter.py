@@ -44,6 +44,18 @@ MIN_CELLS = 5
 AGREEMENT = (1.1, 1.2)
 
 
+class CellSizeError(ValueError):
+    """No cell size can be measured: too few cells at every zoom (an empty field, a few cells).
+
+    Attributes:
+        reason: what was found, for a message.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; give the cell diameter instead")
+        self.reason = reason
+
+
 def label_diameter(labels: Any | Iterable[Any]) -> float:
     """Median equivalent diameter ``2 sqrt(area / pi)`` of labelled objects, in pixels.
 
@@ -186,16 +198,19 @@ def measure_diameter_iter(
         the estimated median equivalent diameter of the image's cells (pixels).
 
     Raises:
-        ValueError: no zoom shows enough cells (:data:`MIN_CELLS`), or the model records no
-            diameter.
+        CellSizeError: no zoom shows enough cells (:data:`MIN_CELLS`; objects that do not
+            stand out from the image's noise do not count).
+        ValueError: the model records no diameter.
     """
     from .model import load_model
-    from .tiling import segment
+    from .tiling import objects_above_noise, parse_axes, segment, with_normalization_of
 
     net = load_model() if model is None else model
     target = model_diameter(net)
     zooms = tuple(zooms)
     plane, plane_axes = middle_plane(image, axes, max_side=int(round(CROP / min(zooms))) + 1)
+    # every zoomed crop is normalised like the image (its own percentiles would stretch the noise)
+    net = with_normalization_of(net, image, parse_axes(np.shape(image), axes))
     H, W = plane.shape[plane_axes.index("Y")], plane.shape[plane_axes.index("X")]
     found: list[tuple[float, float]] = []  # (diameter seen at zoom z, that diameter / z)
     tried = []
@@ -211,20 +226,22 @@ def measure_diameter_iter(
         if min(yx) * z < 32:
             continue  # too small to hold cells at this zoom
         zoomed = resize_image(crop, plane_axes, zoomed_shape(yx, z)) if z != 1 else crop
-        try:
-            lab = segment(zoomed, net, axes=plane_axes, device=device)
-        except ValueError:
-            continue  # e.g. smaller than the network's field of view
+        # no try/except: any error here (a channel mismatch, a bad device) is the user's to see
+        lab = segment(zoomed, net, axes=plane_axes, device=device, min_object_z=None)
+        if z != 1:
+            # objects lost in the noise do not count: tested on the crop itself, whose noise is the camera's
+            out_axes = plane_axes.replace("C", "").replace("S", "")
+            real = objects_above_noise(crop, resize_nearest(lab, out_axes, yx), net, plane_axes)
+            lab = np.where(np.isin(lab, np.unique(lab[resize_nearest(real, out_axes, lab.shape) > 0])), lab, 0)
+        else:
+            lab = objects_above_noise(crop, lab, net, plane_axes)
         n = len(np.unique(lab)) - 1
         tried.append(f"{z:g}x: {n} cells")
         if n >= MIN_CELLS:
             d = label_diameter(lab)
             found.append((d, d / z))
     if not found:
-        raise ValueError(
-            f"found fewer than {MIN_CELLS} cells at every zoom ({'; '.join(tried) or 'image too small'}); "
-            "give the cell diameter instead"
-        )
+        raise CellSizeError(f"found fewer than {MIN_CELLS} cells at every zoom ({'; '.join(tried) or 'image too small'})")
     return _pick(found, target)
 
 
@@ -264,6 +281,7 @@ def _pick(found: list[tuple[float, float]], target: float) -> float:
 
 
 __all__ = [
+    "CellSizeError",
     "label_diameter",
     "measure_diameter",
     "measure_diameter_iter",

@@ -23,10 +23,15 @@ write the same chunk:
 3. **labels** -- the keys are renumbered to consecutive int32 ids 1..N (ordered by each
    object's first pixel) in the final ``labels`` array.
 
-So the final labels equal ``segment``'s on the same image up to a permutation of the ids.
+So the final labels equal ``segment(..., min_object_z=None)``'s on the same image up to a
+permutation of the ids (the blocks keep every object the network finds: the test of
+objects against the image's noise, :mod:`napari_unet.image_checks`, is not applied here).
 
 Resumable: a block's done-marker (``_done/<image>/<pass>/<y>_<x>``) is written,
-atomically, after its data; a rerun with the same arguments skips every marked block,
+atomically, after its data; a rerun with the same model, image and settings (all
+recorded in the store's ``napari_unet`` attributes) skips every marked block; a rerun
+with any of them changed is refused, naming what changed (``overwrite=True`` starts
+again, and recreated arrays lose their markers),
 and a worker killed mid-task loses only its unmarked block (Dask reruns it on another
 worker). Delete a marker to recompute that block.
 
@@ -47,6 +52,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import threading
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
@@ -331,6 +337,19 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _image_key(source: Any, arr: Any) -> str:
+    """Names the input of a store: its file (path, size, modification time) or, for an array
+    in memory, its shape, dtype and a hash of a strided sample."""
+    head = f"{tuple(arr.shape)} {np.dtype(arr.dtype)}"
+    if isinstance(source, str):
+        st = os.stat(source)
+        return f"{head} {source} {st.st_size} {st.st_mtime_ns}"
+    from .normalize import strided_sample
+
+    sample = np.ascontiguousarray(strided_sample(arr, 1_000_000))
+    return f"{head} {hashlib.sha1(sample.tobytes()).hexdigest()}"
+
+
 def _path(name: str, array: str) -> str:
     return f"{name}/{array}" if name else array
 
@@ -445,6 +464,7 @@ def segment_distributed_iter(
     channels_last: bool = True,
     mode: str | None = None,
     torch_threads: int | None = None,
+    overwrite: bool = False,
     **postprocess: Any,
 ) -> Generator[Progress, None, DistributedResult]:
     """Segment one huge image or many images on a Dask cluster, into a zarr store.
@@ -473,6 +493,8 @@ def segment_distributed_iter(
         mode: post-processing mode; None = the model's.
         torch_threads: ``torch.set_num_threads`` in each task (None = leave it; a Dask
             nanny starts workers with ``OMP_NUM_THREADS=1``).
+        overwrite: a store begun with another model, image or settings is started again
+            (without it, refused with the settings that differ; the same ones resume).
         **postprocess: options of :func:`napari_unet.postprocess.probabilities_to_labels`.
 
     Yields:
@@ -512,6 +534,8 @@ def segment_distributed_iter(
     root_group = zarr.open_group(str(root), mode="a")
     rule = model.meta.get("normalization", {"kind": "percentile"})
     k = cfg.num_classes
+    model_bytes = model_to_bytes(model)
+    model_key = hashlib.sha1(model_bytes).hexdigest()
 
     plans: list[_ImagePlan] = []
     for name, source, ax, arr in inputs:
@@ -538,26 +562,34 @@ def segment_distributed_iter(
             "_object_keys": (lay.out_shape, chunks, "int64"),
             "labels": (lay.out_shape, chunks, "int32"),
         }
-        meta = {"tile": list(tile), "block": list(block), "overlap": int(overlap), "mode": mode, "amp": bool(amp)}
+        # everything the stored blocks depend on: a resume with any of it changed would mix two results
+        meta = {"tile": list(tile), "block": list(block), "overlap": int(overlap), "mode": mode, "amp": bool(amp),
+                "model": model_key, "postprocess": repr(sorted(postprocess.items())), "normalization": repr(rule),
+                "image": _image_key(source, arr)}
         old = dict(group.attrs).get("napari_unet")
-        if old is not None and any(old.get(key) != v for key, v in meta.items()):
+        differ = [key for key, v in meta.items() if old is not None and old.get(key) != v]
+        if differ and not overwrite:
             raise ValueError(
-                f"{root} was started with other settings ({old}); resume with the same block_size, "
-                "tile_size, overlap, mode and amp, or choose a new output path"
+                f"{root} was started with another {', '.join(differ)}; resume with the same model, image and "
+                "settings, pass overwrite=True (--overwrite) to start it again, or choose a new output path"
             )
+        restart = bool(differ)
         for arr_name, (shape, ch, dt) in want.items():
-            if arr_name in group and tuple(group[arr_name].shape) == shape and group[arr_name].dtype == np.dtype(dt):
+            if not restart and arr_name in group and tuple(group[arr_name].shape) == shape \
+                    and group[arr_name].dtype == np.dtype(dt):
                 continue
             # zarr 3 names it create_array; zarr 2 create
             make = getattr(group, "create_array", None) or group.create
             make(arr_name, shape=shape, chunks=ch, dtype=dt, fill_value=0, overwrite=True)
+            restart = True
+        if restart:
+            # the done-markers belong to the arrays just recreated: they would leave those blocks zero
+            shutil.rmtree(root / "_done" / (name or "_root"), ignore_errors=True)
         group.attrs["napari_unet"] = meta
 
     c, to_close = _get_client(client, n_workers)
     result = DistributedResult(out=str(root), images=[p.name for p in plans], tile=plans[0].tile, block=plans[0].block)
     try:
-        model_bytes = model_to_bytes(model)
-        model_key = hashlib.sha1(model_bytes).hexdigest()
         mb = c.scatter(model_bytes, broadcast=True)
         sources = []
         for (_, source, _, _) in inputs:
@@ -692,7 +724,8 @@ def run_cli(args: Any) -> int:
         res = segment_distributed(
             source, args.model, out=args.output, client=args.scheduler, n_workers=args.workers,
             block_size=args.block_size, overlap=args.overlap, tile_size=args.tile_size, device=device,
-            axes=args.axes, batch_size=args.batch_size or 1, amp=False if args.no_amp else None, progress=bar, **kwargs,
+            axes=args.axes, batch_size=args.batch_size or 1, amp=False if args.no_amp else None, progress=bar,
+            overwrite=getattr(args, "overwrite", False), **kwargs,
         )
     finally:
         bar.close()

@@ -330,7 +330,8 @@ def load_model(path: str | os.PathLike | None = None, *, device: str | torch.dev
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for bad files
-        raise ModelFileError(f"{path} is not a readable napari-unet model file ({exc.__class__.__name__}: {exc})") from exc
+        # torch's own text runs over many lines and suggests loading unsafely: say it in one sentence
+        raise ModelFileError(f"{path} is not a napari-unet model file (not a readable PyTorch file)") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path} is not a napari-unet model file")
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:

@@ -16,6 +16,9 @@ import numpy as np
 #: above this many pixels per channel, percentiles are taken on a strided subsample
 SUBSAMPLE_PIXELS = 4_000_000
 
+#: a percentile range narrower than this share of the intensities is flat (64 float32 ulps)
+FLAT_RELATIVE = 64 * float(np.finfo(np.float32).eps)
+
 
 def strided_sample(image: Any, max_pixels: int) -> np.ndarray:
     """An evenly strided view/read of ``image`` with at most ~``max_pixels`` elements."""
@@ -87,7 +90,10 @@ def apply_normalization(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, channel_a
     shape[channel_axis] = -1
     lo32 = np.asarray(lo, np.float32).reshape(shape)
     scale = np.asarray(hi - lo, np.float64)
-    scale = np.where(scale > 1e-12, scale, 1.0).astype(np.float32).reshape(shape)
+    # flat: a range within float32 rounding of the values themselves (an absolute floor
+    # would stretch the rounding noise of a constant image, e.g. after zooming it, to 0..1)
+    flat = scale <= FLAT_RELATIVE * np.maximum(np.abs(np.asarray(lo, np.float64)), np.abs(np.asarray(hi, np.float64))) + 1e-30
+    scale = np.where(flat, 1.0, scale).astype(np.float32).reshape(shape)
     out = (x - lo32) / scale
     if not np.isfinite(out).all():
         out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -48,6 +49,7 @@ import torch
 
 from ._progress import Progress, ProgressBar, drain, relay
 from .device import autocast, available_memory, cpu_supports_bf16, describe_device, is_out_of_memory, resolve_device
+from .image_checks import MIN_OBJECT_Z, NONFINITE_WARNING, NOTHING_HERE_WARNING, drop_faint_objects, modality_warning
 from .normalize import SUBSAMPLE_PIXELS, apply_normalization, normalization_params, strided_sample
 
 #: seconds between progress records while a batch is on the device (cancel latency)
@@ -380,7 +382,8 @@ def _prepare_network(model: torch.nn.Module, device: torch.device, channels_last
 
 class _Predictor:
     def __init__(self, image: Any, model: Any, tile_size: int | None, device: Any, axes: str | None,
-                 batch_size: int | None, amp: bool | None, channels_last: bool) -> None:
+                 batch_size: int | None, amp: bool | None, channels_last: bool,
+                 normalization: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         if model is None:
             from .model import load_model
 
@@ -402,7 +405,8 @@ class _Predictor:
             amp = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_supports_bf16())
         self.amp = bool(amp)
         self.channels_last = bool(channels_last) and self.device.type != "mps"
-        self.lo, self.hi = image_normalization(
+        # a given (lo, hi): a block of a larger image (volume.py), normalised as the whole
+        self.lo, self.hi = normalization if normalization is not None else image_normalization(
             image, self.layout, model.meta.get("normalization", {"kind": "percentile"}), self.channel_map
         )
         self.source = _Source(image, self.layout, self.channel_map)
@@ -412,6 +416,7 @@ class _Predictor:
         )
         self.batch_size = batch_size
         self.description = describe_device(self.device)
+        self.nonfinite_seen = False
 
     def info(self, plan: _Plan) -> dict[str, Any]:
         return {
@@ -466,6 +471,9 @@ class _Predictor:
                 x = np.empty((len(chunk), self.config.in_channels, iy, ix), np.float32)
                 for i, (p, (oy, ox)) in enumerate(chunk):
                     raw = self.source.read(p, oy - halo, iy, ox - halo, ix)
+                    if not self.nonfinite_seen and not np.isfinite(raw).all():
+                        self.nonfinite_seen = True  # said once per image
+                        warnings.warn(NONFINITE_WARNING, UserWarning, stacklevel=2)
                     x[i] = apply_normalization(raw, self.lo, self.hi, channel_axis=0)
                 if pending is not None:
                     done = yield from self._finish(pending, write, hw, plan, done, total, message, info)
@@ -552,7 +560,8 @@ def predict_iter(
         float32 probabilities of shape ``(num_classes, *image shape without channels)``,
         or ``out``.
     """
-    pred = _Predictor(image, model, tile_size, device, axes, batch_size, amp, channels_last)
+    pred = _Predictor(image, _checked_model(image, model, axes), tile_size, device, axes, batch_size, amp,
+                      channels_last)
     lay = pred.layout
     shape = (pred.config.num_classes, *lay.out_shape)
     if out is None:
@@ -596,9 +605,15 @@ def segment_iter(
     amp: bool | None = None,
     channels_last: bool = True,
     diameter: float | str | None = None,
+    min_object_z: float | None = MIN_OBJECT_Z,
+    voxel_size: Any = None,
+    plane_by_plane: bool = False,
     **postprocess: Any,
 ) -> Generator[Progress, None, Any]:
     """Instance (or semantic) labels by tiled prediction and post-processing, plane by plane.
+
+    A stack whose axes name a ``Z`` (``axes="ZYX"``, ``"TZYX"``...) gets 3D labels, one id
+    per cell across its planes (:mod:`napari_unet.volume`), unless ``plane_by_plane``.
 
     Each plane is predicted (see :func:`predict_iter`) and turned into labels with
     :func:`napari_unet.postprocess.probabilities_to_labels`; a stack's planes are
@@ -620,7 +635,16 @@ def segment_iter(
             When it differs from the model's own (``model.meta["diameter"]``) by more than
             25%, a copy zoomed to the model's cell size is segmented (in memory) and the
             labels are scaled back. None (default): segment the image as it is.
-        **postprocess: further options of ``probabilities_to_labels``.
+        min_object_z: instance modes: objects whose mean intensity does not stand out from
+            the background around them by this many standard errors of the image's noise
+            are dropped, so an empty field gives no cells (and a ``UserWarning`` says there
+            are none; see :mod:`napari_unet.image_checks`). None keeps every object.
+        voxel_size: Z stacks: ``(z, y, x)`` voxel size (a napari layer's ``scale``) or
+            one number, Z step / pixel size; None = estimated from the cells.
+        plane_by_plane: Z stacks: label each plane on its own (unrelated sections), as
+            for other plane axes.
+        **postprocess: further options of ``probabilities_to_labels`` (3D: of
+            :func:`napari_unet.volume.segment_volume_iter`, e.g. ``views``).
 
     Yields:
         :class:`Progress`; with ``diameter``, ``info`` also holds ``diameter`` and ``zoom``.
@@ -628,11 +652,20 @@ def segment_iter(
     Returns:
         int32 labels shaped like the image without its channel axis (or ``out``).
     """
+    model = _checked_model(image, model, axes)
+    if not plane_by_plane and "Z" in str(axes or "").upper():
+        from .volume import segment_volume_iter
+
+        return (yield from segment_volume_iter(
+            image, model, axes=axes, voxel_size=voxel_size, diameter=diameter, tile_size=tile_size, device=device,
+            min_size=min_size, mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out,
+            amp=amp, channels_last=channels_last, min_object_z=min_object_z, **postprocess,
+        ))
     if diameter is not None:
         return (yield from _segment_zoomed(
             image, model, diameter, tile_size=tile_size, device=device, axes=axes, min_size=min_size,
             mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out, amp=amp,
-            channels_last=channels_last, **postprocess,
+            channels_last=channels_last, min_object_z=min_object_z, plane_by_plane=plane_by_plane, **postprocess,
         ))
     from .postprocess import probabilities_to_labels
 
@@ -654,6 +687,7 @@ def segment_iter(
     total = pred.n_tiles(len(planes)) + len(planes)
     done = 0
     next_id = 0
+    found = 0
     for plane in planes:
         buf = np.zeros((k, H, W), np.float32)
 
@@ -666,6 +700,9 @@ def segment_iter(
             probabilities_out[(slice(None),) + idx] = buf.transpose(0, 2, 1) if transpose else buf
         yield Progress(done, total, "post-processing", {"plane": plane})
         labels = probabilities_to_labels(buf, mode, **kwargs).astype(np.int64)
+        if mode != "semantic" and min_object_z is not None:
+            labels = _drop_faint(pred.source, pred.lo, pred.hi, plane, labels, min_object_z)
+            found += int(labels.max(initial=0))
         if mode != "semantic" and next_id:
             labels[labels > 0] += next_id
         if labels.size and labels.max() > np.iinfo(np.int32).max:
@@ -676,6 +713,50 @@ def segment_iter(
         out[idx] = labels.T if transpose else labels
         done += 1
         yield Progress(done, total, "post-processing", {"plane": plane})
+    if mode != "semantic" and min_object_z is not None and not found:
+        warnings.warn(NOTHING_HERE_WARNING, UserWarning, stacklevel=2)
+    return out
+
+
+def _drop_faint(source: _Source, lo: np.ndarray, hi: np.ndarray, plane: tuple[int, ...], labels: np.ndarray,
+                min_z: float) -> np.ndarray:
+    """One plane's labels without the objects lost in its noise, renumbered 1..N if any was dropped."""
+    from skimage.segmentation import relabel_sequential
+
+    H, W = source.layout.yx_shape
+    seen = apply_normalization(source.read(plane, 0, H, 0, W), lo, hi, channel_axis=0)
+    kept = drop_faint_objects(seen, labels, min_z)
+    return kept if kept is labels else relabel_sequential(kept)[0]
+
+
+def objects_above_noise(image: Any, labels: np.ndarray, model: Any, axes: str | None = None,
+                        min_z: float = MIN_OBJECT_Z) -> np.ndarray:
+    """``labels`` of ``image`` (same resolution) without the objects that do not stand out
+    from its noise (see :mod:`napari_unet.image_checks`), renumbered without gaps.
+
+    Args:
+        image: the image as given to :func:`segment` (planes, channels as in ``axes``).
+        labels: its instance labels, shaped like the image without its channel axis.
+        model: the model (its normalisation rule and input channels).
+        axes: as for :func:`segment`.
+        min_z: see :data:`napari_unet.image_checks.MIN_OBJECT_Z`.
+    """
+    from skimage.segmentation import relabel_sequential
+
+    lay = parse_axes(np.shape(image), axes)
+    cmap = _channel_map(lay, model.config.in_channels)
+    lo, hi = image_normalization(image, lay, model.meta.get("normalization", {"kind": "percentile"}), cmap)
+    source = _Source(image, lay, cmap)
+    out = np.array(labels, copy=True)
+    next_id = 0
+    for plane in lay.plane_indices():
+        idx, transpose = _out_index(lay, plane, slice(None), slice(None))
+        lab = out[idx].T if transpose else out[idx]
+        # renumbered in any case: shrinking zoomed labels back can lose a speck
+        lab = relabel_sequential(_drop_faint(source, lo, hi, plane, lab, min_z))[0].astype(np.int64)
+        lab[lab > 0] += next_id  # ids unique across the stack, as segment gives them
+        next_id = max(next_id, int(lab.max(initial=0)))
+        out[idx] = lab.T if transpose else lab
     return out
 
 
@@ -707,10 +788,11 @@ def _check_plane_memory(lay: Layout, num_classes: int, labels_in_memory: bool) -
 
 def _segment_zoomed(
     image: Any, model: Any, diameter: float | str, *, axes: str | None, device: Any, min_size: int | None,
-    out: Any, probabilities_out: Any, **kwargs: Any,
+    out: Any, probabilities_out: Any, min_object_z: float | None, **kwargs: Any,
 ) -> Generator[Progress, None, Any]:
     """:func:`segment_iter` with ``diameter``: segment a copy zoomed to the model's cell size."""
-    from .diameter import measure_diameter_iter, model_diameter, resize_image, resize_nearest, zoom_for, zoomed_shape
+    from .diameter import (CellSizeError, measure_diameter_iter, model_diameter, resize_image, resize_nearest,
+                           zoom_for, zoomed_shape)
     from .model import load_model
 
     net = load_model() if model is None else model
@@ -721,12 +803,18 @@ def _segment_zoomed(
     if isinstance(diameter, str):
         if diameter != "auto":
             raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
-        diameter = yield from measure_diameter_iter(image, net, axes=lay.axes, device=device)
+        try:
+            diameter = yield from measure_diameter_iter(image, net, axes=lay.axes, device=device)
+        except CellSizeError as exc:
+            # an empty field (or a few cells) has no size to measure: segment it as it is
+            warnings.warn(f"The cell size could not be measured ({exc.reason}), so the image was segmented as it is.",
+                          UserWarning, stacklevel=2)
+            diameter = target
     zoom = zoom_for(target, diameter)
     extra = {"diameter": float(diameter), "zoom": zoom}
     if zoom == 1:
-        inner = segment_iter(image, net, axes=lay.axes, device=device, min_size=min_size, out=out,
-                             probabilities_out=probabilities_out, **kwargs)
+        inner = segment_iter(image, _inner(net), axes=lay.axes, device=device, min_size=min_size, out=out,
+                             probabilities_out=probabilities_out, min_object_z=min_object_z, **kwargs)
         return (yield from _with_info(inner, extra))
     out_axes = "".join(a for i, a in enumerate(lay.axes) if i != lay.channel)
     if out is not None:
@@ -751,12 +839,18 @@ def _segment_zoomed(
         probs = np.zeros((net.config.num_classes, *(s for i, s in enumerate(zoomed.shape) if i != lay.channel)),
                          np.float32)
     small = yield from _with_info(
-        segment_iter(zoomed, net, axes=lay.axes, device=device, min_size=min_size, probabilities_out=probs, **kwargs),
+        segment_iter(zoomed, with_normalization_of(net, image, lay), axes=lay.axes, device=device, min_size=min_size,
+                     probabilities_out=probs, min_object_z=None, **kwargs),
         extra,
     )
     labels = resize_nearest(small, out_axes, lay.yx_shape)
     mode = kwargs.get("mode") or net.meta.get("mode", "instance3")
-    if zoom > 1 and mode != "semantic":
+    if mode != "semantic" and min_object_z is not None:
+        # tested at the image's own resolution, where its noise is the camera's, not smoothed
+        labels = objects_above_noise(image, labels, net, lay.axes, min_object_z).astype(np.int32, copy=False)
+        if not labels.any():
+            warnings.warn(NOTHING_HERE_WARNING, UserWarning, stacklevel=2)
+    elif zoom > 1 and mode != "semantic":
         # shrinking the labels back can drop a speck: keep the ids 1..N without gaps
         from skimage.segmentation import relabel_sequential
 
@@ -767,6 +861,47 @@ def _segment_zoomed(
         return labels
     out[...] = labels
     return out
+
+
+def _checked_model(image: Any, model: Any, axes: str | None) -> Any:
+    """The model (None: the bundled one), after warning when ``image`` looks unlike its training data.
+
+    Inner calls (a zoomed copy, the crops of a cell-size measurement) are not checked again.
+    """
+    if model is None:
+        from .model import load_model
+
+        model = load_model()
+    meta = getattr(model, "meta", None)
+    if not isinstance(meta, dict) or meta.get(_INNER) or not hasattr(image, "shape"):
+        return model
+    message = modality_warning(image, parse_axes(np.shape(image), axes), meta)
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return model
+
+
+#: meta key of the model copies made by :func:`with_normalization_of` for inner calls
+_INNER = "_napari_unet_inner"
+
+
+def with_normalization_of(model: Any, image: Any, layout: Layout) -> Any:
+    """``model`` (a shallow copy sharing its weights) that normalises any image as ``image`` is normalised.
+
+    A zoomed copy of an image must be normalised by the image's own percentiles:
+    zooming smooths the noise, so the copy's percentiles would stretch it further and
+    show cells where there is only noise.
+    """
+    rule = model.meta.get("normalization", {"kind": "percentile"})
+    lo, hi = image_normalization(image, layout, rule, _channel_map(layout, model.config.in_channels))
+    return _inner(model, normalization={"kind": "fixed", "lo": lo.tolist(), "hi": hi.tolist()})
+
+
+def _inner(model: Any, **meta: Any) -> Any:
+    """A shallow copy of ``model`` (same weights) for an inner call: its image is not checked again."""
+    inner = copy.copy(model)
+    inner.meta = {**model.meta, **meta, _INNER: True}
+    return inner
 
 
 def _with_info(gen: Generator[Progress, None, Any], extra: dict[str, Any]) -> Generator[Progress, None, Any]:

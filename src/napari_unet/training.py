@@ -54,9 +54,11 @@ continues from the saved iteration.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -223,6 +225,7 @@ class TrainingData:
         self.source_size = int(source_size)
         self.items: list[_Item] = []
         pad = self.source_size // 2 + 1
+        n_flat = 0
         for k, (img, lab) in enumerate(zip(images, labels)):
             idx = first_index + k
             chw = _as_chw(img, in_channels, idx)
@@ -230,6 +233,12 @@ class TrainingData:
             lab = check_labels(lab, f"labels {idx}")
             if lab.shape != chw.shape[1:]:
                 raise ValueError(f"labels {idx} have shape {lab.shape} but image {idx} is {chw.shape[1:]} (y, x)")
+            flat = chw.size > 0 and chw.min() == chw.max()
+            n_flat += flat
+            if flat and lab.max(initial=0) > 0:
+                # an all-zero image (a wrong channel or an empty file) would train its whole budget on nothing
+                raise ValueError(f"training image {idx} is constant (every pixel is {chw.flat[0]:g}) but its labels "
+                                 "hold cells: nothing in the image shows them; check the file or channel")
             region = regions[k] if regions is not None else None
             try:
                 targets, mask = labels_to_targets(lab, mode, region, margin)
@@ -264,6 +273,9 @@ class TrainingData:
             )
         if not self.items:
             raise ValueError("no training images given")
+        if n_flat == len(self.items):
+            warnings.warn("Every training image is constant (all its pixels the same), so training can only learn "
+                          "that flat images hold no cells; check the files or channels.", UserWarning, stacklevel=2)
         counts = np.array([it.counted for it in self.items], np.float64)
         # images are drawn in proportion to their annotated area
         self._p = counts / counts.sum()
@@ -539,6 +551,7 @@ def train_iter(
     schedule: str = "cosine",
     zoom_to_model: bool = True,
     oom_retry: bool = True,
+    voxel_size: Any = None,
 ) -> Generator[Progress, None, UNet]:
     """Train a U-Net on labelled images; yields progress, returns the trained model.
 
@@ -592,6 +605,10 @@ def train_iter(
         oom_retry: on running out of memory, halve the batch and retry the step (default).
             False: stop with a clear error instead, as under DistributedDataParallel, where
             one process halving alone would leave the others waiting for it forever.
+        voxel_size: for labelled 3D stacks (an image and labels of the same (Z, Y, X)
+            shape, which train on XY, XZ and YZ planes, see
+            :func:`napari_unet.volume.stack_planes`): ``(z, y, x)`` or Z step / pixel
+            size; None = estimated from the labels.
         wrap_network: called once with the network (on its device) before training; the
             module it returns runs the training forward passes (e.g. a
             ``DistributedDataParallel`` wrapper, see :mod:`napari_unet.ddp`).
@@ -610,6 +627,10 @@ def train_iter(
         raise ValueError("no training images given")
     if regions is not None and len(regions) != len(images):
         raise ValueError(f"got {len(regions)} regions for {len(images)} images")
+    for k, (img, lab) in enumerate(zip(images, labels)):
+        if np.ndim(lab) != 2:
+            raise ValueError(f"labels {k} have shape {np.shape(lab)} but training takes 2D (Y, X) labels, "
+                             f"one per 2D image (image {k} has shape {np.shape(img)})")
     if iterations is not None and int(iterations) < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}")
     if max_time is not None and float(max_time) <= 0:
@@ -619,11 +640,27 @@ def train_iter(
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     total = int(iterations) if iterations is not None else (DEFAULT_ITERATIONS if max_time is None else 10**9)
+    if any(np.ndim(lab) == 3 for lab in list(labels) + list(val_labels or [])):
+        from .volume import expand_stacks  # labelled 3D stacks -> planes of all orientations
+
+        images, labels, regions = expand_stacks(images, labels, regions, voxel_size)
+        if val_images is not None and val_labels is not None:
+            val_images, val_labels, val_regions = expand_stacks(val_images, val_labels, val_regions, voxel_size)
 
     dev = resolve_device(device)
     in_ch = _in_channels_of(images)
     state: dict[str, Any] | None = None
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    settings = _run_settings(images, labels, regions, val_images, val_labels, mode=mode, batch_size=batch_size,
+                             tile_size=tile_size, augment=augment, val_fraction=val_fraction, w0=w0, sigma=sigma,
+                             class_weights=class_weights, margin=margin, seed=seed, optimizer=optimizer,
+                             schedule=schedule, zoom_to_model=zoom_to_model)
+    if resume is None and ckpt is not None:
+        found = [n for n in CHECKPOINT_FILES if (ckpt / n).exists()]
+        if found:
+            # their best.pt would pass for this run's: refuse rather than mix two runs in one folder
+            raise ValueError(f"{ckpt} holds checkpoints of an earlier run ({', '.join(found)}); resume it, or choose "
+                             "an empty checkpoint folder (napari-unet train --overwrite replaces them)")
     if resume is not None:
         rdir = Path(resume)
         if rdir.is_file():
@@ -638,6 +675,10 @@ def train_iter(
             raise ModelFileError(f"{rdir / 'state.pt'} is not a readable training state ({exc})") from exc
         if ckpt is None:
             ckpt = rdir
+        differ = sorted(k for k, v in settings.items() if state.get("settings", {}).get(k, v) != v)
+        if differ:
+            raise ValueError(f"cannot resume from {rdir}: that run was started with other {', '.join(differ)}; "
+                             "resume with the same images and settings, or start a new run in another folder")
     else:
         net, fresh = _resolve_model(model, mode, in_ch, labels)
     net_mode = net.meta.get("mode", "instance3")
@@ -707,6 +748,7 @@ def train_iter(
         raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
 
     run = TrainingRun(model=net, total=total)
+    run_id = state.get("run_id") if state is not None else uuid.uuid4().hex
     base_history = list(net.meta.get("history", []))
     start_it = 0
     elapsed_before = 0.0
@@ -731,7 +773,10 @@ def train_iter(
             total = int(state.get("total", total))
         best_file = (Path(resume) if Path(resume).is_dir() else Path(resume).parent) / "best.pt"
         if best_file.is_file():
-            run.best_state = {k: v.clone() for k, v in load_model(best_file).state_dict().items()}
+            best_model = load_model(best_file)
+            # a best.pt of another run in this folder is not this run's best
+            if best_model.meta.get("checkpoint_run") == run_id:
+                run.best_state = {k: v.clone() for k, v in best_model.state_dict().items()}
         for g in opt.param_groups:
             lr = float(g.get("initial_lr", lr))
     for g in opt.param_groups:
@@ -780,11 +825,13 @@ def train_iter(
         from .model import save_model
 
         was_training = net.training
+        net.meta["checkpoint_run"] = run_id  # ties last.pt and best.pt to this run's state.pt
         save_model(net, ckpt / "last.pt")
         if run.best_state is not None and run.best_iteration == it:
             best = clone_model(net)
             best.load_state_dict(run.best_state)
             save_model(best, ckpt / "best.pt")
+        del net.meta["checkpoint_run"]
         net.train(was_training)
         save_atomic(
             {
@@ -801,6 +848,8 @@ def train_iter(
                 "base_history_len": len(base_history),
                 "numpy_rng": rng.bit_generator.state,
                 "torch_gen": gen.get_state(),
+                "run_id": run_id,
+                "settings": settings,
             },
             ckpt / "state.pt",
         )
@@ -924,6 +973,33 @@ def train_iter(
     result.eval()
     yield Progress(it, it, f"finished ({stop_reason})", dict(info_common, phase="done", iteration=it, **last_val))
     return result
+
+
+#: the files a training run writes into its checkpoint folder
+CHECKPOINT_FILES = ("last.pt", "best.pt", "state.pt")
+
+
+def _run_settings(images: Sequence[Any], labels: Sequence[Any], regions: Sequence[Any] | None,
+                  val_images: Sequence[Any] | None, val_labels: Sequence[Any] | None, **options: Any) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues: a hash of the data and the settings."""
+    data = hashlib.sha1()
+    for group in (images, labels, regions or [], val_images or [], val_labels or []):
+        for a in group:
+            if isinstance(a, str) or a is None:
+                data.update(repr(a).encode())
+                continue
+            arr = np.ascontiguousarray(np.asarray(a))
+            data.update(f"{arr.shape}{arr.dtype}".encode())
+            data.update(arr.tobytes())
+        data.update(b"|")
+    out: dict[str, Any] = {"images": data.hexdigest()}
+    for k, v in options.items():
+        if isinstance(v, AugmentConfig):
+            v = repr(v)
+        elif v is not None and not isinstance(v, (str, int, float, bool)):
+            v = repr(np.asarray(v).tolist())
+        out[k.replace("_", " ")] = v
+    return out
 
 
 def _summary(run: TrainingRun) -> dict[str, Any]:

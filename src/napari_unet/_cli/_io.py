@@ -7,10 +7,14 @@ only what each tile needs.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .._files import write_atomic
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 FORMATS = ("tif", "zarr", "npy")
@@ -19,7 +23,9 @@ FORMATS = ("tif", "zarr", "npy")
 def _tiff_axes(tif: Any) -> str | None:
     """The axes of a TIFF's first series in our letters (None when they make no sense)."""
     series = tif.series[0]
-    rgb = str(getattr(series.keyframe, "photometric", "")).upper().endswith("RGB")
+    photometric = getattr(series.keyframe, "photometric", "")
+    # an IntEnum: str() gives "2" on Python 3.11+, so compare its name
+    rgb = str(getattr(photometric, "name", photometric)).upper().endswith("RGB")
     axes = ""
     for a in series.axes.upper():
         if a in "TZCYX":
@@ -107,26 +113,71 @@ def output_format(path: str | Path, default: str = "tif") -> str:
     return default
 
 
+def refuse_existing(paths: list[Path], overwrite: bool) -> None:
+    """Refuse outputs that exist already unless ``--overwrite`` was given (before any work)."""
+    if overwrite:
+        return
+    for p in paths:
+        if p.exists():
+            raise ValueError(f"the output {p} exists already; choose another name or add --overwrite to replace it")
+
+
+def _staging(path: Path) -> Path:
+    """Where an output is written before it is moved into place (same folder: a rename)."""
+    return path.with_name(f".{path.name}.partial-{os.getpid()}")
+
+
 def create_output(path: str | Path, shape: tuple[int, ...], dtype: Any, fmt: str) -> Any:
-    """An array to fill: a zarr array on disk (written tile by tile) or a numpy array."""
+    """An array to fill: a zarr array on disk (written tile by tile) or a numpy array.
+
+    A zarr output is written under a temporary name next to ``path``; :func:`finish_output`
+    moves it into place, so an interrupted run never leaves a half-written ``path``.
+    """
     if fmt == "zarr":
         import zarr
 
+        staging = _staging(Path(path))
+        staging.parent.mkdir(parents=True, exist_ok=True)
         chunks = tuple(1 for _ in shape[:-2]) + tuple(min(s, 1024) for s in shape[-2:])
-        return zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype)
+        return zarr.open_array(str(staging), mode="w-", shape=shape, chunks=chunks, dtype=dtype)
     return np.zeros(shape, dtype)
 
 
+def discard_output(path: str | Path, fmt: str) -> None:
+    """Remove what :func:`create_output` staged for ``path`` (after a failed or interrupted run)."""
+    staging = _staging(Path(path))
+    if fmt == "zarr" and staging.is_dir():
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def finish_output(path: str | Path, array: Any, fmt: str) -> None:
-    """Write a numpy result to TIFF or .npy (zarr outputs are already on disk)."""
+    """Move the finished result into place at ``path`` (atomically for TIFF and .npy).
+
+    The caller has checked that replacing an existing ``path`` is wanted (``--overwrite``).
+    """
     path = Path(path)
     if fmt == "zarr":
+        staging = _staging(path)
+        if path.exists():
+            # the old store goes only once the new one is complete and in place
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(staging, path)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.replace(staging, path)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.asarray(array)
     if fmt == "npy":
-        np.save(path, np.asarray(array))
+        write_atomic(path, lambda fh: np.save(fh, array), fsync=False)
         return
     import tifffile
 
-    array = np.asarray(array)
-    tifffile.imwrite(path, array, compression="zlib", photometric="minisblack", bigtiff=array.nbytes > 2**31)
+    # tifffile wants a named file: write the staging file, then rename it over the target
+    staging = _staging(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tifffile.imwrite(staging, array, compression="zlib", photometric="minisblack", bigtiff=array.nbytes > 2**31)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._io import FORMATS, create_output, finish_output, output_format, read_image
+from ._io import FORMATS, create_output, discard_output, finish_output, output_format, read_image, refuse_existing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diameter", type=_diameter, metavar="PX|auto",
                         help="the cells' diameter in pixels, or 'auto' to measure it: the image is zoomed to "
                              "the cell size the model knows best (default: segment the image as it is)")
+    parser.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                        help="Z stacks: voxel size in any unit (default: the anisotropy is estimated from the cells)")
+    parser.add_argument("--plane-by-plane", action="store_true",
+                        help="Z stacks: label each plane on its own (unrelated sections) instead of 3D cells")
     parser.add_argument("--probabilities", action="store_true",
                         help="also write class probabilities, as OUT_probabilities.<ext>")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs that exist already (default: refuse them); with --scheduler/--workers, "
+                             "restart a store that was begun with other settings instead of refusing it")
     parser.add_argument("--format", choices=FORMATS, default="tif",
                         help="output format when OUT is a directory (default: tif)")
     parser.add_argument("--no-amp", action="store_true",
@@ -68,26 +75,56 @@ def _bar(desc: str) -> Any:
 
 def _segment(image: Any, axes: str | None, model: Any, args: argparse.Namespace, out_path: Path | None,
              fmt: str, desc: str) -> Any:
-    from ..tiling import parse_axes, segment_iter
-    from .._progress import drain, relay
+    from ..tiling import parse_axes
 
     layout = parse_axes(image.shape, axes)
     labels_out = create_output(out_path, layout.out_shape, "int32", fmt) if out_path is not None else None
     probs_out = probs_path = None
     if args.probabilities and out_path is not None:
-        probs_path = out_path.with_name(out_path.stem + "_probabilities" + out_path.suffix)
+        probs_path = probabilities_path(out_path)
         probs_out = create_output(probs_path, (model.config.num_classes, *layout.out_shape), "float32", fmt)
+    try:
+        labels = _run(image, axes, model, args, labels_out, probs_out, desc)
+    except BaseException:
+        for p in (out_path, probs_path):
+            if p is not None:
+                discard_output(p, fmt)
+        raise
+    if out_path is not None:
+        finish_output(out_path, labels, fmt)
+        if probs_path is not None:
+            finish_output(probs_path, probs_out, fmt)
+    return labels
+
+
+def probabilities_path(out_path: Path) -> Path:
+    """Where ``--probabilities`` writes beside ``out_path``."""
+    return out_path.with_name(out_path.stem + "_probabilities" + out_path.suffix)
+
+
+def _run(image: Any, axes: str | None, model: Any, args: argparse.Namespace, labels_out: Any, probs_out: Any,
+         desc: str) -> Any:
+    from ..tiling import segment_iter
+    from .._progress import drain, relay
+
     kwargs: dict[str, Any] = {}
     if args.min_size is not None:
         kwargs["min_size"] = args.min_size
+    if getattr(args, "voxel_size", None):
+        kwargs["voxel_size"] = tuple(args.voxel_size)
+    if getattr(args, "plane_by_plane", False):
+        kwargs["plane_by_plane"] = True
     gen = segment_iter(image, model, tile_size=args.tile_size, device=args.device, axes=axes,
                        batch_size=args.batch_size, out=labels_out, probabilities_out=probs_out,
                        amp=False if args.no_amp else None, diameter=args.diameter, **kwargs)
     seen: dict[str, float] = {}
+    seen3d: dict[str, Any] = {}
 
     def watch(rec: Any) -> Any:  # keep the diameter and zoom the records report
         if "zoom" in rec.info:
             seen.update(diameter=rec.info["diameter"], zoom=rec.info["zoom"])
+        if "method" in rec.info:  # 3D: how the stack was segmented
+            seen3d.update(rec.info)
         return rec
 
     bar = _bar(desc)
@@ -98,10 +135,9 @@ def _segment(image: Any, axes: str | None, model: Any, args: argparse.Namespace,
     if seen:
         how = "as it is" if seen["zoom"] == 1 else f"zoomed {seen['zoom']:.2f}x"
         print(f"{desc}: cell diameter {seen['diameter']:.1f} px, segmented {how}", file=sys.stderr)
-    if out_path is not None:
-        finish_output(out_path, labels, fmt)
-        if probs_path is not None:
-            finish_output(probs_path, probs_out, fmt)
+    if seen3d.get("anisotropy"):
+        print(f"{desc}: 3D, Z step {seen3d['anisotropy']:.2f} px ({seen3d['anisotropy_source']}), "
+              f"{seen3d['method']} on {seen3d.get('views', 'XY')}", file=sys.stderr)
     return labels
 
 
@@ -116,6 +152,8 @@ def _run_sample(args: argparse.Namespace, model: Any) -> int:
     image, truth = make_sample(SAMPLE_SHAPE, SAMPLE_SEED, kind="nuclei", **SAMPLE_RECIPE)
     out_path = Path(args.output) if args.output else None
     fmt = output_format(out_path) if out_path is not None else "tif"
+    if out_path is not None:
+        refuse_existing([out_path] + ([probabilities_path(out_path)] if args.probabilities else []), args.overwrite)
     labels = _segment(image, None, model, args, out_path, fmt, "sample")
     print(f"sample image {image.shape[0]}x{image.shape[1]}: {int(truth.max())} true cells, "
           f"{int(labels.max())} found")
@@ -138,9 +176,14 @@ def run(args: argparse.Namespace) -> int:
     if args.scheduler or args.workers:
         if args.diameter is not None:
             raise ValueError("--diameter is not available with --scheduler/--workers; zoom the image beforehand")
+        if "Z" in (args.axes or "").upper() and not args.plane_by_plane:
+            raise ValueError("3D labels are not available with --scheduler/--workers; add --plane-by-plane")
         from ..distributed import run_cli
 
         return run_cli(args)
+    from ..device import resolve_device
+
+    resolve_device(args.device)  # a device that cannot be used is said before any work starts
     # open every input first: a typo in the last one should not cost the first one's run
     opened = [(Path(p), *read_image(p)) for p in args.inputs]
     model = _load_model(args.model)
@@ -155,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     if several:
         if out.exists() and not out.is_dir():
             raise ValueError(f"with several inputs OUT must be a directory, but {out} is a file")
-        out.mkdir(parents=True, exist_ok=True)
+    jobs = []
     for path, image, file_axes in opened:
         if several:
             fmt = args.format
@@ -168,7 +211,13 @@ def run(args: argparse.Namespace) -> int:
             target = out
         if target.resolve() == path.resolve():
             raise ValueError(f"the output {target} would overwrite its input")
-        axes = args.axes or file_axes
-        _segment(image, axes, model, args, target, fmt, path.name)
+        jobs.append((path, image, file_axes, target, fmt))
+    # every output is checked before the first run: none is replaced without --overwrite
+    refuse_existing([t for *_, t, _f in jobs] + ([probabilities_path(t) for *_, t, _f in jobs] if args.probabilities
+                                                 else []), args.overwrite)
+    if several:
+        out.mkdir(parents=True, exist_ok=True)
+    for path, image, file_axes, target, fmt in jobs:
+        _segment(image, args.axes or file_axes, model, args, target, fmt, path.name)
         print(f"{path} -> {target}", file=sys.stderr)
     return 0

@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the labels are complete: every unlabelled pixel is background")
     parser.add_argument("--set", metavar="FOLDER", help="a training-set folder (index.json + TIFFs)")
     parser.add_argument("-o", "--output", required=True, metavar="MODEL.pt", help="where to write the trained model")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace MODEL.pt if it exists, and an earlier run's checkpoints in --checkpoint-dir "
+                             "(default: refuse both)")
     parser.add_argument("--model", default=None, metavar="START",
                         help="starting model: a model file, 'bundled' (default) or 'scratch'")
     parser.add_argument("--mode", choices=("instance3", "instance2", "semantic"),
@@ -96,6 +99,19 @@ def run(args: argparse.Namespace) -> int:
     from ..model import save_model
     from ..training import train_iter
 
+    from ..device import resolve_device
+
+    resolve_device(args.device)  # a device that cannot be used is said before any work starts
+    out_path = Path(args.output)
+    if out_path.exists() and not args.overwrite:
+        start = args.model not in (None, "bundled", "scratch") and Path(args.model).resolve() == out_path.resolve()
+        what = "is the starting model" if start else "exists already"
+        raise ValueError(f"the output {out_path} {what}; choose another name or add --overwrite to replace it")
+    if args.overwrite and args.checkpoint_dir and not args.resume:
+        from ..training import CHECKPOINT_FILES
+
+        for name in CHECKPOINT_FILES:  # an earlier run's checkpoints, replaced as asked
+            (Path(args.checkpoint_dir) / name).unlink(missing_ok=True)
     images, labels, regions = load_data(args)
 
     from tqdm import tqdm
@@ -136,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.write(f"training on {info['device']}", file=sys.stderr)
     finally:
         bar.close()
-    out = save_model(model, Path(args.output))
+    out = save_model(model, out_path)  # atomic: written beside it, then renamed
     last = model.meta["history"][-1]
     summary = f"wrote {out} after {last['iterations']} iterations ({last['seconds']:.0f} s)"
     if "best_val_ap" in last:

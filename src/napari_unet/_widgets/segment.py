@@ -70,6 +70,8 @@ class SegmentJob:
     notes: list[str] = field(default_factory=list)
     diameter: float | str | None = None  # None: as is; "auto": measured; or pixels
     model_tag: str = "bundled"  # names the output layers: "<image> labels (<model_tag>)"
+    voxel_size: tuple[float, ...] | None = None  # Z stacks: the layer's (z, y, x) scale; None = estimate
+    plane_by_plane: bool = False
 
 
 @dataclass
@@ -85,6 +87,7 @@ class SegmentResult:
     diameter: float | None = None  # the cells' diameter used (measured or given), px
     zoom: float = 1.0
     notes: list[str] = field(default_factory=list)
+    volume: dict[str, Any] = field(default_factory=dict)  # Z stacks: anisotropy and method
 
 
 def layer_axes(layer: Any, text: str) -> str | None:
@@ -96,8 +99,9 @@ def layer_axes(layer: Any, text: str) -> str | None:
 
     Returns:
         axis letters for ``tiling.parse_axes`` (T, Z, Q: planes; C: channels; S: RGB
-        samples; Y, X): the entry, or for "auto" ``...YXS`` for an RGB layer and
-        ``...YX`` (planes over the leading axes) otherwise. napari already decided
+        samples; Y, X): the entry, or for "auto" ``...YXS`` for an RGB layer, ``ZYX``
+        for a 3D layer and ``TZYX`` for a 4D one (segmented as 3D cells), and ``...YX``
+        (planes over the leading axes) otherwise. napari already decided
         whether the last axis is colour (the layer's ``rgb`` flag), so the core is told
         rather than left to guess from the shape.
     """
@@ -108,7 +112,26 @@ def layer_axes(layer: Any, text: str) -> str | None:
         return text
     if layer.rgb:
         return "Q" * (ndim - 3) + "YXS"
-    return "Q" * (ndim - 2) + "YX"
+    return {3: "ZYX", 4: "TZYX"}.get(ndim, "Q" * (ndim - 2) + "YX")
+
+
+def layer_voxel_size(layer: Any, axes: str) -> tuple[float, float, float] | None:
+    """The (z, y, x) voxel size of a layer with a Z axis, from its ``scale``; None when
+    unknown (no Z axis, or napari's default scale of all ones, which says nothing)."""
+    if "Z" not in axes or len(layer.scale) != len(axes):
+        return None
+    scale = tuple(float(layer.scale[axes.index(c)]) for c in "ZYX")
+    return None if all(v == 1.0 for v in scale) else scale
+
+
+def anisotropy_text(layer: Any, axes: str) -> str:
+    """How the Z step will be known, for the status line."""
+    if "Z" not in axes:
+        return ""
+    v = layer_voxel_size(layer, axes)
+    if v is None:
+        return ", Z step: estimated from the cells (layer scale unset)"
+    return f", Z step {v[0] / (v[1] * v[2]) ** 0.5:.2g}x the pixel (layer scale)"
 
 
 def output_geometry(layer: Any, channel_axis: int | None, out_ndim: int) -> tuple[tuple, tuple]:
@@ -152,6 +175,8 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
     info: dict[str, Any] = {}
     notes: list[str] = []
     kwargs = dict(tile_size=job.tile_size, min_size=job.min_size, probabilities_out=probs)
+    if "Z" in layout.axes:
+        kwargs.update(voxel_size=job.voxel_size, plane_by_plane=job.plane_by_plane)
     if job.diameter == "auto":
         gen = segment_at_model_size(job.data, model, device=device, axes=job.axes, notes=notes, **kwargs)
     else:
@@ -169,6 +194,7 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
         diameter=info.get("diameter"),
         zoom=float(info.get("zoom", 1.0)),
         notes=notes,
+        volume={k: info[k] for k in ("anisotropy", "anisotropy_source", "method") if k in info},
     )
 
 
@@ -191,10 +217,10 @@ class SegmentWidget(Container):
         self.axes = LineEdit(
             label="Axes",
             value="auto",
-            tooltip="What the image's dimensions are, one letter each: T (time) or Z "
-            "(planes, segmented one by one), C (channels fed to the network together), "
+            tooltip="What the image's dimensions are, one letter each: T (time, segmented one by "
+            "one), Z (a stack: 3D cells), C (channels fed to the network together), "
             "S (RGB colour), Y, X; e.g. 'ZYX', 'CYX', 'TZYX'. 'auto': as napari shows the "
-            "layer (the last axis of an RGB layer is colour; leading axes are planes)",
+            "layer (the last axis of an RGB layer is colour; a 3D layer is ZYX, a 4D one TZYX)",
         )
         self.model = ModelPicker()
         self.device = DevicePicker()
@@ -234,6 +260,12 @@ class SegmentWidget(Container):
             tooltip="Add an Image layer '<image> probabilities' with one plane per class "
             "(e.g. background / interior / boundary), to see what the network thinks",
         )
+        self.plane_by_plane = CheckBox(
+            text="Z stacks: plane by plane",
+            value=False,
+            tooltip="Label each plane of a Z stack on its own (unrelated sections). Off: one id per "
+            "cell in 3D, with the Z step from the layer's scale (or estimated when it is unset)",
+        )
         self.run_button = PushButton(text="Segment", tooltip="Run the U-Net on the image (in the background)")
         self.cancel_button = PushButton(text="Cancel", tooltip="Stop after the current tile; no layer is changed")
         buttons = row(self.run_button, self.cancel_button)
@@ -254,6 +286,7 @@ class SegmentWidget(Container):
                 header("Output"),
                 self.min_size,
                 self.probabilities,
+                self.plane_by_plane,
                 buttons,
                 self.progress,
                 self.status,
@@ -283,7 +316,11 @@ class SegmentWidget(Container):
         kind = "RGB " if layer.rgb else ""
         lazy = "" if isinstance(data, np.ndarray) else f", lazy ({type(data).__module__.split('.')[0]})"
         ms = f", multiscale: level 0 of {len(layer.data)}" if layer.multiscale else ""
-        set_status(self.status, f"{kind}image {tuple(data.shape)} {data.dtype}{lazy}{ms}")
+        try:
+            z = anisotropy_text(layer, layer_axes(layer, self.axes.value))
+        except (ValueError, IndexError):
+            z = ""
+        set_status(self.status, f"{kind}image {tuple(data.shape)} {data.dtype}{lazy}{ms}{z}")
 
     def _make_job(self) -> SegmentJob:
         layer = self.image.value
@@ -317,6 +354,8 @@ class SegmentWidget(Container):
             notes=notes,
             diameter={"auto": "auto", "as is": None}.get(self.cell_size.value, float(self.diameter.value)),
             model_tag=model_tag(self.model.path),
+            voxel_size=layer_voxel_size(layer, layout.axes),
+            plane_by_plane=bool(self.plane_by_plane.value),
         )
 
     def run(self, *_: Any) -> Any:
@@ -348,6 +387,10 @@ class SegmentWidget(Container):
             notes.append(f"cells ~{result.diameter:.0f} px{zoomed}")
             if job.diameter == "auto":  # show what was measured, ready to adjust by hand
                 self.diameter.value = round(float(result.diameter), 1)
+        v = result.volume
+        if v.get("method"):
+            a = v.get("anisotropy")
+            notes.append(f"3D: {v['method']}" + (f", Z step {a:.2g}x pixel ({v['anisotropy_source']})" if a else ""))
         if result.probabilities is not None:
             p = result.probabilities
             pgeo = {} if scale is None else {"scale": (1.0, *scale), "translate": (0.0, *translate)}
