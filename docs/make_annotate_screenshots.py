@@ -49,7 +49,7 @@ def main() -> None:
     import napari
 
     sys.path.insert(0, str(HERE.parent / "tests"))
-    from test_widget_annotate import threshold_unet
+    from _helpers import threshold_unet
 
     from napari_unet import save_model
     from napari_unet._widgets.annotate import AnnotateWidget
@@ -61,7 +61,7 @@ def main() -> None:
         model_path = save_model(threshold_unet(), Path(tempfile.gettempdir()) / "threshold_demo.pt")
 
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1500, 1000)  # noqa: SLF001 - a fixed size for the docs
+    viewer.window._qt_window.resize(1280, 800)  # noqa: SLF001 - the smallest laptop screen
     viewer.open_sample("napari-unet", "nuclei")
     gt = np.asarray(viewer.layers["nuclei ground truth"].data)
     viewer.layers.remove("nuclei ground truth")  # the person has no ground truth
@@ -101,6 +101,7 @@ def main() -> None:
     w.toggle_held_out()
     w.folder.value = Path(tempfile.mkdtemp()) / "nuclei set"
     w.save_set()
+    w.scroll.ensureWidgetVisible(w.entries.native)  # the set's list in view
     shot("3_training_set")
 
     train = w.train_widget()
@@ -115,7 +116,8 @@ def main() -> None:
     train.device.value = "cpu"
     w.train_button.native.click()
     wait(lambda: w.last_scores.get("after") is not None and not w.runner.running)
-    viewer.layers["nuclei (synthetic) labels"].contour = 2
+    viewer.layers[w.last_scores["layer"]].contour = 2  # "<image> labels (trained)"
+    w.scroll.ensureWidgetVisible(w.status.native)  # the score and the status line in view
     shot("4_after_training")
     print(w.score.value)
 

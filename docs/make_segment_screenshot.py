@@ -79,7 +79,7 @@ def main() -> None:
             raise SystemExit("segmentation did not finish in 10 minutes")
     if widget.runner.last_outcome != "done":
         raise SystemExit(f"segmentation failed: {widget.status.value}")
-    labels = viewer.layers["nuclei (synthetic) labels"]
+    labels = viewer.layers.selection.active  # Segment selects its result, "<image> labels (<model>)"
     labels.contour = 0
     labels.opacity = 0.45
     viewer.reset_view()

@@ -49,3 +49,39 @@ def threshold_unet(in_channels: int = 1):
         model.head.bias[2] = -20.0
     model.meta["mode"] = "instance3"
     return model.eval()
+
+
+class GuiStalls:
+    """The longest the GUI thread went without running its event loop, measured with a
+    20 ms ``QTimer`` (a frozen GUI delays its ticks). Use as a context manager around the
+    work, processing events inside (``qtbot.waitUntil``)."""
+
+    def __init__(self, interval_ms: int = 20) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.stamps: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        import time
+
+        self.stamps.append(time.perf_counter())
+
+    def __enter__(self) -> GuiStalls:
+        self._tick()
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.timer.isActive():  # stopping twice measures nothing more
+            self.timer.stop()
+            self._tick()
+
+    @property
+    def longest(self) -> float:
+        """Seconds of the longest gap between ticks."""
+        import numpy as np
+
+        return float(np.diff(self.stamps).max()) if len(self.stamps) > 1 else 0.0

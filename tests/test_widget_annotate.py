@@ -249,12 +249,106 @@ def test_predict_in_field_of_view(widget, qtbot):
 def test_predict_errors(widget):
     w = widget
     w.new_labels_layer()
+    w.where.value = "annotated region"
     assert w.predict() is None  # no region drawn
     assert "No annotated region" in w.status.value
     w.model.file.value = ""
     w.where.value = "whole image / plane"
     assert w.predict() is None
     assert "No model file" in w.status.value
+
+
+def test_first_predict_from_a_fresh_viewer(widget, qtbot):
+    """A new user opens an image and presses Predict to annotate: it works (in the field
+    of view, the default until a region is drawn), and an error shown earlier does not
+    stay once the person paints."""
+    w, viewer = widget, widget._viewer
+    assert w.annotations.value is None and w.where.value == "field of view"
+    assert w.predict() is not None, w.status.value
+    wait_done(qtbot, w)
+    layer = viewer.layers["cells annotations"]  # made for the prediction
+    assert w.annotations.value is layer and layer.data[20, 20] > 0
+    region = w.new_region_layer()
+    assert w.where.value == "annotated region"  # once there is a region, predict in it
+    w.region.value = None
+    assert w.where.value == "field of view"
+    # an error (here: a refused helper), then the person paints: the error goes
+    w.merge_a.value, w.merge_b.value = 500, 501
+    assert not w.merge()
+    from napari_unet._widgets._common import status_kind
+
+    assert status_kind(w.status) == "error"
+    layer.paint((80, 10), 42, refresh=False)
+    assert status_kind(w.status) != "error"
+    assert region in viewer.layers
+
+
+def test_refused_first_predict_creates_no_layer(widget):
+    w, viewer = widget, widget._viewer
+    w.where.value = "annotated region"  # no region drawn: refused
+    n = len(viewer.layers)
+    assert w.predict() is None
+    assert "No annotated region" in w.status.value
+    assert len(viewer.layers) == n and "cells annotations" not in viewer.layers
+
+
+def test_complete_labels_switch_in_the_set(widget, tmp_path):
+    w, viewer = widget, widget._viewer
+    layer = w.new_labels_layer()
+    layer.data[15:26, 15:26] = 1  # one small cell: sparse
+    w.crop.value = False
+    assert w.complete.value is False
+    assert w.add_to_set() == 1
+    sparse = w.training_set.samples[0].region
+    assert 0 < sparse.mean() < 0.2
+    assert "Only" in w.status.value and "labels are complete" in w.status.value  # most is ignored: said
+    w.complete.value = True
+    assert w.add_to_set() == 1
+    assert w.training_set.samples[1].region.all()  # complete: the whole image is learnt from
+    assert "Only" not in w.status.value
+    # a mask read from a file: complete by default
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "mask.tif", np.asarray(layer.data).astype(np.uint16))
+    w.complete.value = False
+    (mask,) = viewer.open(tmp_path / "mask.tif", layer_type="labels")
+    w.annotations.value = mask
+    assert w.complete.value is True
+
+
+def test_cancelled_training_is_not_reported_as_trained(make_napari_viewer, model_path, qtbot):
+    from napari_unet._widgets.annotate import AnnotateWidget
+    from napari_unet.synthetic import make_sample
+
+    img, gt = make_sample((96, 96), 3)
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="img")
+    w = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Annotate")
+    w.device.value = "cpu"
+    w.model.source.value = w.model.FILE
+    w.model.file.value = model_path
+    layer = w.new_labels_layer()
+    layer.data = gt.astype(np.int32)
+    w.complete.value = True
+    assert w.add_to_set() == 1
+    train = w.train_widget()
+    train.start.value = train.SCRATCH
+    train.depth.value, train.base_width.value = 2, 4
+    train.tile_size.value, train.batch_size.value = 32, 1
+    train.val_fraction.value = 0.0
+    train.budget.value = train.MINUTES
+    train.minutes.value = 30.0
+    train.device.value = "cpu"
+    w.train_on_this()
+    qtbot.waitUntil(lambda: train.runner.running and len(train.plot.train_x) >= 3, timeout=WAIT_MS)
+    n_layers = len(viewer.layers)
+    train.cancel_button.native.click()
+    qtbot.waitUntil(lambda: not train.runner.running, timeout=WAIT_MS)
+    qtbot.wait(100)
+    assert "cancelled" in w.status.value and "Trained" not in w.status.value
+    assert w.model.source.value == w.model.FILE  # Predict to annotate keeps its model
+    assert not w.runner.running and len(viewer.layers) == n_layers  # nothing re-segmented
 
 
 # -- training set ---------------------------------------------------------------------------
@@ -394,7 +488,7 @@ def test_end_to_end_annotate_train_segment(make_napari_viewer, model_path, tmp_p
     assert train.trained_model is not None
     assert len(train._job.images) == 1  # noqa: SLF001 - only the set's training entry, not the held-out rows
     # the open image was segmented again with the new model
-    out = viewer.layers[f"{name} labels"]
+    out = viewer.layers[f"{name} labels (trained)"]
     assert out.data.shape == (192, 192) and out.data.dtype.kind in "iu"
     assert w.model.source.value == w.TRAINED  # predict-to-annotate now uses the new model
     shot(viewer, "4_after_training")

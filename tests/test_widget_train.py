@@ -11,6 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from _helpers import GuiStalls
 
 pytestmark = pytest.mark.gui
 
@@ -91,12 +92,21 @@ def test_train_from_layer_pairs_plot_save_apply(qtbot, widget, tmp_path):
     for k, v in model.state_dict().items():
         assert np.array_equal(loaded.state_dict()[k].numpy(), v.numpy()), k
     assert not list(tmp_path.glob("*.tmp"))  # atomic write left no temporary file
-    exported = widget.export_model_to(tmp_path / "trained.pkg")  # ".zip" replaces the suffix
-    assert exported == tmp_path / "trained.zip"
-    assert "rdf.yaml" in zipfile.ZipFile(exported).namelist()
+    # export runs in a worker: the GUI thread never stalls more than 0.3 s (it took 2.2 s
+    # on the GUI thread before)
+    with GuiStalls() as stalls:
+        widget.runner.last_outcome = None
+        assert widget.export_model_to(tmp_path / "trained.pkg") is not None  # ".zip" replaces the suffix
+        qtbot.waitUntil(lambda: widget.runner.last_outcome is not None and not widget.runner.running,
+                        timeout=WAIT_MS)
+    print(f"longest GUI stall during Export: {stalls.longest:.3f} s")
+    assert widget.runner.last_outcome == "done", widget.status.value
+    assert widget.exported == tmp_path / "trained.zip"
+    assert "rdf.yaml" in zipfile.ZipFile(widget.exported).namelist()
     assert "bioimage.io" in widget.status.value
+    assert stalls.longest < 0.3, f"the GUI froze for {stalls.longest:.2f} s during Export"
 
-    # apply the model to an image: "<image> labels" is created, then updated in place
+    # apply the model to an image: "<image> labels (trained)" is created, then updated in place
     new_img, _ = sample(9)
     viewer.add_image(new_img, name="new", scale=(0.5, 0.5))
     widget.apply_image.value = viewer.layers["new"]
@@ -105,14 +115,14 @@ def test_train_from_layer_pairs_plot_save_apply(qtbot, widget, tmp_path):
     widget.apply_button.native.click()
     qtbot.waitUntil(lambda: widget.runner.last_outcome is not None and not widget.runner.running, timeout=WAIT_MS)
     assert widget.runner.last_outcome == "done", widget.status.value
-    layer = viewer.layers["new labels"]
+    layer = viewer.layers["new labels (trained)"]
     assert isinstance(layer, napari.layers.Labels) and layer.data.shape == new_img.shape
     assert tuple(layer.scale) == (0.5, 0.5)
     n_layers = len(viewer.layers)
     widget.runner.last_outcome = None
     widget.apply_button.native.click()
     qtbot.waitUntil(lambda: widget.runner.last_outcome is not None and not widget.runner.running, timeout=WAIT_MS)
-    assert len(viewer.layers) == n_layers and viewer.layers["new labels"] is layer
+    assert len(viewer.layers) == n_layers and viewer.layers["new labels (trained)"] is layer
 
 
 def test_resume_continues_from_checkpoint(qtbot, widget, tmp_path):
@@ -145,6 +155,9 @@ def test_cancel_stops_within_a_second_and_keeps_best_model(qtbot, widget):
     qtbot.waitUntil(lambda: len(widget.plot.val_x) >= 2, timeout=WAIT_MS)
     assert widget.runner.running
     assert widget.progress.max == 30 * 60  # the bar counts seconds of the budget
+    # a time budget has no step count: "step 7 · 29 min 58 s left", never "step 7/1000000000"
+    assert "step " in widget.eta.value and "left" in widget.eta.value
+    assert "/" not in widget.eta.value.split("·")[0], widget.eta.value
     t0 = time.perf_counter()
     widget.cancel_button.native.click()
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=10_000)
@@ -166,8 +179,142 @@ def test_cancel_stops_within_a_second_and_keeps_best_model(qtbot, widget):
     assert rec["stopped"] == "cancelled" and not rec["finished"] and rec["iterations"] >= 6
     assert rec["best_iteration"] == run.best_iteration
     assert "Cancelled" in widget.status.value and "best model" in widget.status.value
+    assert "left" not in widget.eta.value and "ETA" not in widget.eta.value  # no stale ETA after Cancel
     assert widget.save_button.enabled and widget.run_button.enabled
     assert widget.start.value == widget.CURRENT
+
+
+def test_cancel_before_the_first_step_keeps_no_model(qtbot, widget):
+    """Cancel while the data is prepared: the worker stops at the run's first record
+    (before any step), and the untrained starting model does not become 'current'."""
+    viewer = widget._viewer
+    img, lab = sample(15, shape=(1024, 1024))  # weight maps etc.: preparing takes seconds
+    widget.image.value = viewer.add_image(img, name="big")
+    widget.labels_layer.value = viewer.add_labels(lab, name="big labels")
+    widget.val_fraction.value = 0.0
+    widget.run_button.native.click()
+    qtbot.wait(300)
+    assert widget._run is None  # still preparing
+    widget.cancel_button.native.click()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=WAIT_MS)
+    assert widget.runner.last_outcome == "cancelled"
+    assert widget._run is not None and widget._run.iteration == 0  # the run started, no step made
+    assert widget.trained_model is None and widget.start.value == widget.SCRATCH
+    assert "before the first training step" in widget.status.value
+    assert "kept" not in widget.status.value and widget.eta.value == ""
+
+
+def _dock_of(widget):
+    from qtpy.QtWidgets import QDockWidget
+
+    parent = widget.native.parentWidget()
+    while not isinstance(parent, QDockWidget):
+        parent = parent.parentWidget()
+    return parent
+
+
+def test_closing_the_dock_stops_training_and_removes_temporary_checkpoints(qtbot, widget):
+    add_pairs(widget, [16])
+    widget.val_fraction.value = 0.0
+    widget.tile_size.value, widget.batch_size.value = 32, 1
+    widget.budget.value = widget.MINUTES
+    widget.minutes.value = 30.0  # only closing the dock can end it within the test
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: len(widget.plot.train_x) >= 3, timeout=WAIT_MS)
+    (folder,) = widget.temp_dirs  # no checkpoint folder chosen: a temporary one
+    assert folder.is_dir()
+    worker = widget.runner.worker
+    stopped = []
+    worker.finished.connect(lambda: stopped.append(True))
+    _dock_of(widget).destroyOnClose()  # what the dock's close button does
+    qtbot.waitUntil(lambda: bool(stopped), timeout=10_000)
+    assert widget.runner.last_outcome == "cancelled"
+    qtbot.waitUntil(lambda: not folder.exists(), timeout=10_000)
+    assert widget.temp_dirs == []
+
+
+def test_chosen_checkpoint_folder_is_kept_on_close(qtbot, widget, tmp_path):
+    add_pairs(widget, [17])
+    widget.val_fraction.value = 0.0
+    widget.iterations.value = 3
+    widget.checkpoint_dir.value = tmp_path / "mine"
+    assert train_and_wait(qtbot, widget) == "done", widget.status.value
+    assert "temporary" not in widget.status.value
+    _dock_of(widget).destroyOnClose()
+    assert (tmp_path / "mine" / "last.pt").is_file()
+
+
+def test_complete_labels_switch_changes_what_trains(qtbot, widget, tmp_path):
+    """Without a region, sparse labels teach only cells plus a margin (and a warning says
+    so when that is most of the image); 'labels are complete' teaches the whole image."""
+    import tifffile
+
+    viewer = widget._viewer
+    img, lab = sample(18)
+    lab = np.where(np.isin(lab, np.unique(lab)[1:3]), lab, 0)  # two cells: a sparse annotation
+    widget.image.value = viewer.add_image(img, name="img")
+    widget.labels_layer.value = viewer.add_labels(lab, name="few")
+    assert widget.complete.value is False  # painted in the viewer: sparse by default
+    job = widget._make_job()
+    assert job.regions == [None]
+    widget.complete.value = True
+    job = widget._make_job()
+    assert job.regions[0].shape == lab.shape and job.regions[0].all()
+    assert "[complete]" in widget.set_info.value
+
+    # training on the sparse labels warns, in the status line, after the result line
+    widget.complete.value = False
+    widget.val_fraction.value = 0.0
+    widget.iterations.value = 2
+    assert train_and_wait(qtbot, widget) == "done", widget.status.value
+    assert "Trained after 2 iteration" in widget.status.value
+    assert "Warning: Training learns from only" in widget.status.value
+    assert "labels are complete" in widget.status.value
+    widget.complete.value = True
+    widget.start.value = widget.SCRATCH
+    assert train_and_wait(qtbot, widget) == "done", widget.status.value
+    assert "Warning" not in widget.status.value
+
+    # a mask read from a file labels every cell: complete by default
+    tifffile.imwrite(tmp_path / "mask.tif", lab.astype(np.uint16))
+    (layer,) = viewer.open(tmp_path / "mask.tif", layer_type="labels")
+    widget.complete.value = False
+    widget.labels_layer.value = layer
+    assert widget.complete.value is True
+
+
+def test_pair_list_and_pickers_agree(qtbot, widget):
+    """What the summary line says is what trains: the listed pairs (and a loaded set), or
+    the pickers' pair when nothing is listed; a pair training would refuse is refused."""
+    from napari_unet.data import TrainingSet
+
+    viewer = widget._viewer
+    add_pairs(widget, [19])
+    img, lab = sample(20)
+    widget.image.value = viewer.add_image(img, name="other")
+    widget.labels_layer.value = viewer.add_labels(lab, name="other labels")
+    assert widget.pairs.choices == ("img19 + img19 labels",)  # adding layers did not empty the list
+    assert "the 1 listed pair(s)" in widget.set_info.value and "not the pair above" in widget.set_info.value
+    *_, sources = widget.collect_data()
+    assert sources == ["img19 + img19 labels"]
+    widget.pairs.value = list(widget.pairs.choices)
+    widget.remove_selected_pairs()
+    assert "other + other labels (the pair above)" in widget.set_info.value
+    *_, sources = widget.collect_data()
+    assert sources == ["other + other labels"]
+    ts = TrainingSet()
+    ts.add(img, lab, None, name="a")
+    widget.set_training_set(ts, source="Annotate widget")
+    assert "1 image(s) from Annotate widget" in widget.set_info.value
+    assert "not the pair above" in widget.set_info.value
+    *_, sources = widget.collect_data()
+    assert sources == ["1 from Annotate widget"]
+    # an RGB pair next to grayscale data: refused now, not when Train is pressed
+    rgb = np.stack([img] * 3, axis=-1)
+    widget.image.value = viewer.add_image(rgb, name="rgb", rgb=True)
+    widget.labels_layer.value = viewer.add_labels(lab, name="rgb labels")
+    assert widget.add_pair() is None
+    assert "3 channel(s)" in widget.status.value and widget.layer_pairs == []
 
 
 def test_bad_input_is_refused_with_a_message(qtbot, widget):
@@ -311,7 +458,7 @@ def test_zoom_to_model_setting_reaches_training(widget):
     assert widget._make_job().kwargs["zoom_to_model"] is False
 
 
-def test_file_buttons_save_export_load(widget, tmp_path, monkeypatch):
+def test_file_buttons_save_export_load(qtbot, widget, tmp_path, monkeypatch):
     """The Save / Export / Load buttons, with the file dialogs answered by the test."""
     from qtpy.QtWidgets import QFileDialog
 
@@ -326,6 +473,7 @@ def test_file_buttons_save_export_load(widget, tmp_path, monkeypatch):
     widget.save_button.native.click()
     assert (tmp_path / "m.pt").is_file() and "Saved" in widget.status.value
     widget.export_button.native.click()
+    qtbot.waitUntil(lambda: widget.runner.last_outcome is not None and not widget.runner.running, timeout=WAIT_MS)
     assert zipfile.is_zipfile(tmp_path / "m.zip") and "bioimage.io" in widget.status.value
     widget.save_button.native.click()  # dialog cancelled: nothing happens
     widget.trained_model = None

@@ -98,6 +98,92 @@ def test_large_layer_runs_in_a_worker(widget, qtbot):
     qtbot.waitUntil(lambda: not w.running, timeout=5000)
 
 
+def test_sigma_follows_a_drag_without_pauses(widget, qtbot):
+    """A value stream with no pause (a change every 30 ms, as while dragging) shows
+    intermediate maps; a restarting debounce showed nothing until the drag ended."""
+    viewer, w = widget
+    labels = _cells((160, 200), 30, 18, seed=4)
+    w.labels_layer.value = viewer.add_labels(labels, name="cells")
+    w.live.value = True
+    qtbot.waitUntil(lambda: w.shown is not None and not w.running, timeout=20_000)  # the first map
+    seen = set()
+    stream = np.round(np.linspace(2.0, 12.0, 41), 1)  # 41 changes, 30 ms apart: 1.2 s
+    for value in stream:
+        w.sigma.value = float(value)
+        qtbot.wait(30)
+        if w.shown is not None:
+            seen.add(w.shown.sigma)
+    intermediate = seen - {5.0, float(stream[-1])}
+    print(f"{len(intermediate)} intermediate maps during a {len(stream)}-step drag")
+    assert len(intermediate) >= 3, f"the map did not follow the drag: saw sigma {sorted(seen)}"
+    _wait_for(qtbot, viewer, "cells weights", weight_map(labels, sigma=float(stream[-1])))
+
+
+def test_paint_during_a_background_computation_is_not_dropped(widget, qtbot):
+    viewer, w = widget
+    labels = _cells((600, 600), 150, 20, seed=5)  # above SYNC_MAX_PIXELS: computed in a worker
+    layer = viewer.add_labels(labels.copy(), name="cells")  # napari paints into the array it holds
+    w.live.value = False
+    w.labels_layer.value = layer
+    qtbot.waitUntil(lambda: not w._warmup.is_alive(), timeout=60_000)
+    w.compute()
+    assert w.running
+    layer.brush_size = 21
+    layer.paint((300, 300), 999, refresh=False)  # the person paints while it runs...
+    w.compute()  # ...and presses Compute (live: the throttle timer fires) before it ends
+    painted = np.asarray(layer.data).copy()
+    assert not np.array_equal(painted, labels)
+    _wait_for(qtbot, viewer, "cells weights", weight_map(painted), timeout=60_000)
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+    layer.undo()  # Ctrl+Z still takes the stroke back
+    np.testing.assert_array_equal(layer.data, labels)
+
+
+def test_compute_does_not_stall_the_gui(make_napari_viewer, qtbot):
+    """The first Compute in a fresh widget (numba kernels maybe still compiling: 1.1 s on
+    the GUI thread before) and a recompute, on a large layer: the GUI thread never waits
+    more than 0.3 s. The first result's display is napari adding the new Image layer
+    (its controls, selection and texture: a fixed cost of napari), timed apart."""
+    from _helpers import GuiStalls
+
+    from napari_unet._widgets.weight_map import WeightMapWidget
+
+    viewer = make_napari_viewer()
+    labels = _cells((1000, 1000), 400, 25, seed=6)  # 1 Mpx: the old code computed it on the GUI thread
+    layer = viewer.add_labels(labels, name="cells")
+    w = WeightMapWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Weight map")
+    w.live.value = False
+    w.labels_layer.value = layer
+    show = w._show
+    computing = GuiStalls()
+
+    def stop_then_show(*args):  # the computation ends here; napari's layer add follows
+        computing.__exit__()
+        show(*args)
+
+    w._show = stop_then_show
+    with computing:
+        w.compute_button.clicked.emit()
+        qtbot.waitUntil(lambda: w.shown is not None and not w.running, timeout=60_000)
+    w._show = show
+    np.testing.assert_allclose(viewer.layers["cells weights"].data, weight_map(labels), atol=2 * TOLERANCE)
+    w.sigma.value = 7.0  # a recompute: the layer exists, updated in place (display included)
+    with GuiStalls() as again:
+        w.compute_button.clicked.emit()
+        qtbot.waitUntil(lambda: w.shown.sigma == 7.0 and not w.running, timeout=60_000)
+    print(f"longest GUI stall: first Compute {computing.longest:.3f} s, recompute {again.longest:.3f} s")
+    assert computing.longest < 0.3, f"the GUI froze for {computing.longest:.2f} s on the first Compute"
+    assert again.longest < 0.3, f"the GUI froze for {again.longest:.2f} s on a recompute"
+
+
+def test_status_is_never_empty(widget):
+    viewer, w = widget
+    assert "Labels layer" in w.status.value
+    w.labels_layer.value = viewer.add_labels(_cells((60, 60), 5, 10), name="c")
+    assert w.status.value
+
+
 def test_bad_labels_show_an_error(widget, qtbot, monkeypatch):
     viewer, w = widget
     shown = []

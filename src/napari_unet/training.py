@@ -860,7 +860,8 @@ def train_iter(
     step_times: list[float] = []
     loss_ema: float | None = None
     info_common = {"device": dev_text, "run": run, "tile_size": out_size, "mode": mode}
-    yield Progress(start_it, total, f"training on {dev_text}", dict(info_common, phase="start", iteration=start_it))
+    shown_total = total if total < 10**9 else 0  # a time budget: no step count to show yet
+    yield Progress(start_it, shown_total, f"training on {dev_text}", dict(info_common, phase="start", iteration=start_it))
 
     it = start_it
     stop_reason = "done"
@@ -935,7 +936,8 @@ def train_iter(
         point: dict[str, float] = {"iteration": it, "train_loss": lv}
         info = dict(info_common, phase="train", iteration=it, train_loss=lv, train_loss_smooth=loss_ema, lr=cur_lr)
         if val and (it % val_every == 0 or it == total):
-            yield Progress(it, total, "validating", dict(info_common, phase="validate", iteration=it))
+            yield Progress(it, total if total < 10**9 else run.total, "validating",
+                           dict(info_common, phase="validate", iteration=it))
             last_val = _validate(net, val, dev, use_amp, mode, cfg)
             point.update(last_val)
             info.update(last_val)

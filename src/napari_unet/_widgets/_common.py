@@ -17,11 +17,19 @@ Everything here is a thin skin over the Qt-free core:
   ``device.resolve_device`` + ``describe_device`` chose, including the warning when a GPU
   is present but the installed PyTorch is CPU-only.
 
-**Labels edited by the user are never silently overwritten.** A Labels layer we write is
-tagged in its ``metadata`` and watched for napari's ``paint`` event (brush, eraser, fill,
-polygon; also emitted by undo/redo). If the person painted on it since we last wrote it, a
-re-run writes to a new layer ``"<name> (2)"`` instead and says so in the status line; an
-unedited layer is updated in place.
+**Nothing the user made is modified.** A layer napari-unet did not create (no tag in its
+``metadata``) is the person's: a result under its name goes to a new layer ``"<name> (2)"``.
+A Labels layer we write is tagged and watched for napari's ``paint`` event (brush, eraser,
+fill, polygon; also emitted by undo/redo); if the person painted on it since we last wrote
+it, a re-run writes to a new layer too and says so in the status line; an unedited layer
+of ours is updated in place. Result layers are named after the model that made them
+(:func:`result_name`), so results of different models sit side by side.
+
+**Worker warnings** (the core's ``UserWarning``: NaN pixels, an image unlike the model's
+training data) are shown as a notification and stay in the status line after the
+result line (:class:`TaskRunner`).
+
+**Forms scroll** (:func:`scroll_form`): every widget fits a 1280x800 screen.
 
 torch is imported lazily (when a widget is created or a job runs), never when this module
 is imported, so napari's start-up stays fast.
@@ -41,6 +49,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import notification_manager, show_error, show_warning
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
+from qtpy.QtWidgets import QAbstractButton, QFrame, QLabel, QScrollArea, QStyle
 
 from .._progress import Progress
 
@@ -91,12 +101,33 @@ def error_text(exc: BaseException) -> str:
     return text[0].upper() + text[1:] if text else text
 
 
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def is_core_warning(category: type, filename: str) -> bool:
+    """True for a warning napari-unet raised for the person: a ``UserWarning`` attributed
+    to a file of this package (the core warns with ``stacklevel=2``); numpy's "invalid
+    value" (a ``RuntimeWarning``) and other libraries' notices stay on the console."""
+    if not issubclass(category, UserWarning):
+        return False
+    try:
+        return Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
+    except (OSError, ValueError):
+        return False
+
+
 def set_status(status: Label, text: str, kind: str = "ok") -> None:
     """Write ``text`` to a status label; ``kind`` is "ok", "warning" or "error"."""
     status.value = text
     status.tooltip = text  # long messages are elided by the layout; the tooltip keeps all
     style = {"error": _ERROR_STYLE, "warning": _WARN_STYLE}.get(kind, _OK_STYLE)
     status.native.setStyleSheet(style)
+    status.native.setProperty("napari_unet_kind", kind)
+
+
+def status_kind(status: Label) -> str:
+    """What :func:`set_status` last showed: "ok", "warning" or "error"."""
+    return str(status.native.property("napari_unet_kind") or "ok")
 
 
 def show_error_in(status: Label | None, exc_or_text: BaseException | str) -> None:
@@ -169,6 +200,7 @@ class TaskRunner:
         self.worker: GeneratorWorker | None = None
         self.started_at = 0.0
         self.last_outcome: str | None = None  # "done", "cancelled", "error" (tests, status)
+        self.warnings: list[str] = []  # the core's warnings during the last run
         self.cancel_button.enabled = False
         self.cancel_button.changed.connect(self.cancel)
         self.progress.visible = False
@@ -215,6 +247,7 @@ class TaskRunner:
         )
         self.worker = worker
         self.last_outcome = None
+        self.warnings = []
         self.started_at = time.perf_counter()
         self.progress.min, self.progress.max, self.progress.value = 0, 0, 0  # busy indicator
         self.progress.visible = True
@@ -242,6 +275,10 @@ class TaskRunner:
             except (ValueError, TypeError) as exc:  # e.g. a layer that cannot take the data
                 self.last_outcome = "error"
                 show_error_in(self.status, exc)
+                return
+            if self.warnings:  # the success line must not hide what the core warned about
+                text = str(self.status.value).rstrip(". ")
+                set_status(self.status, f"{text}. Warning: " + " ".join(self.warnings), "warning")
 
         def _errored(exc: BaseException) -> None:
             self.last_outcome = "error"
@@ -256,8 +293,18 @@ class TaskRunner:
                 on_cancelled()
 
         def _warned(args: tuple) -> None:
-            # warnings raised in the worker (e.g. "GPU present but torch is CPU-only")
-            show_warning(str(args[0]))
+            # warnings raised in the worker ("image unlike the model's training data", "GPU
+            # present but torch is CPU-only"): a notification, and the status line until the
+            # run ends (then appended to its last line)
+            message, category, filename = args[0], args[1], str(args[2])
+            if not is_core_warning(category, filename):
+                return  # a library's notice to developers, not to the person
+            text = str(message).strip()
+            if text in self.warnings:
+                return
+            self.warnings.append(text)
+            show_warning(text)
+            set_status(self.status, f"Warning: {text}", "warning")
 
         def _finished() -> None:
             self.worker = None
@@ -290,6 +337,57 @@ def _mark_edited(event: Any) -> None:
     meta = layer.metadata.get(META_KEY)
     if isinstance(meta, dict):
         meta["edited"] = True
+
+
+def is_ours(layer: Any) -> bool:
+    """True for a layer napari-unet created (tagged in its ``metadata``); any other layer
+    is the person's and is never modified."""
+    return isinstance(layer.metadata.get(META_KEY), dict)
+
+
+def loaded_from_file(layer: Any) -> bool:
+    """True for a layer napari read from a file or a sample (e.g. a mask of every cell),
+    rather than one made in the viewer (``layer.source``)."""
+    source = getattr(layer, "source", None)
+    return source is not None and (source.path is not None or getattr(source, "sample", None) is not None)
+
+
+def result_name(image_name: str, what: str, model_tag: str) -> str:
+    """``"<image> <what> (<model>)"``: results of different models (bundled, a file,
+    trained here) go to different layers, so they can be compared."""
+    return f"{image_name} {what} ({model_tag})"
+
+
+def model_tag(path: str | Path | None) -> str:
+    """A short name of a model for layer names: "bundled" or the file's stem."""
+    return "bundled" if path is None else Path(path).stem
+
+
+class _CloseWatch(QObject):
+    """Event filter behind :func:`on_close`."""
+
+    def __init__(self, widget: Any, callback: Callable[[], None]) -> None:
+        super().__init__(widget.native)
+        self._callback: Callable[[], None] | None = callback
+        self._docked = False
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.ParentChange:
+            if obj.parentWidget() is not None:
+                self._docked = True
+            elif self._docked and self._callback is not None:
+                callback, self._callback = self._callback, None
+                callback()
+        return False
+
+
+def on_close(widget: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once when the dock holding the magicgui ``widget`` is closed.
+
+    napari closes a dock by taking its widget out of it (``setParent(None)``); a hidden
+    dock keeps its widget, and so does a widget that was never docked.
+    """
+    widget.native.installEventFilter(_CloseWatch(widget, callback))  # a child: lives as long
 
 
 def was_edited(layer: Any) -> bool:
@@ -350,12 +448,17 @@ def add_or_update_layer(
             (``scale``, ``translate``, ``colormap``, ...).
 
     Returns:
-        a :class:`LayerWrite` with the layer and whether it is new. A Labels layer the
-        person edited since we wrote it, or a layer of another type or dimensionality, is
-        left alone and a new layer ``"name (2)"`` is made instead.
+        a :class:`LayerWrite` with the layer and whether it is new. A layer napari-unet
+        did not create (the person's own, e.g. a curated mask of that name), a Labels
+        layer the person edited since we wrote it, or a layer of another type or
+        dimensionality, is left alone and a new layer ``"name (2)"`` is made instead.
     """
     existing = viewer.layers[name] if name in viewer.layers else None
     note = ""
+    if existing is not None and not is_ours(existing):
+        note = f"'{name}' is your layer, not a napari-unet result, so it was kept and the result went to a new one"
+        name = unique_layer_name(viewer, name)
+        existing = None
     if existing is not None:
         same_kind = existing._type_string == layer_type  # noqa: SLF001 - public in practice
         same_ndim = getattr(existing.data, "ndim", None) == getattr(data, "ndim", None)
@@ -593,19 +696,83 @@ def row(*widgets: Any) -> Container:
     return box
 
 
+class _FormScrollArea(QScrollArea):
+    """A vertical scroll area exactly as wide as the form it holds needs (never clipping
+    it), and only ``min_height`` tall at least. ``on_show`` runs when it is first shown."""
+
+    def __init__(self, min_height: int, on_show: Callable[[], None]) -> None:
+        super().__init__()
+        self._min_height = min_height
+        self._on_show: Callable[[], None] | None = on_show
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        inner = self.widget()
+        width = 0 if inner is None else inner.minimumSizeHint().expandedTo(inner.minimumSize()).width()
+        bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+        return QSize(width + bar + 2 * self.frameWidth(), self._min_height)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        if self._on_show is not None:
+            self._on_show()
+            self._on_show = None
+            self.updateGeometry()
+        super().showEvent(event)
+
+
+def fit_texts(form: Container, *forms: Container) -> None:
+    """Keep every text of ``form`` whole: align the label columns of ``form`` and of the
+    labelled containers ``forms`` inside it, and give buttons, check boxes and one-line
+    labels at least their text's width, so a narrow dock cannot squeeze them ("Remove
+    selecte"). Measured once napari's theme (its font) applies: when first shown."""
+    for f in (form, *forms):
+        align_form(f)
+    for w in form.native.findChildren((QAbstractButton, QLabel)):
+        if not (isinstance(w, QLabel) and w.wordWrap()):
+            w.setMinimumWidth(max(w.minimumWidth(), w.sizeHint().width()))
+
+
+def scroll_form(outer: Container, form: Container, *forms: Container, min_height: int = 150) -> QScrollArea:
+    """Show ``form`` -- the only child of the plain container ``outer`` -- in a vertical
+    scroll area, so a tall widget fits a small screen (1280x800) instead of forcing the
+    window taller than the screen; its texts are fitted with :func:`fit_texts` (``forms``:
+    labelled containers inside ``form``). Returns the scroll area.
+
+    magicgui's ``Container(scrollable=True)`` wraps its *root* widget in a scroll area, but
+    napari docks a magicgui widget's ``.native`` (the inner widget), so the scroll area
+    never reaches the dock; hence the scroll area lives inside ``outer`` here.
+    """
+    fit_texts(form, *forms)  # now, for widgets that are never shown; again when shown
+    scroll = _FormScrollArea(min_height, lambda: fit_texts(form, *forms))
+    form.native.layout().addStretch(1)  # rows stay packed at the top of a tall dock
+    layout = outer.native.layout()
+    layout.removeWidget(form.native)
+    scroll.setWidget(form.native)  # magicgui keeps ``form`` as a child (reset_choices etc.)
+    layout.addWidget(scroll)
+    outer.margins = (0, 0, 0, 0)
+    return scroll
+
+
 def align_form(container: Any) -> None:
     """Give every label of a labelled magicgui container the same (sufficient) width.
 
     magicgui measures label text with the default font before the widget is styled by
     napari's theme, so long labels can end up wider than their column and rows stop
     lining up; measuring the real Qt labels afterwards fixes it. Label *values* (status
-    lines, section titles) are left-aligned.
+    lines, section titles) are left-aligned. A row without a label (a section title, a
+    folded section, a status line) spans the whole width instead of leaving an empty
+    label column.
     """
-    from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QSizePolicy
 
     rows = [w._labeled_widget() for w in container]  # noqa: SLF001 - magicgui's own rows
     labels = [r._label_widget for r in rows if r is not None]  # noqa: SLF001
+    for lab in labels:
+        if not str(lab.value).strip():
+            lab.visible = False
+    labels = [lab for lab in labels if str(lab.value).strip()]
     if not labels:
         return
     width = max(lab.native.sizeHint().width() for lab in labels) + 16

@@ -74,6 +74,10 @@ class LossPlot(QWidget):
         )
         self.ax, self.ax_ap = ax, ax2
         self._fg = fg
+        # before the first step: a plain 0-1 frame and a word, not matplotlib's -0.04...0.04
+        self._empty = ax.text(0.5, 0.5, "the loss appears here while training", transform=ax.transAxes,
+                              ha="center", va="center", color=fg, alpha=0.6, fontsize=9)
+        self._set_empty_limits()
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -82,6 +86,10 @@ class LossPlot(QWidget):
         self._timer.setInterval(max(1, int(1000 / max_fps)))
         self._timer.timeout.connect(self._redraw_if_dirty)
         self._timer.start()
+
+    def _set_empty_limits(self) -> None:
+        self.ax.set_xlim(0, 10)
+        self.ax.set_ylim(0, 1)
 
     # -- data -------------------------------------------------------------------------
 
@@ -123,9 +131,12 @@ class LossPlot(QWidget):
         self._val.set_data(self.val_x, self.val_loss)
         self._ap.set_data(self.val_x, self.val_ap)
         xs = self.train_x + self.val_x
+        self._empty.set_visible(not xs)
         if xs:
             self.ax.set_xlim(0, max(max(xs), 10) * 1.02)
             # linear from 0: the first steps' loss sets the top, the fall stays visible
             self.ax.set_ylim(0, max(self.train_y + self.val_loss) * 1.05)
+        else:
+            self._set_empty_limits()
         self.canvas.draw_idle()
         self.draw_count += 1

@@ -6,19 +6,22 @@ A thin skin over :mod:`napari_unet.annotate` (label-editing helpers that return
 * **Labels layer** ``"<image> annotations"`` with cell-painting defaults: brush size,
   ``preserve_labels`` (painting never overwrites another cell), a fresh id selected after
   every stroke, an outline (contour) display switch.
-* **Predict to annotate** fills empty pixels (or replaces what is inside the region) with
-  the current model's cells, in a worker, so the person corrects rather than draws. Every
+* **Predict to annotate** fills empty pixels (or replaces what is inside the area) with
+  the current model's cells -- in the field of view, or in the annotated region once one
+  is drawn -- in a worker, so the person corrects rather than draws. Every
   change to the Labels layer -- prediction and helpers alike -- goes through
   ``Labels.data_setitem`` inside ``block_history``, so one Ctrl+Z undoes it.
 * **Annotated region**: a Shapes layer ``"<image> annotated region"``; without one,
   "labelled cells plus a margin" is what training uses, and the *training area* overlay
-  shows it.
+  shows it -- unless *labels are complete* (the default for a mask read from a file): then
+  the whole plane. Adding mostly-ignored images to the set is said in the status line.
 * **Training set**: add the (image, labels, region) -- cropped to the region's bounding box
   -- for a 2D image, or each labelled plane of a stack; list, show, hold out, remove; save
   to and load from a folder.
 * **Train on this** hands the set (minus held-out entries) to the Train widget and starts
-  it; when training ends, the open image is segmented again with the new model and a
-  before/after score (AP@0.5 on the held-out entries) is shown here.
+  it; when training ends, the open image is segmented again with the new model (into
+  ``"<image> labels (trained)"``) and a before/after score (AP@0.5 on the held-out entries)
+  is shown here. A cancelled training changes nothing here.
 
 Stacks are annotated plane by plane: the helpers and predict-to-annotate act on the plane
 shown in the viewer.
@@ -67,13 +70,17 @@ from ._common import (
     ModelPicker,
     TaskRunner,
     add_or_update_layer,
-    align_form,
     header,
+    is_ours,
     load_model_cached,
+    loaded_from_file,
+    result_name,
     row,
+    scroll_form,
     segment_at_model_size,
     set_status,
     show_error_in,
+    status_kind,
     status_label,
     unique_name,
 )
@@ -256,9 +263,10 @@ class AnnotateWidget(Container):
         self.model = ModelPicker()
         self.model.source.choices = [*self.model.source.choices, self.TRAINED]
         self.device = DevicePicker()
-        self.where = ComboBox(label="Predict in", choices=[AREA_REGION, AREA_VIEW, AREA_PLANE], value=AREA_REGION,
+        self.where = ComboBox(label="Predict in", choices=[AREA_REGION, AREA_VIEW, AREA_PLANE], value=AREA_VIEW,
                               tooltip="Where to fill in predicted cells: inside the annotated region, the "
-                              "part of the image shown in the viewer, or everywhere")
+                              "part of the image shown in the viewer, or everywhere (the annotated "
+                              "region is chosen once you draw one)")
         self.replace = CheckBox(text="replace my labels there", value=False,
                                 tooltip="Off: existing labels are kept and only empty pixels are filled. "
                                 "On: the prediction replaces the labels in that area (undo with Ctrl+Z)")
@@ -281,6 +289,13 @@ class AnnotateWidget(Container):
         self.merge_button = PushButton(text="Merge", tooltip="Give both cells the first id (undoable)")
 
         # -- training set
+        self.complete = CheckBox(
+            text="labels are complete (unlabelled = background)", value=False,
+            tooltip="On: every cell of the image (or plane) is labelled, so unlabelled pixels are taught as "
+            "background. Off (sparse labels): without a region only the labelled cells plus the margin "
+            "are learnt from. A region, when drawn, decides instead. On by default for labels read "
+            "from a file",
+        )
         self.crop = CheckBox(text="crop to region", value=True,
                              tooltip="Store only the bounding box of the annotated area (smaller, faster)")
         self.add_button = PushButton(text="Add to training set",
@@ -302,7 +317,8 @@ class AnnotateWidget(Container):
         self.progress = ProgressBar(value=0, min=0, max=0, label="Progress")
         self.status = status_label()
 
-        super().__init__(
+        # the form scrolls inside the dock: it is taller than a 1280x800 screen
+        self.form = Container(
             widgets=[
                 header("Layers"),
                 self.image,
@@ -329,6 +345,7 @@ class AnnotateWidget(Container):
                 self.merge_b,
                 self.merge_button,
                 header("Training set"),
+                self.complete,
                 row(self.crop, self.add_button),
                 self.entries,
                 row(self.show_button, self.holdout_button, self.remove_button),
@@ -341,6 +358,7 @@ class AnnotateWidget(Container):
             ],
             labels=True,
         )
+        super().__init__(widgets=[self.form], labels=False)
         self.runner = TaskRunner(progress=self.progress, run_button=self.predict_button,
                                  cancel_button=self.cancel_button, status=self.status)
         self.new_labels_button.changed.connect(self.new_labels_layer)
@@ -351,6 +369,8 @@ class AnnotateWidget(Container):
         self.region.changed.connect(self.update_area_overlay)
         self.margin.changed.connect(self.update_area_overlay)
         self.show_area.changed.connect(self.update_area_overlay)
+        self.complete.changed.connect(self.update_area_overlay)
+        self.region.changed.connect(self._region_changed)
         self.image.changed.connect(self._image_changed)
         self.predict_button.changed.connect(self.predict)
         self.next_id_button.changed.connect(self.select_next_id)
@@ -366,8 +386,8 @@ class AnnotateWidget(Container):
         self.save_button.changed.connect(self._save_clicked)
         self.load_button.changed.connect(self._load_clicked)
         self.train_button.changed.connect(self.train_on_this)
-        self.native.setMinimumWidth(320)
-        align_form(self)
+        self.form.native.setMinimumWidth(320)
+        self.scroll = scroll_form(self, self.form)
         self.reset_choices()
         self._image_changed()
         self._refresh_entries()
@@ -397,7 +417,7 @@ class AnnotateWidget(Container):
         self._pick_annotation_layer()
         layer = self.image.value
         if layer is None:
-            set_status(self.status, "Open an image (File ▸ Open Sample ▸ U-Net for a demo)")
+            set_status(self.status, "Open an image (File ▸ Open Sample ▸ Synthetic nuclei for a demo)")
 
     def _pick_annotation_layer(self) -> None:
         """Select '<image> annotations' and '<image> annotated region' when they exist."""
@@ -416,7 +436,16 @@ class AnnotateWidget(Container):
         layer = self.annotations.value
         if layer is not None:
             self._watch(layer)
+            # a mask read from a file (or the sample's truth) labels every cell
+            self.complete.value = loaded_from_file(layer)
         self.update_area_overlay()
+
+    def _region_changed(self, *_: Any) -> None:
+        """Predict where the person marked the area, once there is one to predict in."""
+        if self.region.value is not None:
+            self.where.value = AREA_REGION
+        elif self.where.value == AREA_REGION:
+            self.where.value = AREA_VIEW
 
     def _watch(self, layer: Any) -> None:
         if any(w is layer for w in self._watched):
@@ -428,6 +457,8 @@ class AnnotateWidget(Container):
         layer = event.source
         if layer is not self.annotations.value:
             return
+        if status_kind(self.status) == "error":  # an old error must not stay while painting
+            set_status(self.status, f"Painting in '{layer.name}'")
         if self.auto_next.value:
             try:
                 # napari records a brush stroke (and emits this event) before it writes the
@@ -555,11 +586,14 @@ class AnnotateWidget(Container):
         return region_from_shapes(verts, list(shapes.shape_type), labels.data.shape, plane=plane)
 
     def training_area(self, plane: tuple[int, ...] = ()) -> np.ndarray:
-        """What training learns from on this plane: the region, or cells plus the margin."""
+        """What training learns from on this plane: the region; the whole plane when the
+        labels are complete; else the labelled cells plus the margin."""
         labels = self.annotations.value
         region = self.region_mask(plane if plane else None)
         if region is not None:
             return region
+        if self.complete.value:
+            return np.ones(labels.data.shape[-2:], bool)
         return default_region(np.asarray(labels.data[plane]), int(self.margin.value))
 
     def view_box(self, layer: Any) -> tuple[slice, slice]:
@@ -673,13 +707,16 @@ class AnnotateWidget(Container):
             return
         name = f"{labels.name} training area"
         layers = self._viewer.layers
+        if name in layers and not is_ours(layers[name]):
+            return  # the person's own layer of that name: never touched
         if not self.show_area.value:
             if name in layers:
                 layers[name].visible = False
             return
         try:
-            has_region = self.region_mask() is not None
-            # an explicit region shows itself (its outline); only the assumed area needs showing
+            has_region = self.region_mask() is not None or bool(self.complete.value)
+            # an explicit region shows itself (its outline), complete labels cover everything:
+            # only the assumed area needs showing
             region = None if has_region else default_region(np.asarray(labels.data), int(self.margin.value))
         except ValueError as exc:
             show_error_in(self.status, exc)
@@ -719,13 +756,24 @@ class AnnotateWidget(Container):
         return self.model.path
 
     def _make_predict_job(self) -> PredictJob:
-        from .segment import layer_axes
-
         image, labels = self.image.value, self.annotations.value
         if image is None:
             raise ValueError("No image layer: open an image first")
         if labels is None:
+            # the prediction needs a layer to go to; what is made here goes again if refused
+            before = list(self._viewer.layers)
             labels = self.new_labels_layer()
+            try:
+                return self._predict_job(image, labels)
+            except ValueError:
+                for layer in [la for la in self._viewer.layers if la not in before]:
+                    self._viewer.layers.remove(layer)
+                raise
+        return self._predict_job(image, labels)
+
+    def _predict_job(self, image: Any, labels: Any) -> PredictJob:
+        from .segment import layer_axes
+
         if spatial_shape(image) != tuple(labels.data.shape):
             raise ValueError(f"Labels '{labels.name}' {tuple(labels.data.shape)} do not match image "
                              f"'{image.name}' {spatial_shape(image)}: pick its annotation layer")
@@ -815,8 +863,16 @@ class AnnotateWidget(Container):
             return 0
         self._refresh_entries()
         cells = sum(count_cells(a[1]) for a in added)
-        set_status(self.status, f"Added {len(added)} entr{'ies' if len(added) != 1 else 'y'} ({cells} cells); "
-                   f"the set has {len(self.training_set.samples)}")
+        text = (f"Added {len(added)} entr{'ies' if len(added) != 1 else 'y'} ({cells} cells); "
+                f"the set has {len(self.training_set.samples)}")
+        share = sum(int(np.count_nonzero(a[2])) for a in added) / max(1, len(added) * int(np.prod(lab_all.shape[-2:])))
+        if not has_region and not self.complete.value and share < 0.5:
+            # sparse labels: say how little of the image teaches anything
+            set_status(self.status, f"{text}. Only {share:.0%} of the image is learnt from (labelled cells plus "
+                       f"{int(self.margin.value)} px); if every cell is labelled, tick 'labels are complete'",
+                       "warning")
+        else:
+            set_status(self.status, text)
         return len(added)
 
     def entry_text(self, i: int) -> str:
@@ -983,7 +1039,12 @@ class AnnotateWidget(Container):
         train = self._train_widget
         model = getattr(train, "trained_model", None)
         outcome = getattr(train.runner, "last_outcome", None)
-        if model is None or outcome == "error":
+        if outcome == "cancelled":
+            # the person stopped it: no new predictions, and Predict to annotate keeps its model
+            set_status(self.status, "Training was cancelled (see the Train widget); the image was not "
+                       "segmented again and 'Predict to annotate' keeps its model", "warning")
+            return None
+        if model is None or outcome != "done":
             show_error_in(self.status, "Training did not produce a model (see the Train widget)")
             return None
         if self.TRAINED in self.model.source.choices:
@@ -996,23 +1057,24 @@ class AnnotateWidget(Container):
         job = ScoreJob(model=model, device=self.device.value, entries=score_on,
                        image=None if image is None else _array(image),
                        image_axes=None if image is None else layer_axes(image, "auto"))
-        name = None if image is None else image.name
+        name = None if image is None else result_name(image.name, "labels", train.model_tag)
         return self.runner.start(lambda: run_scores(job), lambda r: self._after_scored(r, name, image),
                                  message="Scoring the trained model and segmenting the image...")
 
     def _after_scored(self, result: ScoreResult, name: str | None, image: Any) -> None:
         self.last_scores["after"] = result.score
         self.last_scores["per_entry"] = result.per_entry
+        where = ""
         if result.labels is not None and name is not None:
             lead = len(image.scale) - result.labels.ndim
             geo = {"scale": tuple(image.scale)[lead:], "translate": tuple(image.translate)[lead:]} if lead >= 0 else {}
-            w = add_or_update_layer(self._viewer, result.labels, f"{name} labels", "labels", writer=WRITER, **geo)
+            w = add_or_update_layer(self._viewer, result.labels, name, "labels", writer=WRITER, **geo)
             w.layer.contour = 2
             self.last_scores["layer"] = w.layer.name
+            where = f" The new model's predictions are in '{w.layer.name}'" + (f" ({w.note})" if w.note else "") + ";"
         self._show_score()
         self._raise_dock()
-        set_status(self.status, "Trained. " + self.score.value + " The predictions on the image were updated; "
-                   "'Predict to annotate' now uses the new model")
+        set_status(self.status, f"Trained. {self.score.value}.{where} 'Predict to annotate' now uses the new model")
 
     def _raise_dock(self) -> None:
         """Bring this dock to the front (the Train dock may be tabbed over it)."""

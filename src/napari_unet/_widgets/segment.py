@@ -3,10 +3,11 @@
 The work is the core's ``tiling.predict_iter`` (overlap-tile inference, one progress step
 per tile) followed by ``postprocess.probabilities_to_labels``, run in a napari
 ``thread_worker`` so the viewer stays responsive; Cancel stops at the next tile and leaves
-every layer as it was. The result goes to a Labels layer ``"<image> labels"`` (updated in
-place on a re-run unless the person painted on it, see ``_common``), placed with the image
-layer's scale and translation, and optionally to an Image layer ``"<image> probabilities"``
-whose first axis is the class.
+every layer as it was. The result goes to a Labels layer ``"<image> labels (<model>)"``
+(``bundled`` or the model file's name, so results of different models sit side by side),
+updated in place on a re-run unless the person painted on it or the layer is not ours (see
+``_common``), placed with the image layer's scale and translation, and optionally to an
+Image layer ``"<image> probabilities (<model>)"`` whose first axis is the class.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from ._common import (
     ModelPicker,
     TaskRunner,
     add_or_update_layer,
-    align_form,
     header,
     load_model_cached,
+    model_tag,
+    result_name,
     row,
+    scroll_form,
     segment_at_model_size,
     set_status,
     status_label,
@@ -66,6 +69,7 @@ class SegmentJob:
     translate: tuple[float, ...]
     notes: list[str] = field(default_factory=list)
     diameter: float | str | None = None  # None: as is; "auto": measured; or pixels
+    model_tag: str = "bundled"  # names the output layers: "<image> labels (<model_tag>)"
     voxel_size: tuple[float, ...] | None = None  # Z stacks: the layer's (z, y, x) scale; None = estimate
     plane_by_plane: bool = False
 
@@ -268,7 +272,7 @@ class SegmentWidget(Container):
         self.progress = ProgressBar(value=0, min=0, max=0, label="Progress", tooltip="Tiles done")
         self.status = status_label()
 
-        super().__init__(
+        self.form = Container(
             widgets=[
                 header("Input"),
                 self.image,
@@ -289,6 +293,7 @@ class SegmentWidget(Container):
             ],
             labels=True,
         )
+        super().__init__(widgets=[self.form], labels=False)
         self.runner = TaskRunner(
             progress=self.progress,
             run_button=self.run_button,
@@ -297,15 +302,15 @@ class SegmentWidget(Container):
         )
         self.run_button.changed.connect(self.run)
         self.image.changed.connect(self._describe_image)
-        self.native.setMinimumWidth(320)
-        align_form(self)
+        self.form.native.setMinimumWidth(320)
+        self.scroll = scroll_form(self, self.form)
         self._describe_image()
         self.reset_choices()
 
     def _describe_image(self, *_: Any) -> None:
         layer = self.image.value
         if layer is None:
-            set_status(self.status, "Open an image (File ▸ Open Sample ▸ U-Net for a demo)")
+            set_status(self.status, "Open an image (File ▸ Open Sample ▸ Synthetic nuclei for a demo)")
             return
         data = layer.data[0] if layer.multiscale else layer.data
         kind = "RGB " if layer.rgb else ""
@@ -321,8 +326,7 @@ class SegmentWidget(Container):
         layer = self.image.value
         if layer is None:
             raise ValueError(
-                "No image layer: open an image first (or File ▸ Open Sample ▸ U-Net ▸ "
-                "Synthetic nuclei)"
+                "No image layer: open an image first (or File ▸ Open Sample ▸ Synthetic nuclei)"
             )
         data = layer.data[0] if layer.multiscale else layer.data  # highest resolution
         if len(data.shape) < 2 or min(data.shape[-2:]) < 1:
@@ -349,6 +353,7 @@ class SegmentWidget(Container):
             translate=translate,
             notes=notes,
             diameter={"auto": "auto", "as is": None}.get(self.cell_size.value, float(self.diameter.value)),
+            model_tag=model_tag(self.model.path),
             voxel_size=layer_voxel_size(layer, layout.axes),
             plane_by_plane=bool(self.plane_by_plane.value),
         )
@@ -376,6 +381,7 @@ class SegmentWidget(Container):
                 scale = translate = None
         geo = {} if scale is None else {"scale": scale, "translate": translate}
         notes = list(job.notes) + list(result.notes)
+        kept = []  # why a layer was not updated in place (the person's layer, edited, ...)
         if result.diameter is not None:
             zoomed = f": segmented zoomed {result.zoom:.2f}x" if result.zoom != 1 else ""
             notes.append(f"cells ~{result.diameter:.0f} px{zoomed}")
@@ -391,7 +397,7 @@ class SegmentWidget(Container):
             w = add_or_update_layer(
                 viewer,
                 p,
-                f"{job.image_name} probabilities",
+                result_name(job.image_name, "probabilities", job.model_tag),
                 "image",
                 writer="segment",
                 colormap="magma",
@@ -402,12 +408,14 @@ class SegmentWidget(Container):
                 **pgeo,
             )
             if w.note:
-                notes.append(w.note)
+                kept.append(w.note)
         w = add_or_update_layer(
-            viewer, result.labels, f"{job.image_name} labels", "labels", writer="segment", **geo
+            viewer, result.labels, result_name(job.image_name, "labels", job.model_tag), "labels",
+            writer="segment", **geo,
         )
         if w.note:
-            notes.append(w.note)
+            kept.append(w.note)
+        notes += kept
         viewer.layers.selection.active = w.layer
         t = result.tile_size
         tile = f"{t[0]}x{t[1]} px tiles" if isinstance(t, (tuple, list)) else f"{t} px tiles" if t else ""
@@ -419,4 +427,4 @@ class SegmentWidget(Container):
         )
         if notes:
             text += " (" + "; ".join(notes) + ")"
-        set_status(self.status, text, "warning" if any("edited" in n or "different" in n for n in notes) else "ok")
+        set_status(self.status, text, "warning" if kept else "ok")

@@ -10,7 +10,11 @@ Training data: (image, Labels [, Shapes region]) layer pairs added to a list (or
 chosen in the pickers, if the list is empty), plus a training set loaded from a folder or
 handed over by the Annotate widget (:meth:`TrainWidget.set_training_set`). A Shapes layer
 marks the annotated region (rectangles/polygons rasterised to a mask); without one, the
-labelled cells plus a margin count and the rest is ignored.
+labelled cells plus a margin count and the rest is ignored -- unless *labels are complete*
+is on (the default for a mask read from a file): then the whole image counts. A line
+under the list says exactly what will be trained on; training warns (status line) when
+most pixels would be ignored. Apply writes ``"<image> labels (trained)"``; Export runs in
+the worker; closing the dock stops training and removes temporary checkpoint folders.
 
 Cancel stops at the next training step (well within a second) and keeps the best model
 so far: the generator's return value is lost when a worker is quit, so the widget keeps
@@ -21,8 +25,11 @@ folder or a temporary one; "resume" continues from such a folder.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +56,13 @@ from ._common import (
     DevicePicker,
     TaskRunner,
     add_or_update_layer,
-    align_form,
     bundled_model_available,
     header,
+    loaded_from_file,
+    on_close,
+    result_name,
     row,
+    scroll_form,
     segment_at_model_size,
     set_status,
     show_error_in,
@@ -79,11 +89,14 @@ class LayerPair:
     image: Any
     labels: Any
     region: Any = None  # a Shapes layer or None
+    complete: bool = False  # without a region: every cell is labelled (the rest is background)
 
     def describe(self) -> str:
         text = f"{self.image.name} + {self.labels.name}"
         if self.region is not None:
             text += f" [region: {self.region.name}]"
+        elif self.complete:
+            text += " [complete]"
         return text
 
 
@@ -144,7 +157,7 @@ def pair_arrays(pair: LayerPair) -> tuple[list[np.ndarray], list[np.ndarray], li
         planes = [(img, lab)]
     else:  # a stack: one training image per plane with annotations
         planes = [(img[z], lab[z]) for z in range(lab.shape[0])]
-    region_all = None
+    region_all = np.ones(tuple(lab.shape[-2:]), bool) if pair.complete else None
     if pair.region is not None:
         region_all = shapes_to_mask(pair.region, pair.labels, tuple(lab.shape[-2:]))
         if not region_all.any():
@@ -165,6 +178,31 @@ def pair_arrays(pair: LayerPair) -> tuple[list[np.ndarray], list[np.ndarray], li
             "paint some cells (or draw a Shapes region around truly empty background)"
         )
     return images, labels, regions
+
+
+def _channels(image: Any) -> int:
+    """Input channels of a training image, by the core's rule (``training._in_channels_of``)."""
+    from ..training import _in_channels_of
+
+    return _in_channels_of([image])
+
+
+def _check_channels(images: list[Any], listed: list[tuple[str, Any]]) -> None:
+    """Refuse a pair whose channels differ from the data already listed (Train would).
+
+    Raises:
+        ValueError: naming both.
+    """
+    if not images or not listed:
+        return
+    n = _channels(images[0])
+    for name, other in listed:
+        m = _channels(other)
+        if m != n:
+            raise ValueError(
+                f"This image has {n} channel(s) but '{name}' has {m}: one training run needs images with the "
+                "same channels"
+            )
 
 
 def training_set_arrays(ts: Any) -> tuple[list[Any], list[Any], list[Any]]:
@@ -256,6 +294,7 @@ def run_training(job: TrainJob) -> Generator[Progress, None, Any]:
     """
     from ..training import train_iter
 
+    _warn_if_mostly_ignored(job.labels, job.regions)
     model, lr = _starting_model(job)
     gen = train_iter(
         job.images,
@@ -285,6 +324,28 @@ def run_training(job: TrainJob) -> Generator[Progress, None, Any]:
             yield _preview(job, info["run"].model, rec)
 
 
+def _warn_if_mostly_ignored(labels: list[Any], regions: list[Any], threshold: float = 0.5) -> float:
+    """Warn (``UserWarning``, shown in the status line) when training would ignore most
+    pixels: labels without a region teach only "labelled cells plus a margin". Returns
+    the share of pixels learnt from."""
+    from ..annotate import default_region
+    from ..targets import DEFAULT_MARGIN
+
+    used = total = 0
+    for lab, reg in zip(labels, regions):
+        lab = np.asarray(lab)
+        total += lab.size
+        used += int(np.count_nonzero(default_region(lab, DEFAULT_MARGIN) if reg is None else np.asarray(reg)))
+    share = used / max(total, 1)
+    if share < threshold:
+        warnings.warn(
+            f"Training learns from only {share:.0%} of the pixels (labelled cells plus {DEFAULT_MARGIN} px; the rest "
+            "is ignored). If every cell is labelled, tick 'labels are complete'; else draw a Region",
+            UserWarning, stacklevel=2,
+        )
+    return share
+
+
 def _preview(job: TrainJob, net: Any, rec: Progress) -> Progress:
     """Segment the preview image with the current weights (in the worker thread)."""
     from ..model import clone_model
@@ -293,6 +354,14 @@ def _preview(job: TrainJob, net: Any, rec: Progress) -> Progress:
     model = clone_model(net).eval()
     labels = np.asarray(segment(job.preview, model, device="cpu", axes=job.preview_axes))
     return Progress(rec.done, rec.total, rec.message, {"phase": "preview", "preview": labels})
+
+
+def run_export(model: Any, path: Path) -> Generator[Progress, None, Path]:
+    """Write a bioimage.io package (in the worker: TorchScript and test tensors take seconds)."""
+    from ..export import export_bioimageio
+
+    yield Progress(0, 0, f"Exporting to {path.name}...")
+    return export_bioimageio(model, path, overwrite=True)  # the dialog asked already
 
 
 @dataclass
@@ -378,8 +447,12 @@ class TrainWidget(Container):
         self._pairs: list[LayerPair] = []
         self._run: Any = None  # TrainingRun of the current/last run
         self._job: TrainJob | None = None
-        self._task = ""  # "train" or "apply"
+        self._task = ""  # "train", "apply" or "export"
         self._last_info: dict[str, Any] = {}
+        self._start_it = 0  # the iteration this run started at (resume: later than 0)
+        self.model_tag = "trained"  # names Apply's layer: "<image> labels (<model_tag>)"
+        self.temp_dirs: list[Path] = []  # temporary checkpoint folders made here (removed on close)
+        self.exported: Path | None = None  # the last bioimage.io package written
 
         # -- training data
         self.image = create_widget(annotation="napari.layers.Image", label="Image",
@@ -397,6 +470,13 @@ class TrainWidget(Container):
             },
         )
         self.region.value = None
+        self.complete = CheckBox(
+            text="labels are complete (unlabelled = background)", value=False,
+            tooltip="On: every cell in the image is labelled, so every unlabelled pixel is taught as "
+            "background. Off (sparse labels): only the labelled cells plus a margin are learnt from and "
+            "the rest is ignored. A Region layer, when chosen, decides instead. On by default for "
+            "labels read from a file",
+        )
         self.add_pair_button = PushButton(text="Add pair to list",
                                           tooltip="Add this image + labels (+ region) to the training data")
         self.remove_pair_button = PushButton(text="Remove selected", tooltip="Remove the selected pairs")
@@ -408,6 +488,7 @@ class TrainWidget(Container):
         self.load_folder_button = PushButton(text="Load folder", tooltip="Read the training-set folder")
         self.clear_set_button = PushButton(text="Clear set", tooltip="Stop using the loaded training set")
         self.set_info = Label(value="")
+        self.set_info.native.setWordWrap(True)
 
         # -- model
         start_choices = [self.BUNDLED, self.FILE, self.SCRATCH, self.CURRENT, self.RESUME]
@@ -444,7 +525,7 @@ class TrainWidget(Container):
         self.val_fraction = FloatSpinBox(label="Validation", value=0.2, min=0.0, max=0.5, step=0.05,
                                          tooltip="Share held out to measure progress (whole images from 4 "
                                          "images up, else a strip of each); 0 = none")
-        self.val_every = SpinBox(label="Validate every (0 = auto)", value=0, min=0, max=10**6,
+        self.val_every = SpinBox(label="Val. every (0 = auto)", value=0, min=0, max=10**6,
                                  tooltip="Steps between validations (0 = auto: 20 per run, every 50 "
                                  "steps on a time budget). The best model is chosen at validations")
         self.zoom_to_model = CheckBox(
@@ -479,7 +560,7 @@ class TrainWidget(Container):
             labels=True,
         )
         self.settings_box = _collapsibles(
-            [("Advanced: learning rate, tile, batch, validation", self.advanced), ("Augmentation", self.augmentation)]
+            [("Advanced: learning rate, tile, batch", self.advanced), ("Augmentation", self.augmentation)]
         )
 
         # -- run
@@ -505,17 +586,19 @@ class TrainWidget(Container):
         self.apply_image = create_widget(annotation="napari.layers.Image", label="Apply to",
                                          options={"tooltip": "Image to segment with the current model"})
         self.apply_button = PushButton(text="Apply to image",
-                                       tooltip="Segment it with the current model → '<image> labels'")
+                                       tooltip="Segment it with the current model → '<image> labels (trained)'")
         self.preview = CheckBox(text="Live preview at each validation", value=False,
                                 tooltip="Segment the 'Apply to' image with the current weights after "
                                 "each validation (slows training a little)")
 
-        super().__init__(
+        # the form scrolls inside the dock: it is taller than a 1280x800 screen
+        self.form = Container(
             widgets=[
                 header("Training data", rule=False),
                 self.image,
                 self.labels_layer,
                 self.region,
+                self.complete,
                 row(self.add_pair_button, self.remove_pair_button),
                 self.pairs,
                 self.folder,
@@ -548,6 +631,7 @@ class TrainWidget(Container):
             ],
             labels=True,
         )
+        super().__init__(widgets=[self.form], labels=False)
         self.runner = TaskRunner(progress=self.progress, run_button=self.run_button,
                                  cancel_button=self.cancel_button, status=self.status)
         self.run_button.changed.connect(self.run)
@@ -561,22 +645,33 @@ class TrainWidget(Container):
         self.apply_button.changed.connect(self.apply)
         self.start.changed.connect(self._sync)
         self.budget.changed.connect(self._sync)
-        self.native.setMinimumWidth(320)
-        align_form(self)
-        align_form(self.advanced)
-        align_form(self.augmentation)
+        self.labels_layer.changed.connect(self._labels_chosen)
+        for w in (self.image, self.labels_layer, self.region, self.complete):
+            w.changed.connect(self._update_set_info)
+        on_close(self, self._closed)
+        # the viewer closing deletes the widget: stop the worker, touching no child widget
+        runner = self.runner
+        self.native.destroyed.connect(lambda *_: runner.worker.quit() if runner.worker is not None else None)
+        self.form.native.setMinimumWidth(320)
+        self.scroll = scroll_form(self, self.form, self.advanced, self.augmentation)
         self._sync()
         self.reset_choices()
         self._update_set_info()
+        self._labels_chosen()
         set_status(self.status, "Choose an image and its Labels layer, then press Train")
 
     # napari calls this when layers are added/removed, refreshing the layer pickers
     def reset_choices(self, *_: Any) -> None:
         region = self.region.value
+        chosen = list(self.pairs.value)
         super().reset_choices()
         if region is None:  # a new Shapes layer (e.g. a new annotation) is not a region yet
             self.region.value = None
-        self._forget_removed_layers()
+        if not self._forget_removed_layers():
+            # magicgui resets the pair list to its initial (empty) choices with the layer
+            # pickers: show the pairs that train again, so the list never hides one
+            self._refresh_pairs()
+            self.pairs.value = [c for c in chosen if c in self.pairs.choices]
 
     def _sync(self, *_: Any) -> None:
         start = self.start.value
@@ -598,7 +693,8 @@ class TrainWidget(Container):
         """Add the chosen image + labels (+ region) to the list (checked first)."""
         try:
             pair = self._current_pair()
-            pair_arrays(pair)  # refuse now what training would refuse later
+            images, _, _ = pair_arrays(pair)  # refuse now what training would refuse later
+            _check_channels(images, self._listed_images())
         except ValueError as exc:
             show_error_in(self.status, exc)
             return None
@@ -615,6 +711,15 @@ class TrainWidget(Container):
         self._pairs = [p for p in self._pairs if p.describe() not in chosen]
         self._refresh_pairs()
 
+    def _listed_images(self) -> list[tuple[str, Any]]:
+        """(name, first training image) of each listed pair and of the loaded set."""
+        out = [(p.describe(), _layer_array(p.image)) for p in self._pairs]
+        if self.training_set is not None:
+            images = training_set_arrays(self.training_set)[0]
+            if images:
+                out.append((self.training_set_source, np.asarray(images[0])))
+        return out
+
     @property
     def layer_pairs(self) -> list[LayerPair]:
         return list(self._pairs)
@@ -623,27 +728,37 @@ class TrainWidget(Container):
         names = [p.describe() for p in self._pairs]
         self.pairs.choices = names
         self.pairs.value = []
+        self._update_set_info()
 
-    def _forget_removed_layers(self) -> None:
+    def _forget_removed_layers(self) -> bool:
+        """Drop listed pairs whose layers were removed; True when the list changed."""
         if not getattr(self, "_pairs", None):
-            return
+            return False
         layers = list(self._viewer.layers)
         keep = [p for p in self._pairs if p.image in layers and p.labels in layers
                 and (p.region is None or p.region in layers)]
         if len(keep) != len(self._pairs):
             self._pairs = keep
             self._refresh_pairs()
+            return True
+        return False
 
     def _current_pair(self) -> LayerPair:
         image, labels = self.image.value, self.labels_layer.value
         if image is None:
-            raise ValueError("No image layer: open the image you annotated (or File ▸ Open Sample ▸ U-Net)")
+            raise ValueError("No image layer: open the image you annotated (or File ▸ Open Sample ▸ Synthetic nuclei)")
         if labels is None:
             raise ValueError(
                 "No Labels layer: add one (layer list ▸ new Labels layer) and paint some cells, "
                 "or load a training-set folder"
             )
-        return LayerPair(image, labels, self.region.value)
+        return LayerPair(image, labels, self.region.value, complete=bool(self.complete.value))
+
+    def _labels_chosen(self, *_: Any) -> None:
+        """A mask read from a file (or the sample's ground truth) labels every cell."""
+        layer = self.labels_layer.value
+        if layer is not None:
+            self.complete.value = loaded_from_file(layer)
 
     def set_training_set(self, ts: Any, source: str = "Annotate widget", only: bool = False) -> None:
         """Use a :class:`napari_unet.data.TrainingSet` (e.g. handed over by the Annotate widget).
@@ -681,14 +796,28 @@ class TrainWidget(Container):
         except (ValueError, OSError, ImportError) as exc:
             show_error_in(self.status, exc)
 
-    def _update_set_info(self) -> None:
-        if self.training_set is None:
-            self.set_info.value = "no training set loaded"
-            self.clear_set_button.enabled = False
+    def _update_set_info(self, *_: Any) -> None:
+        """Say exactly what Train will train on (the same rule as :meth:`collect_data`)."""
+        if not hasattr(self, "clear_set_button"):
+            return  # still being built
+        self.clear_set_button.enabled = self.training_set is not None
+        parts = []
+        if self._pairs:
+            parts.append(f"the {len(self._pairs)} listed pair(s)")
+        if self.training_set is not None:
+            n = len(training_set_arrays(self.training_set)[0])
+            parts.append(f"{n} image(s) from {self.training_set_source}")
+        if not parts:
+            image, labels = self.image.value, self.labels_layer.value
+            if image is None or labels is None:
+                self.set_info.value = "Trains on: nothing yet (choose an image and its labels, or load a set)"
+                return
+            self.set_info.value = f"Trains on: {self._current_pair().describe()} (the pair above)"
             return
-        n = len(training_set_arrays(self.training_set)[0])
-        self.set_info.value = f"+ {n} image(s) from {self.training_set_source}"
-        self.clear_set_button.enabled = True
+        text = "Trains on: " + " + ".join(parts)
+        if self._pairs or self.training_set is not None:
+            text += " (not the pair above unless listed: Add pair to list)"
+        self.set_info.value = text
 
     def collect_data(self) -> tuple[list[Any], list[Any], list[Any], list[str]]:
         """(images, labels, regions, sources) from the pair list (or the chosen pair) and the set."""
@@ -799,6 +928,8 @@ class TrainWidget(Container):
             job.checkpoint_dir = Path(ck)
         elif job.resume is None:
             job.checkpoint_dir = Path(tempfile.mkdtemp(prefix="napari-unet-train-"))
+            self.temp_dirs.append(job.checkpoint_dir)
+            atexit.register(shutil.rmtree, job.checkpoint_dir, True)  # also if napari just quits
         if self.preview.value and self.apply_image.value is not None:
             from .segment import layer_axes
 
@@ -831,6 +962,11 @@ class TrainWidget(Container):
             message=f"Preparing {len(job.images)} training image(s) ({'; '.join(sources)})...",
         )
         self._after_start(worker)
+        if worker is not None:  # on a small screen: Train, the progress and the plot in view
+            from qtpy.QtCore import QPoint
+
+            top = self.run_button.native.mapTo(self.form.native, QPoint(0, 0)).y()
+            self.scroll.verticalScrollBar().setValue(top - 8)
         return worker
 
     def cancel(self) -> None:
@@ -850,6 +986,8 @@ class TrainWidget(Container):
         run = info.get("run")
         if run is not None:
             self._run = run
+        if info.get("phase") == "start":
+            self._start_it = int(info.get("iteration", 0))
         self.plot.add(info)
         self._last_info.update({k: v for k, v in info.items() if k != "run"})
         job = self._job
@@ -859,12 +997,14 @@ class TrainWidget(Container):
             self.progress.value = min(int(time.perf_counter() - self._t0), int(job.max_time))
         parts = []
         last = self._last_info
-        if "iteration" in last and rec.total:
-            parts.append(f"step {last['iteration']}/{rec.total}")
+        on_time = job is not None and job.max_time is not None
+        if "iteration" in last and (rec.total or on_time):
+            # a time budget has no step count: the steps done, and the time left
+            parts.append(f"step {last['iteration']}" if on_time else f"step {last['iteration']}/{rec.total}")
         if info.get("phase") == "done":
             parts.append("finished")
         elif "eta" in last:
-            parts.append(f"ETA {_fmt_time(last['eta'])}")
+            parts.append(f"{_fmt_time(last['eta'])} left" if on_time else f"ETA {_fmt_time(last['eta'])}")
         if "val_ap" in last:
             run = self._run
             best = f" (best {run.best_score:.2f})" if run is not None and run.best_state is not None else ""
@@ -883,29 +1023,51 @@ class TrainWidget(Container):
         job = self._job
         folder = job.checkpoint_dir or job.resume if job is not None else None
         if folder is not None:
-            text += f". Checkpoints: {folder}"
+            temporary = " (temporary: removed when this widget closes)" if folder in self.temp_dirs else ""
+            text += f". Checkpoints: {folder}{temporary}"
         return text
 
     def _training_done(self, model: Any) -> None:
         self.trained_model = model
+        self.model_tag = "trained"
         self.start.value = self.CURRENT
         self._sync()
         set_status(self.status, self._finish_text(model, "Trained"))
         self.plot.redraw()
 
     def _training_cancelled(self) -> None:
-        if self._task == "apply":
+        if self._task != "train":
             return
         run = self._run
-        if run is None:
-            set_status(self.status, "Cancelled before training started; no model was changed", "warning")
+        if run is None or run.iteration <= self._start_it:
+            # no step was made: the starting model is not a result
+            self.eta.value = ""
+            set_status(self.status, "Cancelled before the first training step; no model was changed", "warning")
             return
+        self.eta.value = f"stopped at step {run.iteration}"  # no ETA left on screen
         # the generator's return value is lost on quit: take the best weights from the run
         self.trained_model = run.best_model()
+        self.model_tag = "trained"
         self.start.value = self.CURRENT
         self._sync()
         set_status(self.status, "Cancelled. " + self._finish_text(self.trained_model, "Stopped"), "warning")
         self.plot.redraw()
+
+    def _closed(self) -> None:
+        """The dock was closed: stop training (it would run on unseen for its whole budget)
+        and remove the temporary checkpoint folders once the worker has let go of them."""
+        worker = self.runner.worker
+        if worker is None:
+            self.remove_temp_dirs()
+            return
+        worker.finished.connect(self.remove_temp_dirs)
+        self.runner.cancel()
+
+    def remove_temp_dirs(self, *_: Any) -> None:
+        """Delete the temporary checkpoint folders this widget made (not chosen ones)."""
+        for folder in self.temp_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.temp_dirs = []
 
     def _show_preview(self, labels: np.ndarray) -> None:
         layer = self.apply_image.value
@@ -931,24 +1093,35 @@ class TrainWidget(Container):
         set_status(self.status, f"Saved the model to {out}")
         return out
 
-    def export_model_to(self, path: str | Path) -> Path:
-        """Write the current model as a bioimage.io package (``.zip`` added if missing)."""
-        from ..export import export_bioimageio
-
+    def export_model_to(self, path: str | Path) -> Any:
+        """Write the current model as a bioimage.io package (``.zip`` added if missing), in
+        the background; returns the worker (None when busy). The written path is
+        :attr:`exported` when it ends."""
         if self.trained_model is None:
             raise ValueError("There is no trained model to export yet: train or load one first")
         p = Path(path)
         if p.suffix.lower() != ".zip":
             p = p.with_suffix(".zip")
-        out = export_bioimageio(self.trained_model, p, overwrite=True)  # the dialog asked already
-        set_status(self.status, f"Exported the model as a bioimage.io package: {out}")
-        return out
+        if self.runner.running:
+            return None
+        model = self.trained_model
+        self._task = "export"
+        self.exported = None
+
+        def done(out: Path) -> None:
+            self.exported = Path(out)
+            set_status(self.status, f"Exported the model as a bioimage.io package: {out}")
+
+        worker = self.runner.start(lambda: run_export(model, p), done, message=f"Exporting to {p.name}...")
+        self._after_start(worker)
+        return worker
 
     def load_model_from(self, path: str | Path) -> Any:
         """Make a model file the current model (for Apply, or to continue training)."""
         from ..model import load_model
 
         self.trained_model = load_model(path)
+        self.model_tag = Path(path).stem
         self.start.value = self.CURRENT
         self._sync()
         mode = self.trained_model.meta.get("mode", "?")
@@ -981,7 +1154,8 @@ class TrainWidget(Container):
     # -- apply ----------------------------------------------------------------------------
 
     def apply(self, *_: Any) -> Any:
-        """Segment the 'Apply to' image with the current model → '<image> labels'."""
+        """Segment the 'Apply to' image with the current model → '<image> labels (<model>)'
+        (a layer of the person's own under that name is kept; the result goes beside it)."""
         if self.runner.running:
             return None
         layer = self.apply_image.value
@@ -1003,12 +1177,13 @@ class TrainWidget(Container):
             show_error_in(self.status, exc)
             return None
         scale, translate = output_geometry(layer, layout.channel, len(layout.out_shape))
-        model, device, name = self.trained_model, self.device.value, layer.name
+        model, device, name, tag = self.trained_model, self.device.value, layer.name, self.model_tag
         self._task = "apply"
 
         def done(result: ApplyResult) -> None:
             geo = {"scale": scale, "translate": translate} if len(scale) == result.labels.ndim else {}
-            w = add_or_update_layer(self._viewer, result.labels, f"{name} labels", "labels", writer=WRITER, **geo)
+            w = add_or_update_layer(self._viewer, result.labels, result_name(name, "labels", tag), "labels",
+                                    writer=WRITER, **geo)
             n = int(np.count_nonzero(np.unique(result.labels)))
             text = f"{n} cells in {result.seconds:.1f} s → '{w.layer.name}'"
             if w.note:

@@ -2,9 +2,12 @@
 
 Pick a Labels layer, set w0, sigma and the class balance, press Compute (or tick "live"
 and drag sigma): the map is shown as an Image layer ``"<labels> weights"`` (magma
-colormap), updated in place on every re-run. Large layers (> ~1 Mpx) are computed in a
-napari ``thread_worker``; changes are debounced and at most one job runs at a time (the
-newest values are computed when it ends), so dragging a slider never queues a backlog.
+colormap), updated in place on every re-run. Large layers (> 0.25 Mpx), and every layer
+until numba's kernels are compiled (in a background thread at start), are computed in a
+napari ``thread_worker``. Live changes are throttled, not debounced: while sigma is
+dragged the map follows every ``THROTTLE_MS`` with the newest values; at most one job runs
+at a time and a change (a value, or a paint on the labels) arriving meanwhile is computed
+when it ends, so dragging never queues a backlog and no edit is dropped.
 The core is ``napari_unet.weights.weight_map`` (Qt-free, tested without a viewer).
 """
 
@@ -16,12 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, Label, PushButton, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, PushButton, create_widget
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
-from ._common import add_or_update_layer, set_status
+from ._common import add_or_update_layer, scroll_form, set_status, status_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -104,9 +107,9 @@ class WeightMapWidget(Container):
     """Compute and show the U-Net boundary weight map of a Labels layer."""
 
     #: layers with more pixels than this are computed off the GUI thread
-    SYNC_MAX_PIXELS = 1_000_000
-    #: live updates wait this long after the last change (ms)
-    DEBOUNCE_MS = 120
+    SYNC_MAX_PIXELS = 250_000
+    #: while values keep changing, live updates run at most this often (ms)
+    THROTTLE_MS = 120
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         self._viewer = napari_viewer
@@ -134,14 +137,16 @@ class WeightMapWidget(Container):
         )
         self.live = CheckBox(text="live (recompute when a value changes)", value=True)
         self.compute_button = PushButton(text="Compute")
-        self.status = Label(value="")
-        super().__init__(
+        self.status = status_label()
+        self.form = Container(
             widgets=[
                 self.labels_layer, self.w0, self.sigma, self.class_weights,
                 self.per_plane, self.live, self.compute_button, self.status,
             ],
             labels=True,
         )
+        super().__init__(widgets=[self.form], labels=False)
+        self.scroll = scroll_form(self, self.form)
         self.worker: Any = None
         self.cache = DistanceCache()
         self.shown: WeightParams | None = None  # what the output layer shows now
@@ -149,18 +154,22 @@ class WeightMapWidget(Container):
         # parented to the widget, so it dies with it (no late timeout after the dock closes)
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
-        self._timer.setInterval(self.DEBOUNCE_MS)
+        self._timer.setInterval(self.THROTTLE_MS)
         self._timer.timeout.connect(self.compute)
         self.compute_button.changed.connect(self.compute)
         for w in (self.w0, self.sigma, self.class_weights, self.per_plane, self.labels_layer):
             w.changed.connect(self._value_changed)
         self.labels_layer.changed.connect(self._sync_per_plane)
+        self.labels_layer.changed.connect(self._describe)
         self._watched: Any = None  # the Labels layer whose edits trigger live updates
         self.labels_layer.changed.connect(self._watch_layer)
         self._sync_per_plane()
         self._watch_layer()
-        # compile the distance kernels before the first slider move (no-op when done)
-        threading.Thread(target=_compile_kernels, name="napari-unet-compile", daemon=True).start()
+        # compile the distance kernels before the first slider move (no-op when done); until
+        # then every computation runs in a worker, so the first Compute never freezes the GUI
+        self._warmup = threading.Thread(target=_compile_kernels, name="napari-unet-compile", daemon=True)
+        self._warmup.start()
+        self._describe()
 
     # -- helpers -------------------------------------------------------------------
 
@@ -201,8 +210,16 @@ class WeightMapWidget(Container):
         self._watched = self.labels_layer.value
 
     def _value_changed(self, *_: Any) -> None:
-        if self.live.value and self.labels_layer.value is not None:
-            self._timer.start()  # restarts: only the last of a burst of changes runs
+        if self.live.value and self.labels_layer.value is not None and not self._timer.isActive():
+            # a throttle: the first change of a burst starts the timer, later ones do not
+            # restart it, so a continuous drag is computed every THROTTLE_MS (newest values)
+            self._timer.start()
+
+    def _describe(self, *_: Any) -> None:
+        if self.shown is None and not self.running:
+            text = ("Choose a Labels layer" if self.labels_layer.value is None
+                    else "Press Compute, or drag sigma (live)")
+            set_status(self.status, text)
 
     # -- running ---------------------------------------------------------------------
 
@@ -219,7 +236,7 @@ class WeightMapWidget(Container):
         params = self.params()
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         labels = np.asarray(data)
-        if labels.size <= self.SYNC_MAX_PIXELS:
+        if labels.size <= self.SYNC_MAX_PIXELS and not self._warmup.is_alive():
             try:
                 result = _compute(labels, params, self.cache)
             except ValueError as exc:
@@ -228,6 +245,7 @@ class WeightMapWidget(Container):
             self._show(result, layer)
             return
         set_status(self.status, f"Computing ({labels.size / 1e6:.1f} Mpx)...")
+        labels = labels.copy()  # the person may paint while the worker reads it
         worker = create_worker(
             _compute, labels, params, self.cache, _start_thread=False, _ignore_errors=True
         )
@@ -240,9 +258,10 @@ class WeightMapWidget(Container):
     def _finished(self) -> None:
         self.worker = None
         if self._pending:
+            # always recompute: the change may be a paint on the labels, which the params
+            # do not show (unchanged labels cost little: the distances are cached)
             self._pending = False
-            if self.params() != self.shown:
-                self.compute()
+            self.compute()
 
     def _error(self, exc: BaseException) -> None:
         text = str(exc) or type(exc).__name__
@@ -263,6 +282,6 @@ class WeightMapWidget(Container):
         note = f"; {out.note}" if out.note else ""
         set_status(
             self.status,
-            f"w0 {params.w0:g}, sigma {params.sigma:g}, {params.class_weights}: "
-            f"range {lo:.2f} to {hi:.2f}{note}",
+            f"w0 {params.w0:g}, sigma {params.sigma:g} px, class balance {params.class_weights}: "
+            f"weights {lo:.2f} to {hi:.2f}{note}",
         )
