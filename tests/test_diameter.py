@@ -99,7 +99,7 @@ def test_zoomed_segmentation_matches_the_cells(blob_model):
     two.meta["diameter"] = 12.0
     labels_out = np.zeros((2, *img.shape), np.int32)
     probs_out = np.zeros((3, 2, *img.shape), np.float32)
-    res = nu.segment(stack, two, axes="ZCYX", device="cpu", diameter=30.0, min_size=0,
+    res = nu.segment(stack, two, axes="ZCYX", device="cpu", diameter=30.0, min_size=0, plane_by_plane=True,
                      out=labels_out, probabilities_out=probs_out)
     assert res is labels_out
     np.testing.assert_array_equal(labels_out[1] > 0, out > 0)

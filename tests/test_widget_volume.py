@@ -21,6 +21,12 @@ def balls(shape=(10, 64, 64), step=3.0):
     return img + np.random.default_rng(0).normal(0, 0.02, shape).astype(np.float32)
 
 
+def _result(viewer, prefix):
+    """The result layer Segment wrote for the image: named '<image> labels (<model>)'."""
+    (layer,) = [lay for lay in viewer.layers if lay.name.startswith(prefix + " (")]
+    return layer
+
+
 def test_z_stack_from_layer_scale_gets_3d_ids(qtbot, widget):  # noqa: F811
     viewer = widget._viewer
     img = balls()
@@ -32,7 +38,7 @@ def test_z_stack_from_layer_scale_gets_3d_ids(qtbot, widget):  # noqa: F811
     job = widget._make_job()
     assert job.axes == "ZYX" and job.voxel_size == (1.5, 0.5, 0.5)
     assert run_and_wait(qtbot, widget) == "done", widget.status.value
-    labels = viewer.layers["stack labels"].data
+    labels = _result(viewer, "stack labels").data
     assert "3D watershed" in widget.status.value and "voxel size" in widget.status.value
     # one id per ball through all its planes
     assert len(np.unique(labels)) == 3
@@ -40,7 +46,7 @@ def test_z_stack_from_layer_scale_gets_3d_ids(qtbot, widget):  # noqa: F811
     # plane by plane, as before: every plane gets its own ids
     widget.plane_by_plane.value = True
     assert run_and_wait(qtbot, widget) == "done", widget.status.value
-    flat = viewer.layers["stack labels"].data
+    flat = _result(viewer, "stack labels").data
     assert len(np.unique(flat)) > 10 and flat[2, 20, 20] != flat[7, 20, 20]
 
 
@@ -66,7 +72,7 @@ def test_3d_sample_segments_in_3d_with_the_bundled_model(qtbot, widget):  # noqa
     widget.model.source.value = widget.model.BUNDLED
     widget.cell_size.value = "as is"
     assert run_and_wait(qtbot, widget, timeout=180_000) == "done", widget.status.value
-    labels = viewer.layers["nuclei 3D (synthetic) labels"]
+    labels = viewer.layers["nuclei 3D (synthetic) labels (bundled)"]
     assert tuple(labels.scale) == (3.0, 1.0, 1.0)
     # measured 0.96 (3D watershed on XY + XZ + YZ, Z step 3 from the scale; 0.96 estimated); plane by plane: 0.001
     assert average_precision(truth, labels.data, 0.5)[0.5] > 0.8
