@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from _helpers import membrane_image
 from scipy import ndimage as ndi
 from skimage.metrics import adapted_rand_error as sk_rand
 from skimage.metrics import variation_of_information as sk_vi
@@ -14,20 +15,6 @@ import napari_unet as nu
 from napari_unet.cli import main
 from napari_unet.postprocess import probabilities_to_labels
 from napari_unet.targets import looks_like_membranes, membrane_mask_to_cells
-
-
-def membrane_image(shape=(96, 96), n=14, seed=0):
-    """Voronoi cells (bright, textured) split by dark 2-3 px membranes; labels 0 = membrane."""
-    rng = np.random.default_rng(seed)
-    pts = rng.uniform(0, shape[0], (n, 2))
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    d = np.sqrt((yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2)
-    d.sort(-1)
-    nearest = np.argmin(np.sqrt((yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2), -1)
-    membrane = d[..., 1] - d[..., 0] < 2.5
-    cells = np.where(membrane, 0, nearest + 1).astype(np.int32)
-    img = np.where(membrane, 0.2, 0.7) + rng.normal(0, 0.07, shape)
-    return img.astype(np.float32), cells, membrane
 
 
 def test_em_scores_agree_with_scikit_image():

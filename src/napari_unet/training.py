@@ -507,7 +507,8 @@ def _membrane_preset(preset: str | None, net: UNet, fresh: bool, labels: Sequenc
     if preset is not None and mode != "instance2":
         raise ValueError(f"preset {preset!r} trains mode 'instance2', but the model's mode is {mode!r}")
     if preset is None and mode == "instance2":
-        if net.meta.get("preset") == "membranes" or (fresh and all(looks_like_membranes(lab) for lab in labels)):
+        never_trained = fresh or not net.meta.get("history")
+        if net.meta.get("preset") == "membranes" or (never_trained and all(looks_like_membranes(lab) for lab in labels)):
             preset = "membranes"
     if preset is None:
         return None, labels, val_labels
