@@ -114,3 +114,17 @@ def test_instance2_from_scratch_on_membrane_labels_gets_the_preset():
         nu.fine_tune([img], [cells], "scratch", mode="instance3", preset="membranes", iterations=1, **FAST)
     with pytest.raises(ValueError, match="unknown preset"):
         nu.fine_tune([img], [cells], "scratch", preset="EM", iterations=1, **FAST)
+
+
+def test_cli_train_from_a_membrane_mask(tmp_path):
+    _, _, membrane = membrane_image()
+    img = membrane_image()[0]
+    tifffile.imwrite(tmp_path / "em.tif", img)
+    tifffile.imwrite(tmp_path / "em_membranes.tif", membrane.astype(np.uint8))
+    start = tmp_path / "start.pt"
+    nu.save_model(_tiny2(), start)
+    out = tmp_path / "out.pt"
+    assert main(["train", "--images", str(tmp_path / "em.tif"), "--labels", str(tmp_path / "em_membranes.tif"),
+                 "-o", str(out), "--model", str(start), "--preset", "membrane-mask", "--iterations", "2",
+                 "--device", "cpu", "--tile-size", "32", "--batch-size", "2", "--val-fraction", "0"]) == 0
+    assert nu.load_model(out).meta["preset"] == "membranes"
