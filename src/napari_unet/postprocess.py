@@ -51,8 +51,8 @@ DEFAULT_H = 1.0
 DISTANCE_SMOOTHING = 1.0
 #: instance2 membrane watershed: h-maxima height, distance and probability smoothing
 #: (pixels) and the smallest segment kept, measured on ISBI 2012 (benchmarks/bench_em.py)
-MEMBRANE_H = 2.0
-MEMBRANE_SMOOTHING = 2.0
+MEMBRANE_H = 4.0
+MEMBRANE_SMOOTHING = 1.0
 MEMBRANE_MIN_SIZE = 64
 
 _FOUR = ndi.generate_binary_structure(2, 1)
