@@ -86,9 +86,11 @@ FINAL_LR_FRACTION = 0.01
 #: validation images are cut to at most this edge (their centre), to bound its cost
 MAX_VAL_EDGE = 768
 PRESETS = ("membranes", "membrane-mask")
-#: the weight map of the membrane preset (w0, sigma, class balance), measured on ISBI 2012
-#: (train on slices 0-14, score 15-19; see the table in benchmarks/bench_em.py)
-MEMBRANE_RECIPE = {"w0": 10.0, "sigma": 5.0, "class_weights": None}
+#: the weight map (eq. 2): w0, sigma (px) and the class balance
+RECIPE = {"w0": 10.0, "sigma": 5.0, "class_weights": None}
+#: ... of the membrane preset, measured on ISBI 2012 (train on slices 0-14, score 15-19,
+#: 500 steps; the table is in benchmarks/bench_em.py's docstring)
+MEMBRANE_RECIPE = dict(RECIPE)
 
 
 # -- loss --------------------------------------------------------------------------------
@@ -607,7 +609,7 @@ def train_iter(
             as cell ids or a 0/1 interior mask, 0 = membrane) or ``"membrane-mask"``
             (painted membranes, nonzero = membrane; the cells are what they enclose).
             Both train ``mode="instance2"`` with :data:`MEMBRANE_RECIPE` and validation
-            by the adapted Rand error, and mark the model so that ``segment`` uses the
+            by the adapted Rand error (``val_ap`` is then 1 - that error), and mark the model so that ``segment`` uses the
             membrane watershed. None: ``mode="instance2"`` from scratch on labels that
             look like membrane data (:func:`napari_unet.targets.looks_like_membranes`)
             gets ``"membranes"``, as does fine-tuning a model trained with it.
@@ -687,7 +689,7 @@ def train_iter(
             mode = "instance2"
         net, fresh = _resolve_model(model, mode, in_ch, labels)
     preset, labels, val_labels = _membrane_preset(preset, net, fresh, labels, val_labels)
-    recipe = MEMBRANE_RECIPE if preset == "membranes" else {"w0": 10.0, "sigma": 5.0, "class_weights": None}
+    recipe = MEMBRANE_RECIPE if preset == "membranes" else RECIPE
     w0 = recipe["w0"] if w0 is None else w0
     sigma = recipe["sigma"] if sigma is None else sigma
     class_weights = recipe["class_weights"] if class_weights is None else class_weights
