@@ -21,6 +21,22 @@ Scores (:mod:`napari_unet.metrics`, equal to scikit-image's): pixel error at 0.5
 adapted Rand error (true membrane ignored), variation of information (split + merge), each
 the mean over the test slices.
 
+Settings of the membrane preset (``training.MEMBRANE_RECIPE``, ``postprocess.MEMBRANE_*``),
+measured with ``fine_tune(..., model="scratch", mode="instance2", iterations=500)`` on
+slices 0-14, scored on 15-19 (one seed each; differences below ~0.01 are noise)::
+
+    weight map (w0, sigma, balance)     pixel err  Rand err  VI
+    10, 5 px, none (chosen)             0.092      0.098     0.36
+    10, 5 px, balanced                  0.099      0.182     0.55
+    3, 2 px, none                       0.108      0.201     0.62
+    0 (no border term), none            0.106      0.125     0.48
+    0, balanced                         0.091      0.158     0.48
+    10, 5 px, none, tile 192 batch 1    0.116      0.290     0.89
+
+    watershed on the chosen model's probabilities (h-maxima height h, smoothing s)
+    h 2 s 2: 0.140   h 2 s 1: 0.119   h 3 s 1: 0.107   h 4 s 1: 0.098 (chosen)
+    h 4 s 0.5: 0.101   h 4 s 2: 0.120   h 6 s 1: 0.111   connected components: 0.465
+
 Usage::
 
     python benchmarks/bench_em.py                       # budgets 60 120 300 s, 2 threads
