@@ -22,8 +22,9 @@
   models trained with ``preset="membranes"``, see :mod:`napari_unet.training`): the
   cells fill the image and background is the thin membrane between them, so one gap of
   a few pixels in a membrane would fuse two cells into one component. Instead, a
-  distance-transform watershed: the distance to the nearest membrane pixel
-  (``p(membrane) > foreground_threshold``) is smoothed, its h-maxima seed the cells (a
+  distance-transform watershed: the membrane probability is smoothed (1 px), the
+  distance to the nearest membrane pixel (``p(membrane) > 1 - foreground_threshold``) is
+  smoothed too, its h-maxima seed the cells (a
   gap is a narrow neck, so the two cells it joins keep two maxima), and the seeds flood
   the *whole* image over the smoothed membrane probability (ties broken by the
   distance), so every pixel, membrane included, belongs to a cell and the cell borders
