@@ -33,9 +33,10 @@ slices 0-14, scored on 15-19 (one seed each; differences below ~0.01 are noise):
     0, balanced                         0.091      0.158     0.48
     10, 5 px, none, tile 192 batch 1    0.116      0.290     0.89
 
-    watershed on the chosen model's probabilities (h-maxima height h, smoothing s)
-    h 2 s 2: 0.140   h 2 s 1: 0.119   h 3 s 1: 0.107   h 4 s 1: 0.098 (chosen)
-    h 4 s 0.5: 0.101   h 4 s 2: 0.120   h 6 s 1: 0.111   connected components: 0.465
+    watershed (h-maxima height h, smoothing s) on the chosen recipe after 500 / 2000 steps
+    h 2 s 2: 0.140 / -      h 4 s 1: 0.098 / 0.104   h 5 s 1: 0.107 / 0.096
+    h 6 s 1: 0.111 / 0.086 (chosen: the held-back check trains about 2000 steps)
+    h 6 s 0.5: 0.113 / 0.082   h 8 s 1: 0.122 / 0.103   connected components: 0.465 / 0.163
 
 Usage::
 

@@ -52,7 +52,7 @@ DEFAULT_H = 1.0
 DISTANCE_SMOOTHING = 1.0
 #: instance2 membrane watershed: h-maxima height, distance and probability smoothing
 #: (pixels) and the smallest segment kept, measured on ISBI 2012 (benchmarks/bench_em.py)
-MEMBRANE_H = 4.0
+MEMBRANE_H = 6.0
 MEMBRANE_SMOOTHING = 1.0
 MEMBRANE_MIN_SIZE = 64
 
