@@ -41,6 +41,8 @@ slices 0-14, scored on 15-19 (one seed each; differences below ~0.01 are noise):
 Usage::
 
     python benchmarks/bench_em.py                       # budgets 60 120 300 s, 2 threads
+    python benchmarks/bench_em.py --threads 1           # on a shared, loaded machine (2 threads
+                                                        # there oversubscribe: 10x fewer steps)
     python benchmarks/bench_em.py --budgets 60 --threads 1 --skip-monai
 """
 
