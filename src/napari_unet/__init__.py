@@ -27,6 +27,10 @@ _API = {
     "labels_to_targets": "targets",
     "fine_tune": "training",
     "average_precision": "metrics",
+    "pixel_error": "metrics",
+    "adapted_rand_error": "metrics",
+    "variation_of_information": "metrics",
+    "em_scores": "metrics",
     "make_sample": "synthetic",
     "resolve_device": "device",
     "Progress": "_progress",
@@ -52,7 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .diameter import measure_diameter
     from .export import export_bioimageio
     from .device import resolve_device
-    from .metrics import average_precision
+    from .metrics import adapted_rand_error, average_precision, em_scores, pixel_error, variation_of_information
     from .model import ModelFileError, UNet, UNetConfig, load_model, save_model
     from .postprocess import probabilities_to_labels
     from .synthetic import make_sample

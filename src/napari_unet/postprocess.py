@@ -18,6 +18,18 @@
 * ``"instance2"`` (the paper's background / cell head): connected components of the
   foreground, 4-connected, so the thin background gaps the border-weighted loss teaches
   between touching cells keep them apart.
+* ``"instance2"`` on **membrane** data (``membranes=True``; ``segment`` turns it on for
+  models trained with ``preset="membranes"``, see :mod:`napari_unet.training`): the
+  cells fill the image and background is the thin membrane between them, so one gap of
+  a few pixels in a membrane would fuse two cells into one component. Instead, a
+  distance-transform watershed: the membrane probability is smoothed (1 px), the
+  distance to the nearest membrane pixel (``p(membrane) > 1 - foreground_threshold``) is
+  smoothed too, its h-maxima seed the cells (a
+  gap is a narrow neck, so the two cells it joins keep two maxima), and the seeds flood
+  the *whole* image over the smoothed membrane probability (ties broken by the
+  distance), so every pixel, membrane included, belongs to a cell and the cell borders
+  follow the membranes. Segments smaller than ``min_size`` are then merged into their
+  neighbours (their seeds dropped and the flood redone), not left as holes.
 * ``"semantic"``: the most probable class per pixel (label value = class index).
 
 Objects smaller than ``min_size`` pixels are removed and the rest numbered 1..N. For
@@ -38,6 +50,11 @@ DEFAULT_MIN_SIZE = 16
 #: instance3 distance split: h-maxima height and distance smoothing (pixels), measured
 DEFAULT_H = 1.0
 DISTANCE_SMOOTHING = 1.0
+#: instance2 membrane watershed: h-maxima height, distance and probability smoothing
+#: (pixels) and the smallest segment kept, measured on ISBI 2012 (benchmarks/bench_em.py)
+MEMBRANE_H = 6.0
+MEMBRANE_SMOOTHING = 1.0
+MEMBRANE_MIN_SIZE = 64
 
 _FOUR = ndi.generate_binary_structure(2, 1)
 
@@ -83,6 +100,33 @@ def _instance3(probs: np.ndarray, foreground_threshold: float, seed_threshold: f
     return labels
 
 
+def membrane_watershed(p_membrane: np.ndarray, threshold: float = 0.5, h: float = MEMBRANE_H,
+                       smoothing: float = MEMBRANE_SMOOTHING, min_size: int = MEMBRANE_MIN_SIZE) -> np.ndarray:
+    """Cells from a 2D membrane probability (see the module doc); no pixel is left 0."""
+    from skimage.segmentation import watershed
+
+    from ._morphology import edt, h_maxima
+
+    p = ndi.gaussian_filter(np.asarray(p_membrane, np.float32), smoothing) if smoothing > 0 else p_membrane
+    inside = p <= threshold
+    if not inside.any():
+        return np.zeros(p.shape, np.int32)
+    dist = edt(inside)
+    if smoothing > 0:
+        dist = ndi.gaussian_filter(dist, smoothing)
+    seeds, n = ndi.label((h_maxima(dist, h) > 0) & inside, structure=_FOUR)
+    # flood over the membrane probability; the distance breaks ties on flat plateaus
+    landscape = p - 1e-3 * dist / max(float(dist.max()), 1e-6)
+    labels = watershed(landscape, markers=seeds, connectivity=1)
+    if n > 1 and min_size > 1:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        small = sizes < min_size
+        small[0] = False
+        if small.any() and not small[1:].all():
+            labels = watershed(landscape, markers=np.where(small[seeds], 0, seeds), connectivity=1)
+    return labels
+
+
 def probabilities_to_labels(
     probs: Any,
     mode: str = "instance3",
@@ -93,6 +137,7 @@ def probabilities_to_labels(
     min_seed_size: int | None = None,
     split: str = "distance",
     h: float = DEFAULT_H,
+    membranes: bool = False,
 ) -> np.ndarray:
     """Turn class probabilities into a label image.
 
@@ -111,6 +156,10 @@ def probabilities_to_labels(
             ``"interior"`` (one seed per connected interior region).
         h: ``instance3`` with ``split="distance"``: how far (pixels) a distance maximum
             must rise above its surroundings to seed a cell of its own.
+        membranes: ``instance2``: the background is membrane between cells that fill
+            the image (EM): cells by the membrane watershed (module doc) instead of
+            connected components; ``min_size`` is then the smallest segment kept
+            (smaller ones merge into their neighbours; default 64 px).
 
     Returns:
         int32 labels of shape ``probs.shape[1:]``; 0 is background. Instance ids run
@@ -132,12 +181,15 @@ def probabilities_to_labels(
     probs = probs.astype(np.float32, copy=False)
     if min_seed_size is None:
         min_seed_size = max(1, int(min_size) // 4)
+    membrane_min = MEMBRANE_MIN_SIZE if min_size == DEFAULT_MIN_SIZE else int(min_size)
     out = np.zeros(probs.shape[1:], np.int32)
     offset = 0
     for plane in np.ndindex(*probs.shape[1:-2]):
         p = probs[(slice(None),) + plane]
         if mode == "instance3":
             lab = _instance3(p, foreground_threshold, seed_threshold, min_seed_size, split, h)
+        elif membranes:
+            lab = membrane_watershed(p[0], 1.0 - foreground_threshold, min_size=membrane_min)
         else:
             lab, _ = ndi.label((1.0 - p[0]) > foreground_threshold, structure=_FOUR)
         lab = _remove_small_and_relabel(lab, min_size)
@@ -150,4 +202,4 @@ def probabilities_to_labels(
     return out
 
 
-__all__ = ["DEFAULT_MIN_SIZE", "MODES", "probabilities_to_labels"]
+__all__ = ["DEFAULT_MIN_SIZE", "MODES", "membrane_watershed", "probabilities_to_labels"]

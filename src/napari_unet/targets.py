@@ -10,6 +10,13 @@ Modes (see ``UNet.meta["mode"]``):
   background gap (and the border term of the weight map teaches the network that gap).
 * ``"semantic"``: label values *are* classes (0, 1, 2, ...).
 
+Membrane data (EM; ``preset="membranes"`` in :mod:`napari_unet.training`): cells fill the
+image and background is the thin membrane between them. Such data comes either as cell
+labels (0 = membrane; a 0/1 interior mask is split into its 4-connected components) or
+as a painted membrane mask (nonzero = membrane), whose cells are the 4-connected
+components of the rest (:func:`membrane_mask_to_cells`). :func:`looks_like_membranes`
+recognises the first form, so ``mode="instance2"`` on it gets the membrane recipe.
+
 The *mask* says which pixels count in the loss. Sparse annotation: a person labels a few
 cells in a big image, and pixels outside the annotated region must not be taught as
 background. ``region`` is an explicit boolean mask of the annotated area; when it is
@@ -42,6 +49,44 @@ def check_labels(labels: Any, name: str = "labels") -> np.ndarray:
     if arr.size and arr.min() < 0:
         raise ValueError(f"{name} must not hold negative ids (found {arr.min()})")
     return arr
+
+
+_FOUR = ndi.generate_binary_structure(2, 1)
+#: looks_like_membranes: cells cover at least this share of the image, and half of the
+#: background lies within this many pixels of a cell (ISBI 2012: 77% and 2 px; nuclei
+#: images: mostly background, far from any nucleus)
+MEMBRANE_CELL_FRACTION = 0.6
+MEMBRANE_HALF_WIDTH = 3.0
+
+
+def membrane_mask_to_cells(mask: Any) -> np.ndarray:
+    """Cell labels from a membrane mask (nonzero = membrane): the 4-connected components
+    of the other pixels, numbered 1..N; the membrane is 0."""
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"a membrane mask must be 2D, got shape {arr.shape}")
+    return ndi.label(arr == 0, structure=_FOUR)[0].astype(np.int32)
+
+
+def cells_between_membranes(labels: Any) -> np.ndarray:
+    """Cell labels of membrane data: instance ids as they are, a 0/1 interior mask split
+    into its 4-connected components."""
+    lab = check_labels(labels)
+    if lab.ndim == 2 and int(lab.max(initial=0)) == 1:
+        return ndi.label(lab > 0, structure=_FOUR)[0].astype(np.int32)
+    return lab
+
+
+def looks_like_membranes(labels: Any) -> bool:
+    """True for complete labels whose cells fill the image and whose background is thin
+    (membranes between cells, as in EM), False for cells or nuclei on a background."""
+    lab = np.asarray(labels)
+    cells = lab > 0
+    if lab.ndim != 2 or cells.mean() < MEMBRANE_CELL_FRACTION or cells.all():
+        return False
+    from ._morphology import edt  # scipy's values, compiled
+
+    return float(np.median(edt(~cells)[~cells])) <= MEMBRANE_HALF_WIDTH
 
 
 def touching_borders(labels: np.ndarray) -> np.ndarray:

@@ -682,6 +682,8 @@ def segment_iter(
     planes = lay.plane_indices()
     H, W = lay.yx_shape
     kwargs = dict(postprocess)
+    if mode == "instance2" and pred.meta.get("preset") == "membranes":
+        kwargs.setdefault("membranes", True)  # cells between membranes: the membrane watershed
     if min_size is not None:
         kwargs["min_size"] = min_size
     total = pred.n_tiles(len(planes)) + len(planes)

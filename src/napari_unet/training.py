@@ -87,6 +87,15 @@ WARMUP_FRACTION = 0.05
 FINAL_LR_FRACTION = 0.01
 #: validation images are cut to at most this edge (their centre), to bound its cost
 MAX_VAL_EDGE = 768
+#: ... for membrane data, whose validation runs a watershed over the whole image: a
+#: 512² ISBI slice cost 2 s (forward + watershed) per validation, a 256² centre a quarter
+MAX_VAL_EDGE_MEMBRANES = 256
+PRESETS = ("membranes", "membrane-mask")
+#: the weight map (eq. 2): w0, sigma (px) and the class balance
+RECIPE = {"w0": 10.0, "sigma": 5.0, "class_weights": None}
+#: ... of the membrane preset, measured on ISBI 2012 (train on slices 0-14, score 15-19,
+#: 500 steps; the table is in benchmarks/bench_em.py's docstring)
+MEMBRANE_RECIPE = dict(RECIPE)
 
 
 # -- loss --------------------------------------------------------------------------------
@@ -491,11 +500,40 @@ def lr_factor(fraction: float) -> float:
     return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _postprocess(probs: np.ndarray, mode: str) -> np.ndarray:
+def _postprocess(probs: np.ndarray, mode: str, membranes: bool = False) -> np.ndarray:
     """Probabilities → labels with the package's post-processing (as ``segment`` does)."""
     from .postprocess import probabilities_to_labels
 
-    return np.asarray(probabilities_to_labels(probs, mode))
+    return np.asarray(probabilities_to_labels(probs, mode, membranes=membranes))
+
+
+def _membrane_preset(preset: str | None, net: UNet, fresh: bool, labels: Sequence[Any],
+                     val_labels: Sequence[Any] | None) -> tuple:
+    """The preset in force and the labels (and validation labels) as cell ids.
+
+    ``"membranes"``: cells separated by membranes (0), as ids or a 0/1 interior mask;
+    ``"membrane-mask"``: painted membranes (nonzero), the cells are what they enclose.
+    With no preset, an ``instance2`` model trained with the preset, or a fresh one on
+    labels that look like membrane data, gets ``"membranes"``.
+    """
+    from .targets import cells_between_membranes, looks_like_membranes, membrane_mask_to_cells
+
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (or None)")
+    mode = net.meta.get("mode", "instance3")
+    if preset is not None and mode != "instance2":
+        raise ValueError(f"preset {preset!r} trains mode 'instance2', but the model's mode is {mode!r}")
+    if preset is None and mode == "instance2":
+        never_trained = fresh or not net.meta.get("history")
+        if net.meta.get("preset") == "membranes" or (never_trained and all(looks_like_membranes(lab) for lab in labels)):
+            preset = "membranes"
+    if preset is None:
+        return None, labels, val_labels
+    convert = membrane_mask_to_cells if preset == "membrane-mask" else cells_between_membranes
+    labels = [convert(lab) for lab in labels]
+    if val_labels is not None:
+        val_labels = [convert(lab) for lab in val_labels]
+    return "membranes", labels, val_labels
 
 
 def _restrict_to_region(pred: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -537,8 +575,9 @@ def train_iter(
     checkpoint_every: int | None = None,
     resume: str | os.PathLike | None = None,
     mode: str | None = None,
-    w0: float = 10.0,
-    sigma: float = 5.0,
+    preset: str | None = None,
+    w0: float | None = None,
+    sigma: float | None = None,
     class_weights: Any = None,
     margin: int = DEFAULT_MARGIN,
     early_stopping: int | None = None,
@@ -582,7 +621,17 @@ def train_iter(
         checkpoint_every: steps between checkpoints (default: at every validation).
         resume: a checkpoint directory to continue from (its model replaces ``model``).
         mode: class meaning for a fresh model; must match a trained model's.
-        w0, sigma, class_weights: the weight map (eq. 2).
+        preset: ``"membranes"`` (EM-like data: cells separated by thin membranes, given
+            as cell ids or a 0/1 interior mask, 0 = membrane) or ``"membrane-mask"``
+            (painted membranes, nonzero = membrane; the cells are what they enclose).
+            Both train ``mode="instance2"`` with :data:`MEMBRANE_RECIPE` and validation
+            by the adapted Rand error (``val_ap`` is then 1 - that error), and mark the model so that ``segment`` uses the
+            membrane watershed. None: ``mode="instance2"`` from scratch on labels that
+            look like membrane data (:func:`napari_unet.targets.looks_like_membranes`)
+            gets ``"membranes"``, as does fine-tuning a model trained with it.
+        w0, sigma, class_weights: the weight map (eq. 2); None = 10 and 5 px (or the
+            membrane recipe's); ``class_weights=None`` = the recipe's (no balance
+            outside the membrane preset), ``"none"`` = no balance in any case.
         margin: annotated margin around labelled cells when a region is None.
         early_stopping: stop after this many validations without improvement (None: off).
         weight_decay: AdamW weight decay.
@@ -656,7 +705,7 @@ def train_iter(
     settings = _run_settings(images, labels, regions, val_images, val_labels, mode=mode, batch_size=batch_size,
                              tile_size=tile_size, augment=augment, val_fraction=val_fraction, w0=w0, sigma=sigma,
                              class_weights=class_weights, margin=margin, seed=seed, optimizer=optimizer,
-                             schedule=schedule, zoom_to_model=zoom_to_model)
+                             schedule=schedule, zoom_to_model=zoom_to_model, preset=preset)
     if resume is None and ckpt is not None:
         found = [n for n in CHECKPOINT_FILES if (ckpt / n).exists()]
         if found:
@@ -682,7 +731,16 @@ def train_iter(
             raise ValueError(f"cannot resume from {rdir}: that run was started with other {', '.join(differ)}; "
                              "resume with the same images and settings, or start a new run in another folder")
     else:
+        if preset is not None and mode is None:
+            mode = "instance2"
         net, fresh = _resolve_model(model, mode, in_ch, labels)
+    preset, labels, val_labels = _membrane_preset(preset, net, fresh, labels, val_labels)
+    recipe = MEMBRANE_RECIPE if preset == "membranes" else RECIPE
+    w0 = recipe["w0"] if w0 is None else w0
+    sigma = recipe["sigma"] if sigma is None else sigma
+    class_weights = recipe["class_weights"] if class_weights is None else class_weights
+    if preset is not None:
+        net.meta["preset"] = preset
     net_mode = net.meta.get("mode", "instance3")
     if mode is not None and mode != net_mode:
         raise ValueError(
@@ -724,7 +782,8 @@ def train_iter(
         imgs, labs, regs, mode=mode, normalization=norm_rule, in_channels=in_ch, source_size=source,
         w0=w0, sigma=sigma, class_weights=class_weights, margin=margin, num_classes=cfg.num_classes, rng=rng,
     )
-    val = _prepare_validation(va_i, va_l, va_r, mode, norm_rule, in_ch, cfg.min_input_size, w0, sigma, class_weights, margin)
+    val = _prepare_validation(va_i, va_l, va_r, mode, norm_rule, in_ch, cfg.min_input_size, w0, sigma, class_weights, margin,
+                              MAX_VAL_EDGE_MEMBRANES if preset == "membranes" else MAX_VAL_EDGE)
 
     net.to(dev)
     channels_last = dev.type != "mps"
@@ -796,6 +855,7 @@ def train_iter(
         "images": len(data),
         "val_images": len(val),
         "mode": mode,
+        "preset": preset,
         "optimizer": optimizer,
         "lr": lr,
         "schedule": f"warmup {WARMUP_FRACTION:g} + cosine to {FINAL_LR_FRACTION:g}" if schedule == "cosine" else "constant",
@@ -938,7 +998,7 @@ def train_iter(
         if val and (it % val_every == 0 or it == total):
             yield Progress(it, total if total < 10**9 else run.total, "validating",
                            dict(info_common, phase="validate", iteration=it))
-            last_val = _validate(net, val, dev, use_amp, mode, cfg)
+            last_val = _validate(net, val, dev, use_amp, mode, cfg, preset == "membranes")
             point.update(last_val)
             info.update(last_val)
             score = last_val["val_ap"]
@@ -1022,6 +1082,7 @@ def _summary(run: TrainingRun) -> dict[str, Any]:
 def _prepare_validation(
     images: list[Any], labels: list[Any], regions: list[Any] | None, mode: str, rule: dict[str, Any],
     in_ch: int, min_size: int, w0: float, sigma: float, class_weights: Any, margin: int,
+    max_edge: int = MAX_VAL_EDGE,
 ) -> list[_ValItem]:
     out: list[_ValItem] = []
     for k, (img, lab) in enumerate(zip(images, labels)):
@@ -1037,8 +1098,8 @@ def _prepare_validation(
             region = np.asarray(region, bool)
         # cut big validation images to their centre: validation must stay cheap
         h, w = lab.shape
-        sy = slice(max(0, (h - MAX_VAL_EDGE) // 2), max(0, (h - MAX_VAL_EDGE) // 2) + min(h, MAX_VAL_EDGE))
-        sx = slice(max(0, (w - MAX_VAL_EDGE) // 2), max(0, (w - MAX_VAL_EDGE) // 2) + min(w, MAX_VAL_EDGE))
+        sy = slice(max(0, (h - max_edge) // 2), max(0, (h - max_edge) // 2) + min(h, max_edge))
+        sx = slice(max(0, (w - max_edge) // 2), max(0, (w - max_edge) // 2) + min(w, max_edge))
         norm, lab = norm[:, sy, sx], lab[sy, sx]
         if isinstance(region, np.ndarray):
             region = region[sy, sx]
@@ -1071,8 +1132,10 @@ def _forward_whole(net: UNet, image: np.ndarray, dev: torch.device, use_amp: boo
     return logits[..., :h, :w].float()
 
 
-def _validate(net: UNet, val: list[_ValItem], dev: torch.device, use_amp: bool, mode: str, cfg: Any) -> dict[str, float]:
-    """Validation loss and score (AP at IoU 0.5; mean IoU of the classes in semantic mode)."""
+def _validate(net: UNet, val: list[_ValItem], dev: torch.device, use_amp: bool, mode: str, cfg: Any,
+              membranes: bool = False) -> dict[str, float]:
+    """Validation loss and score (AP at IoU 0.5; mean IoU of the classes in semantic mode;
+    1 - adapted Rand error for membrane data)."""
     net.eval()
     losses, scores = [], []
     for v in val:
@@ -1082,8 +1145,12 @@ def _validate(net: UNet, val: list[_ValItem], dev: torch.device, use_amp: bool, 
         mt = torch.from_numpy(v.mask)[None].to(dev)
         losses.append(float(weighted_cross_entropy(logits, tt, wt, mt)))
         probs = torch.softmax(logits[0], 0).cpu().numpy()
-        pred = _postprocess(probs, mode)
-        if mode == "semantic":
+        pred = _postprocess(probs, mode, membranes)
+        if membranes:
+            from .metrics import adapted_rand_error
+
+            scores.append(1.0 - adapted_rand_error(v.gt, pred)[0] if (v.gt > 0).any() else 1.0)
+        elif mode == "semantic":
             cls = probs.argmax(0)
             ious = []
             for c in range(1, probs.shape[0]):

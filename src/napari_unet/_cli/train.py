@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="starting model: a model file, 'bundled' (default) or 'scratch'")
     parser.add_argument("--mode", choices=("instance3", "instance2", "semantic"),
                         help="class meaning of a model trained from scratch")
+    parser.add_argument("--preset", choices=("membranes", "membrane-mask"),
+                        help="EM-like data (trains instance2): 'membranes' = cells labelled, 0 = the membrane "
+                             "between them; 'membrane-mask' = painted membranes (nonzero), cells are what they enclose")
     parser.add_argument("--iterations", type=int, metavar="N", help="training steps (default 500)")
     parser.add_argument("--max-time", type=float, metavar="S", help="stop after this many seconds")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
@@ -120,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         images, labels, args.model, regions=regions, iterations=args.iterations, max_time=args.max_time,
         device=args.device, lr=args.lr, batch_size=args.batch_size, tile_size=args.tile_size,
         augment=AugmentConfig.off() if args.no_augment else AugmentConfig(), val_fraction=args.val_fraction,
-        checkpoint_dir=args.checkpoint_dir, resume=args.resume, mode=args.mode, seed=args.seed,
+        checkpoint_dir=args.checkpoint_dir, resume=args.resume, mode=args.mode, preset=args.preset, seed=args.seed,
         zoom_to_model=not args.native_scale,
     )
     bar = tqdm(total=0, desc="training", unit="it", file=sys.stderr, dynamic_ncols=True)

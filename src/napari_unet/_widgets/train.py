@@ -77,6 +77,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 WRITER = "train"
 MODES = ("instance3", "instance2", "semantic")
+#: Mode choices for EM-like data: instance2 with a training preset (see training.PRESETS)
+MEMBRANE_MODES = {"membranes (EM cells)": "membranes", "membrane mask (EM)": "membrane-mask"}
 
 
 # -- data from layers ---------------------------------------------------------------------
@@ -499,9 +501,11 @@ class TrainWidget(Container):
         self.model_file = FileEdit(label="Model file", mode="r", filter="napari-unet models (*.pt);;All files (*)")
         self.resume_dir = FileEdit(label="Checkpoint", mode="d",
                                    tooltip="A folder with last.pt and state.pt from an earlier run")
-        self.mode = ComboBox(label="Mode", choices=list(MODES), value="instance3",
+        self.mode = ComboBox(label="Mode", choices=[*MODES, *MEMBRANE_MODES], value="instance3",
                              tooltip="instance3: background/interior/boundary (separates touching "
-                             "cells); instance2: background/cell; semantic: one class per label value")
+                             "cells); instance2: background/cell; semantic: one class per label value; "
+                             "membranes: EM cells labelled, 0 = membrane between them; membrane mask: "
+                             "the membranes painted (nonzero), cells are what they enclose")
         arch = training.FRESH_ARCHITECTURE
         self.depth = SpinBox(label="Depth", value=int(arch["depth"]), min=1, max=5,
                              tooltip="Poolings of a fresh network (the paper: 4)")
@@ -909,6 +913,10 @@ class TrainWidget(Container):
                 )
             job.resume = folder
         job.mode = self.mode.value
+        if job.mode in MEMBRANE_MODES:
+            if start == "scratch":
+                job.kwargs["preset"] = MEMBRANE_MODES[job.mode]
+            job.mode = "instance2"
         job.depth, job.width = int(self.depth.value), int(self.base_width.value)
         if self.budget.value == self.MINUTES:
             job.max_time = float(self.minutes.value) * 60.0
