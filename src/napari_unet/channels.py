@@ -1,0 +1,85 @@
+"""Input channels: fit a model to an image's channels, and pick a bundled model by image.
+
+**Widening** (the colour rule). A 1-channel model (the fluorescence bundled model) can be
+fine-tuned on an RGB or multichannel image: :func:`widen_input` replaces its first
+convolution by one that takes C channels, each with 1/C of the old filter, so at the start
+the network sees the mean of the (per-channel normalised) channels, the image's
+luminance, exactly as Segment showed it the image. For brightfield images (dark objects on
+a bright background, e.g. H&E) the filters are negated and the bias corrected, so the
+network starts out seeing the *inverted* luminance ``1 - mean`` and finds the dark nuclei
+where the fluorescence model expects bright ones. The result is an ordinary C-channel
+model; inference feeds it the image's channels normalised as in training, and the rule is
+recorded in ``meta["input"]`` (``{"channels": C, "widened_from": 1, "inverted": bool}``),
+which the model file and the bioimage.io export keep.
+
+**Picking.** With no model chosen, :func:`pick_bundled` takes the stained model
+(``models/stained.pt``) for RGB(A) images and the fluorescence model otherwise, and says
+which it took.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: bundled model names -> file names in ``napari_unet/models``
+BUNDLED = {"fluorescence": "bundled.pt", "stained": "stained.pt"}
+
+
+def is_brightfield(chw: np.ndarray) -> bool:
+    """True when a normalised (C, H, W) image is mostly bright: objects are dark on it."""
+    lum = np.asarray(chw, np.float32).mean(axis=0)
+    return bool(np.median(lum) > 0.5)
+
+
+def widen_input(model: Any, channels: int, invert: bool = False) -> Any:
+    """A copy of a 1-channel ``model`` whose first convolution takes ``channels`` inputs.
+
+    Each input channel gets ``1/channels`` of the old filter, so the new network's output on
+    C channels equals the old one's on their mean; with ``invert`` it equals the old one's
+    on ``1 - mean``. Records the rule in ``meta["input"]``.
+    """
+    from .model import UNet, clone_model
+
+    if model.config.in_channels != 1:
+        raise ValueError(f"only a 1-channel model can be widened, this one takes {model.config.in_channels}")
+    cfg = model.config
+    new = UNet(channels, cfg.num_classes, cfg.depth, cfg.base_width, cfg.dropout)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    w = state["down.0.0.weight"]  # (out, 1, 3, 3)
+    b = state["down.0.0.bias"]
+    sign = -1.0 if invert else 1.0
+    state["down.0.0.weight"] = (sign * w / channels).repeat(1, channels, 1, 1)
+    # conv(1 - x) = sum(w) - conv(x): the bias takes the constant part
+    state["down.0.0.bias"] = b + w.sum(dim=(1, 2, 3)) if invert else b
+    new.load_state_dict(state)
+    new.meta = clone_model(model).meta
+    new.meta["input"] = {"channels": int(channels), "widened_from": 1, "inverted": bool(invert)}
+    return new.train(model.training)
+
+
+def describe_input(meta: dict[str, Any], in_channels: int) -> str:
+    """One line saying how the model reads an image's channels (for widgets and logs)."""
+    rule = meta.get("input") or {}
+    if rule.get("widened_from"):
+        inv = "inverted " if rule.get("inverted") else ""
+        return f"{in_channels} channels (widened from a 1-channel model that started on {inv}luminance)"
+    if in_channels == 1:
+        return "1 channel (RGB is averaged to gray)"
+    return f"{in_channels} channels (RGB: red, green, blue)"
+
+
+def bundled_path(name: str) -> Any:
+    from pathlib import Path
+
+    if name not in BUNDLED:
+        raise ValueError(f"unknown bundled model {name!r}; choose one of {', '.join(BUNDLED)}")
+    return Path(__file__).parent / "models" / BUNDLED[name]
+
+
+def pick_bundled(rgb: bool) -> str:
+    """The bundled model's name for an image: ``"stained"`` for RGB(A) (when installed)."""
+    if rgb and bundled_path("stained").is_file():
+        return "stained"
+    return "fluorescence"
