@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.init)
         if args.kind == "stained" and model.config.in_channels == 1:
             # RGB brightfield: start from the fluorescence filters seeing inverted luminance
-            model = widen_input(model, 3, invert=True)
+            model = widen_input(model, 3, invert=True, channel_names=["red", "green", "blue"])
         init_history = [dict(h, stage="first stage") for h in model.meta.get("history", [])[-1:]]
         recipe["init_recipe"] = model.meta.get("recipe", {})
         log(f"starting from {args.init} ({model.config})", logf)

@@ -19,12 +19,14 @@ which it took.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
 #: bundled model names -> file names in ``napari_unet/models``
 BUNDLED = {"fluorescence": "bundled.pt", "stained": "stained.pt"}
+RGB_NAMES = ["red", "green", "blue"]
 
 
 def is_brightfield(chw: np.ndarray) -> bool:
@@ -33,7 +35,7 @@ def is_brightfield(chw: np.ndarray) -> bool:
     return bool(np.median(lum) > 0.5)
 
 
-def widen_input(model: Any, channels: int, invert: bool = False) -> Any:
+def widen_input(model: Any, channels: int, invert: bool = False, channel_names: list[str] | None = None) -> Any:
     """A copy of a 1-channel ``model`` whose first convolution takes ``channels`` inputs.
 
     Each input channel gets ``1/channels`` of the old filter, so the new network's output on
@@ -56,18 +58,21 @@ def widen_input(model: Any, channels: int, invert: bool = False) -> Any:
     new.load_state_dict(state)
     new.meta = clone_model(model).meta
     new.meta["input"] = {"channels": int(channels), "widened_from": 1, "inverted": bool(invert)}
+    if channel_names:
+        new.meta["input"]["channel_names"] = list(channel_names)
     return new.train(model.training)
 
 
 def describe_input(meta: dict[str, Any], in_channels: int) -> str:
     """One line saying how the model reads an image's channels (for widgets and logs)."""
     rule = meta.get("input") or {}
+    names = ", ".join(rule.get("channel_names", [])) or f"{in_channels} channels"
     if rule.get("widened_from"):
         inv = "inverted " if rule.get("inverted") else ""
-        return f"{in_channels} channels (widened from a 1-channel model that started on {inv}luminance)"
+        return f"{names} (first layer widened from 1 channel, started on {inv}luminance)"
     if in_channels == 1:
         return "1 channel (RGB is averaged to gray)"
-    return f"{in_channels} channels (RGB: red, green, blue)"
+    return names
 
 
 def bundled_path(name: str) -> Any:
@@ -83,3 +88,55 @@ def pick_bundled(rgb: bool) -> str:
     if rgb and bundled_path("stained").is_file():
         return "stained"
     return "fluorescence"
+
+
+def resolve_model(model: Any, rgb: bool) -> tuple[Any, str | None]:
+    """The model to run on an image, and a line saying which bundled model was picked.
+
+    Args:
+        model: a UNet (returned as it is), None (the bundled model suited to the image:
+            :func:`pick_bundled`), a bundled model's name (``"fluorescence"`` or
+            ``"bundled"``, ``"stained"``) or a model file path.
+        rgb: whether the image is RGB(A).
+
+    Returns:
+        ``(model, note)``; ``note`` is None unless the model was picked for the image.
+    """
+    from .model import load_model
+
+    if model is None:
+        name = pick_bundled(rgb)
+        what = "an RGB image" if rgb else "a non-RGB image"
+        return load_model(bundled_path(name)), f"the {name} bundled model (picked for {what})"
+    if isinstance(model, str) and model in (*BUNDLED, "bundled"):
+        return load_model(bundled_path("fluorescence" if model == "bundled" else model)), None
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model), None
+    return model, None
+
+
+def fit_channels(net: Any, in_channels: int, first_image: Any, rule: dict[str, Any], rgb: bool = False) -> Any:
+    """``net`` ready for images of ``in_channels`` channels: as it is, widened, or refused.
+
+    A 1-channel model is widened (:func:`widen_input`), starting on inverted luminance
+    when ``first_image`` (C, H, W, normalised with the model's ``rule``) is brightfield.
+    ``rgb``: the images are RGB (their channels are recorded as red, green, blue).
+
+    Raises:
+        ValueError: a multichannel model and images of another channel count.
+    """
+    from .normalize import apply_normalization, normalization_params
+
+    have = net.config.in_channels
+    if have == in_channels:
+        return net
+    if have != 1:
+        raise ValueError(
+            f"the images have {in_channels} channel(s) but the model was trained on {have}; only a "
+            f"1-channel model can learn new channels, so give {have}-channel images or start from a "
+            "1-channel model (e.g. model='fluorescence')"
+        )
+    chw = np.asarray(first_image, np.float32)
+    lo, hi = normalization_params(chw, rule, channel_axis=0)
+    names = RGB_NAMES if rgb and in_channels == 3 else None
+    return widen_input(net, in_channels, invert=is_brightfield(apply_normalization(chw, lo, hi)), channel_names=names)

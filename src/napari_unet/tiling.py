@@ -381,10 +381,12 @@ def _prepare_network(model: torch.nn.Module, device: torch.device, channels_last
 class _Predictor:
     def __init__(self, image: Any, model: Any, tile_size: int | None, device: Any, axes: str | None,
                  batch_size: int | None, amp: bool | None, channels_last: bool) -> None:
-        if model is None:
-            from .model import load_model
+        if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
+            image = np.asarray(image)
+        from .channels import resolve_model
 
-            model = load_model()
+        # no model chosen: the bundled model that suits the image (RGB -> stained)
+        model, self.picked = resolve_model(model, parse_axes(image.shape, axes).rgb)
         if not hasattr(model, "config") or not hasattr(model, "meta"):
             raise TypeError(f"model must be a napari_unet.UNet (or wrap one), got {type(model).__name__}")
         if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
@@ -421,6 +423,7 @@ class _Predictor:
             "batch_size": plan.batch,
             "precision": _amp_dtype_name(self.device, self.amp),
             "channels_last": self.channels_last,
+            **({"model": self.picked} if self.picked else {}),
         }
 
     def run(self, planes: list[tuple[int, ...]], write: Callable[[tuple[int, ...], int, int, np.ndarray], None],
@@ -710,20 +713,20 @@ def _segment_zoomed(
     out: Any, probabilities_out: Any, **kwargs: Any,
 ) -> Generator[Progress, None, Any]:
     """:func:`segment_iter` with ``diameter``: segment a copy zoomed to the model's cell size."""
+    from .channels import resolve_model
     from .diameter import measure_diameter_iter, model_diameter, resize_image, resize_nearest, zoom_for, zoomed_shape
-    from .model import load_model
 
-    net = load_model() if model is None else model
-    target = model_diameter(net)
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
     lay = parse_axes(image.shape, axes)
+    net, picked = resolve_model(model, lay.rgb)
+    target = model_diameter(net)
     if isinstance(diameter, str):
         if diameter != "auto":
             raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
         diameter = yield from measure_diameter_iter(image, net, axes=lay.axes, device=device)
     zoom = zoom_for(target, diameter)
-    extra = {"diameter": float(diameter), "zoom": zoom}
+    extra = {"diameter": float(diameter), "zoom": zoom, **({"model": picked} if picked else {})}
     if zoom == 1:
         inner = segment_iter(image, net, axes=lay.axes, device=device, min_size=min_size, out=out,
                              probabilities_out=probabilities_out, **kwargs)

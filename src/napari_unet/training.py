@@ -141,6 +141,16 @@ def _as_chw(image: Any, in_channels: int, index: int) -> np.ndarray:
     raise ValueError(f"training image {index} has shape {arr.shape}, but the model expects {want}")
 
 
+def _normalised_whole(image: Any, in_channels: int, index: int, rule: dict[str, Any]) -> np.ndarray:
+    """An image normalised by its model's rule with the WHOLE image's statistics (as
+    inference does), before any strip or crop is cut from it; 2D for 1-channel models."""
+    chw = _as_chw(image, in_channels, index)
+    _check_finite(chw, index)
+    lo, hi = normalization_params(chw, rule, channel_axis=0)
+    norm = apply_normalization(chw, lo, hi, channel_axis=0)
+    return norm[0] if in_channels == 1 else norm
+
+
 def _check_finite(image: np.ndarray, index: int) -> None:
     bad = int(np.count_nonzero(~np.isfinite(image)))
     if bad:
@@ -364,6 +374,8 @@ class TrainingRun:
     curve: list[dict[str, float]] = field(default_factory=list)
     #: the model's history with this run's record so far (set by ``train_iter``)
     history: Callable[[], list[dict[str, Any]]] | None = None
+    #: the training arrays (normalised with each whole image's statistics)
+    data: TrainingData | None = None
 
     def best_model(self) -> UNet:
         """A CPU copy of the best model so far (the current one when never validated),
@@ -380,6 +392,12 @@ def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Seque
     """The starting model (a copy) and whether it is freshly initialised."""
     if isinstance(model, UNet):
         return clone_model(model), False
+    from .channels import bundled_path, pick_bundled
+
+    if model is None and in_channels == 3 and pick_bundled(True) == "stained":
+        return load_model(bundled_path("stained")), False  # RGB: the stained-tissue model
+    if isinstance(model, str) and model in ("fluorescence", "stained"):
+        return load_model(bundled_path(model)), False
     if model is None or (isinstance(model, str) and model == "bundled"):
         try:
             return load_model(), False
@@ -640,6 +658,17 @@ def train_iter(
             ckpt = rdir
     else:
         net, fresh = _resolve_model(model, mode, in_ch, labels)
+    picked = None
+    if model is None and resume is None and not fresh:
+        from .channels import pick_bundled
+
+        picked = f"the {pick_bundled(in_ch == 3)} bundled model (picked for {in_ch}-channel images)"
+    norm_rule = net.meta.get("normalization", {"kind": "percentile", "low": 1.0, "high": 99.8})
+    if net.config.in_channels != in_ch:
+        from .channels import fit_channels
+
+        rgb = in_ch == 3 and np.shape(images[0])[-1] == 3
+        net = fit_channels(net, in_ch, _as_chw(images[0], in_ch, 0), norm_rule, rgb=rgb)
     net_mode = net.meta.get("mode", "instance3")
     if mode is not None and mode != net_mode:
         raise ValueError(
@@ -647,8 +676,6 @@ def train_iter(
             f"model='scratch' to train a {mode!r} model"
         )
     mode = net_mode
-    if net.config.in_channels != in_ch:
-        raise ValueError(f"the images have {in_ch} channel(s) but the model expects {net.config.in_channels}")
     if lr is None:
         lr = LR_SCRATCH if fresh else LR_FINE_TUNE
     cfg = net.config
@@ -662,12 +689,15 @@ def train_iter(
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
 
-    imgs, labs = list(images), list(labels)
+    # normalise every image once, with its whole statistics, before strips and crops are cut
+    imgs = [_normalised_whole(img, in_ch, k, norm_rule) for k, img in enumerate(images)]
+    labs = list(labels)
     regs = list(regions) if regions is not None else None
     if val_images is not None:
         if val_labels is None or len(val_labels) != len(val_images):
             raise ValueError("val_images need val_labels of the same length")
-        va_i, va_l = list(val_images), list(val_labels)
+        va_i = [_normalised_whole(img, in_ch, k, norm_rule) for k, img in enumerate(val_images)]
+        va_l = list(val_labels)
         va_r = list(val_regions) if val_regions is not None else None
     else:
         imgs, labs, regs, va_i, va_l, va_r = _split_for_validation(imgs, labs, regs, val_fraction)
@@ -676,12 +706,12 @@ def train_iter(
         imgs, labs, regs, va_i, va_l, va_r, zoom, data_diameter = _zoom_to_model(
             net, fresh, zoom_to_model, imgs, labs, regs, va_i, va_l, va_r
         )
-    norm_rule = net.meta.get("normalization", {"kind": "percentile", "low": 1.0, "high": 99.8})
+    done = {"kind": "fixed", "lo": [0.0] * in_ch, "hi": [1.0] * in_ch}  # already normalised
     data = TrainingData(
-        imgs, labs, regs, mode=mode, normalization=norm_rule, in_channels=in_ch, source_size=source,
+        imgs, labs, regs, mode=mode, normalization=done, in_channels=in_ch, source_size=source,
         w0=w0, sigma=sigma, class_weights=class_weights, margin=margin, num_classes=cfg.num_classes, rng=rng,
     )
-    val = _prepare_validation(va_i, va_l, va_r, mode, norm_rule, in_ch, cfg.min_input_size, w0, sigma, class_weights, margin)
+    val = _prepare_validation(va_i, va_l, va_r, mode, done, in_ch, cfg.min_input_size, w0, sigma, class_weights, margin)
 
     net.to(dev)
     channels_last = dev.type != "mps"
@@ -706,7 +736,7 @@ def train_iter(
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
 
-    run = TrainingRun(model=net, total=total)
+    run = TrainingRun(model=net, total=total, data=data)
     base_history = list(net.meta.get("history", []))
     start_it = 0
     elapsed_before = 0.0
@@ -762,6 +792,10 @@ def train_iter(
         "data_diameter": None if not math.isfinite(data_diameter) else round(data_diameter, 2),
         "zoom": round(zoom, 4),
     }
+    if picked:
+        entry["start_model"] = picked
+    if net.meta.get("input"):
+        entry["input"] = dict(net.meta["input"])
 
     def history(it: int, final: bool, stopped: str | None = None) -> list[dict[str, Any]]:
         rec = dict(entry, iterations=it, seconds=round(elapsed_before + time.perf_counter() - t0, 1), finished=final)
@@ -809,7 +843,8 @@ def train_iter(
     step_times: list[float] = []
     loss_ema: float | None = None
     info_common = {"device": dev_text, "run": run, "tile_size": out_size, "mode": mode}
-    yield Progress(start_it, total, f"training on {dev_text}", dict(info_common, phase="start", iteration=start_it))
+    start_msg = f"training on {dev_text}" + (f" from {picked}" if picked else "")
+    yield Progress(start_it, total, start_msg, dict(info_common, phase="start", iteration=start_it, start_model=picked))
 
     it = start_it
     stop_reason = "done"
