@@ -63,10 +63,10 @@ def pooled_ap(pairs: list[tuple[np.ndarray, np.ndarray]], thresholds=(0.5, 0.75)
     return out
 
 
-def score(model, tiles: dict, names) -> dict[float, float]:
+def score(model, tiles: dict, names, device: str = "cpu") -> dict[float, float]:
     import napari_unet as nu
 
-    return pooled_ap([(tiles[t][1], nu.segment(tiles[t][0], model=model, device="cpu")) for t in names])
+    return pooled_ap([(tiles[t][1], nu.segment(tiles[t][0], model=model, device=device)) for t in names])
 
 
 # -- MONAI recipe ------------------------------------------------------------------------
@@ -80,18 +80,19 @@ def _normalise(rgb: np.ndarray) -> np.ndarray:
     return apply_normalization(chw, lo, hi, channel_axis=0)
 
 
-def _monai_predict(net, chw: np.ndarray) -> np.ndarray:
+def _monai_predict(net, chw: np.ndarray, device: str, amp: bool) -> np.ndarray:
     import torch
     from monai.inferers import sliding_window_inference
 
     net.eval()
-    with torch.no_grad():
-        logits = sliding_window_inference(torch.from_numpy(chw)[None], (256, 256), 4, net, overlap=0.25, mode="gaussian")
+    with torch.no_grad(), torch.autocast(device_type=device, enabled=amp):
+        x = torch.from_numpy(chw)[None].to(device)
+        logits = sliding_window_inference(x, (256, 256), 4, net, overlap=0.25, mode="gaussian").float()
     net.train()
-    return torch.softmax(logits[0], 0).numpy()
+    return torch.softmax(logits[0], 0).cpu().numpy()
 
 
-def monai_run(train: list, test: list, budgets, seed: int = 0) -> dict[int, dict[float, float]]:
+def monai_run(train: list, test: list, budgets, seed: int = 0, device: str = "cpu", amp: bool = False) -> dict[int, dict[float, float]]:
     """Train the issue's MONAI recipe for max(budgets) s; pooled AP on ``test`` at each budget."""
     import torch
     from monai.networks.nets import BasicUNet
@@ -101,7 +102,8 @@ def monai_run(train: list, test: list, budgets, seed: int = 0) -> dict[int, dict
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = BasicUNet(spatial_dims=2, in_channels=3, out_channels=3, features=(16, 32, 64, 128, 256, 16))
+    net = BasicUNet(spatial_dims=2, in_channels=3, out_channels=3, features=(16, 32, 64, 128, 256, 16)).to(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device == "cuda")
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     data = [(_normalise(img), labels_to_targets(lab, "instance3", "all")[0].astype(np.int64)) for img, lab in train]
     test_n = [(_normalise(img), lab) for img, lab in test]
@@ -127,14 +129,18 @@ def monai_run(train: list, test: list, budgets, seed: int = 0) -> dict[int, dict
             x = x * (1 + rng.uniform(-0.1, 0.1)) + rng.uniform(-0.1, 0.1)
             xs.append(np.ascontiguousarray(x))
             ys.append(np.ascontiguousarray(y))
-        logits = net(torch.from_numpy(np.stack(xs)).float())
-        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(np.stack(ys)))
+        with torch.autocast(device_type=device, enabled=amp):
+            logits = net(torch.from_numpy(np.stack(xs)).float().to(device))
+        loss = torch.nn.functional.cross_entropy(logits.float(), torch.from_numpy(np.stack(ys)).to(device))
         opt.zero_grad()
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        if device == "cuda":
+            torch.cuda.synchronize()
         trained += time.perf_counter() - t0
         if trained >= pending[0]:
-            preds = [(lab, probabilities_to_labels(_monai_predict(net, x), "instance3")) for x, lab in test_n]
+            preds = [(lab, probabilities_to_labels(_monai_predict(net, x, device, amp), "instance3")) for x, lab in test_n]
             scores[pending.pop(0)] = pooled_ap(preds)
     return scores
 
@@ -142,15 +148,25 @@ def monai_run(train: list, test: list, budgets, seed: int = 0) -> dict[int, dict
 # -- ours ----------------------------------------------------------------------------------
 
 
-def ours_run(train: list, test: list, budgets, **kwargs) -> dict[int, dict[float, float]]:
+def ours_run(train: list, test: list, budgets, device: str = "cpu", amp: bool | None = None,
+             **kwargs) -> dict[int, dict[float, float]]:
     import napari_unet as nu
 
     out = {}
     for b in budgets:
         imgs, labs = [t[0] for t in train], [t[1] for t in train]
-        m = nu.fine_tune(imgs, labs, regions=["all"] * len(imgs), max_time=b, device="cpu", **kwargs)
-        out[b] = pooled_ap([(lab, nu.segment(img, model=m, device="cpu")) for img, lab in test])
+        m = nu.fine_tune(imgs, labs, regions=["all"] * len(imgs), max_time=b, device=device, amp=amp, **kwargs)
+        out[b] = pooled_ap([(lab, nu.segment(img, model=m, device=device)) for img, lab in test])
     return out
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     p.add_argument("--folds", type=int, default=len(FOLDS), help="how many of the folds to run")
     p.add_argument("--no-monai", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="mixed precision for both (default: ours' own choice, MONAI off)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra fine_tune options for ours (e.g. lr=1e-3 tile_size=192 batch_size=1)")
     args = p.parse_args(argv)
     tiles = load_tiles()
     if tiles is None:
@@ -172,21 +192,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.zero_shot is not None:
         for path in args.zero_shot or [None]:
             model = load_model(path) if path else None
-            per = {t: score(model, tiles, [t])[0.5] for t in TILES}
-            pooled = score(model, tiles, TILES)
+            per = {t: score(model, tiles, [t], args.device)[0.5] for t in TILES}
+            pooled = score(model, tiles, TILES, args.device)
             print(f"{path or 'default pick'}: pooled AP@0.5 {pooled[0.5]:.3f} AP@0.75 {pooled[0.75]:.3f} | "
                   + " ".join(f"{t}:{v:.2f}" for t, v in per.items()), flush=True)
         return 0
     rows: dict[str, dict[int, list]] = {"ours": {}, "monai": {}}
+    extra = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     for held in FOLDS[: args.folds]:
         train = [tiles[t] for t in TILES if t not in held]
         test = [tiles[t] for t in held]
-        zs = pooled_ap([(lab, __import__("napari_unet").segment(img, device="cpu")) for img, lab in test])
+        zs = score(None, tiles, held, args.device)
         print(f"fold test={held}: zero-shot AP@0.5 {zs[0.5]:.3f} AP@0.75 {zs[0.75]:.3f}", flush=True)
-        for name, fn in (("ours", ours_run), ("monai", monai_run)):
+        for name in ("ours", "monai"):
             if name == "monai" and args.no_monai:
                 continue
-            res = fn(train, test, args.budgets)
+            if name == "ours":
+                res = ours_run(train, test, args.budgets, args.device, True if args.amp else None, **extra)
+            else:
+                res = monai_run(train, test, args.budgets, device=args.device, amp=args.amp)
             for b, s in res.items():
                 rows[name].setdefault(b, []).append(s)
                 print(f"  {name:5s} {b:4d} s: AP@0.5 {s[0.5]:.3f} AP@0.75 {s[0.75]:.3f}", flush=True)

@@ -119,3 +119,14 @@ def test_training_crops_use_the_whole_images_percentiles(tiny_model):
     lo, hi = np.percentile(img, [1.0, 99.8])
     top = item.image[0, p:p + 60, p:p + 64]
     np.testing.assert_allclose(top, (img[:60] - lo) / (hi - lo), atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_rgb_fine_tune_and_segment_on_cuda(he_tile):
+    img, lab = he_tile
+    model = nu.fine_tune([img], [lab], "fluorescence", regions=["all"], iterations=3, batch_size=2, tile_size=64,
+                         val_fraction=0, device="cuda", amp=True)
+    assert model.config.in_channels == 3 and model.meta["history"][-1]["amp"] is True
+    probs_gpu = nu.predict(img, model, device="cuda", amp=False)
+    probs_cpu = nu.predict(img, model, device="cpu", amp=False)
+    np.testing.assert_allclose(probs_gpu, probs_cpu, atol=2e-3)
