@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from skimage.segmentation import find_boundaries
+
 from .synthetic import _smooth_noise, random_params, render
 
 __all__ = ["STAINS", "make_tissue_sample"]
@@ -179,8 +181,19 @@ def make_tissue_sample(
     ref = float(np.median(signal[inside])) if inside.any() else 1.0
     darkness = rng.uniform(0.6, 1.6)  # OD of a typical nucleus (x the stain vector)
     h_dens = darkness * signal / max(ref, 1e-6)
-    pale = rng.uniform(0.0, 0.5)  # pale vesicular nuclei: less stain, more texture
-    h_dens = h_dens * (1 - pale) + pale * h_dens * (0.3 + 1.2 * (nuc.clean > ref))
+    # vesicular nuclei (a share of them, per image): pale, with a dark nuclear membrane,
+    # coarse chromatin clumps and a nucleolus, instead of a dense dark stain
+    n_lab = int(labels.max())
+    vesicular = np.zeros(n_lab + 1, bool)
+    vesicular[1:] = rng.uniform(0, 1, n_lab) < rng.choice([0.0, rng.uniform(0.2, 1.0)], p=[0.4, 0.6])
+    ves = vesicular[labels]
+    if ves.any():
+        edges = find_boundaries(labels, mode="inner")
+        rim = np.exp(-ndi.distance_transform_edt(~edges) / rng.uniform(0.8, 1.8))
+        clumps = np.clip(_smooth_noise(rng, shape, rng.uniform(0.6, 1.4)) - rng.uniform(0.3, 1.2), 0, None)
+        pale_level = rng.uniform(0.15, 0.45)
+        v_dens = darkness * (pale_level + rng.uniform(0.4, 1.0) * rim + rng.uniform(0.4, 1.2) * clumps)
+        h_dens = np.where(ves, v_dens, h_dens)
     h_dens = np.clip(h_dens, 0, 3.0)
 
     # --- tissue: eosin density with texture
@@ -200,13 +213,17 @@ def make_tissue_sample(
         n_bub = int(h * w / (np.pi * (0.8 * p.radius) ** 2) * rng.uniform(0.1, 0.5))
         holes = np.maximum(holes, _discs(rng, shape, n_bub, 0.3 * p.radius, 1.2 * p.radius) * rng.uniform(0.6, 1.0))
     holes[inside] = 0
-    e_dens = np.clip(e_dens, 0, None) * (1 - holes) * rng.uniform(0.3, 1.4)
+    hole_rims = np.abs(ndi.gaussian_filter(holes, 1.2) - holes) * rng.uniform(0, 3)  # membranes between vacuoles
+    e_dens = (np.clip(e_dens, 0, None) * (1 - holes) + hole_rims) * rng.uniform(0.3, 1.4)
     # red blood cells: small bright-red discs, off the nuclei
     rbc = _discs(rng, shape, int(rng.poisson(h * w / 8000 * rng.uniform(0, 1))), 2.5, 0.6 * r_hi)
     rbc[inside] = 0
     e_dens = e_dens + rbc * rng.uniform(0.8, 2.0)
     # faint hematoxylin in the tissue (mucin, purple tint), unlabelled out-of-focus nuclei
-    h_bg = rng.uniform(0.0, 0.15) * (1 - holes) * (0.6 + 0.4 * blob)
+    h_bg = rng.uniform(0.0, 0.1) * (1 - holes) * (0.6 + 0.4 * blob) + hole_rims * rng.uniform(0, 0.3)
+    # purple granules (neuropil, cell debris, fibre crossings): fine, unlabelled
+    granules = np.clip(_smooth_noise(rng, shape, rng.uniform(0.5, 1.2)) - rng.uniform(1.0, 2.5), 0, None)
+    h_bg = h_bg + granules * rng.uniform(0, 0.8) * (1 - holes)
     ghosts = ndi.gaussian_filter(
         _discs(rng, shape, int(rng.poisson(h * w * p.coverage / (np.pi * p.radius**2) * 0.15)), r_lo, r_hi),
         rng.uniform(1.5, 4),
