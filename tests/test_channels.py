@@ -62,10 +62,15 @@ def test_segment_picks_the_model_from_the_image(he_tile):
     img, _ = he_tile
     _, recs = run_to_end(nu.tiling.segment_iter(img, device="cpu"))
     picked = {r.info.get("model") for r in recs} - {None}
-    assert picked == {"the stained bundled model (picked for an RGB image)"}
+    assert picked == {"the stained bundled model (picked for a brightfield RGB image)"}
     gray = img.mean(-1)
     _, recs = run_to_end(nu.tiling.segment_iter(gray, device="cpu"))
     assert {r.info.get("model") for r in recs} - {None} == {"the fluorescence bundled model (picked for a non-RGB image)"}
+    # an RGB fluorescence image (bright nuclei on black) is not a slide
+    fluo, _ = nu.make_sample((96, 96), seed=1)
+    fluo_rgb = np.stack([fluo, fluo // 2, fluo // 3], -1)
+    _, recs = run_to_end(nu.tiling.segment_iter(fluo_rgb, device="cpu"))
+    assert {r.info.get("model") for r in recs} - {None} == {"the fluorescence bundled model (picked for an RGB fluorescence image)"}
     net, note = resolve_model("stained", rgb=False)
     assert net.meta["modality"] == "stained" and net.config.in_channels == 3 and note is None
 

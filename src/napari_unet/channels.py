@@ -13,8 +13,9 @@ recorded in ``meta["input"]`` (``{"channels": C, "widened_from": 1, "inverted": 
 which the model file and the bioimage.io export keep.
 
 **Picking.** With no model chosen, :func:`pick_bundled` takes the stained model
-(``models/stained.pt``) for RGB(A) images and the fluorescence model otherwise, and says
-which it took.
+(``models/stained.pt``) for brightfield RGB(A) images (most pixels bright: a stained slide)
+and the fluorescence model otherwise (gray, multichannel, or RGB with a dark
+background), and says which it took.
 """
 
 from __future__ import annotations
@@ -83,14 +84,29 @@ def bundled_path(name: str) -> Any:
     return Path(__file__).parent / "models" / BUNDLED[name]
 
 
-def pick_bundled(rgb: bool) -> str:
-    """The bundled model's name for an image: ``"stained"`` for RGB(A) (when installed)."""
-    if rgb and bundled_path("stained").is_file():
+def looks_brightfield(image: Any) -> bool:
+    """True when most of an image (any layout, lazy or not; a strided sample is read) is
+    bright relative to its range: dark objects on a bright background."""
+    from .normalize import strided_sample
+
+    s = strided_sample(image, 250_000).astype(np.float32, copy=False)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return False
+    lo, med, hi = np.percentile(s, [1.0, 50.0, 99.8])
+    return bool(hi > lo and (med - lo) / (hi - lo) > 0.5)
+
+
+def pick_bundled(rgb: bool, image: Any = None) -> str:
+    """The bundled model's name for an image: ``"stained"`` for a brightfield RGB(A) image
+    (dark nuclei on a bright slide; when that model is installed), else ``"fluorescence"``.
+    ``image`` None: judge by ``rgb`` alone."""
+    if rgb and bundled_path("stained").is_file() and (image is None or looks_brightfield(image)):
         return "stained"
     return "fluorescence"
 
 
-def resolve_model(model: Any, rgb: bool) -> tuple[Any, str | None]:
+def resolve_model(model: Any, rgb: bool, image: Any = None) -> tuple[Any, str | None]:
     """The model to run on an image, and a line saying which bundled model was picked.
 
     Args:
@@ -98,6 +114,7 @@ def resolve_model(model: Any, rgb: bool) -> tuple[Any, str | None]:
             :func:`pick_bundled`), a bundled model's name (``"fluorescence"`` or
             ``"bundled"``, ``"stained"``) or a model file path.
         rgb: whether the image is RGB(A).
+        image: the image itself (to tell brightfield from fluorescence RGB), or None.
 
     Returns:
         ``(model, note)``; ``note`` is None unless the model was picked for the image.
@@ -105,8 +122,8 @@ def resolve_model(model: Any, rgb: bool) -> tuple[Any, str | None]:
     from .model import load_model
 
     if model is None:
-        name = pick_bundled(rgb)
-        what = "an RGB image" if rgb else "a non-RGB image"
+        name = pick_bundled(rgb, image)
+        what = "a brightfield RGB image" if name == "stained" else "an RGB fluorescence image" if rgb else "a non-RGB image"
         return load_model(bundled_path(name)), f"the {name} bundled model (picked for {what})"
     if isinstance(model, str) and model in (*BUNDLED, "bundled"):
         return load_model(bundled_path("fluorescence" if model == "bundled" else model)), None

@@ -386,7 +386,7 @@ class _Predictor:
         from .channels import resolve_model
 
         # no model chosen: the bundled model that suits the image (RGB -> stained)
-        model, self.picked = resolve_model(model, parse_axes(image.shape, axes).rgb)
+        model, self.picked = resolve_model(model, parse_axes(image.shape, axes).rgb, image)
         if not hasattr(model, "config") or not hasattr(model, "meta"):
             raise TypeError(f"model must be a napari_unet.UNet (or wrap one), got {type(model).__name__}")
         if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
@@ -719,7 +719,7 @@ def _segment_zoomed(
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
     lay = parse_axes(image.shape, axes)
-    net, picked = resolve_model(model, lay.rgb)
+    net, picked = resolve_model(model, lay.rgb, image)
     target = model_diameter(net)
     if isinstance(diameter, str):
         if diameter != "auto":

@@ -388,14 +388,15 @@ class TrainingRun:
         return model.eval()
 
 
-def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Sequence[Any]) -> tuple[UNet, bool]:
+def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Sequence[Any],
+                   first_image: Any = None) -> tuple[UNet, bool]:
     """The starting model (a copy) and whether it is freshly initialised."""
     if isinstance(model, UNet):
         return clone_model(model), False
     from .channels import bundled_path, pick_bundled
 
-    if model is None and in_channels == 3 and pick_bundled(True) == "stained":
-        return load_model(bundled_path("stained")), False  # RGB: the stained-tissue model
+    if model is None and in_channels == 3 and pick_bundled(True, first_image) == "stained":
+        return load_model(bundled_path("stained")), False  # RGB slides: the stained-tissue model
     if isinstance(model, str) and model in ("fluorescence", "stained"):
         return load_model(bundled_path(model)), False
     if model is None or (isinstance(model, str) and model == "bundled"):
@@ -657,12 +658,12 @@ def train_iter(
         if ckpt is None:
             ckpt = rdir
     else:
-        net, fresh = _resolve_model(model, mode, in_ch, labels)
+        net, fresh = _resolve_model(model, mode, in_ch, labels, images[0])
     picked = None
     if model is None and resume is None and not fresh:
-        from .channels import pick_bundled
-
-        picked = f"the {pick_bundled(in_ch == 3)} bundled model (picked for {in_ch}-channel images)"
+        stained = net.meta.get("modality") == "stained"
+        picked = f"the {'stained' if stained else 'fluorescence'} bundled model (picked for " + (
+            "brightfield RGB images)" if stained else f"{in_ch}-channel images)")
     norm_rule = net.meta.get("normalization", {"kind": "percentile", "low": 1.0, "high": 99.8})
     if net.config.in_channels != in_ch:
         from .channels import fit_channels

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", metavar="FOLDER", help="a training-set folder (index.json + TIFFs)")
     parser.add_argument("-o", "--output", required=True, metavar="MODEL.pt", help="where to write the trained model")
     parser.add_argument("--model", default=None, metavar="START",
-                        help="starting model: a model file, 'bundled' (default) or 'scratch'")
+                        help="starting model: a model file, 'fluorescence' (= 'bundled'), 'stained' or 'scratch' "
+                             "(default: the bundled model that suits the images: 'stained' for RGB)")
     parser.add_argument("--mode", choices=("instance3", "instance2", "semantic"),
                         help="class meaning of a model trained from scratch")
     parser.add_argument("--iterations", type=int, metavar="N", help="training steps (default 500)")
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             if post:
                 bar.set_postfix(post, refresh=False)
             if info.get("phase") == "start":
-                bar.write(f"training on {info['device']}", file=sys.stderr)
+                bar.write(rec.message, file=sys.stderr)  # "training on DEVICE [from the picked model]"
     finally:
         bar.close()
     out = save_model(model, Path(args.output))
@@ -141,5 +142,9 @@ def run(args: argparse.Namespace) -> int:
     summary = f"wrote {out} after {last['iterations']} iterations ({last['seconds']:.0f} s)"
     if "best_val_ap" in last:
         summary += f"; best validation AP50 {last['best_val_ap']:.3f} at iteration {last['best_iteration']}"
+    if last.get("input"):
+        from ..channels import describe_input
+
+        summary += f"; input: {describe_input(model.meta, model.config.in_channels)}"
     print(summary)
     return 0
