@@ -124,14 +124,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="start from this model file instead of a fresh network (a second stage)")
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.85, 1.15), metavar=("LO", "HI"),
                    help="random zoom range of the augmentation (wider = more robust to magnification)")
-    p.add_argument("--diameter", type=float, default=20.0,
+    p.add_argument("--diameter", type=float, default=None,
                    help="cell diameter (px) recorded as the one the model segments best; the pools mix "
-                        "many sizes, so it is chosen by benchmarks/calibrate_diameter.py, not measured")
+                        "many sizes, so it is chosen by benchmarks/calibrate_diameter.py, not measured "
+                        "(default 20 for fluorescence; 18 for stained, between its 20x and 40x sizes)")
     p.add_argument("--seed-offset", type=int, default=0,
                    help="added to the pool seeds, so a second stage sees new images")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = bundled_model_path() if args.kind == "fluorescence" else bundled_path("stained")
+    if args.diameter is None:
+        args.diameter = 20.0 if args.kind == "fluorescence" else 18.0
 
     ckpt = args.checkpoint_dir
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -220,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.kind == "stained":
         final.meta["modality"] = "stained"
+        # it learned 20x and 40x nuclei (median label diameters 13 and 25 px): fine-tuning
+        # on data inside this range trains at the data's own scale (no zoom)
+        final.meta["diameter_range"] = [10.0, 30.0]
+        final.meta["input"] = dict(final.meta.get("input") or {}, channel_names=["red", "green", "blue"])
     final.meta["recipe"] = recipe
     final.meta["diameter"] = args.diameter
     # the last record already holds the whole curve; a second stage keeps the first's too

@@ -43,8 +43,9 @@ STAINS = {
 }
 #: stain kinds and how often they are drawn
 KINDS = (("he", 0.8), ("hdab", 0.1), ("gray", 0.1))
-#: nucleus radius (px) ranges: 20x (about 4-9 px) and 40x (about 8-16 px)
-SCALES = {"20x": (3.5, 9.0), "40x": (7.0, 16.0)}
+#: nucleus radius (px) ranges at 20x and 40x (median label diameters about 14 and 26 px,
+#: like the MICCAI tiles' 10-16 px at 20x and 23-27 px at 40x)
+SCALES = {"20x": (4.5, 11.0), "40x": (9.0, 20.0)}
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -194,6 +195,10 @@ def make_tissue_sample(
         pale_level = rng.uniform(0.15, 0.45)
         v_dens = darkness * (pale_level + rng.uniform(0.4, 1.0) * rim + rng.uniform(0.4, 1.2) * clumps)
         h_dens = np.where(ves, v_dens, h_dens)
+    # the stain thins out over the last pixel or two inside the outline (annotators draw
+    # the outline around the whole nucleus, not around its dark core)
+    d_in = ndi.distance_transform_edt(~find_boundaries(labels, mode="inner")) * inside
+    h_dens = h_dens * (0.4 + 0.6 * np.clip(d_in / rng.uniform(0.8, 2.0), 0, 1))
     h_dens = np.clip(h_dens, 0, 3.0)
 
     # --- tissue: eosin density with texture

@@ -464,6 +464,9 @@ def _zoom_to_model(net: UNet, fresh: bool, enabled: bool, imgs: list, labs: list
     if not math.isfinite(data_d):
         return imgs, labs, regs, va_i, va_l, va_r, 1.0, data_d
     target = None if fresh else net.meta.get("diameter")
+    known = net.meta.get("diameter_range")  # a model pretrained on many sizes (e.g. 20x and 40x)
+    if known and not fresh and known[0] <= data_d <= known[1]:
+        target = None  # it knows this size already: train at the data's own scale
     if not (enabled and isinstance(target, (int, float)) and target > 0):
         net.meta["diameter"] = round(data_d, 2)  # the data's own size is what it will know
         return imgs, labs, regs, va_i, va_l, va_r, 1.0, data_d
@@ -607,7 +610,9 @@ def train_iter(
             the model knows instead of relearning the scale. Measured on the real crop
             zoomed 2x, 90 s from the bundled model: AP@0.5 0.87 zoomed vs 0.67 unzoomed
             (0.83 before; ``benchmarks/bench_finetune_scale.py``). False: train at the
-            data's own scale and record its diameter.
+            data's own scale and record its diameter. A model that records
+            ``meta["diameter_range"]`` (pretrained on many sizes, like the stained model)
+            is not zoomed for data whose diameter lies inside that range.
         oom_retry: on running out of memory, halve the batch and retry the step (default).
             False: stop with a clear error instead, as under DistributedDataParallel, where
             one process halving alone would leave the others waiting for it forever.
