@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="cell diameter (px) recorded as the one the model segments best; the pools mix "
                         "many sizes, so it is chosen by benchmarks/calibrate_diameter.py, not measured "
                         "(default 20 for fluorescence; 18 for stained, between its 20x and 40x sizes)")
+    p.add_argument("--export-from", type=Path, default=None, metavar="CHECKPOINT",
+                   help="train nothing: write --out from this checkpoint (e.g. one chosen among a run's "
+                        "best.pt files) with the final model's description and meta")
     p.add_argument("--seed-offset", type=int, default=0,
                    help="added to the pool seeds, so a second stage sees new images")
     args = p.parse_args(argv)
@@ -140,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ckpt.mkdir(parents=True, exist_ok=True)
     logf = open(ckpt / "log.txt", "a")
     start_it = 0
-    if args.resume and (ckpt / "state.pt").is_file():
+    if args.export_from is not None:
+        start_it = args.iterations
+    elif args.resume and (ckpt / "state.pt").is_file():
         start_it = int(torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)["iteration"])
         log(f"resuming from iteration {start_it}", logf)
     elif (ckpt / "state.pt").is_file():
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=torch.get_num_threads(),
     )
     log("recipe " + json.dumps(recipe), logf)
-    val_images, val_labels = make_val(args.val, args.val_size, args.kind)
+    val_images, val_labels = make_val(args.val if args.export_from is None else 0, args.val_size, args.kind)
 
     if args.init is not None:
         model = load_model(args.init)
@@ -212,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         it = stop
 
     best = ckpt / "best.pt" if (ckpt / "best.pt").is_file() else ckpt / "last.pt"
+    if args.export_from is not None:
+        best = args.export_from
     final = load_model(best)
     hist = final.meta.get("history", [])
     best_ap = hist[-1].get("best_val_ap", -1) if hist else -1  # this run's record
