@@ -588,9 +588,9 @@ def train_iter(
         tile_size: edge of the network's *output* tile in pixels (as in ``predict``),
             rounded up to a valid size; default 192. With valid convolutions a depth-3
             network computes a 44-px halo around every tile: a 96-px tile is 28% of its
-            input, a 192-px tile 48%: a step cost 1.1-1.6x less per output pixel on the
-            shared 2-core CPU (``benchmarks/bench_train_step.py``, noisy). Fine-tuning the stained model on three
-            H&E tiles for 120 CPU-seconds, scored on two others (``benchmarks/real_he.py``
+            input, a 192-px tile 48%: a step cost 1.3-1.7x less per output pixel on the
+            shared 2-core CPU (``benchmarks/bench_train_step.py``, two noisy runs).
+            Fine-tuning the stained model on three H&E tiles for 120 CPU-seconds, scored on two others (``benchmarks/real_he.py``
             split, AP@0.5): 96 px x 4 0.42, 192 px x 2 0.44 (lr 1e-3: 0.49), 192 px x 4 0.42,
             256 px x 2 (lr 1e-3) 0.40; one seed, about +-0.05 noise.
         augment: augmentation switches and strengths.
