@@ -39,7 +39,9 @@ import torch
 
 from napari_unet.augment import AugmentConfig
 from napari_unet.model import UNet, bundled_model_path, load_model, save_model
+from napari_unet.channels import bundled_path, widen_input
 from napari_unet.synthetic import make_sample
+from napari_unet.synthetic_tissue import make_tissue_sample
 from napari_unet.training import train_iter
 
 DIFFICULTY_MIX = (("easy", 0.2), ("normal", 0.5), ("hard", 0.3))
@@ -56,24 +58,31 @@ def sample_spec(seed: int) -> tuple[str, str]:
     return difficulty, kind
 
 
-def make_pool(round_index: int, n: int, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def make_pool(round_index: int, n: int, size: int, kind: str = "fluorescence") -> tuple[list[np.ndarray], list[np.ndarray]]:
     images, labels = [], []
     for k in range(n):
         seed = round_index * n + k
-        difficulty, kind = sample_spec(seed)
-        img, lab = make_sample((size, size), seed=seed, difficulty=difficulty, kind=kind)
+        if kind == "stained":
+            img, lab = make_tissue_sample((size, size), seed=seed)
+        else:
+            difficulty, cell_kind = sample_spec(seed)
+            img, lab = make_sample((size, size), seed=seed, difficulty=difficulty, kind=cell_kind)
         images.append(img)
         labels.append(lab)
     return images, labels
 
 
-def make_val(n: int, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def make_val(n: int, size: int, kind: str = "fluorescence") -> tuple[list[np.ndarray], list[np.ndarray]]:
     images, labels = [], []
     for k in range(n):
         seed = VAL_SEED_BASE + k
-        difficulty = ("normal", "hard")[k % 2]
-        kind = "cells" if k % 4 == 3 else "nuclei"
-        img, lab = make_sample((size, size), seed=seed, difficulty=difficulty, kind=kind)
+        if kind == "stained":
+            # half 20x, half 40x; mostly H&E
+            img, lab = make_tissue_sample((size, size), seed=seed, scale=("20x", "40x")[k % 2])
+        else:
+            difficulty = ("normal", "hard")[k % 2]
+            cell_kind = "cells" if k % 4 == 3 else "nuclei"
+            img, lab = make_sample((size, size), seed=seed, difficulty=difficulty, kind=cell_kind)
         images.append(img)
         labels.append(lab)
     return images, labels
@@ -88,7 +97,11 @@ def log(msg: str, fh) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=bundled_model_path(), help="final model file")
+    p.add_argument("--kind", choices=("fluorescence", "stained"), default="fluorescence",
+                   help="synthetic data: fluorescence (napari_unet.synthetic, the bundled model) or "
+                        "stained RGB tissue (napari_unet.synthetic_tissue, models/stained.pt)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="final model file (default: the bundled model of --kind)")
     p.add_argument("--checkpoint-dir", type=Path, default=Path("runs/pretrain"))
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     p.add_argument("--iterations", type=int, default=8000)
@@ -111,18 +124,28 @@ def main(argv: list[str] | None = None) -> int:
                    help="start from this model file instead of a fresh network (a second stage)")
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.85, 1.15), metavar=("LO", "HI"),
                    help="random zoom range of the augmentation (wider = more robust to magnification)")
-    p.add_argument("--diameter", type=float, default=20.0,
+    p.add_argument("--diameter", type=float, default=None,
                    help="cell diameter (px) recorded as the one the model segments best; the pools mix "
-                        "many sizes, so it is chosen by benchmarks/calibrate_diameter.py, not measured")
+                        "many sizes, so it is chosen by benchmarks/calibrate_diameter.py, not measured "
+                        "(default 20 for fluorescence; 18 for stained, between its 20x and 40x sizes)")
+    p.add_argument("--export-from", type=Path, default=None, metavar="CHECKPOINT",
+                   help="train nothing: write --out from this checkpoint (e.g. one chosen among a run's "
+                        "best.pt files) with the final model's description and meta")
     p.add_argument("--seed-offset", type=int, default=0,
                    help="added to the pool seeds, so a second stage sees new images")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = bundled_model_path() if args.kind == "fluorescence" else bundled_path("stained")
+    if args.diameter is None:
+        args.diameter = 20.0 if args.kind == "fluorescence" else 18.0
 
     ckpt = args.checkpoint_dir
     ckpt.mkdir(parents=True, exist_ok=True)
     logf = open(ckpt / "log.txt", "a")
     start_it = 0
-    if args.resume and (ckpt / "state.pt").is_file():
+    if args.export_from is not None:
+        start_it = args.iterations
+    elif args.resume and (ckpt / "state.pt").is_file():
         start_it = int(torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)["iteration"])
         log(f"resuming from iteration {start_it}", logf)
     elif (ckpt / "state.pt").is_file():
@@ -138,16 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         threads=torch.get_num_threads(),
     )
     log("recipe " + json.dumps(recipe), logf)
-    val_images, val_labels = make_val(args.val, args.val_size)
+    val_images, val_labels = make_val(args.val if args.export_from is None else 0, args.val_size, args.kind)
 
     if args.init is not None:
         model = load_model(args.init)
+        if args.kind == "stained" and model.config.in_channels == 1:
+            # RGB brightfield: start from the fluorescence filters seeing inverted luminance
+            model = widen_input(model, 3, invert=True, channel_names=["red", "green", "blue"])
         init_history = [dict(h, stage="first stage") for h in model.meta.get("history", [])[-1:]]
         recipe["init_recipe"] = model.meta.get("recipe", {})
         log(f"starting from {args.init} ({model.config})", logf)
     else:
         init_history = []
-        model = UNet(in_channels=1, num_classes=3, depth=args.depth, base_width=args.base_width, dropout=args.dropout)
+        model = UNet(in_channels=3 if args.kind == "stained" else 1, num_classes=3, depth=args.depth, base_width=args.base_width, dropout=args.dropout)
         model.meta["mode"] = "instance3"
     augment = AugmentConfig(scale_range=tuple(args.scale_range))
     t_start = time.time()
@@ -156,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         r = it // args.round
         stop = min(args.iterations, (r + 1) * args.round)
         t = time.time()
-        images, labels = make_pool(r + args.seed_offset, args.pool, args.size)
+        images, labels = make_pool(r + args.seed_offset, args.pool, args.size, args.kind)
         log(f"round {r}: pool of {len(images)} images generated in {time.time() - t:.1f}s", logf)
         resume = ckpt if (ckpt / "state.pt").is_file() else None
         gen = train_iter(
@@ -166,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             val_images=val_images, val_labels=val_labels, val_regions=["all"] * len(val_images),
             val_every=args.val_every, checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,
             resume=resume, seed=args.seed + r,
+            # stained pools mix 20x and 40x nuclei: learn both sizes, do not zoom to one
+            zoom_to_model=args.kind == "fluorescence",
         )
         losses: list[float] = []
         while True:
@@ -189,14 +217,23 @@ def main(argv: list[str] | None = None) -> int:
         it = stop
 
     best = ckpt / "best.pt" if (ckpt / "best.pt").is_file() else ckpt / "last.pt"
+    if args.export_from is not None:
+        best = args.export_from
     final = load_model(best)
     hist = final.meta.get("history", [])
-    best_ap = max((h.get("best_val_ap", -1) for h in hist), default=-1)
+    best_ap = hist[-1].get("best_val_ap", -1) if hist else -1  # this run's record
+    what = "fluorescence nuclei/cells" if args.kind == "fluorescence" else "stained tissue (H&E, brightfield) nuclei, RGB"
     final.meta["description"] = (
         "napari-unet bundled model: U-Net (depth {d}, base width {w}) pretrained on synthetic "
-        "fluorescence nuclei/cells by scripts/pretrain.py; background/interior/boundary "
-        "(instance3) with seeded watershed".format(d=args.depth, w=args.base_width)
+        "{what} by scripts/pretrain.py; background/interior/boundary "
+        "(instance3) with seeded watershed".format(d=final.config.depth, w=final.config.base_width, what=what)
     )
+    if args.kind == "stained":
+        final.meta["modality"] = "stained"
+        # it learned 20x and 40x nuclei (median label diameters 13 and 25 px): fine-tuning
+        # on data inside this range trains at the data's own scale (no zoom)
+        final.meta["diameter_range"] = [10.0, 30.0]
+        final.meta["input"] = dict(final.meta.get("input") or {}, channel_names=["red", "green", "blue"])
     final.meta["recipe"] = recipe
     final.meta["diameter"] = args.diameter
     # the last record already holds the whole curve; a second stage keeps the first's too

@@ -143,6 +143,11 @@ def preprocess(image: np.ndarray, model: UNet) -> np.ndarray:
 def _default_test_image(model: UNet) -> np.ndarray:
     from .synthetic import make_sample
 
+    if model.meta.get("input", {}).get("channel_names") == ["red", "green", "blue"]:
+        from .synthetic_tissue import make_tissue_sample
+
+        rgb, _ = make_tissue_sample((256, 256), seed=2015, stain="he")
+        return np.moveaxis(rgb, -1, 0).astype(np.float32)
     img, _ = make_sample((256, 256), seed=2015, kind="nuclei", difficulty="easy")
     img = img.astype(np.float32)
     return np.repeat(img[None], model.config.in_channels, axis=0)
@@ -182,9 +187,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _documentation(model: UNet, bundled: bool) -> str:
-    if bundled:
-        card = bundled_model_path().with_suffix(".md")
+def _documentation(model: UNet, bundled: Path | None) -> str:
+    if bundled is not None:
+        card = bundled.with_suffix(".md")
         if card.is_file():
             return card.read_text(encoding="utf-8")
     hist = model.meta.get("history", [])
@@ -250,7 +255,12 @@ def export_bioimageio(
 
     from .model import load_model
 
-    bundled = model is None
+    from .channels import BUNDLED, bundled_path
+
+    bundled = bundled_model_path() if model is None else None
+    if isinstance(model, str) and model in BUNDLED:
+        bundled = bundled_path(model)
+        model = bundled
     if not isinstance(model, UNet):
         model = load_model(model)
     path = Path(path)
@@ -268,7 +278,9 @@ def export_bioimageio(
         probs = exported(torch.from_numpy(preprocess(image, model))).numpy()
     class_names = [str(c) for c in model.meta.get("class_names", [f"class {i}" for i in range(cfg.num_classes)])]
     desc = description or str(model.meta.get("description") or "U-Net trained with napari-unet")
-    title = name or ("napari-unet bundled nuclei U-Net" if bundled else "napari-unet U-Net")
+    stained = model.meta.get("modality") == "stained"
+    title = name or (f"napari-unet bundled {'stained-tissue ' if stained else ''}nuclei U-Net" if bundled else "napari-unet U-Net")
+    channel_names = model.meta.get("input", {}).get("channel_names") or [f"channel{i}" for i in range(cfg.in_channels)]
     m = min_input_size(model)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -295,8 +307,8 @@ def export_bioimageio(
             "authors": [{"name": a} for a in (authors or ["napari-unet"])],
             "cite": [PAPER],
             "license": license,
-            "tags": ["unet", "segmentation", "instance-segmentation", "nuclei", "fluorescence-light-microscopy",
-                     "2d", "pytorch", "napari-unet"],
+            "tags": ["unet", "segmentation", "instance-segmentation", "nuclei",
+                     "histology" if stained else "fluorescence-light-microscopy", "2d", "pytorch", "napari-unet"],
             "documentation": "README.md",
             "covers": ["cover.png"],
             "inputs": [{
@@ -304,7 +316,7 @@ def export_bioimageio(
                 "description": "image, normalised by the preprocessing below",
                 "axes": [
                     {"type": "batch"},
-                    {"type": "channel", "channel_names": [f"channel{i}" for i in range(cfg.in_channels)]},
+                    {"type": "channel", "channel_names": channel_names},
                     *space_in,
                 ],
                 "test_tensor": {"source": "test_input.npy", "sha256": _sha256(d / "test_input.npy")},

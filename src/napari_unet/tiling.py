@@ -384,10 +384,12 @@ class _Predictor:
     def __init__(self, image: Any, model: Any, tile_size: int | None, device: Any, axes: str | None,
                  batch_size: int | None, amp: bool | None, channels_last: bool,
                  normalization: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        if model is None:
-            from .model import load_model
+        if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
+            image = np.asarray(image)
+        from .channels import resolve_model
 
-            model = load_model()
+        # no model chosen: the bundled model that suits the image (RGB -> stained)
+        model, self.picked = resolve_model(model, parse_axes(image.shape, axes).rgb, image)
         if not hasattr(model, "config") or not hasattr(model, "meta"):
             raise TypeError(f"model must be a napari_unet.UNet (or wrap one), got {type(model).__name__}")
         if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
@@ -426,6 +428,7 @@ class _Predictor:
             "batch_size": plan.batch,
             "precision": _amp_dtype_name(self.device, self.amp),
             "channels_last": self.channels_last,
+            **({"model": self.picked} if self.picked else {}),
         }
 
     def run(self, planes: list[tuple[int, ...]], write: Callable[[tuple[int, ...], int, int, np.ndarray], None],
@@ -560,8 +563,9 @@ def predict_iter(
         float32 probabilities of shape ``(num_classes, *image shape without channels)``,
         or ``out``.
     """
-    pred = _Predictor(image, _checked_model(image, model, axes), tile_size, device, axes, batch_size, amp,
-                      channels_last)
+    model, picked = _checked_model(image, model, axes)
+    pred = _Predictor(image, model, tile_size, device, axes, batch_size, amp, channels_last)
+    pred.picked = picked
     lay = pred.layout
     shape = (pred.config.num_classes, *lay.out_shape)
     if out is None:
@@ -652,24 +656,26 @@ def segment_iter(
     Returns:
         int32 labels shaped like the image without its channel axis (or ``out``).
     """
-    model = _checked_model(image, model, axes)
+    model, picked = _checked_model(image, model, axes)
+    said = {"model": picked} if picked else {}
     if not plane_by_plane and "Z" in str(axes or "").upper():
         from .volume import segment_volume_iter
 
-        return (yield from segment_volume_iter(
+        return (yield from _with_info(segment_volume_iter(
             image, model, axes=axes, voxel_size=voxel_size, diameter=diameter, tile_size=tile_size, device=device,
             min_size=min_size, mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out,
             amp=amp, channels_last=channels_last, min_object_z=min_object_z, **postprocess,
-        ))
+        ), said))
     if diameter is not None:
-        return (yield from _segment_zoomed(
+        return (yield from _with_info(_segment_zoomed(
             image, model, diameter, tile_size=tile_size, device=device, axes=axes, min_size=min_size,
             mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out, amp=amp,
             channels_last=channels_last, min_object_z=min_object_z, plane_by_plane=plane_by_plane, **postprocess,
-        ))
+        ), said))
     from .postprocess import probabilities_to_labels
 
     pred = _Predictor(image, model, tile_size, device, axes, batch_size, amp, channels_last)
+    pred.picked = picked
     lay = pred.layout
     mode = mode or pred.meta.get("mode", "instance3")
     _check_plane_memory(lay, pred.config.num_classes, out is None)
@@ -793,15 +799,15 @@ def _segment_zoomed(
     out: Any, probabilities_out: Any, min_object_z: float | None, **kwargs: Any,
 ) -> Generator[Progress, None, Any]:
     """:func:`segment_iter` with ``diameter``: segment a copy zoomed to the model's cell size."""
+    from .channels import resolve_model
     from .diameter import (CellSizeError, measure_diameter_iter, model_diameter, resize_image, resize_nearest,
                            zoom_for, zoomed_shape)
-    from .model import load_model
 
-    net = load_model() if model is None else model
-    target = model_diameter(net)
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
     lay = parse_axes(image.shape, axes)
+    net, picked = resolve_model(model, lay.rgb, image)
+    target = model_diameter(net)
     if isinstance(diameter, str):
         if diameter != "auto":
             raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
@@ -813,7 +819,7 @@ def _segment_zoomed(
                           UserWarning, stacklevel=2)
             diameter = target
     zoom = zoom_for(target, diameter)
-    extra = {"diameter": float(diameter), "zoom": zoom}
+    extra = {"diameter": float(diameter), "zoom": zoom, **({"model": picked} if picked else {})}
     if zoom == 1:
         inner = segment_iter(image, _inner(net), axes=lay.axes, device=device, min_size=min_size, out=out,
                              probabilities_out=probabilities_out, min_object_z=min_object_z, **kwargs)
@@ -865,22 +871,24 @@ def _segment_zoomed(
     return out
 
 
-def _checked_model(image: Any, model: Any, axes: str | None) -> Any:
-    """The model (None: the bundled one), after warning when ``image`` looks unlike its training data.
+def _checked_model(image: Any, model: Any, axes: str | None) -> tuple[Any, str | None]:
+    """The model to run (None: the bundled one that suits the image, see
+    :func:`napari_unet.channels.resolve_model`) and the line saying which was picked, after
+    warning when ``image`` looks unlike the model's training data.
 
     Inner calls (a zoomed copy, the crops of a cell-size measurement) are not checked again.
     """
-    if model is None:
-        from .model import load_model
+    from .channels import resolve_model
 
-        model = load_model()
+    rgb = hasattr(image, "shape") and parse_axes(np.shape(image), axes).rgb
+    model, picked = resolve_model(model, rgb, image if hasattr(image, "shape") else None)
     meta = getattr(model, "meta", None)
     if not isinstance(meta, dict) or meta.get(_INNER) or not hasattr(image, "shape"):
-        return model
+        return model, picked
     message = modality_warning(image, parse_axes(np.shape(image), axes), meta)
     if message:
         warnings.warn(message, UserWarning, stacklevel=3)
-    return model
+    return model, picked
 
 
 #: meta key of the model copies made by :func:`with_normalization_of` for inner calls

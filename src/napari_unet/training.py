@@ -83,6 +83,10 @@ FRESH_ARCHITECTURE = {"depth": 3, "base_width": 16, "dropout": 0.1}
 DEFAULT_ITERATIONS = 500
 LR_SCRATCH = 3e-3
 LR_FINE_TUNE = 3e-4
+#: a 1-channel model widened to colour in this run (it never saw colour): the fluorescence
+#: model fine-tuned on three H&E tiles for 120 CPU-s, scored on two others, AP@0.5 0.19 at
+#: 3e-4 and 0.29 at 1e-3 (the stained model, which knows colour: 0.42 at 3e-4)
+LR_WIDENED = 1e-3
 WARMUP_FRACTION = 0.05
 FINAL_LR_FRACTION = 0.01
 #: validation images are cut to at most this edge (their centre), to bound its cost
@@ -150,6 +154,16 @@ def _as_chw(image: Any, in_channels: int, index: int) -> np.ndarray:
             return np.moveaxis(arr, -1, 0).astype(np.float32, copy=False)
     want = "a 2D (y, x) image" if in_channels == 1 else f"a 3D image with {in_channels} channels first or last"
     raise ValueError(f"training image {index} has shape {arr.shape}, but the model expects {want}")
+
+
+def _normalised_whole(image: Any, in_channels: int, index: int, rule: dict[str, Any]) -> np.ndarray:
+    """An image normalised by its model's rule with the WHOLE image's statistics (as
+    inference does), before any strip or crop is cut from it; 2D for 1-channel models."""
+    chw = _as_chw(image, in_channels, index)
+    _check_finite(chw, index)
+    lo, hi = normalization_params(chw, rule, channel_axis=0)
+    norm = apply_normalization(chw, lo, hi, channel_axis=0)
+    return norm[0] if in_channels == 1 else norm
 
 
 def _check_finite(image: np.ndarray, index: int) -> None:
@@ -385,6 +399,8 @@ class TrainingRun:
     curve: list[dict[str, float]] = field(default_factory=list)
     #: the model's history with this run's record so far (set by ``train_iter``)
     history: Callable[[], list[dict[str, Any]]] | None = None
+    #: the training arrays (normalised with each whole image's statistics)
+    data: TrainingData | None = None
 
     def best_model(self) -> UNet:
         """A CPU copy of the best model so far (the current one when never validated),
@@ -397,10 +413,17 @@ class TrainingRun:
         return model.eval()
 
 
-def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Sequence[Any]) -> tuple[UNet, bool]:
+def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Sequence[Any],
+                   first_image: Any = None) -> tuple[UNet, bool]:
     """The starting model (a copy) and whether it is freshly initialised."""
     if isinstance(model, UNet):
         return clone_model(model), False
+    from .channels import bundled_path, pick_bundled
+
+    if model is None and in_channels == 3 and pick_bundled(True, first_image) == "stained":
+        return load_model(bundled_path("stained")), False  # RGB slides: the stained-tissue model
+    if isinstance(model, str) and model in ("fluorescence", "stained"):
+        return load_model(bundled_path(model)), False
     if model is None or (isinstance(model, str) and model == "bundled"):
         try:
             return load_model(), False
@@ -466,6 +489,9 @@ def _zoom_to_model(net: UNet, fresh: bool, enabled: bool, imgs: list, labs: list
     if not math.isfinite(data_d):
         return imgs, labs, regs, va_i, va_l, va_r, 1.0, data_d
     target = None if fresh else net.meta.get("diameter")
+    known = net.meta.get("diameter_range")  # a model pretrained on many sizes (e.g. 20x and 40x)
+    if known and not fresh and known[0] <= data_d <= known[1]:
+        target = None  # it knows this size already: train at the data's own scale
     if not (enabled and isinstance(target, (int, float)) and target > 0):
         net.meta["diameter"] = round(data_d, 2)  # the data's own size is what it will know
         return imgs, labs, regs, va_i, va_l, va_r, 1.0, data_d
@@ -563,7 +589,7 @@ def train_iter(
     max_time: float | None = None,
     device: str | torch.device | None = None,
     lr: float | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     tile_size: int | None = None,
     augment: AugmentConfig = AugmentConfig(),
     val_fraction: float = 0.2,
@@ -608,10 +634,17 @@ def train_iter(
             counts the time it trained before, and its learning-rate schedule goes on
             where it stopped).
         device: ``None``/``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``.
-        lr: peak learning rate (default 3e-3 from scratch, 3e-4 from a trained model).
-        batch_size: tiles per step.
+        lr: peak learning rate (default 3e-3 from scratch, 3e-4 from a trained model,
+            1e-3 from a 1-channel model widened to the images' channels, see LR_WIDENED).
+        batch_size: tiles per step (default 2 on the CPU, 4 on a GPU).
         tile_size: edge of the network's *output* tile in pixels (as in ``predict``),
-            rounded up to a valid size; default 96 on the CPU, 192 on a GPU.
+            rounded up to a valid size; default 192. With valid convolutions a depth-3
+            network computes a 44-px halo around every tile: a 96-px tile is 28% of its
+            input, a 192-px tile 48%: a step cost 1.3-1.7x less per output pixel on the
+            shared 2-core CPU (``benchmarks/bench_train_step.py``, two noisy runs).
+            Fine-tuning the stained model on three H&E tiles for 120 CPU-seconds, scored on two others (``benchmarks/real_he.py``
+            split, AP@0.5): 96 px x 4 0.42, 192 px x 2 0.44 (lr 1e-3: 0.49), 192 px x 4 0.42,
+            256 px x 2 (lr 1e-3) 0.40; one seed, about +-0.05 noise.
         augment: augmentation switches and strengths.
         val_fraction: share held out for validation when no ``val_images`` are given
             (whole images from 4 images up, else a strip of each image); 0 = none.
@@ -650,7 +683,9 @@ def train_iter(
             the model knows instead of relearning the scale. Measured on the real crop
             zoomed 2x, 90 s from the bundled model: AP@0.5 0.87 zoomed vs 0.67 unzoomed
             (0.83 before; ``benchmarks/bench_finetune_scale.py``). False: train at the
-            data's own scale and record its diameter.
+            data's own scale and record its diameter. A model that records
+            ``meta["diameter_range"]`` (pretrained on many sizes, like the stained model)
+            is not zoomed for data whose diameter lies inside that range.
         oom_retry: on running out of memory, halve the batch and retry the step (default).
             False: stop with a clear error instead, as under DistributedDataParallel, where
             one process halving alone would leave the others waiting for it forever.
@@ -686,7 +721,7 @@ def train_iter(
         raise ValueError(f"iterations must be at least 1, got {iterations}")
     if max_time is not None and float(max_time) <= 0:
         raise ValueError(f"max_time must be positive, got {max_time}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -733,7 +768,7 @@ def train_iter(
     else:
         if preset is not None and mode is None:
             mode = "instance2"
-        net, fresh = _resolve_model(model, mode, in_ch, labels)
+        net, fresh = _resolve_model(model, mode, in_ch, labels, images[0])
     preset, labels, val_labels = _membrane_preset(preset, net, fresh, labels, val_labels)
     recipe = MEMBRANE_RECIPE if preset == "membranes" else RECIPE
     w0 = recipe["w0"] if w0 is None else w0
@@ -741,6 +776,18 @@ def train_iter(
     class_weights = recipe["class_weights"] if class_weights is None else class_weights
     if preset is not None:
         net.meta["preset"] = preset
+    picked = None
+    if model is None and resume is None and not fresh:
+        stained = net.meta.get("modality") == "stained"
+        picked = f"the {'stained' if stained else 'fluorescence'} bundled model (picked for " + (
+            "brightfield RGB images)" if stained else f"{in_ch}-channel images)")
+    norm_rule = net.meta.get("normalization", {"kind": "percentile", "low": 1.0, "high": 99.8})
+    widened = net.config.in_channels != in_ch
+    if widened:
+        from .channels import fit_channels
+
+        rgb = in_ch == 3 and np.shape(images[0])[-1] == 3
+        net = fit_channels(net, in_ch, _as_chw(images[0], in_ch, 0), norm_rule, rgb=rgb)
     net_mode = net.meta.get("mode", "instance3")
     if mode is not None and mode != net_mode:
         raise ValueError(
@@ -748,13 +795,13 @@ def train_iter(
             f"model='scratch' to train a {mode!r} model"
         )
     mode = net_mode
-    if net.config.in_channels != in_ch:
-        raise ValueError(f"the images have {in_ch} channel(s) but the model expects {net.config.in_channels}")
     if lr is None:
-        lr = LR_SCRATCH if fresh else LR_FINE_TUNE
+        lr = LR_SCRATCH if fresh else LR_WIDENED if widened else LR_FINE_TUNE
     cfg = net.config
     if tile_size is None:
-        tile_size = 96 if dev.type == "cpu" else 192
+        tile_size = 192
+    if batch_size is None:
+        batch_size = 2 if dev.type == "cpu" else 4
     in_size = cfg.input_size_for_output(int(tile_size))
     out_size = cfg.output_size(in_size)
     source = augment.source_size(in_size)
@@ -763,12 +810,15 @@ def train_iter(
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
 
-    imgs, labs = list(images), list(labels)
+    # normalise every image once, with its whole statistics, before strips and crops are cut
+    imgs = [_normalised_whole(img, in_ch, k, norm_rule) for k, img in enumerate(images)]
+    labs = list(labels)
     regs = list(regions) if regions is not None else None
     if val_images is not None:
         if val_labels is None or len(val_labels) != len(val_images):
             raise ValueError("val_images need val_labels of the same length")
-        va_i, va_l = list(val_images), list(val_labels)
+        va_i = [_normalised_whole(img, in_ch, k, norm_rule) for k, img in enumerate(val_images)]
+        va_l = list(val_labels)
         va_r = list(val_regions) if val_regions is not None else None
     else:
         imgs, labs, regs, va_i, va_l, va_r = _split_for_validation(imgs, labs, regs, val_fraction)
@@ -777,12 +827,12 @@ def train_iter(
         imgs, labs, regs, va_i, va_l, va_r, zoom, data_diameter = _zoom_to_model(
             net, fresh, zoom_to_model, imgs, labs, regs, va_i, va_l, va_r
         )
-    norm_rule = net.meta.get("normalization", {"kind": "percentile", "low": 1.0, "high": 99.8})
+    done = {"kind": "fixed", "lo": [0.0] * in_ch, "hi": [1.0] * in_ch}  # already normalised
     data = TrainingData(
-        imgs, labs, regs, mode=mode, normalization=norm_rule, in_channels=in_ch, source_size=source,
+        imgs, labs, regs, mode=mode, normalization=done, in_channels=in_ch, source_size=source,
         w0=w0, sigma=sigma, class_weights=class_weights, margin=margin, num_classes=cfg.num_classes, rng=rng,
     )
-    val = _prepare_validation(va_i, va_l, va_r, mode, norm_rule, in_ch, cfg.min_input_size, w0, sigma, class_weights, margin,
+    val = _prepare_validation(va_i, va_l, va_r, mode, done, in_ch, cfg.min_input_size, w0, sigma, class_weights, margin,
                               MAX_VAL_EDGE_MEMBRANES if preset == "membranes" else MAX_VAL_EDGE)
 
     net.to(dev)
@@ -808,7 +858,7 @@ def train_iter(
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
 
-    run = TrainingRun(model=net, total=total)
+    run = TrainingRun(model=net, total=total, data=data)
     run_id = state.get("run_id") if state is not None else uuid.uuid4().hex
     base_history = list(net.meta.get("history", []))
     start_it = 0
@@ -869,6 +919,10 @@ def train_iter(
         "data_diameter": None if not math.isfinite(data_diameter) else round(data_diameter, 2),
         "zoom": round(zoom, 4),
     }
+    if picked:
+        entry["start_model"] = picked
+    if net.meta.get("input"):
+        entry["input"] = dict(net.meta["input"])
 
     def history(it: int, final: bool, stopped: str | None = None) -> list[dict[str, Any]]:
         rec = dict(entry, iterations=it, seconds=round(elapsed_before + time.perf_counter() - t0, 1), finished=final)
@@ -921,7 +975,9 @@ def train_iter(
     loss_ema: float | None = None
     info_common = {"device": dev_text, "run": run, "tile_size": out_size, "mode": mode}
     shown_total = total if total < 10**9 else 0  # a time budget: no step count to show yet
-    yield Progress(start_it, shown_total, f"training on {dev_text}", dict(info_common, phase="start", iteration=start_it))
+    start_msg = f"training on {dev_text}" + (f" from {picked}" if picked else "")
+    yield Progress(start_it, shown_total, start_msg, dict(info_common, phase="start", iteration=start_it,
+                                                          start_model=picked))
 
     it = start_it
     stop_reason = "done"

@@ -14,7 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", metavar="IN", help="images: .tif/.tiff, .npy or zarr directories")
     parser.add_argument("-o", "--output", metavar="OUT",
                         help="output file (.tif, .npy or .zarr) or, with several inputs, a directory")
-    parser.add_argument("--model", metavar="FILE", help="model file (default: the bundled model)")
+    parser.add_argument("--model", metavar="FILE",
+                        help="model file, or a bundled model's name: 'fluorescence', 'stained' (default: the "
+                             "bundled model that suits each image: 'stained' for RGB, else 'fluorescence')")
     parser.add_argument("--tile-size", type=int, metavar="N",
                         help="output tile edge in pixels (default: chosen from free memory)")
     parser.add_argument("--batch-size", type=int, metavar="N", help="tiles per forward pass (default: auto)")
@@ -62,9 +64,10 @@ def _diameter(text: str) -> float | str:
 
 
 def _load_model(path: str | None) -> Any:
-    from ..model import load_model
+    from ..channels import resolve_model
 
-    return load_model(path)
+    # None stays None: each image picks its bundled model (RGB -> stained)
+    return None if path is None else resolve_model(path, rgb=False)[0]
 
 
 def _bar(desc: str) -> Any:
@@ -77,7 +80,12 @@ def _segment(image: Any, axes: str | None, model: Any, args: argparse.Namespace,
              fmt: str, desc: str) -> Any:
     from ..tiling import parse_axes
 
+    from ..channels import resolve_model
+
     layout = parse_axes(image.shape, axes)
+    model, picked = resolve_model(model, layout.rgb, image)
+    if picked:
+        print(f"{desc}: segmenting with {picked}", file=sys.stderr)
     labels_out = create_output(out_path, layout.out_shape, "int32", fmt) if out_path is not None else None
     probs_out = probs_path = None
     if args.probabilities and out_path is not None:

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace MODEL.pt if it exists, and an earlier run's checkpoints in --checkpoint-dir "
                              "(default: refuse both)")
     parser.add_argument("--model", default=None, metavar="START",
-                        help="starting model: a model file, 'bundled' (default) or 'scratch'")
+                        help="starting model: a model file, 'fluorescence' (= 'bundled'), 'stained' or 'scratch' "
+                             "(default: the bundled model that suits the images: 'stained' for RGB)")
     parser.add_argument("--mode", choices=("instance3", "instance2", "semantic"),
                         help="class meaning of a model trained from scratch")
     parser.add_argument("--preset", choices=("membranes", "membrane-mask"),
@@ -35,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-time", type=float, metavar="S", help="stop after this many seconds")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--lr", type=float, help="peak learning rate (default 3e-4 fine-tuning, 3e-3 scratch)")
-    parser.add_argument("--batch-size", type=int, default=4, metavar="N")
-    parser.add_argument("--tile-size", type=int, metavar="N", help="output tile edge (default 96 CPU, 192 GPU)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="tiles per step (default 2 CPU, 4 GPU)")
+    parser.add_argument("--tile-size", type=int, metavar="N", help="output tile edge (default 192)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share held out for validation")
     parser.add_argument("--no-augment", action="store_true", help="switch all augmentation off")
     parser.add_argument("--checkpoint-dir", metavar="DIR", help="write last/best checkpoints here")
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             if post:
                 bar.set_postfix(post, refresh=False)
             if info.get("phase") == "start":
-                bar.write(f"training on {info['device']}", file=sys.stderr)
+                bar.write(rec.message, file=sys.stderr)  # "training on DEVICE [from the picked model]"
     finally:
         bar.close()
     out = save_model(model, out_path)  # atomic: written beside it, then renamed
@@ -160,5 +161,9 @@ def run(args: argparse.Namespace) -> int:
     summary = f"wrote {out} after {last['iterations']} iterations ({last['seconds']:.0f} s)"
     if "best_val_ap" in last:
         summary += f"; best validation AP50 {last['best_val_ap']:.3f} at iteration {last['best_iteration']}"
+    if last.get("input"):
+        from ..channels import describe_input
+
+        summary += f"; input: {describe_input(model.meta, model.config.in_channels)}"
     print(summary)
     return 0

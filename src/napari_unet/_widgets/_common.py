@@ -560,18 +560,23 @@ class ModelPicker:
     """
 
     BUNDLED = "bundled"
+    STAINED = "bundled: stained tissue"
     FILE = "model file"
 
     def __init__(self, label: str = "Model") -> None:
         has_bundled = bundled_model_available()
         bundled_text = self.BUNDLED if has_bundled else f"{self.BUNDLED} (not installed)"
         self._bundled_text = bundled_text
+        from ..channels import bundled_path
+
+        stained = [self.STAINED] if bundled_path("stained").is_file() else []
         self.source = ComboBox(
             label=label,
-            choices=[bundled_text, self.FILE],
+            choices=[bundled_text, *stained, self.FILE],
             value=bundled_text if has_bundled else self.FILE,
-            tooltip="Use the pretrained model shipped with napari-unet, or a model file "
-            "(.pt) saved by the Train widget or `napari-unet train`",
+            tooltip="Use a pretrained model shipped with napari-unet ('bundled' picks the one that suits "
+            "the image: the stained-tissue model for brightfield RGB slides, else the fluorescence "
+            "model), or a model file (.pt) saved by the Train widget or `napari-unet train`",
         )
         self.file = FileEdit(
             label="Model file",
@@ -594,6 +599,10 @@ class ModelPicker:
         Raises:
             ValueError: "model file" is chosen but no file is given.
         """
+        if self.source.value == self.STAINED:
+            from ..channels import bundled_path
+
+            return bundled_path("stained")
         if self.source.value != self.FILE:
             return None
         value = self.file.value

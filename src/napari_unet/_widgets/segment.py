@@ -164,16 +164,22 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
     from ..tiling import parse_axes, segment_iter
 
     t0 = time.perf_counter()
+    from ..channels import bundled_path, pick_bundled
+
     yield Progress(0, 0, "Loading the model...")
-    model = load_model_cached(job.model_path)
+    layout = parse_axes(job.data.shape, job.axes)
+    notes: list[str] = []
+    path = job.model_path
+    if path is None and pick_bundled(layout.rgb, job.data) == "stained":  # "bundled" on a slide: stained
+        path = bundled_path("stained")
+        notes.append("used the stained bundled model (picked for a brightfield RGB image)")
+    model = load_model_cached(path)
     device = resolve_device(job.device)
     yield Progress(0, 0, f"Reading the image, preparing {describe_device(device)}...")
-    layout = parse_axes(job.data.shape, job.axes)
     probs = None
     if job.want_probabilities:
         probs = np.zeros((model.config.num_classes, *layout.out_shape), np.float32)
     info: dict[str, Any] = {}
-    notes: list[str] = []
     kwargs = dict(tile_size=job.tile_size, min_size=job.min_size, probabilities_out=probs)
     if "Z" in layout.axes:
         kwargs.update(voxel_size=job.voxel_size, plane_by_plane=job.plane_by_plane)

@@ -285,7 +285,7 @@ def _starting_model(job: TrainJob) -> tuple[Any, float | None]:
         return job.model, lr
     if job.start == "resume":
         return None, lr
-    return "bundled", lr
+    return None, lr  # "bundled": train_iter picks the one that suits the images (RGB -> stained)
 
 
 def run_training(job: TrainJob) -> Generator[Progress, None, Any]:
@@ -1028,6 +1028,13 @@ class TrainWidget(Container):
             text += f"; kept the best model (val. AP {run.best_score:.2f} at iteration {run.best_iteration})"
         else:
             text += "; kept the last model"
+        hist = (model.meta.get("history") or [{}])[-1] if model is not None else {}
+        if hist.get("start_model"):
+            text += f"; started from {hist['start_model']}"
+        if model is not None and model.meta.get("input"):
+            from ..channels import describe_input
+
+            text += f"; input: {describe_input(model.meta, model.config.in_channels)}"
         job = self._job
         folder = job.checkpoint_dir or job.resume if job is not None else None
         if folder is not None:

@@ -1,0 +1,81 @@
+"""Where a training step's time goes: output tile vs halo, per tile size and batch.
+
+With valid convolutions a depth-3 U-Net loses a 44-px halo on each side, so a 96-px
+output tile takes a 184-px input: only (96/184)^2 = 27% of the computed input area is
+output. This times one full training step (augmentation on the device, forward, weighted
+loss, backward, AdamW) of the bundled architecture for several output tiles, and prints
+the time per step and per thousand output pixels (the number that matters: the loss is
+taught only on output pixels). Ratios measured in one run; absolute times depend on load.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_train_step.py [--channels 3] [--steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from napari_unet.augment import AugmentConfig, augment_batch
+from napari_unet.device import autocast, cpu_supports_bf16
+from napari_unet.model import UNet
+from napari_unet.training import weighted_cross_entropy
+
+
+def time_step(net: UNet, tile: int, batch: int, steps: int, amp: bool, augment: AugmentConfig) -> dict[str, float]:
+    """Median seconds of a whole step and of its parts (augment, forward + loss, backward + AdamW)."""
+    cfg = net.config
+    inp = cfg.input_size_for_output(tile)
+    src = augment.source_size(inp)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, cfg.in_channels, src, src)
+    t = torch.randint(0, 3, (batch, src, src), dtype=torch.int16)
+    w = torch.ones(batch, src, src)
+    m = torch.ones(batch, src, src, dtype=torch.bool)
+    times: dict[str, list[float]] = {"step": [], "augment": [], "forward": [], "backward": []}
+    for k in range(steps + 1):
+        t0 = time.perf_counter()
+        b = augment_batch(x, t, w, m, out_size=inp, config=augment, generator=g)
+        t1 = time.perf_counter()
+        with autocast(torch.device("cpu"), amp):
+            logits = net(b.image.contiguous(memory_format=torch.channels_last))
+        loss = weighted_cross_entropy(logits, b.targets.long(), b.weights, b.mask)
+        t2 = time.perf_counter()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        t3 = time.perf_counter()
+        if k:  # the first step warms up
+            for name, v in (("step", t3 - t0), ("augment", t1 - t0), ("forward", t2 - t1), ("backward", t3 - t2)):
+                times[name].append(v)
+    return {name: float(np.median(v)) for name, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--configs", default="96x4,192x2,96x4,192x2", help="TILExBATCH,... (repeats interleave)")
+    args = p.parse_args(argv)
+    amp = cpu_supports_bf16()
+    net = UNet(args.channels, 3, depth=3, base_width=16, dropout=0.1).to(memory_format=torch.channels_last).train()
+    print(f"threads {torch.get_num_threads()}, bf16 {amp}, depth 3, width 16, halo {net.halo} px")
+    print("| output tile | input | batch | output share of input | s / step | augment / forward / backward | ms / 1000 output px |")
+    print("|---|---|---|---|---|---|---|")
+    for spec in args.configs.split(","):
+        tile, batch = (int(v) for v in spec.split("x"))
+        inp = net.config.input_size_for_output(tile)
+        out = net.config.output_size(inp)
+        t = time_step(net, tile, batch, args.steps, amp, AugmentConfig())
+        s = t["step"]
+        parts = " / ".join(f"{t[k] / s:.0%}" for k in ("augment", "forward", "backward"))
+        print(f"| {out} | {inp} | {batch} | {out * out / inp / inp:.0%} | {s:.3f} | {parts} | "
+              f"{1000 * s / (batch * out * out) * 1000:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""Input channels: RGB / multichannel fine-tuning of 1-channel models, the colour rule in
+the model file and the export, picking the bundled model by image, and normalisation of
+training crops with the whole image's statistics."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from _helpers import run_to_end
+
+import napari_unet as nu
+from napari_unet.channels import bundled_path, resolve_model, widen_input
+from napari_unet.synthetic_tissue import make_tissue_sample
+from napari_unet.training import train_iter
+
+
+@pytest.fixture(scope="module")
+def he_tile():
+    return make_tissue_sample((96, 96), seed=3, stain="he", scale="20x")
+
+
+def test_widened_network_sees_the_luminance_or_its_inverse(tiny_model):
+    x = torch.rand(1, 1, 92, 92)
+    for invert in (False, True):
+        wide = widen_input(tiny_model, 3, invert=invert).eval()
+        assert wide.config.in_channels == 3 and wide.meta["input"]["inverted"] is invert
+        with torch.no_grad():
+            want = tiny_model(1 - x if invert else x)
+            got = wide(x.repeat(1, 3, 1, 1))
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_rgb_fine_tunes_from_the_fluorescence_model_and_segments(he_tile, tmp_path):
+    img, lab = he_tile
+    model, records = run_to_end(train_iter([img], [lab], "fluorescence", regions=["all"], iterations=2,
+                                           batch_size=1, tile_size=32, val_fraction=0, device="cpu"))
+    assert model.config.in_channels == 3
+    # H&E is brightfield: the fluorescence filters start out on the inverted luminance
+    assert model.meta["input"] == {"channels": 3, "widened_from": 1, "inverted": True,
+                                   "channel_names": ["red", "green", "blue"]}
+    assert model.meta["history"][-1]["input"]["inverted"] is True
+    labels = nu.segment(img, model=model, device="cpu")
+    assert labels.shape == img.shape[:2] and labels.dtype == np.int32
+    # the rule survives the model file
+    again = nu.load_model(nu.save_model(model, tmp_path / "rgb.pt"))
+    assert again.meta["input"] == model.meta["input"] and again.config.in_channels == 3
+    np.testing.assert_array_equal(nu.segment(img, model=again, device="cpu"), labels)
+
+
+def test_rgb_without_a_model_starts_from_the_stained_model(he_tile):
+    img, lab = he_tile
+    _, records = run_to_end(train_iter([img], [lab], None, regions=["all"], iterations=1,
+                                       batch_size=1, tile_size=32, val_fraction=0, device="cpu"))
+    assert "stained bundled model" in records[0].message
+    assert records[0].info["start_model"].startswith("the stained bundled model")
+
+
+def test_segment_picks_the_model_from_the_image(he_tile):
+    img, _ = he_tile
+    _, recs = run_to_end(nu.tiling.segment_iter(img, device="cpu"))
+    picked = {r.info.get("model") for r in recs} - {None}
+    assert picked == {"the stained bundled model (picked for a brightfield RGB image)"}
+    gray = img.mean(-1)
+    _, recs = run_to_end(nu.tiling.segment_iter(gray, device="cpu"))
+    assert {r.info.get("model") for r in recs} - {None} == {"the fluorescence bundled model (picked for a non-RGB image)"}
+    # an RGB fluorescence image (bright nuclei on black) is not a slide
+    fluo, _ = nu.make_sample((96, 96), seed=1)
+    fluo_rgb = np.stack([fluo, fluo // 2, fluo // 3], -1)
+    _, recs = run_to_end(nu.tiling.segment_iter(fluo_rgb, device="cpu"))
+    assert {r.info.get("model") for r in recs} - {None} == {"the fluorescence bundled model (picked for an RGB fluorescence image)"}
+    net, note = resolve_model("stained", rgb=False)
+    assert net.meta["modality"] == "stained" and net.config.in_channels == 3 and note is None
+
+
+def test_two_channels_widen_a_one_channel_model_and_are_refused_by_a_three_channel_one(tiny_model, rng):
+    img = rng.uniform(0, 1, (2, 64, 64)).astype(np.float32)
+    lab = np.zeros((64, 64), np.int32)
+    lab[10:20, 10:20], lab[40:52, 30:44] = 1, 2
+    img[:, lab > 0] += 2
+    model = nu.fine_tune([img], [lab], tiny_model, regions=["all"], iterations=1, batch_size=1, tile_size=16,
+                         val_fraction=0, device="cpu")
+    assert model.config.in_channels == 2 and model.meta["input"]["inverted"] is False
+    assert nu.segment(img, model=model, axes="CYX", device="cpu").shape == (64, 64)
+    rgb_model = widen_input(tiny_model, 3)
+    with pytest.raises(ValueError, match="the images have 2 channel") as err:
+        nu.fine_tune([img], [lab], rgb_model, regions=["all"], iterations=1, val_fraction=0, device="cpu")
+    assert "\n" not in str(err.value)
+
+
+def test_colour_rule_survives_the_bioimageio_export(tiny_model, he_tile, tmp_path):
+    import yaml
+
+    from napari_unet.export import preprocess
+
+    img, _ = he_tile
+    model = widen_input(tiny_model, 3, invert=True, channel_names=["red", "green", "blue"]).eval()
+    out = nu.export_bioimageio(model, tmp_path / "rgb.zip", test_image=img)
+    with zipfile.ZipFile(out) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+        net = torch.jit.load(z.extract("weights.pt", tmp_path))
+    assert rdf["config"]["napari_unet"]["meta"]["input"] == model.meta["input"]
+    assert rdf["inputs"][0]["axes"][1]["channel_names"] == ["red", "green", "blue"]
+    cyx = np.moveaxis(img, -1, 0).astype(np.float32)[None]
+    with torch.no_grad():
+        got = net(torch.from_numpy(preprocess(cyx, model))).numpy()[0]
+    np.testing.assert_allclose(got, nu.predict(img, model, amp=False, device="cpu"), atol=1e-4)
+
+
+def test_training_crops_use_the_whole_images_percentiles(tiny_model):
+    # the bottom strip (held out for validation) is far brighter than the top one: the
+    # training strip must be scaled by the whole image's percentiles, as inference does
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 10, (100, 64)).astype(np.float32)
+    img[60:] += 1000
+    lab = np.zeros((100, 64), np.int32)
+    lab[10:20, 10:20], lab[70:80, 30:40] = 1, 2
+    _, recs = run_to_end(train_iter([img], [lab], tiny_model, regions=["all"], iterations=1, batch_size=1,
+                                    tile_size=16, val_fraction=0.4, device="cpu", zoom_to_model=False))
+    item = recs[-1].info["run"].data.items[0]
+    p = item.pad
+    lo, hi = np.percentile(img, [1.0, 99.8])
+    top = item.image[0, p:p + 60, p:p + 64]
+    np.testing.assert_allclose(top, (img[:60] - lo) / (hi - lo), atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_rgb_fine_tune_and_segment_on_cuda(he_tile):
+    img, lab = he_tile
+    model = nu.fine_tune([img], [lab], "fluorescence", regions=["all"], iterations=3, batch_size=2, tile_size=64,
+                         val_fraction=0, device="cuda", amp=True)
+    assert model.config.in_channels == 3 and model.meta["history"][-1]["amp"] is True
+    probs_gpu = nu.predict(img, model, device="cuda", amp=False)
+    probs_cpu = nu.predict(img, model, device="cpu", amp=False)
+    np.testing.assert_allclose(probs_gpu, probs_cpu, atol=2e-3)
