@@ -94,3 +94,15 @@ def test_said_once_whatever_the_diameter(model_path, diameter):
     model.meta["diameter"] = 12.0
     said = _messages(nu.segment, he_like(shape=(128, 128)), model, diameter=diameter)
     assert sum("stained tissue" in m for m in said) == 1, said
+
+
+def test_a_model_fine_tuned_on_stained_tiles_knows_them(model_path):
+    # the fluorescence model widened and fine-tuned on H&E-like tiles records what it learnt
+    # from, so segmenting such a tile afterwards gives no "unlike the training data" hint
+    img = he_like(seed=1, shape=(96, 96))
+    _, lab = nu.make_sample((96, 96), seed=1)
+    start = nu.load_model(model_path)
+    assert _messages(nu.segment, img, start, device="cpu")  # the hint, before fine-tuning
+    tuned = nu.fine_tune([img], [lab], start, iterations=1, tile_size=16, device="cpu")
+    assert tuned.meta["modality"] == "stained"
+    assert not [m for m in _messages(nu.segment, img, tuned, device="cpu") if "trained on" in m]

@@ -229,6 +229,38 @@ def modality_warning(image: Any, layout: Any, meta: dict[str, Any]) -> str | Non
     return None
 
 
+def modality_of(images: Any, in_channels: int, default: str = "fluorescence") -> str:
+    """What a model trained on ``images`` knows, for ``model.meta["modality"]``.
+
+    ``"stained"`` for RGB brightfield tissue, ``"brightfield"`` for dark objects on a
+    bright background (EM, brightfield; not checked by :func:`modality_warning`),
+    ``"fluorescence"`` otherwise; ``default`` for other channel counts. The same tests
+    :func:`modality_warning` applies, so a model never warns about images like its own.
+
+    Args:
+        images: the training images, 2D ``(Y, X)`` or with a channel axis.
+        in_channels: the model's input channels.
+    """
+    from .normalize import strided_sample
+
+    if in_channels not in (1, 3):
+        return default
+    per_image = max(10_000, 1_000_000 // max(1, len(images)))
+    pixels = []
+    for img in list(images)[:16]:
+        arr = np.asarray(strided_sample(img, per_image), np.float64)
+        if in_channels == 3:
+            arr = arr.reshape(-1, 3) if arr.shape[-1] == 3 else np.moveaxis(arr, 0, -1).reshape(-1, 3)
+        pixels.append(arr.reshape(-1, in_channels))
+    sample = np.concatenate(pixels)
+    sample = sample[np.isfinite(sample).all(axis=1)]
+    if sample.size == 0:
+        return default
+    if in_channels == 3 and looks_stained(sample):
+        return "stained"
+    return "brightfield" if bright_background(sample.mean(axis=1)) else "fluorescence"
+
+
 def bright_background(gray: np.ndarray) -> bool:
     """True for dark objects on a bright background (brightfield, an inverted image).
 
@@ -265,6 +297,7 @@ __all__ = [
     "NONFINITE_WARNING",
     "NOTHING_HERE_WARNING",
     "drop_faint_objects",
+    "modality_of",
     "modality_warning",
     "noise_sigma",
     "object_contrast",

@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from ._progress import Progress, ProgressBar, drain
 from .augment import AugmentConfig, augment_batch
 from .device import autocast, describe_device, is_out_of_memory, resolve_device
+from .image_checks import modality_of
 from .metrics import average_precision
 from .model import MODES, ModelFileError, UNet, center_crop, clone_model, load_model, save_atomic
 from .normalize import apply_normalization, normalization_params
@@ -788,6 +789,8 @@ def train_iter(
 
         rgb = in_ch == 3 and np.shape(images[0])[-1] == 3
         net = fit_channels(net, in_ch, _as_chw(images[0], in_ch, 0), norm_rule, rgb=rgb)
+    # what the trained model will know: its images' kind (the modality check reads it)
+    net.meta["modality"] = modality_of(images, in_ch, net.meta.get("modality", "fluorescence"))
     net_mode = net.meta.get("mode", "instance3")
     if mode is not None and mode != net_mode:
         raise ValueError(
