@@ -431,8 +431,9 @@ class AnnotateWidget(Container):
 
         layer = self.image.value
         # a Z stack is annotated as 3D cells (as the Segment widget segments it), a plane otherwise
-        self.cells_3d.visible = layer is not None and layer_axes(layer, "auto") == "ZYX"
-        self.cells_3d.value = self.cells_3d.visible
+        stack = layer is not None and layer_axes(layer, "auto") == "ZYX"
+        self.cells_3d.visible = stack
+        self.cells_3d.value = stack
         self._pick_annotation_layer()
         if layer is None:
             set_status(self.status, "Open an image (File ▸ Open Sample ▸ Synthetic nuclei for a demo)")
