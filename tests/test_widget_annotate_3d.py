@@ -141,16 +141,21 @@ def test_predict_in_a_region_fills_its_column_through_the_stack(make_napari_view
     w.model.source.value = w.model.FILE
     w.model.file.value = model_path
     layer = w.new_labels_layer()
+    layer.data[0, 90:93, 90:93] = 40  # the person's cell, outside the region and its context
+    layer._reset_history()  # noqa: SLF001
+    before = layer.data.copy()
     viewer.dims.set_current_step(0, 6)
     region = w.new_region_layer()
     region.add_rectangles(np.array([[6.0, 10.0, 10.0], [6.0, 10.0, 50.0], [6.0, 50.0, 50.0], [6.0, 50.0, 10.0]]))  # on plane 6
     assert w.predict() is not None
     wait_done(qtbot, w)
     cell = int(layer.data[6, 30, 30])
-    assert cell > 0 and _planes_of(layer.data, cell) == _planes_of(img[:, 30:31, 30:31] > 0.5, True)
-    assert not layer.data[:, 50:, 50:].any()  # outside the region's column: not filled
+    assert _planes_of(layer.data, cell) == _planes_of(img[:, 30:31, 30:31] > 0.5, True)
+    # a fresh id: not one of the crop's (there 1 was free) but past every id of the layer
+    assert cell == 41
+    assert np.array_equal(layer.data[:, 50:, 50:], before[:, 50:, 50:])  # outside the region's column
     layer.undo()
-    assert not layer.data.any()
+    assert np.array_equal(layer.data, before)
 
 
 def test_weight_map_of_a_3d_layer_uses_its_voxel_spacing(make_napari_viewer, qtbot):
