@@ -111,7 +111,10 @@ def test_predict_to_annotate_gives_3d_ids_and_the_set_takes_them(make_napari_vie
     w.model.source.value = w.model.BUNDLED
     layer = w.new_labels_layer()
     layer.data[0, 0:3, 0:3] = 40  # a cell of the person's, outside the predicted area
-    w.where.value = "whole image / plane"
+    viewer.dims.ndisplay = 3
+    w.where.value = "field of view"
+    assert w.predict() is None and "Switch the viewer to 2D" in w.status.value
+    w.where.value = "whole image / plane"  # works in the 3D view too
     job = w._make_predict_job()
     assert job.axes == "ZYX" and job.voxel_size == (3.0, 1.0, 1.0) and job.image.shape == SHAPE
     assert w.predict() is not None

@@ -823,6 +823,9 @@ class AnnotateWidget(Container):
                 region = np.broadcast_to(region.any(axis=0), region.shape)
             box = bounding_box(region[0] if in_3d else region)
         elif self.where.value == AREA_VIEW:
+            if self._viewer.dims.ndisplay != 2:
+                raise ValueError("Switch the viewer to 2D to predict in the field of view (or predict in the "
+                                 "annotated region or the whole stack)")
             box = self.view_box(labels)
             region = np.zeros(lead + (H, W), bool)
             region[(Ellipsis, *box)] = True
