@@ -455,6 +455,7 @@ class AnnotateWidget(Container):
         layer = self.annotations.value
         if layer is not None:
             self._watch(layer)
+            self._sync_edit_dims(layer)
             # a mask read from a file (or the sample's truth) labels every cell
             self.complete.value = loaded_from_file(layer)
         self.update_area_overlay()
@@ -497,6 +498,10 @@ class AnnotateWidget(Container):
             return
         layer.brush_size = int(self.brush_size.value)
         layer.contour = 2 if self.contour.value else 0
+        self._sync_edit_dims(layer)
+
+    def _sync_edit_dims(self, layer: Any) -> None:
+        """3D cells: the brush paints through planes (napari's ``n_edit_dimensions``)."""
         layer.n_edit_dimensions = 3 if self.in_3d(layer) else 2
 
     def new_labels_layer(self, *_: Any) -> Any:
@@ -813,7 +818,7 @@ class AnnotateWidget(Container):
         lead = labels.data.shape[:1] if in_3d else ()
         region = None
         if self.where.value == AREA_REGION:
-            region = self.region_mask(None if in_3d or not plane else plane)
+            region = self.region_mask(plane or None)
             if region is None:
                 raise ValueError("No annotated region: press 'Draw region' and draw one, or predict in the "
                                  "field of view")
@@ -835,7 +840,9 @@ class AnnotateWidget(Container):
         ctx = tuple(slice(max(s.start - CONTEXT, 0), min(s.stop + CONTEXT, n)) for s, n in zip(box, (H, W)))
         ctx = tuple(slice(0, n) for n in lead) + ctx
         data = _array(image)
-        axes = layer_axes(image, "auto") if in_3d else layer_axes(image, "auto")[-3 if image.rgb else -2:]
+        axes = layer_axes(image, "auto")
+        if not in_3d:
+            axes = axes[-3 if image.rgb else -2:]
         crop = np.asarray(data[plane + ctx])
         return PredictJob(image=crop, axes=axes, model=self.model_spec(), device=self.device.value,
                           plane=plane, box=ctx, region=region, replace=bool(self.replace.value),
