@@ -127,11 +127,20 @@ def test_predict_to_annotate_gives_3d_ids_and_the_set_takes_them(make_napari_vie
     assert ids.min() > 40  # no predicted cell took an id the layer already had
     # measured 0.7-0.9 on this small stack (bundled model, Z step 3 from the scale; plane by plane: 0.0)
     assert average_precision(truth, pred, 0.5)[0.5] > 0.5
-    # the 3D annotation goes to the training set as its labelled XY planes
+    # the 3D annotation goes to the training set as its labelled XY planes and side views
     w.crop.value = False
+    w.complete.value = True  # every cell is labelled: whole planes are learnt from
     n = w.add_to_set()
-    assert n == len({int(z) for z in np.nonzero(layer.data)[0]}) >= 10
-    assert all(s.labels.shape == SHAPE[1:] and s.image.shape == SHAPE[1:] for s in w.training_set.samples)
+    samples = w.training_set.samples
+    xy = [s for s in samples if " z=" in s.name]
+    side = [s for s in samples if " side view " in s.name]
+    assert len(xy) + len(side) == n and len(xy) == len({int(z) for z in np.nonzero(layer.data)[0]}) >= 10
+    assert all(s.labels.shape == SHAPE[1:] and s.image.shape == SHAPE[1:] for s in xy)
+    # XZ / YZ planes of 12 planes of Z step 3: 36 rows of isotropic pixels
+    assert len(side) == 2 * 12 and all(s.labels.shape == (36, 96) == s.image.shape for s in side)
+    # a side view holds the cells of the XY planes it crosses
+    k = next(i for i, s in enumerate(side) if s.labels.any())
+    assert set(np.unique(side[k].labels)) <= set(np.unique(layer.data))
 
 
 def test_predict_in_a_region_fills_its_column_through_the_stack(make_napari_viewer, model_path, qtbot):

@@ -28,8 +28,9 @@ brush paints a ball through neighbouring planes (napari's ``n_edit_dimensions = 
 by the layer's scale), the helpers, Split and Merge act on the whole stack, and
 predict-to-annotate segments every plane of the area as one volume (3D ids; the Z step from
 the layer's scale, as in the Segment widget). With the switch off (stacks of unrelated
-planes, time series) they act on the plane shown in the viewer. Either way "Add to training
-set" adds each labelled XY plane.
+planes, time series) they act on the plane shown in the viewer. "Add to training set" adds
+each labelled XY plane and, for 3D cells, XZ and YZ side views resampled along Z by the
+layer's scale, as 3D training does (``volume.stack_planes``).
 """
 
 from __future__ import annotations
@@ -876,7 +877,8 @@ class AnnotateWidget(Container):
     # -- training set ----------------------------------------------------------------------
 
     def add_to_set(self, *_: Any) -> int:
-        """Add the image + labels + training area (each labelled plane); returns how many."""
+        """Add the image + labels + training area (each labelled plane, and the side views of
+        3D cells); returns how many."""
         image, labels = self.image.value, self.annotations.value
         try:
             if image is None or labels is None:
@@ -888,19 +890,23 @@ class AnnotateWidget(Container):
             lab_all = labels.data
             planes = list(np.ndindex(*lab_all.shape[:-2])) if lab_all.ndim > 2 else [()]
             has_region = self.region_mask() is not None
-            added = []
-            for plane in planes:
-                lab = np.asarray(lab_all[plane])
-                region = self.training_area(plane)
+            # (image, labels, training area, name) of every whole plane that may go in
+            planes = [(data[plane], lab_all[plane], self.training_area(plane),
+                       image.name + (" z=" + ",".join(map(str, plane)) if plane else "")) for plane in planes]
+            if self.in_3d(labels):
+                planes += self._side_views(image, planes)
+            added, full = [], 0
+            for img, lab, region, name in planes:
+                lab = np.asarray(lab)
                 if not region.any() or (not has_region and not lab.any()):
                     continue  # nothing annotated on this plane
-                img = np.asarray(data[plane])
-                name = image.name + (" z=" + ",".join(map(str, plane)) if plane else "")
+                img = np.asarray(img)
+                full += region.size
                 if self.crop.value:
                     ys, xs = bounding_box(region)
-                    img, lab, region = img[ys, xs], lab[ys, xs], region[ys, xs]
-                    if (ys.stop - ys.start, xs.stop - xs.start) != tuple(lab_all.shape[-2:]):
+                    if (ys.stop - ys.start, xs.stop - xs.start) != tuple(lab.shape):
                         name += f" [{ys.start}:{ys.stop}, {xs.start}:{xs.stop}]"
+                    img, lab, region = img[ys, xs], lab[ys, xs], region[ys, xs]
                 added.append((np.array(img, copy=True), np.array(lab, copy=True), region.copy(),
                               unique_name(name, {s.name for s in self.training_set.samples})))
             if not added:
@@ -915,7 +921,7 @@ class AnnotateWidget(Container):
         cells = sum(count_cells(a[1]) for a in added)
         text = (f"Added {len(added)} entr{'ies' if len(added) != 1 else 'y'} ({cells} cells); "
                 f"the set has {len(self.training_set.samples)}")
-        share = sum(int(np.count_nonzero(a[2])) for a in added) / max(1, len(added) * int(np.prod(lab_all.shape[-2:])))
+        share = sum(int(np.count_nonzero(a[2])) for a in added) / max(1, full)
         if not has_region and not self.complete.value and share < 0.5:
             # sparse labels: say how little of the image teaches anything
             set_status(self.status, f"{text}. Only {share:.0%} of the image is learnt from (labelled cells plus "
@@ -924,6 +930,18 @@ class AnnotateWidget(Container):
         else:
             set_status(self.status, text)
         return len(added)
+
+    @staticmethod
+    def _side_views(image: Any, xy: list[tuple]) -> list[tuple]:
+        """XZ and YZ planes of a 3D annotation, resampled along Z by the layer's scale (or the
+        cells' estimated Z step), as 3D training uses (``volume.stack_planes``)."""
+        from ..volume import stack_planes
+        from .segment import layer_voxel_size
+
+        stack, lab, area = (np.stack([np.asarray(p[k]) for p in xy]) for k in range(3))
+        ims, lbs, rgs = stack_planes(stack, lab, area, layer_voxel_size(image, "ZYX"))
+        return [(i, lb, r, f"{image.name} side view {j + 1}")
+                for j, (i, lb, r) in enumerate(zip(ims[len(xy):], lbs[len(xy):], rgs[len(xy):]))]
 
     def entry_text(self, i: int) -> str:
         s = self.training_set.samples[i]
