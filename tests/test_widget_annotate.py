@@ -178,8 +178,10 @@ def test_stack_plane_by_plane(make_napari_viewer, model_path, qtbot):
     viewer.window.add_dock_widget(w, name="Annotate")
     w.model.source.value = w.model.FILE
     w.model.file.value = model_path
+    assert w.cells_3d.value  # a 3D layer is a Z stack of 3D cells by default; these planes are unrelated
+    w.cells_3d.value = False
     layer = w.new_labels_layer()
-    assert layer.data.shape == stack.shape
+    assert layer.data.shape == stack.shape and layer.n_edit_dimensions == 2
     viewer.dims.set_current_step(0, 1)
     assert w.current_plane(layer) == (1,)
     w.where.value = "whole image / plane"

@@ -23,8 +23,14 @@ A thin skin over :mod:`napari_unet.annotate` (label-editing helpers that return
   ``"<image> labels (trained)"``) and a before/after score (AP@0.5 on the held-out entries)
   is shown here. A cancelled training changes nothing here.
 
-Stacks are annotated plane by plane: the helpers and predict-to-annotate act on the plane
-shown in the viewer.
+Z stacks (a 3D image layer) are annotated as 3D cells by default ("3D cells" switch): the
+brush paints a ball through neighbouring planes (napari's ``n_edit_dimensions = 3``, shaped
+by the layer's scale), the helpers, Split and Merge act on the whole stack, and
+predict-to-annotate segments every plane of the area as one volume (3D ids; the Z step from
+the layer's scale, as in the Segment widget). With the switch off (stacks of unrelated
+planes, time series) they act on the plane shown in the viewer. "Add to training set" adds
+each labelled XY plane and, for 3D cells, XZ and YZ side views resampled along Z by the
+layer's scale, as 3D training does (``volume.stack_planes``).
 """
 
 from __future__ import annotations
@@ -126,14 +132,15 @@ def shapes_in_layer_grid(shapes: Any, like: Any) -> list[np.ndarray]:
 class PredictJob:
     """What the predict-to-annotate worker needs (read in the GUI thread)."""
 
-    image: np.ndarray  # the crop of the plane to predict (with context)
+    image: np.ndarray  # the crop of the plane (or of the stack: 3D cells) to predict (with context)
     axes: str
     model: Any  # path, None (bundled) or a UNet
     device: str
-    plane: tuple[int, ...]
-    box: tuple[slice, slice]  # the crop inside the plane (with context)
-    region: np.ndarray | None  # plane-sized mask where to write (None: everywhere)
+    plane: tuple[int, ...]  # () for a 2D layer and for 3D cells
+    box: tuple[slice, ...]  # the crop inside the plane, or (all planes, rows, columns) of the stack
+    region: np.ndarray | None  # plane- (or stack-) sized mask where to write (None: everywhere)
     replace: bool
+    voxel_size: tuple[float, float, float] | None = None  # 3D cells: the layer's scale (None: estimated)
 
 
 def _resolve_model(spec: Any) -> Any:
@@ -149,7 +156,8 @@ def run_predict(job: PredictJob) -> Generator[Progress, None, np.ndarray]:
     """Worker: segment the crop with the model (at the model's cell size); returns its labels."""
     yield Progress(0, 0, "Loading the model...")
     model = _resolve_model(job.model)
-    labels = yield from segment_at_model_size(job.image, model, device=job.device, axes=job.axes)
+    kwargs = {"voxel_size": job.voxel_size} if "Z" in job.axes else {}
+    labels = yield from segment_at_model_size(job.image, model, device=job.device, axes=job.axes, **kwargs)
     return np.asarray(labels)
 
 
@@ -242,6 +250,10 @@ class AnnotateWidget(Container):
                                   tooltip="Brush size of the annotation layer")
         self.contour = CheckBox(text="outlines only", value=False,
                                 tooltip="Show cells as outlines, to see the image beneath")
+        self.cells_3d = CheckBox(text="3D cells (Z stack)", value=False,
+                                 tooltip="On: the brush paints through neighbouring planes, the helpers, Split "
+                                 "and Merge act on the whole stack and predictions are 3D cells. Off: one plane "
+                                 "at a time (stacks of unrelated planes). On by default for a 3D image")
         self.auto_next = CheckBox(text="new id after each stroke", value=True,
                                   tooltip="After every brush stroke or fill, select a fresh id so the next "
                                   "cell gets its own (pick an id with the color picker to extend a cell)")
@@ -326,6 +338,7 @@ class AnnotateWidget(Container):
                 self.new_labels_button,
                 self.brush_size,
                 row(self.contour, self.auto_next),
+                self.cells_3d,
                 self.region,
                 self.new_region_button,
                 self.margin,
@@ -336,7 +349,7 @@ class AnnotateWidget(Container):
                 self.where,
                 self.replace,
                 row(self.predict_button, self.cancel_button),
-                header("Helpers (current plane, undo: Ctrl+Z)"),
+                header("Helpers (current plane or 3D stack, undo: Ctrl+Z)"),
                 row(self.next_id_button, self.fill_holes_button),
                 self.min_size,
                 self.remove_small_button,
@@ -365,6 +378,7 @@ class AnnotateWidget(Container):
         self.new_region_button.changed.connect(self.new_region_layer)
         self.brush_size.changed.connect(self._apply_layer_settings)
         self.contour.changed.connect(self._apply_layer_settings)
+        self.cells_3d.changed.connect(self._apply_layer_settings)
         self.annotations.changed.connect(self._labels_changed)
         self.region.changed.connect(self.update_area_overlay)
         self.margin.changed.connect(self.update_area_overlay)
@@ -414,8 +428,14 @@ class AnnotateWidget(Container):
             self._pick_annotation_layer()
 
     def _image_changed(self, *_: Any) -> None:
-        self._pick_annotation_layer()
+        from .segment import layer_axes
+
         layer = self.image.value
+        # a Z stack is annotated as 3D cells (as the Segment widget segments it), a plane otherwise
+        stack = layer is not None and layer_axes(layer, "auto") == "ZYX"
+        self.cells_3d.visible = stack
+        self.cells_3d.value = stack
+        self._pick_annotation_layer()
         if layer is None:
             set_status(self.status, "Open an image (File ▸ Open Sample ▸ Synthetic nuclei for a demo)")
 
@@ -436,6 +456,7 @@ class AnnotateWidget(Container):
         layer = self.annotations.value
         if layer is not None:
             self._watch(layer)
+            self._sync_edit_dims(layer)
             # a mask read from a file (or the sample's truth) labels every cell
             self.complete.value = loaded_from_file(layer)
         self.update_area_overlay()
@@ -478,6 +499,11 @@ class AnnotateWidget(Container):
             return
         layer.brush_size = int(self.brush_size.value)
         layer.contour = 2 if self.contour.value else 0
+        self._sync_edit_dims(layer)
+
+    def _sync_edit_dims(self, layer: Any) -> None:
+        """3D cells: the brush paints through planes (napari's ``n_edit_dimensions``)."""
+        layer.n_edit_dimensions = 3 if self.in_3d(layer) else 2
 
     def new_labels_layer(self, *_: Any) -> Any:
         """Create (or pick) '<image> annotations' with cell-painting defaults."""
@@ -559,6 +585,15 @@ class AnnotateWidget(Container):
             show_error_in(self.status, "No annotation layer: press 'New annotation layer' (or pick a Labels layer)")
         return layer
 
+    def in_3d(self, layer: Any) -> bool:
+        """Whether edits of ``layer`` act on 3D cells (a (Z, Y, X) layer with "3D cells" on)."""
+        return bool(self.cells_3d.value) and layer.ndim == 3
+
+    def edit_plane(self, layer: Any) -> tuple[int, ...]:
+        """Leading indices of what the helpers edit: () for the whole layer (2D, or 3D cells),
+        else the plane shown (:meth:`current_plane`)."""
+        return () if self.in_3d(layer) else self.current_plane(layer)
+
     def current_plane(self, layer: Any) -> tuple[int, ...]:
         """Leading indices of the plane shown for ``layer`` (() for a 2D layer).
 
@@ -636,7 +671,7 @@ class AnnotateWidget(Container):
         if layer is None:
             return False
         try:
-            plane = self.current_plane(layer)
+            plane = self.edit_plane(layer)
             edit = make(np.asarray(layer.data[plane]))
             return self.apply_edit(layer, edit, plane)
         except ValueError as exc:
@@ -681,7 +716,7 @@ class AnnotateWidget(Container):
         idx = max(i for i, t in enumerate(lines.shape_type) if t in ("line", "path", "polyline"))
         verts = shapes_in_layer_grid(lines, layer)[idx]
         try:
-            plane = self.current_plane(layer)
+            plane = self.edit_plane(layer)  # 3D cells: the line cuts the cell through all its planes
             if plane and verts.shape[1] == layer.ndim:
                 # a line drawn on a stack lies on one plane: split there
                 plane = tuple(int(np.clip(round(float(x)), 0, n - 1)) for x, n in zip(verts[0, :-2], layer.data.shape[:-2]))
@@ -772,35 +807,47 @@ class AnnotateWidget(Container):
         return self._predict_job(image, labels)
 
     def _predict_job(self, image: Any, labels: Any) -> PredictJob:
-        from .segment import layer_axes
+        from .segment import layer_axes, layer_voxel_size
 
         if spatial_shape(image) != tuple(labels.data.shape):
             raise ValueError(f"Labels '{labels.name}' {tuple(labels.data.shape)} do not match image "
                              f"'{image.name}' {spatial_shape(image)}: pick its annotation layer")
-        plane = self.current_plane(labels)
+        in_3d = self.in_3d(labels)
+        # 3D cells: the area is a column through every plane of the stack
+        plane = () if in_3d else self.current_plane(labels)
         H, W = labels.data.shape[-2:]
+        lead = labels.data.shape[:1] if in_3d else ()
         region = None
         if self.where.value == AREA_REGION:
-            region = self.region_mask(plane if plane else None)
+            region = self.region_mask(plane or None)
             if region is None:
                 raise ValueError("No annotated region: press 'Draw region' and draw one, or predict in the "
                                  "field of view")
             if not region.any():
                 raise ValueError("The annotated region is empty on this plane: draw a rectangle here")
-            box = bounding_box(region)
+            if in_3d:  # a rectangle drawn on one plane marks its column through the stack
+                region = np.broadcast_to(region.any(axis=0), region.shape)
+            box = bounding_box(region[0] if in_3d else region)
         elif self.where.value == AREA_VIEW:
+            if self._viewer.dims.ndisplay != 2:
+                raise ValueError("Switch the viewer to 2D to predict in the field of view (or predict in the "
+                                 "annotated region or the whole stack)")
             box = self.view_box(labels)
-            region = np.zeros((H, W), bool)
-            region[box] = True
+            region = np.zeros(lead + (H, W), bool)
+            region[(Ellipsis, *box)] = True
         else:
             box = (slice(0, H), slice(0, W))
         assert box is not None
         ctx = tuple(slice(max(s.start - CONTEXT, 0), min(s.stop + CONTEXT, n)) for s, n in zip(box, (H, W)))
+        ctx = tuple(slice(0, n) for n in lead) + ctx
         data = _array(image)
-        axes = layer_axes(image, "auto")[-3 if image.rgb else -2:]
+        axes = layer_axes(image, "auto")
+        if not in_3d:
+            axes = axes[-3 if image.rgb else -2:]
         crop = np.asarray(data[plane + ctx])
         return PredictJob(image=crop, axes=axes, model=self.model_spec(), device=self.device.value,
-                          plane=plane, box=ctx, region=region, replace=bool(self.replace.value))
+                          plane=plane, box=ctx, region=region, replace=bool(self.replace.value),
+                          voxel_size=layer_voxel_size(image, axes) if in_3d else None)
 
     def predict(self, *_: Any) -> Any:
         """Fill the annotation layer from the model (in a worker); returns the worker."""
@@ -818,7 +865,11 @@ class AnnotateWidget(Container):
         current = np.asarray(layer.data[job.plane + job.box])
         region = None if job.region is None else job.region[job.box]
         edit = fill_from_prediction(current, pred, region, replace=job.replace)
-        edit = Edit(tuple(i + s.start for i, s in zip(edit.indices, job.box)), edit.values, edit.message)
+        # new ids come after the crop's own: move them past every id of the layer, so a
+        # predicted cell never takes the id of a cell outside the crop
+        first, values = next_free_id(current), np.array(edit.values)
+        values[values >= first] += next_free_id(layer.data) - first
+        edit = Edit(tuple(i + s.start for i, s in zip(edit.indices, job.box)), values, edit.message)
         if self.apply_edit(layer, edit, job.plane):
             layer.selected_label = next_free_id(layer.data)
             self.update_area_overlay()
@@ -826,7 +877,8 @@ class AnnotateWidget(Container):
     # -- training set ----------------------------------------------------------------------
 
     def add_to_set(self, *_: Any) -> int:
-        """Add the image + labels + training area (each labelled plane); returns how many."""
+        """Add the image + labels + training area (each labelled plane, and the side views of
+        3D cells); returns how many."""
         image, labels = self.image.value, self.annotations.value
         try:
             if image is None or labels is None:
@@ -838,19 +890,23 @@ class AnnotateWidget(Container):
             lab_all = labels.data
             planes = list(np.ndindex(*lab_all.shape[:-2])) if lab_all.ndim > 2 else [()]
             has_region = self.region_mask() is not None
-            added = []
-            for plane in planes:
-                lab = np.asarray(lab_all[plane])
-                region = self.training_area(plane)
+            # (image, labels, training area, name) of every whole plane that may go in
+            planes = [(data[plane], lab_all[plane], self.training_area(plane),
+                       image.name + (" z=" + ",".join(map(str, plane)) if plane else "")) for plane in planes]
+            if self.in_3d(labels):
+                planes += self._side_views(image, planes)
+            added, full = [], 0
+            for img, lab, region, name in planes:
+                lab = np.asarray(lab)
                 if not region.any() or (not has_region and not lab.any()):
                     continue  # nothing annotated on this plane
-                img = np.asarray(data[plane])
-                name = image.name + (" z=" + ",".join(map(str, plane)) if plane else "")
+                img = np.asarray(img)
+                full += region.size
                 if self.crop.value:
                     ys, xs = bounding_box(region)
-                    img, lab, region = img[ys, xs], lab[ys, xs], region[ys, xs]
-                    if (ys.stop - ys.start, xs.stop - xs.start) != tuple(lab_all.shape[-2:]):
+                    if (ys.stop - ys.start, xs.stop - xs.start) != tuple(lab.shape):
                         name += f" [{ys.start}:{ys.stop}, {xs.start}:{xs.stop}]"
+                    img, lab, region = img[ys, xs], lab[ys, xs], region[ys, xs]
                 added.append((np.array(img, copy=True), np.array(lab, copy=True), region.copy(),
                               unique_name(name, {s.name for s in self.training_set.samples})))
             if not added:
@@ -865,7 +921,7 @@ class AnnotateWidget(Container):
         cells = sum(count_cells(a[1]) for a in added)
         text = (f"Added {len(added)} entr{'ies' if len(added) != 1 else 'y'} ({cells} cells); "
                 f"the set has {len(self.training_set.samples)}")
-        share = sum(int(np.count_nonzero(a[2])) for a in added) / max(1, len(added) * int(np.prod(lab_all.shape[-2:])))
+        share = sum(int(np.count_nonzero(a[2])) for a in added) / max(1, full)
         if not has_region and not self.complete.value and share < 0.5:
             # sparse labels: say how little of the image teaches anything
             set_status(self.status, f"{text}. Only {share:.0%} of the image is learnt from (labelled cells plus "
@@ -874,6 +930,18 @@ class AnnotateWidget(Container):
         else:
             set_status(self.status, text)
         return len(added)
+
+    @staticmethod
+    def _side_views(image: Any, xy: list[tuple]) -> list[tuple]:
+        """XZ and YZ planes of a 3D annotation, resampled along Z by the layer's scale (or the
+        cells' estimated Z step), as 3D training uses (``volume.stack_planes``)."""
+        from ..volume import stack_planes
+        from .segment import layer_voxel_size
+
+        stack, lab, area = (np.stack([np.asarray(p[k]) for p in xy]) for k in range(3))
+        ims, lbs, rgs = stack_planes(stack, lab, area, layer_voxel_size(image, "ZYX"))
+        return [(i, lb, r, f"{image.name} side view {j + 1}")
+                for j, (i, lb, r) in enumerate(zip(ims[len(xy):], lbs[len(xy):], rgs[len(xy):]))]
 
     def entry_text(self, i: int) -> str:
         s = self.training_set.samples[i]

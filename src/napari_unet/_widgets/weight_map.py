@@ -8,6 +8,8 @@ napari ``thread_worker``. Live changes are throttled, not debounced: while sigma
 dragged the map follows every ``THROTTLE_MS`` with the newest values; at most one job runs
 at a time and a change (a value, or a paint on the labels) arriving meanwhile is computed
 when it ends, so dragging never queues a backlog and no edit is dropped.
+A 3D layer (a Z stack) gets one 3D map with 3D distances, the layer's ``scale`` giving the
+voxel spacing (sigma in X pixels), unless "plane by plane" is ticked.
 The core is ``napari_unet.weights.weight_map`` (Qt-free, tested without a viewer).
 """
 
@@ -39,6 +41,7 @@ class WeightParams:
     sigma: float
     class_weights: str
     per_plane: bool = False
+    spacing: tuple[float, ...] | None = None  # pixel size per axis in X pixels (layer scale); None: 1
 
 
 class DistanceCache:
@@ -57,15 +60,17 @@ class DistanceCache:
         self.distances: list[tuple[np.ndarray, np.ndarray]] = []
         self.hits = 0
 
-    def get(self, planes: np.ndarray, per_plane: bool, cutoff: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    def get(self, planes: np.ndarray, per_plane: bool, cutoff: float,
+            spacing: tuple[float, ...] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         from ..weights import border_distances
 
-        key = (planes.shape, planes.dtype.str, per_plane, zlib.crc32(memoryview(np.ascontiguousarray(planes)).cast("B")))
+        key = (planes.shape, planes.dtype.str, per_plane, spacing,
+               zlib.crc32(memoryview(np.ascontiguousarray(planes)).cast("B")))
         if key == self.key and self.cutoff >= cutoff:
             self.hits += 1
             return self.distances
         reach = cutoff * self.HEADROOM
-        self.distances = [border_distances(p, reach) for p in planes]
+        self.distances = [border_distances(p, reach, spacing) for p in planes]
         self.key, self.cutoff = key, reach
         return self.distances
 
@@ -86,11 +91,12 @@ def _compute(
     else:
         raise ValueError(f"labels must be 2D or 3D, got {lab.ndim}D; use 'plane by plane'")
     if cache is None or params.w0 <= 0:
-        out = np.stack([weight_map(p, w0=params.w0, sigma=params.sigma, class_weights=cw) for p in planes])
+        out = np.stack([weight_map(p, w0=params.w0, sigma=params.sigma, class_weights=cw, spacing=params.spacing)
+                        for p in planes])
         return out.reshape(lab.shape), params
     if not params.sigma > 0:
         raise ValueError(f"sigma must be > 0, got {params.sigma}")
-    dists = cache.get(planes, params.per_plane, cutoff_distance(params.w0, params.sigma))
+    dists = cache.get(planes, params.per_plane, cutoff_distance(params.w0, params.sigma), params.spacing)
     out = np.stack([
         weight_map_from_distances(p, d1, d2, params.w0, params.sigma, cw) for p, (d1, d2) in zip(planes, dists)
     ])
@@ -186,8 +192,12 @@ class WeightMapWidget(Container):
             return None
         ndim = layer.ndim
         per_plane = ndim > 3 or (ndim == 3 and bool(self.per_plane.value))
+        # distances in X pixels along the axes of one map: a Z step of 3 (layer scale) is 3 px
+        scale = np.abs(np.asarray(layer.scale, float)[-2 if per_plane else -ndim:])
+        spacing = tuple(float(v) for v in scale / scale[-1])
         return WeightParams(
-            layer.name, float(self.w0.value), float(self.sigma.value), self.class_weights.value, per_plane
+            layer.name, float(self.w0.value), float(self.sigma.value), self.class_weights.value, per_plane,
+            None if all(v == 1.0 for v in spacing) else spacing,
         )
 
     def _sync_per_plane(self, *_: Any) -> None:
@@ -282,6 +292,8 @@ class WeightMapWidget(Container):
         note = f"; {out.note}" if out.note else ""
         set_status(
             self.status,
-            f"w0 {params.w0:g}, sigma {params.sigma:g} px, class balance {params.class_weights}: "
-            f"weights {lo:.2f} to {hi:.2f}{note}",
+            f"w0 {params.w0:g}, sigma {params.sigma:g} px, class balance {params.class_weights}"
+            + ("" if params.spacing is None else
+               ", pixel spacing " + " x ".join(f"{v:g}" for v in params.spacing) + " (layer scale)")
+            + f": weights {lo:.2f} to {hi:.2f}{note}",
         )
