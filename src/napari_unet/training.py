@@ -985,6 +985,12 @@ def train_iter(
     it = start_it
     stop_reason = "done"
     last_val: dict[str, float] = {}
+    if val and start_it == 0 and not fresh:
+        # the starting model is the first candidate: a run that never beats it returns it
+        start_val = _validate(net, val, dev, use_amp, mode, cfg, preset == "membranes")
+        run.best_score, run.best_loss, run.best_iteration = start_val["val_ap"], start_val["val_loss"], 0
+        run.best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        entry["start_val_ap"] = round(start_val["val_ap"], 5)
     while it < total:
         # a resumed run's time budget counts the time it trained before
         elapsed = elapsed_before + time.perf_counter() - t0
