@@ -157,3 +157,14 @@ def test_fine_tuning_that_never_beats_the_start_returns_the_start():
     assert entry["start_val_ap"] > 0.5
     for k, v in start.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, msg=k)
+
+
+def test_stained_images_train_without_the_border_term(he_tile):
+    img, lab = he_tile
+    model, _ = run_to_end(train_iter([img], [lab], None, regions=["all"], iterations=1,
+                                     batch_size=1, tile_size=32, val_fraction=0, device="cpu"))
+    assert model.meta["history"][-1]["w0"] == 0.0
+    fluo, flab = nu.make_sample((96, 96), seed=1)
+    model, _ = run_to_end(train_iter([fluo], [flab], None, iterations=1,
+                                     batch_size=1, tile_size=32, val_fraction=0, device="cpu"))
+    assert model.meta["history"][-1]["w0"] == 10.0
