@@ -135,3 +135,36 @@ def test_rgb_fine_tune_and_segment_on_cuda(he_tile):
     probs_gpu = nu.predict(img, model, device="cuda", amp=False)
     probs_cpu = nu.predict(img, model, device="cpu", amp=False)
     np.testing.assert_allclose(probs_gpu, probs_cpu, atol=2e-3)
+
+
+def test_a_slide_crowded_with_nuclei_picks_the_stained_model():
+    # 60% purple nuclei on a pink slide: the median is below mid-range, the colours are H&E's
+    rng = np.random.default_rng(0)
+    nuclei = rng.random((96, 96)) < 0.6
+    img = np.where(nuclei[..., None], np.array([90, 60, 140]), np.array([240, 200, 220])).astype(np.uint8)
+    from napari_unet.channels import pick_bundled
+
+    assert pick_bundled(True, img) == "stained"
+
+
+def test_fine_tuning_that_never_beats_the_start_returns_the_start():
+    img, lab = nu.make_sample((96, 96), seed=2)
+    start = nu.load_model(bundled_path("fluorescence"))
+    # a learning rate that wrecks the model in one step: no validation beats the start
+    model, _ = run_to_end(train_iter([img], [lab], start, iterations=3, lr=0.3, optimizer="sgd", val_every=1,
+                                     batch_size=1, tile_size=32, val_fraction=0.5, device="cpu", zoom_to_model=False))
+    entry = model.meta["history"][-1]
+    assert entry["start_val_ap"] > 0.5
+    for k, v in start.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, msg=k)
+
+
+def test_stained_images_train_without_the_border_term(he_tile):
+    img, lab = he_tile
+    model, _ = run_to_end(train_iter([img], [lab], None, regions=["all"], iterations=1,
+                                     batch_size=1, tile_size=32, val_fraction=0, device="cpu"))
+    assert model.meta["history"][-1]["w0"] == 0.0
+    fluo, flab = nu.make_sample((96, 96), seed=1)
+    model, _ = run_to_end(train_iter([fluo], [flab], None, iterations=1,
+                                     batch_size=1, tile_size=32, val_fraction=0, device="cpu"))
+    assert model.meta["history"][-1]["w0"] == 10.0

@@ -97,11 +97,22 @@ def looks_brightfield(image: Any) -> bool:
     return bool(hi > lo and (med - lo) / (hi - lo) > 0.5)
 
 
+def _looks_stained(image: Any) -> bool:
+    """H&E-like colours (:func:`napari_unet.image_checks.looks_stained`, the modality check's
+    test): a slide crowded with dark nuclei has its median below mid-range (a 40x tile
+    measured 0.48), so :func:`looks_brightfield` alone sent it to the fluorescence model."""
+    from .image_checks import looks_stained
+    from .normalize import strided_sample
+
+    s = strided_sample(image, 250_000)
+    return s.ndim >= 2 and s.shape[-1] >= 3 and looks_stained(s.reshape(-1, s.shape[-1])[:, :3].astype(np.float32))
+
+
 def pick_bundled(rgb: bool, image: Any = None) -> str:
     """The bundled model's name for an image: ``"stained"`` for a brightfield RGB(A) image
     (dark nuclei on a bright slide; when that model is installed), else ``"fluorescence"``.
     ``image`` None: judge by ``rgb`` alone."""
-    if rgb and bundled_path("stained").is_file() and (image is None or looks_brightfield(image)):
+    if rgb and bundled_path("stained").is_file() and (image is None or looks_brightfield(image) or _looks_stained(image)):
         return "stained"
     return "fluorescence"
 

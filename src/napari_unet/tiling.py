@@ -49,7 +49,7 @@ import torch
 
 from ._progress import Progress, ProgressBar, drain, relay
 from .device import autocast, available_memory, cpu_supports_bf16, describe_device, is_out_of_memory, resolve_device
-from .image_checks import MIN_OBJECT_Z, NONFINITE_WARNING, NOTHING_HERE_WARNING, drop_faint_objects, modality_warning
+from .image_checks import MIN_OBJECT_Z, MIN_OBJECT_Z_STAINED, NONFINITE_WARNING, NOTHING_HERE_WARNING, drop_faint_objects, modality_warning
 from .normalize import SUBSAMPLE_PIXELS, apply_normalization, normalization_params, strided_sample
 
 #: seconds between progress records while a batch is on the device (cancel latency)
@@ -641,8 +641,9 @@ def segment_iter(
             labels are scaled back. None (default): segment the image as it is.
         min_object_z: instance modes: objects whose mean intensity does not stand out from
             the background around them by this many standard errors of the image's noise
-            are dropped, so an empty field gives no cells (and a ``UserWarning`` says there
-            are none; see :mod:`napari_unet.image_checks`). None keeps every object.
+            (the default 6 is 2 for a model of stained tissue) are dropped, so an empty
+            field gives no cells (and a ``UserWarning`` says there are none; see
+            :mod:`napari_unet.image_checks`). None keeps every object.
         voxel_size: Z stacks: ``(z, y, x)`` voxel size (a napari layer's ``scale``) or
             one number, Z step / pixel size; None = estimated from the cells.
         plane_by_plane: Z stacks: label each plane on its own (unrelated sections), as
@@ -658,6 +659,8 @@ def segment_iter(
     """
     model, picked = _checked_model(image, model, axes)
     said = {"model": picked} if picked else {}
+    if min_object_z == MIN_OBJECT_Z and getattr(model, "meta", {}).get("modality") == "stained":
+        min_object_z = MIN_OBJECT_Z_STAINED  # the default, for stained tissue
     if not plane_by_plane and "Z" in str(axes or "").upper():
         from .volume import segment_volume_iter
 
