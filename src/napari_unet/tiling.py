@@ -384,12 +384,8 @@ class _Predictor:
     def __init__(self, image: Any, model: Any, tile_size: int | None, device: Any, axes: str | None,
                  batch_size: int | None, amp: bool | None, channels_last: bool,
                  normalization: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
-            image = np.asarray(image)
-        from .channels import resolve_model
-
-        # no model chosen: the bundled model that suits the image (RGB -> stained)
-        model, self.picked = resolve_model(model, parse_axes(image.shape, axes).rgb, image)
+        # the model is resolved by the caller (``_checked_model``), which also sets ``picked``
+        self.picked: str | None = None
         if not hasattr(model, "config") or not hasattr(model, "meta"):
             raise TypeError(f"model must be a napari_unet.UNet (or wrap one), got {type(model).__name__}")
         if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
@@ -802,14 +798,13 @@ def _segment_zoomed(
     out: Any, probabilities_out: Any, min_object_z: float | None, **kwargs: Any,
 ) -> Generator[Progress, None, Any]:
     """:func:`segment_iter` with ``diameter``: segment a copy zoomed to the model's cell size."""
-    from .channels import resolve_model
     from .diameter import (CellSizeError, measure_diameter_iter, model_diameter, resize_image, resize_nearest,
                            zoom_for, zoomed_shape)
 
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
     lay = parse_axes(image.shape, axes)
-    net, picked = resolve_model(model, lay.rgb, image)
+    net = model  # resolved by segment_iter, which also reports the pick
     target = model_diameter(net)
     if isinstance(diameter, str):
         if diameter != "auto":
@@ -822,7 +817,7 @@ def _segment_zoomed(
                           UserWarning, stacklevel=2)
             diameter = target
     zoom = zoom_for(target, diameter)
-    extra = {"diameter": float(diameter), "zoom": zoom, **({"model": picked} if picked else {})}
+    extra = {"diameter": float(diameter), "zoom": zoom}
     if zoom == 1:
         inner = segment_iter(image, _inner(net), axes=lay.axes, device=device, min_size=min_size, out=out,
                              probabilities_out=probabilities_out, min_object_z=min_object_z, **kwargs)
