@@ -50,7 +50,7 @@ def part_ap(quick: bool) -> None:
             flat = nu.segment(img, net, axes="ZYX", plane_by_plane=True)
             info: dict = {}
             from napari_unet._progress import drain, relay
-            from napari_unet.tiling import segment_iter
+            from napari_unet.segmentation import segment_iter
 
             est = drain(relay(segment_iter(img, net, axes="ZYX"), lambda rec: info.update(rec.info) or rec))
             given = nu.segment(img, net, axes="ZYX", voxel_size=(a, 1, 1))

@@ -7,6 +7,12 @@ function (the lazy imports that keep torch out of napari's start-up) and inside
 cycle hides), and a ``TYPE_CHECKING`` import is what a type checker and a reader follow,
 so a cycle through one is a tangle too; counting them all keeps the rule simple.
 
+A module that a name moved out of keeps it importable for outside code through a lazy
+module ``__getattr__`` that reads the module's ``_MOVED`` dict (name: the module it lives in
+now). Such a door is not an ``import`` statement and is not an edge of the graph: no module
+of the package may go through one (:func:`test_package_modules_use_no_door`), so the doors
+never run in the package's own code, and they close no cycle.
+
 Rules:
 
 * no import cycle between modules of ``napari_unet``;
@@ -35,6 +41,14 @@ GUI_PACKAGES = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magic
 WIDGETS = f"{PACKAGE}._widgets"
 #: core modules allowed to import the GUI, with why (none: see the module docs)
 EXEMPT: dict[str, str] = {}
+#: numpy-only rooms: labels, targets and weights, post-processing, scores, resizing,
+#: synthetic data... No import of theirs, even lazy, may reach torch (so they run, and are
+#: tested, without it, and a worker computing weight maps never loads it)
+TORCH_FREE = (
+    "_files", "_morphology", "_progress", "_sample_data", "_two_nearest", "_version", "annotate", "baseline",
+    "data", "image_checks", "metrics", "normalize", "postprocess", "resize", "synthetic", "synthetic_3d",
+    "synthetic_tissue", "targets", "weights",
+)
 
 
 def module_name(path: Path, src: Path = SRC) -> str:
@@ -76,6 +90,48 @@ def imports(src: Path = SRC) -> dict[str, dict[str, int]]:
                 edges.setdefault(t, node.lineno)
         graph[mod] = edges
     return graph
+
+
+def doors(src: Path = SRC) -> dict[str, dict[str, str]]:
+    """``{module: {moved name: module it lives in now}}`` from the modules' ``_MOVED`` dicts."""
+    found: dict[str, dict[str, str]] = {}
+    for path in sorted(src.rglob("*.py")):
+        mod = module_name(path, src)
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_MOVED" for t in node.targets):
+                base = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+                found[mod] = {k: f"{base}.{v}" for k, v in ast.literal_eval(node.value).items()}
+    return found
+
+
+def defined_names(module: str, src: Path = SRC) -> set[str]:
+    """Names a module defines or imports at its top level."""
+    rel = Path(*module.split(".")[1:])
+    path = src / rel / "__init__.py" if (src / rel).is_dir() else src / rel.with_suffix(".py")
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def door_users(src: Path = SRC) -> list[str]:
+    """``module:line imports name from old_home`` for each package module that goes through a door."""
+    moved = doors(src)
+    files = {module_name(p, src): p for p in sorted(src.rglob("*.py"))}
+    bad = []
+    for mod, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                home = _resolve(node, mod, path.name == "__init__.py", set(files))[0]
+                for a in node.names:
+                    if a.name in moved.get(home, {}):
+                        bad.append(f"{mod}:{node.lineno} imports {a.name} from {home} (it lives in {moved[home][a.name]})")
+    return bad
 
 
 def internal(graph: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
@@ -212,6 +268,45 @@ def test_core_imports_no_gui():
     assert not bad, "the core must stay Qt-free and not import the widgets:\n" + "\n".join(bad)
 
 
+def reached(graph: dict[str, dict[str, int]], module: str) -> dict[str, str]:
+    """Every module ``module`` imports, directly or not: ``{module: the module that imports it}``."""
+    via: dict[str, str] = {}
+    todo = [module]
+    while todo:
+        m = todo.pop()
+        for t in graph.get(m, {}):
+            if t not in via and t != module:
+                via[t] = m
+                todo.append(t)
+    return via
+
+
+def test_numpy_only_rooms_never_reach_torch():
+    graph = imports()
+    bad = []
+    for short in TORCH_FREE:
+        mod = f"{PACKAGE}.{short}"
+        via = reached(graph, mod)
+        hit = next((t for t in via if t.split(".")[0] == "torch"), None)
+        if hit:
+            chain = [hit]
+            while chain[-1] != mod:
+                chain.append(via[chain[-1]])
+            bad.append(" <- ".join(chain))
+    assert not bad, "numpy-only modules that import torch:\n" + "\n".join(bad)
+
+
+def test_package_modules_use_no_door():
+    bad = door_users()
+    assert not bad, "import moved names from where they live now:\n" + "\n".join(bad)
+
+
+def test_every_door_leads_to_a_definition():
+    for old, moved in doors().items():
+        for name, new in moved.items():
+            assert name in defined_names(new), f"{old}._MOVED sends {name} to {new}, which does not define it"
+
+
 def test_napari_entry_points_are_widgets_or_qt_free():
     manifest = (SRC / "napari.yaml").read_text(encoding="utf-8")
     modules = set(re.findall(r"python_name:\s*([\w.]+):", manifest))
@@ -232,6 +327,9 @@ def main(argv: list[str]) -> int:
         for mod in sorted(g, key=lambda m: (not is_core(m), m)):
             deps = sorted(t.removeprefix(PACKAGE + ".") for t in g[mod])
             print(f"{mod.removeprefix(PACKAGE + '.') or PACKAGE}: {' '.join(deps) or '-'}")
+    for old, moved in doors().items():
+        for name, new in sorted(moved.items()):
+            print(f"door (old import path): {old}.{name} -> {new}.{name}")
     found = cycles(graph)
     for c in found:
         print("CYCLE:", describe(graph, c))

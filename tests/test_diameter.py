@@ -10,6 +10,7 @@ from _helpers import run_to_end, threshold_unet
 
 import napari_unet as nu
 from napari_unet import diameter as dm
+from napari_unet import segmentation
 
 
 def discs(shape, radius, n, seed=0):
@@ -116,7 +117,7 @@ def test_small_cells_are_zoomed_up_and_ids_stay_consecutive(blob_model, monkeypa
         out = shrink(labels, axes, yx)
         return np.where(out == 1, 0, out)
 
-    monkeypatch.setattr(dm, "resize_nearest", shrink_losing_id_1)
+    monkeypatch.setattr(segmentation, "resize_nearest", shrink_losing_id_1)  # where segment finds it
     out = nu.segment(img, blob_model, device="cpu", diameter=6.0, min_size=0)
     ids = np.unique(out)
     np.testing.assert_array_equal(ids, np.arange(ids.size))

@@ -242,16 +242,16 @@ def test_plane_too_large_for_memory_is_refused_with_a_way_out(monkeypatch, tmp_p
     (and take a viewer with it): segment refuses first and names the blockwise path."""
     import tifffile
 
-    from napari_unet import tiling
+    from napari_unet import instances, tiling
     from napari_unet.cli import main
 
     img = np.random.default_rng(0).random((200, 220)).astype(np.float32)
     model = UNet(in_channels=1, num_classes=3, depth=2, base_width=4)
-    monkeypatch.setattr(tiling, "available_memory", lambda device: 2**20)  # 1 MiB free
+    monkeypatch.setattr(instances, "available_memory", lambda device: 2**20)  # 1 MiB free
     with pytest.raises(MemoryError, match="--workers"):
         tiling.segment(img, model, device="cpu")
     tifffile.imwrite(tmp_path / "in.tif", img)
     assert main(["segment", str(tmp_path / "in.tif"), "-o", str(tmp_path / "out.tif")]) == 2
     assert "GiB" in capsys.readouterr().err
-    monkeypatch.setattr(tiling, "available_memory", lambda device: 2**34)
+    monkeypatch.setattr(instances, "available_memory", lambda device: 2**34)
     assert tiling.segment(img, model, device="cpu").shape == img.shape

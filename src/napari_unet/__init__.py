@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _API = {
     # name: module that defines it
@@ -19,7 +19,7 @@ _API = {
     "save_model": "model",
     "ModelFileError": "model",
     "predict": "tiling",
-    "segment": "tiling",
+    "segment": "segmentation",
     "probabilities_to_labels": "postprocess",
     "weight_map": "weights",
     "measure_diameter": "diameter",
@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .postprocess import probabilities_to_labels
     from .synthetic import make_sample
     from .targets import labels_to_targets
-    from .tiling import predict, segment
+    from .segmentation import segment
+    from .tiling import predict
     from .training import fine_tune
     from .weights import weight_map

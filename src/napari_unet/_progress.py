@@ -52,6 +52,11 @@ def relay(gen: Generator[Progress, None, T], each: Callable[[Progress], Progress
         yield each(rec)
 
 
+def with_info(gen: Generator[Progress, None, T], extra: dict[str, Any]) -> Generator[Progress, None, T]:
+    """Relay ``gen``'s records with ``extra`` added to their ``info``; return its result."""
+    return relay(gen, lambda rec: Progress(rec.done, rec.total, rec.message, {**rec.info, **extra}))
+
+
 def drain(gen: Generator[Progress, None, T], progress: ProgressBar | None = None) -> T:
     """Run a progress generator to the end and return its result.
 

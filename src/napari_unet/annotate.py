@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from .metrics import restrict_to_region  # defined with the scores (importable from here too)
 from .targets import DEFAULT_MARGIN, annotated_mask, check_labels
 
 __all__ = [
@@ -481,28 +482,6 @@ def region_from_shapes(
         else:
             mask[(Ellipsis, rr, cc)] = True
     return mask
-
-
-def restrict_to_region(labels: Any, region: Any) -> np.ndarray:
-    """Keep only the objects lying at least half inside ``region`` (the rest set to 0).
-
-    This is how a prediction (or an annotation) is compared on an annotated region: an
-    object cut by the region's edge counts when most of it is inside, as in training's
-    validation.
-    """
-    lab = check_labels(labels)
-    reg = np.asarray(region, bool)
-    if reg.shape != lab.shape:
-        raise ValueError(f"region shape {reg.shape} does not match the labels' shape {lab.shape}")
-    if reg.all():
-        return lab
-    ids = lab.ravel().astype(np.int64)
-    n = int(ids.max(initial=0)) + 1
-    inside = np.bincount(ids[reg.ravel()], minlength=n)
-    total = np.bincount(ids, minlength=n)
-    keep = inside * 2 >= total
-    keep[0] = True
-    return np.where(keep[lab], lab, 0)
 
 
 def region_score(annotation: Any, prediction: Any, region: Any = None, threshold: float = 0.5) -> float:

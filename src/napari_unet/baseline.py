@@ -14,6 +14,8 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
+from .postprocess import remove_small_and_relabel
+
 __all__ = ["otsu_watershed"]
 
 
@@ -68,7 +70,7 @@ def otsu_watershed(
         return np.zeros(img.shape, np.int32)
     fg = x > threshold_otsu(x)
     fg = _fill_small_holes(fg, max(min_size, 16))
-    fg = _remove_small(ndi.label(fg)[0], min_size) > 0
+    fg = remove_small_and_relabel(ndi.label(fg)[0], min_size) > 0
     if not fg.any():
         return np.zeros(img.shape, np.int32)
     dist = ndi.distance_transform_edt(fg)
@@ -85,7 +87,7 @@ def otsu_watershed(
     if unseeded.any():
         extra, n_extra = ndi.label(unseeded)
         labels[unseeded] = extra[unseeded] + labels.max()
-    return _remove_small(labels, min_size)
+    return remove_small_and_relabel(labels, min_size)
 
 
 def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
@@ -98,13 +100,3 @@ def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
     for edge in (holes[0], holes[-1], holes[:, 0], holes[:, -1]):
         small[edge] = False
     return mask | small[holes]
-
-
-def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop objects smaller than ``min_size`` pixels and renumber the rest 1..N (int32)."""
-    area = np.bincount(labels.ravel())
-    keep = area >= min_size
-    keep[0] = False
-    lut = np.zeros(len(area), np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]

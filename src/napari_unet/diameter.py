@@ -27,6 +27,9 @@ from typing import Any
 import numpy as np
 
 from ._progress import Progress, drain
+from .instances import label_planes_iter, objects_above_noise
+from .resize import resize_image, resize_nearest, zoomed_shape  # also importable from here (old import path)
+from .tiling import parse_axes, with_normalization_of
 
 #: zooms tried by :func:`measure_diameter` (cells 4x too large to 2x too small)
 ZOOMS = (2.0, 1.4, 1.0, 0.7, 0.5, 0.35, 0.25)
@@ -114,8 +117,6 @@ def middle_plane(image: Any, axes: str | None = None, max_side: int | None = Non
     ``max_side``: read at most a centred crop of this many pixels per side (only that is
     read from a lazy image).
     """
-    from .tiling import parse_axes
-
     lay = parse_axes(np.shape(image), axes)
     index: list[Any] = [slice(None)] * len(lay.shape)
     for a in lay.planes:
@@ -126,47 +127,6 @@ def middle_plane(image: Any, axes: str | None = None, max_side: int | None = Non
             index[a] = slice(start, start + max_side)
     kept = "".join(lay.axes[a] for a in range(len(lay.shape)) if a not in lay.planes)
     return np.asarray(image[tuple(index)]), kept
-
-
-def resize_image(image: np.ndarray, axes: str, yx_shape: tuple[int, int]) -> np.ndarray:
-    """``image`` (float32) with its Y and X axes resized to ``yx_shape``; other axes unchanged.
-
-    Bilinear between pixel centres, with a Gaussian pre-filter along an axis that shrinks
-    (no aliasing of fine texture).
-    """
-    from scipy import ndimage as ndi
-
-    x = np.asarray(image, np.float32)
-    for letter, n in zip("YX", yx_shape):
-        a = axes.index(letter)
-        m = x.shape[a]
-        if n == m:
-            continue
-        if n < m:
-            sigma = [0.0] * x.ndim
-            sigma[a] = (m / n - 1) / 2
-            x = ndi.gaussian_filter(x, sigma, mode="reflect")
-        c = np.clip((np.arange(n) + 0.5) * (m / n) - 0.5, 0, m - 1)
-        i0 = np.floor(c).astype(np.int64)
-        i1 = np.minimum(i0 + 1, m - 1)
-        f = (c - i0).astype(np.float32).reshape([-1 if k == a else 1 for k in range(x.ndim)])
-        x = np.take(x, i0, axis=a) * (1 - f) + np.take(x, i1, axis=a) * f
-    return x
-
-
-def zoomed_shape(yx_shape: tuple[int, int], zoom: float) -> tuple[int, int]:
-    """The Y, X size of an image of ``yx_shape`` zoomed by ``zoom``."""
-    return max(1, round(yx_shape[0] * zoom)), max(1, round(yx_shape[1] * zoom))
-
-
-def resize_nearest(labels: np.ndarray, axes: str, yx_shape: tuple[int, int]) -> np.ndarray:
-    """Labels with their Y and X axes resized to ``yx_shape`` (nearest pixel centre)."""
-    out = labels
-    for letter, n in zip("YX", yx_shape):
-        a = axes.index(letter)
-        src = np.minimum(((np.arange(n) + 0.5) * (out.shape[a] / n)).astype(np.int64), out.shape[a] - 1)
-        out = np.take(out, src, axis=a)
-    return out
 
 
 def measure_diameter_iter(
@@ -203,7 +163,6 @@ def measure_diameter_iter(
         ValueError: the model records no diameter.
     """
     from .model import load_model
-    from .tiling import objects_above_noise, parse_axes, segment, with_normalization_of
 
     net = load_model() if model is None else model
     target = model_diameter(net)
@@ -227,7 +186,7 @@ def measure_diameter_iter(
             continue  # too small to hold cells at this zoom
         zoomed = resize_image(crop, plane_axes, zoomed_shape(yx, z)) if z != 1 else crop
         # no try/except: any error here (a channel mismatch, a bad device) is the user's to see
-        lab = segment(zoomed, net, axes=plane_axes, device=device, min_object_z=None)
+        lab = drain(label_planes_iter(zoomed, net, axes=plane_axes, device=device, min_object_z=None))
         if z != 1:
             # objects lost in the noise do not count: tested on the crop itself, whose noise is the camera's
             out_axes = plane_axes.replace("C", "").replace("S", "")

@@ -1,6 +1,6 @@
 """Overlap-tile segmentation of huge images, or many images, as Dask tasks.
 
-:func:`segment_distributed` runs the same inference as :func:`napari_unet.tiling.segment`
+:func:`segment_distributed` runs the same inference as :func:`napari_unet.segment`
 on a ``dask.distributed`` cluster (a ``LocalCluster``, dask-jobqueue's ``SLURMCluster``,
 or any scheduler address) and writes everything into one zarr store. It works in three
 passes over blocks of the image; every block is one zarr chunk, so no two tasks ever
@@ -135,12 +135,12 @@ def model_from_bytes(data: bytes) -> Any:
 def _worker_net(key: str, data: bytes, device: str, channels_last: bool) -> Any:
     """The network for ``key`` on this worker, built on first use."""
     from .device import resolve_device
-    from .tiling import _prepare_network
+    from .tiling import prepare_network
 
     with _CACHE_LOCK:
         net = _NETS.get((key, device))
         if net is None:
-            net = _prepare_network(model_from_bytes(data), resolve_device(device), channels_last)
+            net = prepare_network(model_from_bytes(data), resolve_device(device), channels_last)
             _NETS[(key, device)] = net
         return net
 
@@ -195,9 +195,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _plane_index(layout: Any, plane: tuple[int, ...], ys: slice, xs: slice) -> tuple[tuple[Any, ...], bool]:
-    from .tiling import _out_index
+    from .tiling import out_index
 
-    return _out_index(layout, plane, ys, xs)
+    return out_index(layout, plane, ys, xs)
 
 
 # -- the three passes (run on the workers) -------------------------------------------------
@@ -212,7 +212,7 @@ def _predict_block(plan: _ImagePlan, source: Any, norm: tuple[np.ndarray, np.nda
 
     from .device import resolve_device
     from .normalize import apply_normalization
-    from .tiling import _Source, _TileTooLarge, _forward, round_tile_size
+    from .tiling import Source, TileTooLarge, forward_batch, round_tile_size
 
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
@@ -222,7 +222,7 @@ def _predict_block(plan: _ImagePlan, source: Any, norm: tuple[np.ndarray, np.nda
     net = _worker_net(model_key, model_bytes, device, channels_last)
     cfg = net.config
     dev = resolve_device(device)
-    src = _Source(_open_source(source), lay, plan.channel_map)
+    src = Source(_open_source(source), lay, plan.channel_map)
     lo, hi = norm
     probs = np.zeros((cfg.num_classes, y1 - y0, x1 - x0), np.float32)
     ty, tx = plan.tile
@@ -236,12 +236,12 @@ def _predict_block(plan: _ImagePlan, source: Any, norm: tuple[np.ndarray, np.nda
                 for i, (oy, ox) in enumerate(chunk):
                     raw = src.read(plane, oy - cfg.halo, iy, ox - cfg.halo, ix)
                     x[i] = apply_normalization(raw, lo, hi, channel_axis=0)
-                out = _forward(net, x, dev, amp, channels_last, (ty, tx))
+                out = forward_batch(net, x, dev, amp, channels_last, (ty, tx))
                 for (oy, ox), pr in zip(chunk, out):
                     h, w = min(ty, y1 - oy), min(tx, x1 - ox)
                     probs[:, oy - y0 : oy - y0 + h, ox - x0 : ox - x0 + w] = pr[:, :h, :w]
             break
-        except _TileTooLarge:
+        except TileTooLarge:
             # out of memory with one tile: smaller tiles (equal up to float rounding only)
             smaller = round_tile_size(max(ty, tx) // 2, cfg)
             if smaller >= max(ty, tx):
@@ -444,6 +444,135 @@ class DistributedResult:
     block: tuple[int, int] = (0, 0)
 
 
+def _checked_settings(model: Any, mode: str | None, device: str, amp: bool | None, channels_last: bool,
+                      block_size: int, overlap: int, batch_size: int) -> tuple[Any, str, bool, bool]:
+    """The model (loaded when a path or None), mode, precision and memory layout of a run, or a clear error."""
+    from .device import cpu_supports_bf16
+    from .model import UNet, load_model
+    from .targets import MODES
+
+    if block_size < 1 or overlap < 0:
+        raise ValueError(f"block_size must be positive and overlap non-negative, got {block_size}, {overlap}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if model is None or isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
+    if not isinstance(model, UNet):
+        raise TypeError(f"model must be a napari_unet.UNet or a model file, got {type(model).__name__}")
+    mode = mode or model.meta.get("mode", "instance3")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if amp is None:
+        amp = device.startswith("cuda") or (device == "cpu" and cpu_supports_bf16())
+    return model, mode, bool(amp), bool(channels_last) and not device.startswith("mps")
+
+
+def _image_plan(name: str, source: Any, axes: str | None, arr: Any, cfg: Any, tile_size: int | None,
+                block_size: int) -> _ImagePlan:
+    """The tile grid (laid out as :mod:`napari_unet.tiling` lays it) and blocks of one image."""
+    from .tiling import balanced_tile, choose_channel_map, parse_axes, round_tile_size
+
+    dtype = np.dtype(getattr(arr, "dtype", np.float32))
+    if dtype.kind not in "biuf":
+        raise ValueError(f"cannot segment image {name or '(input)'} of dtype {dtype}; give a numeric image")
+    lay = parse_axes(arr.shape, axes)
+    cmap = choose_channel_map(lay, cfg.in_channels)
+    H, W = lay.yx_shape
+    t = round_tile_size(tile_size if tile_size is not None else min(512, block_size), cfg)
+    tile = (balanced_tile(H, t, cfg.grid), balanced_tile(W, t, cfg.grid))
+    block = tuple(max(1, round(block_size / ti)) * ti for ti in tile)
+    # the plan travels with every task: it names a file, never holds an array
+    return _ImagePlan(name, source if isinstance(source, str) else None, lay, cmap, tile, block)  # type: ignore[arg-type]
+
+
+def _prepare_store(root_group: Any, root: Path, plan: _ImagePlan, k: int, meta: dict[str, Any], overwrite: bool) -> None:
+    """The arrays of one image in the store: kept when begun with the same ``meta`` (resume),
+    made anew (with their done-markers removed) otherwise, refused without ``overwrite``."""
+    lay, block = plan.layout, plan.block
+    group = root_group.require_group(plan.name) if plan.name else root_group
+    chunks = tuple(block[0] if a == lay.y else block[1] if a == lay.x else 1
+                   for a in range(len(lay.shape)) if a != lay.channel)
+    want = {
+        "probabilities": ((k, *lay.out_shape), (k, *chunks), "float32"),
+        "_object_keys": (lay.out_shape, chunks, "int64"),
+        "labels": (lay.out_shape, chunks, "int32"),
+    }
+    # everything the stored blocks depend on: a resume with any of it changed would mix two results
+    old = dict(group.attrs).get("napari_unet")
+    differ = [key for key, v in meta.items() if old is not None and old.get(key) != v]
+    if differ and not overwrite:
+        raise ValueError(
+            f"{root} was started with another {', '.join(differ)}; resume with the same model, image and "
+            "settings, pass overwrite=True (--overwrite) to start it again, or choose a new output path"
+        )
+    restart = bool(differ)
+    for arr_name, (shape, ch, dt) in want.items():
+        if not restart and arr_name in group and tuple(group[arr_name].shape) == shape \
+                and group[arr_name].dtype == np.dtype(dt):
+            continue
+        # zarr 3 names it create_array; zarr 2 create
+        make = getattr(group, "create_array", None) or group.create
+        make(arr_name, shape=shape, chunks=ch, dtype=dt, fill_value=0, overwrite=True)
+        restart = True
+    if restart:
+        # the done-markers belong to the arrays just recreated: they would leave those blocks zero
+        shutil.rmtree(root / "_done" / (plan.name or "_root"), ignore_errors=True)
+    group.attrs["napari_unet"] = meta
+
+
+class _Passes:
+    """The bookkeeping of a run's passes: which blocks are done, progress, results."""
+
+    def __init__(self, client: Any, plans: list[_ImagePlan], root: Path, result: DistributedResult, passes: int) -> None:
+        self.client, self.plans, self.root, self.result = client, plans, root, result
+        self.total = passes * sum(len(p.blocks()) for p in plans)
+        self.done = 0
+
+    def pending(self, phase: str) -> list[tuple[int, _ImagePlan, tuple[int, ...], int, int]]:
+        """The blocks of ``phase`` without a done-marker (the others count as done)."""
+        todo = []
+        skipped = 0
+        for i, p in enumerate(self.plans):
+            for plane, by, bx in p.blocks():
+                if _marker(self.root, p.name, phase, _block_key(plane, by, bx)).is_file():
+                    skipped += 1
+                else:
+                    todo.append((i, p, plane, by, bx))
+        self.result.skipped[phase] = skipped
+        self.done += skipped
+        return todo
+
+    def wait(self, futures: list[Any], phase: str) -> Generator[Progress, None, list[Any]]:
+        from distributed import as_completed
+
+        outs = []
+        self.result.computed[phase] = 0
+        for fut in as_completed(futures):
+            outs.append(fut.result())
+            self.result.computed[phase] += 1
+            self.done += 1
+            yield Progress(self.done, self.total, f"{phase}: block {outs[-1] if isinstance(outs[-1], str) else outs[-1][0]}")
+        return outs
+
+    def relabel_tasks(self) -> list[Any]:
+        """Pass 3's tasks, with every image's object keys gathered from pass 2's markers."""
+        todo = self.pending("labels")
+        futs = []
+        for i, p in enumerate(self.plans):
+            parts = [np.load(io.BytesIO(_marker(self.root, p.name, "objects", _block_key(*b)).read_bytes()))
+                     for b in p.blocks()]
+            keys = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+            if len(keys) > np.iinfo(np.int32).max:
+                raise ValueError("more objects than int32 labels can hold; split the image")
+            self.result.objects[p.name] = int(len(keys))
+            mine = [t for t in todo if t[0] == i]
+            if mine:
+                kf = self.client.scatter(keys, broadcast=True)
+                futs += [self.client.submit(_relabel_block, p, plane, by, bx, str(self.root), kf, pure=False)
+                         for _, p, plane, by, bx in mine]
+        return futs
+
+
 # -- public API ------------------------------------------------------------------------------------
 
 
@@ -505,27 +634,8 @@ def segment_distributed_iter(
     """
     import zarr
 
-    from .device import cpu_supports_bf16
-    from .model import UNet, load_model
-    from .postprocess import MODES
-    from .tiling import _balanced, _channel_map, parse_axes, round_tile_size
-
-    if block_size < 1 or overlap < 0:
-        raise ValueError(f"block_size must be positive and overlap non-negative, got {block_size}, {overlap}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if model is None or isinstance(model, (str, os.PathLike)):
-        model = load_model(model)
-    if not isinstance(model, UNet):
-        raise TypeError(f"model must be a napari_unet.UNet or a model file, got {type(model).__name__}")
-    mode = mode or model.meta.get("mode", "instance3")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if amp is None:
-        amp = device.startswith("cuda") or (device == "cpu" and cpu_supports_bf16())
-    channels_last = bool(channels_last) and not device.startswith("mps")
-    cfg = model.config
-    g = cfg.grid
+    model, mode, amp, channels_last = _checked_settings(model, mode, device, amp, channels_last, block_size, overlap,
+                                                       batch_size)
     inputs = _inputs(image_or_paths, axes)
     root = Path(out)
     if root.exists() and not (root / "zarr.json").is_file() and not (root / ".zgroup").is_file():
@@ -533,138 +643,44 @@ def segment_distributed_iter(
             raise ValueError(f"{root} exists and is not a zarr store; choose a new output path")
     root_group = zarr.open_group(str(root), mode="a")
     rule = model.meta.get("normalization", {"kind": "percentile"})
-    k = cfg.num_classes
     model_bytes = model_to_bytes(model)
     model_key = hashlib.sha1(model_bytes).hexdigest()
-
-    plans: list[_ImagePlan] = []
-    for name, source, ax, arr in inputs:
-        dtype = np.dtype(getattr(arr, "dtype", np.float32))
-        if dtype.kind not in "biuf":
-            raise ValueError(f"cannot segment image {name or '(input)'} of dtype {dtype}; give a numeric image")
-        lay = parse_axes(arr.shape, ax)
-        cmap = _channel_map(lay, cfg.in_channels)
-        H, W = lay.yx_shape
-        t = round_tile_size(tile_size if tile_size is not None else min(512, block_size), cfg)
-        tile = (_balanced(H, t, g), _balanced(W, t, g))
-        block = tuple(max(1, round(block_size / ti)) * ti for ti in tile)
-        # the plan travels with every task: it names a file, never holds an array
-        plans.append(_ImagePlan(name, source if isinstance(source, str) else None, lay, cmap, tile, block))  # type: ignore[arg-type]
-        group = root_group.require_group(name) if name else root_group
-        yx_chunks = []
-        for a in range(len(lay.shape)):
-            if a == lay.channel:
-                continue
-            yx_chunks.append(block[0] if a == lay.y else block[1] if a == lay.x else 1)
-        chunks = tuple(yx_chunks)
-        want = {
-            "probabilities": ((k, *lay.out_shape), (k, *chunks), "float32"),
-            "_object_keys": (lay.out_shape, chunks, "int64"),
-            "labels": (lay.out_shape, chunks, "int32"),
-        }
-        # everything the stored blocks depend on: a resume with any of it changed would mix two results
-        meta = {"tile": list(tile), "block": list(block), "overlap": int(overlap), "mode": mode, "amp": bool(amp),
-                "model": model_key, "postprocess": repr(sorted(postprocess.items())), "normalization": repr(rule),
-                "image": _image_key(source, arr)}
-        old = dict(group.attrs).get("napari_unet")
-        differ = [key for key, v in meta.items() if old is not None and old.get(key) != v]
-        if differ and not overwrite:
-            raise ValueError(
-                f"{root} was started with another {', '.join(differ)}; resume with the same model, image and "
-                "settings, pass overwrite=True (--overwrite) to start it again, or choose a new output path"
-            )
-        restart = bool(differ)
-        for arr_name, (shape, ch, dt) in want.items():
-            if not restart and arr_name in group and tuple(group[arr_name].shape) == shape \
-                    and group[arr_name].dtype == np.dtype(dt):
-                continue
-            # zarr 3 names it create_array; zarr 2 create
-            make = getattr(group, "create_array", None) or group.create
-            make(arr_name, shape=shape, chunks=ch, dtype=dt, fill_value=0, overwrite=True)
-            restart = True
-        if restart:
-            # the done-markers belong to the arrays just recreated: they would leave those blocks zero
-            shutil.rmtree(root / "_done" / (name or "_root"), ignore_errors=True)
-        group.attrs["napari_unet"] = meta
-
+    settings = {"overlap": int(overlap), "mode": mode, "amp": bool(amp), "model": model_key,
+                "postprocess": repr(sorted(postprocess.items())), "normalization": repr(rule)}
+    plans = [_image_plan(name, source, ax, arr, model.config, tile_size, block_size) for name, source, ax, arr in inputs]
+    for plan, (_, source, _, arr) in zip(plans, inputs):
+        _prepare_store(root_group, root, plan, model.config.num_classes,
+                       {"tile": list(plan.tile), "block": list(plan.block), **settings, "image": _image_key(source, arr)},
+                       overwrite)
     c, to_close = _get_client(client, n_workers)
     result = DistributedResult(out=str(root), images=[p.name for p in plans], tile=plans[0].tile, block=plans[0].block)
     try:
+        run = _Passes(c, plans, root, result, 3 if mode != "semantic" else 2)
         mb = c.scatter(model_bytes, broadcast=True)
-        sources = []
-        for (_, source, _, _) in inputs:
-            # numpy images go to the workers once (as a future), not inside every task
-            sources.append(c.scatter(source, broadcast=False) if isinstance(source, np.ndarray) else source)
-        total = 3 * sum(len(p.blocks()) for p in plans) if mode != "semantic" else 2 * sum(len(p.blocks()) for p in plans)
-        done = 0
-
-        def pending(phase: str) -> list[tuple[int, _ImagePlan, tuple[int, ...], int, int]]:
-            todo = []
-            skipped = 0
-            for i, p in enumerate(plans):
-                for plane, by, bx in p.blocks():
-                    if _marker(root, p.name, phase, _block_key(plane, by, bx)).is_file():
-                        skipped += 1
-                    else:
-                        todo.append((i, p, plane, by, bx))
-            result.skipped[phase] = skipped
-            return todo
-
-        def wait(futures: list[Any], phase: str) -> Generator[Progress, None, list[Any]]:
-            nonlocal done
-            from distributed import as_completed
-
-            outs = []
-            result.computed[phase] = 0
-            for fut in as_completed(futures):
-                outs.append(fut.result())
-                result.computed[phase] += 1
-                done += 1
-                yield Progress(done, total, f"{phase}: block {outs[-1] if isinstance(outs[-1], str) else outs[-1][0]}")
-            return outs
-
+        # numpy images go to the workers once (as a future), not inside every task
+        sources = [c.scatter(src, broadcast=False) if isinstance(src, np.ndarray) else src for (_, src, _, _) in inputs]
         # pass 1: probabilities
-        todo = pending("probabilities")
-        done += result.skipped["probabilities"]
+        todo = run.pending("probabilities")
         # normalisation: once per image with pass-1 work, computed as tiling computes it
         # (on a worker: the client reads no image data)
-        need = sorted({i for i, *_ in todo})
         norms = {i: c.submit(_normalization, sources[i], plans[i].layout, rule, plans[i].channel_map, pure=False)
-                 for i in need}
-        yield Progress(done, total, "probabilities")
-        futs = [
+                 for i in sorted({i for i, *_ in todo})}
+        yield Progress(run.done, run.total, "probabilities")
+        yield from run.wait([
             c.submit(_predict_block, p, sources[i], norms[i], model_key, mb, plane, by, bx, str(root), device, bool(amp),
                      channels_last, batch_size, torch_threads, pure=False)
             for i, p, plane, by, bx in todo
-        ]
-        yield from wait(futs, "probabilities")
+        ], "probabilities")
         # pass 2: objects (needs the probabilities of the neighbours: after pass 1)
-        todo = pending("objects")
-        done += result.skipped["objects"]
-        futs = [
+        outs = yield from run.wait([
             c.submit(_label_block, p, plane, by, bx, str(root), int(overlap), mode, dict(postprocess), pure=False)
-            for i, p, plane, by, bx in todo
-        ]
-        outs = yield from wait(futs, "objects")
+            for i, p, plane, by, bx in run.pending("objects")
+        ], "objects")
         result.cut_objects = int(sum(cut for _, cut in outs))
         if mode != "semantic":
             # pass 3: consecutive ids (keys gathered from the markers, so a resumed run agrees)
-            todo = pending("labels")
-            done += result.skipped["labels"]
-            futs = []
-            for i, p in enumerate(plans):
-                parts = [np.load(io.BytesIO(_marker(root, p.name, "objects", _block_key(*b)).read_bytes()))
-                         for b in p.blocks()]
-                keys = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-                if len(keys) > np.iinfo(np.int32).max:
-                    raise ValueError("more objects than int32 labels can hold; split the image")
-                result.objects[p.name] = int(len(keys))
-                mine = [t for t in todo if t[0] == i]
-                if mine:
-                    kf = c.scatter(keys, broadcast=True)
-                    futs += [c.submit(_relabel_block, p, plane, by, bx, str(root), kf, pure=False) for _, p, plane, by, bx in mine]
-            yield from wait(futs, "labels")
-        yield Progress(total, total, "done")
+            yield from run.wait(run.relabel_tasks(), "labels")
+        yield Progress(run.total, run.total, "done")
     finally:
         for obj in to_close:
             obj.close()

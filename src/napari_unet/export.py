@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
 from ._files import write_atomic
+from ._version import __version__
 from .model import UNet, bundled_model_path, center_crop, clone_model
 
 FORMAT_VERSION = "0.5.4"
@@ -224,6 +224,69 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _rdf(model: UNet, d: Path, *, name: str | None, description: str | None, authors: list[str] | None,
+         license: str, bundled: bool) -> dict[str, Any]:
+    """The package's ``rdf.yaml`` (bioimage.io model spec), for the files written in ``d``."""
+    cfg = model.config
+    preprocessing = _preprocessing(model)
+    class_names = [str(c) for c in model.meta.get("class_names", [f"class {i}" for i in range(cfg.num_classes)])]
+    desc = description or str(model.meta.get("description") or "U-Net trained with napari-unet")
+    stained = model.meta.get("modality") == "stained"
+    title = name or (f"napari-unet bundled {'stained-tissue ' if stained else ''}nuclei U-Net" if bundled else "napari-unet U-Net")
+    channel_names = model.meta.get("input", {}).get("channel_names") or [f"channel{i}" for i in range(cfg.in_channels)]
+    m = min_input_size(model)
+    space_in = [{"type": "space", "id": ax, "size": {"min": m, "step": 1}} for ax in ("y", "x")]
+    space_out = [
+        {"type": "space", "id": ax, "size": {"tensor_id": "raw", "axis_id": ax}, "halo": int(cfg.halo)}
+        for ax in ("y", "x")
+    ]
+    rdf = {
+        "type": "model",
+        "format_version": FORMAT_VERSION,
+        "name": title,
+        "description": desc[:1000],
+        "authors": [{"name": a} for a in (authors or ["napari-unet"])],
+        "cite": [PAPER],
+        "license": license,
+        "tags": ["unet", "segmentation", "instance-segmentation", "nuclei",
+                 "histology" if stained else "fluorescence-light-microscopy", "2d", "pytorch", "napari-unet"],
+        "documentation": "README.md",
+        "covers": ["cover.png"],
+        "inputs": [{
+            "id": "raw",
+            "description": "image, normalised by the preprocessing below",
+            "axes": [
+                {"type": "batch"},
+                {"type": "channel", "channel_names": channel_names},
+                *space_in,
+            ],
+            "test_tensor": {"source": "test_input.npy", "sha256": _sha256(d / "test_input.npy")},
+            "sample_tensor": {"source": "sample_input.tif", "sha256": _sha256(d / "sample_input.tif")},
+            "data": {"type": "float32"},
+            "preprocessing": preprocessing,
+        }],
+        "outputs": [{
+            "id": "probabilities",
+            "description": "class probabilities (softmax): " + ", ".join(class_names),
+            "axes": [
+                {"type": "batch"},
+                {"type": "channel", "channel_names": [n.replace(" ", "_") for n in class_names]},
+                *space_out,
+            ],
+            "test_tensor": {"source": "test_output.npy", "sha256": _sha256(d / "test_output.npy")},
+            "sample_tensor": {"source": "sample_output.tif", "sha256": _sha256(d / "sample_output.tif")},
+            "data": {"type": "float32", "range": [0.0, 1.0]},
+        }],
+        "weights": {"torchscript": {
+            "source": "weights.pt",
+            "sha256": _sha256(d / "weights.pt"),
+            "pytorch_version": torch.__version__.split("+")[0],
+        }},
+        "config": {"napari_unet": {"version": __version__, "meta": _plain(model.meta)}},
+    }
+    return rdf
+
+
 def export_bioimageio(
     model: UNet | str | Path | None,
     path: str | Path,
@@ -268,21 +331,13 @@ def export_bioimageio(
         raise ValueError(f"the bioimage.io package is a .zip file, got {path}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    cfg = model.config
-    preprocessing = _preprocessing(model)
+    _preprocessing(model)  # refuses, before any work, a normalisation the format cannot express
     with warnings.catch_warnings():  # TorchScript is deprecated in torch, but it is what consumers run
         warnings.simplefilter("ignore", DeprecationWarning)
         exported = torch.jit.script(ExportedUNet(model))
     image = _as_cyx(_default_test_image(model) if test_image is None else test_image, model)[None]
     with torch.inference_mode():
         probs = exported(torch.from_numpy(preprocess(image, model))).numpy()
-    class_names = [str(c) for c in model.meta.get("class_names", [f"class {i}" for i in range(cfg.num_classes)])]
-    desc = description or str(model.meta.get("description") or "U-Net trained with napari-unet")
-    stained = model.meta.get("modality") == "stained"
-    title = name or (f"napari-unet bundled {'stained-tissue ' if stained else ''}nuclei U-Net" if bundled else "napari-unet U-Net")
-    channel_names = model.meta.get("input", {}).get("channel_names") or [f"channel{i}" for i in range(cfg.in_channels)]
-    m = min_input_size(model)
-
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         exported.save(str(d / "weights.pt"))
@@ -294,55 +349,8 @@ def export_bioimageio(
         tifffile.imwrite(d / "sample_output.tif", probs[0], photometric="minisblack")
         _cover(image[0], probs, d / "cover.png")
         (d / "README.md").write_text(_documentation(model, bundled), encoding="utf-8")
-        space_in = [{"type": "space", "id": ax, "size": {"min": m, "step": 1}} for ax in ("y", "x")]
-        space_out = [
-            {"type": "space", "id": ax, "size": {"tensor_id": "raw", "axis_id": ax}, "halo": int(cfg.halo)}
-            for ax in ("y", "x")
-        ]
-        rdf = {
-            "type": "model",
-            "format_version": FORMAT_VERSION,
-            "name": title,
-            "description": desc[:1000],
-            "authors": [{"name": a} for a in (authors or ["napari-unet"])],
-            "cite": [PAPER],
-            "license": license,
-            "tags": ["unet", "segmentation", "instance-segmentation", "nuclei",
-                     "histology" if stained else "fluorescence-light-microscopy", "2d", "pytorch", "napari-unet"],
-            "documentation": "README.md",
-            "covers": ["cover.png"],
-            "inputs": [{
-                "id": "raw",
-                "description": "image, normalised by the preprocessing below",
-                "axes": [
-                    {"type": "batch"},
-                    {"type": "channel", "channel_names": channel_names},
-                    *space_in,
-                ],
-                "test_tensor": {"source": "test_input.npy", "sha256": _sha256(d / "test_input.npy")},
-                "sample_tensor": {"source": "sample_input.tif", "sha256": _sha256(d / "sample_input.tif")},
-                "data": {"type": "float32"},
-                "preprocessing": preprocessing,
-            }],
-            "outputs": [{
-                "id": "probabilities",
-                "description": "class probabilities (softmax): " + ", ".join(class_names),
-                "axes": [
-                    {"type": "batch"},
-                    {"type": "channel", "channel_names": [n.replace(" ", "_") for n in class_names]},
-                    *space_out,
-                ],
-                "test_tensor": {"source": "test_output.npy", "sha256": _sha256(d / "test_output.npy")},
-                "sample_tensor": {"source": "sample_output.tif", "sha256": _sha256(d / "sample_output.tif")},
-                "data": {"type": "float32", "range": [0.0, 1.0]},
-            }],
-            "weights": {"torchscript": {
-                "source": "weights.pt",
-                "sha256": _sha256(d / "weights.pt"),
-                "pytorch_version": torch.__version__.split("+")[0],
-            }},
-            "config": {"napari_unet": {"version": __version__, "meta": _plain(model.meta)}},
-        }
+        rdf = _rdf(model, d, name=name, description=description, authors=authors, license=license,
+                   bundled=bundled is not None)
         (d / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False), encoding="utf-8")
 
         def write(fh: Any) -> None:

@@ -18,7 +18,31 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .targets import check_labels
+
 DEFAULT_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def restrict_to_region(labels: Any, region: Any) -> np.ndarray:
+    """Keep only the objects lying at least half inside ``region`` (the rest set to 0).
+
+    This is how a prediction (or an annotation) is compared on an annotated region: an
+    object cut by the region's edge counts when most of it is inside, as in training's
+    validation (the one definition: annotation scores and training's validation use it).
+    """
+    lab = check_labels(labels)
+    reg = np.asarray(region, bool)
+    if reg.shape != lab.shape:
+        raise ValueError(f"region shape {reg.shape} does not match the labels' shape {lab.shape}")
+    if reg.all():
+        return lab
+    ids = lab.ravel().astype(np.int64)
+    n = int(ids.max(initial=0)) + 1
+    inside = np.bincount(ids[reg.ravel()], minlength=n)
+    total = np.bincount(ids, minlength=n)
+    keep = inside * 2 >= total
+    keep[0] = True
+    return np.where(keep[lab], lab, 0)
 
 
 def iou_matrix(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -23,12 +23,11 @@ import torch
 from torch import nn
 
 from ._files import write_atomic
+from .targets import MODES  # noqa: F401 (what the output classes mean; importable from here too)
 
 FORMAT_NAME = "napari-unet-model"
 FORMAT_VERSION = 1
 
-#: what the network's output classes mean, by segmentation mode
-MODES = ("instance3", "instance2", "semantic")
 DEFAULT_CLASS_NAMES = {
     "instance3": ["background", "interior", "boundary"],
     "instance2": ["background", "cell"],

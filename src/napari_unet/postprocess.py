@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-MODES = ("instance3", "instance2", "semantic")
+from .targets import MODES  # decoded here as targets.py encodes them (importable from here too)
+
 DEFAULT_MIN_SIZE = 16
 #: instance3 distance split: h-maxima height and distance smoothing (pixels), measured
 DEFAULT_H = 1.0
@@ -59,8 +60,13 @@ MEMBRANE_MIN_SIZE = 64
 _FOUR = ndi.generate_binary_structure(2, 1)
 
 
-def _remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop objects below ``min_size`` pixels and renumber the rest 1..N (int32)."""
+def remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop objects below ``min_size`` pixels and renumber the rest 1..N (int32).
+
+    The one definition (post-processing, the 3D path, the baseline). Not the annotation
+    tool :func:`napari_unet.annotate.remove_small_pieces`, which erases small connected
+    *pieces* of any id as an undoable edit and renumbers nothing.
+    """
     n = int(labels.max(initial=0))
     if n == 0:
         return labels.astype(np.int32)
@@ -90,7 +96,7 @@ def _instance3(probs: np.ndarray, foreground_threshold: float, seed_threshold: f
         seeds, n = ndi.label(seeds_mask, structure=_FOUR)
         if n and min_seed_size > 1:
             # specks of interior are noise, not cells: they would split one cell in two
-            seeds = _remove_small_and_relabel(seeds, min_seed_size)
+            seeds = remove_small_and_relabel(seeds, min_seed_size)
         landscape = 1.0 - interior
     labels = watershed(landscape, markers=seeds, mask=foreground, connectivity=1)
     # foreground that no seed reached (an interior missed entirely) still is an object
@@ -192,7 +198,7 @@ def probabilities_to_labels(
             lab = membrane_watershed(p[0], 1.0 - foreground_threshold, min_size=membrane_min)
         else:
             lab, _ = ndi.label((1.0 - p[0]) > foreground_threshold, structure=_FOUR)
-        lab = _remove_small_and_relabel(lab, min_size)
+        lab = remove_small_and_relabel(lab, min_size)
         if offset:
             lab = np.where(lab > 0, lab + offset, 0)
         if offset + int(lab.max(initial=0)) > np.iinfo(np.int32).max:
@@ -202,4 +208,7 @@ def probabilities_to_labels(
     return out
 
 
-__all__ = ["DEFAULT_MIN_SIZE", "MODES", "membrane_watershed", "probabilities_to_labels"]
+#: old private name (importable from here)
+_remove_small_and_relabel = remove_small_and_relabel
+
+__all__ = ["DEFAULT_MIN_SIZE", "MODES", "membrane_watershed", "probabilities_to_labels", "remove_small_and_relabel"]

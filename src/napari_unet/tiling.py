@@ -1,5 +1,10 @@
 """Overlap-tile inference: mirror padding, edge-to-edge output tiles, seamless stitching.
 
+This module only predicts (class probabilities). Labels are made above it:
+:mod:`napari_unet.instances` (plane by plane) and :mod:`napari_unet.segmentation`
+(``segment``: zoom, 3D, labels); ``tiling.segment`` / ``tiling.segment_iter`` stay
+importable from here for old code.
+
 How a prediction is laid out (the paper's overlap-tile strategy, made exact):
 
 * The output plane is cut into tiles of ``S_y x S_x`` pixels laid edge to edge. Every
@@ -47,9 +52,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._progress import Progress, ProgressBar, drain, relay
+from ._progress import Progress, ProgressBar, drain
 from .device import autocast, available_memory, cpu_supports_bf16, describe_device, is_out_of_memory, resolve_device
-from .image_checks import MIN_OBJECT_Z, MIN_OBJECT_Z_STAINED, NONFINITE_WARNING, NOTHING_HERE_WARNING, drop_faint_objects, modality_warning
+from .image_checks import NONFINITE_WARNING, modality_warning
 from .normalize import SUBSAMPLE_PIXELS, apply_normalization, normalization_params, strided_sample
 
 #: seconds between progress records while a batch is on the device (cancel latency)
@@ -178,7 +183,7 @@ def _as_numpy(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
-class _Source:
+class Source:
     """Reads mirror-padded ``(C, h, w)`` float32 regions of one plane of any array-like."""
 
     def __init__(self, image: Any, layout: Layout, channel_map: str) -> None:
@@ -220,7 +225,7 @@ def _map_channels(x: np.ndarray, channel_map: str, axis: int = 0) -> np.ndarray:
     return x
 
 
-def _channel_map(layout: Layout, in_channels: int) -> str:
+def choose_channel_map(layout: Layout, in_channels: int) -> str:
     c = layout.channels
     if c == in_channels:
         return "keep"
@@ -273,7 +278,7 @@ def round_tile_size(tile_size: int, config: Any) -> int:
     return max(smallest, g * int(round(float(tile_size) / g)))
 
 
-def _balanced(size: int, tile: int, g: int) -> int:
+def balanced_tile(size: int, tile: int, g: int) -> int:
     n = max(1, math.ceil(size / tile))
     return min(tile, g * math.ceil(math.ceil(size / n) / g))
 
@@ -311,7 +316,7 @@ class _Plan:
 
 def _make_plan(config: Any, hw: tuple[int, int], tile: int, batch: int | None, device: torch.device, amp: bool, n_planes: int) -> _Plan:
     g = config.grid
-    ty, tx = (_balanced(s, tile, g) for s in hw)
+    ty, tx = (balanced_tile(s, tile, g) for s in hw)
     iy, ix = config.input_size_for_output(ty), config.input_size_for_output(tx)
     if batch is None and device.type == "cpu":
         # one full-size tile keeps the cores busy and bigger batches only evict the
@@ -329,7 +334,7 @@ def _make_plan(config: Any, hw: tuple[int, int], tile: int, batch: int | None, d
 # -- forward -----------------------------------------------------------------------------------
 
 
-class _TileTooLarge(Exception):
+class TileTooLarge(Exception):
     """One tile alone ran out of memory: the tile must shrink."""
 
 
@@ -343,7 +348,7 @@ def _amp_dtype_name(device: torch.device, amp: bool) -> str:
     return "float32"
 
 
-def _forward(net: torch.nn.Module, x: np.ndarray, device: torch.device, amp: bool, channels_last: bool, keep: tuple[int, int]) -> np.ndarray:
+def forward_batch(net: torch.nn.Module, x: np.ndarray, device: torch.device, amp: bool, channels_last: bool, keep: tuple[int, int]) -> np.ndarray:
     """Probabilities of a batch; on out-of-memory, split the batch and retry."""
     try:
         # inference_mode and autocast are thread-local: they must be entered here, in
@@ -361,14 +366,14 @@ def _forward(net: torch.nn.Module, x: np.ndarray, device: torch.device, amp: boo
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if x.shape[0] == 1:
-            raise _TileTooLarge(str(exc)) from exc
+            raise TileTooLarge(str(exc)) from exc
     half = x.shape[0] // 2
     return np.concatenate(
-        [_forward(net, x[:half], device, amp, channels_last, keep), _forward(net, x[half:], device, amp, channels_last, keep)]
+        [forward_batch(net, x[:half], device, amp, channels_last, keep), forward_batch(net, x[half:], device, amp, channels_last, keep)]
     )
 
 
-def _prepare_network(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+def prepare_network(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
     # a private copy: never change the caller's model (device, memory layout, train mode),
     # which may be training in another thread
     net = copy.deepcopy(model).eval().to(device)
@@ -380,11 +385,11 @@ def _prepare_network(model: torch.nn.Module, device: torch.device, channels_last
 # -- the predictor -------------------------------------------------------------------------------
 
 
-class _Predictor:
+class Predictor:
     def __init__(self, image: Any, model: Any, tile_size: int | None, device: Any, axes: str | None,
                  batch_size: int | None, amp: bool | None, channels_last: bool,
                  normalization: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        # the model is resolved by the caller (``_checked_model``), which also sets ``picked``
+        # the model is resolved by the caller (``checked_model``), which also sets ``picked``
         self.picked: str | None = None
         if not hasattr(model, "config") or not hasattr(model, "meta"):
             raise TypeError(f"model must be a napari_unet.UNet (or wrap one), got {type(model).__name__}")
@@ -397,7 +402,7 @@ class _Predictor:
         self.config = model.config
         self.meta = model.meta
         self.layout = parse_axes(image.shape, axes)
-        self.channel_map = _channel_map(self.layout, self.config.in_channels)
+        self.channel_map = choose_channel_map(self.layout, self.config.in_channels)
         self.device = resolve_device(device)
         if amp is None:
             amp = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_supports_bf16())
@@ -407,8 +412,8 @@ class _Predictor:
         self.lo, self.hi = normalization if normalization is not None else image_normalization(
             image, self.layout, model.meta.get("normalization", {"kind": "percentile"}), self.channel_map
         )
-        self.source = _Source(image, self.layout, self.channel_map)
-        self.net = _prepare_network(model, self.device, self.channels_last)
+        self.source = Source(image, self.layout, self.channel_map)
+        self.net = prepare_network(model, self.device, self.channels_last)
         self.tile = (
             auto_tile_size(self.config, self.device, self.amp) if tile_size is None else round_tile_size(tile_size, self.config)
         )
@@ -434,7 +439,7 @@ class _Predictor:
             plan = _make_plan(self.config, self.layout.yx_shape, self.tile, self.batch_size, self.device, self.amp, len(planes))
             try:
                 return (yield from self._run_plan(plan, planes, write, done0, total))
-            except _TileTooLarge:
+            except TileTooLarge:
                 smaller = round_tile_size(max(plan.tile) // 2, self.config)
                 if smaller >= max(plan.tile):
                     raise MemoryError(
@@ -476,7 +481,7 @@ class _Predictor:
                     x[i] = apply_normalization(raw, self.lo, self.hi, channel_axis=0)
                 if pending is not None:
                     done = yield from self._finish(pending, write, hw, plan, done, total, message, info)
-                pending = (pool.submit(_forward, self.net, x, self.device, self.amp, self.channels_last, plan.tile), chunk)
+                pending = (pool.submit(forward_batch, self.net, x, self.device, self.amp, self.channels_last, plan.tile), chunk)
             if pending is not None:
                 done = yield from self._finish(pending, write, hw, plan, done, total, message, info)
                 pending = None
@@ -502,7 +507,7 @@ class _Predictor:
         return done
 
 
-def _out_index(layout: Layout, plane: tuple[int, ...], ys: slice, xs: slice) -> tuple[tuple[Any, ...], bool]:
+def out_index(layout: Layout, plane: tuple[int, ...], ys: slice, xs: slice) -> tuple[tuple[Any, ...], bool]:
     """Index into an array shaped like the image without its channel axis (+ leading axes)."""
     idx: list[Any] = []
     pl = dict(zip(layout.planes, plane))
@@ -513,7 +518,7 @@ def _out_index(layout: Layout, plane: tuple[int, ...], ys: slice, xs: slice) -> 
     return tuple(idx), layout.x < layout.y
 
 
-def _check_out(out: Any, shape: tuple[int, ...], what: str) -> None:
+def check_out(out: Any, shape: tuple[int, ...], what: str) -> None:
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"out has shape {tuple(out.shape)} but the {what} need shape {tuple(shape)}")
 
@@ -559,17 +564,17 @@ def predict_iter(
         float32 probabilities of shape ``(num_classes, *image shape without channels)``,
         or ``out``.
     """
-    model, picked = _checked_model(image, model, axes)
-    pred = _Predictor(image, model, tile_size, device, axes, batch_size, amp, channels_last)
+    model, picked = checked_model(image, model, axes)
+    pred = Predictor(image, model, tile_size, device, axes, batch_size, amp, channels_last)
     pred.picked = picked
     lay = pred.layout
     shape = (pred.config.num_classes, *lay.out_shape)
     if out is None:
         out = np.zeros(shape, np.float32)
-    _check_out(out, shape, "probabilities")
+    check_out(out, shape, "probabilities")
 
     def write(plane: tuple[int, ...], oy: int, ox: int, probs: np.ndarray) -> None:
-        idx, transpose = _out_index(lay, plane, slice(oy, oy + probs.shape[1]), slice(ox, ox + probs.shape[2]))
+        idx, transpose = out_index(lay, plane, slice(oy, oy + probs.shape[1]), slice(ox, ox + probs.shape[2]))
         out[(slice(None),) + idx] = probs.transpose(0, 2, 1) if transpose else probs
 
     yield from pred.run(lay.plane_indices(), write, 0)
@@ -590,286 +595,10 @@ def predict(image: Any, model: Any = None, *, tile_size: int | None = None, devi
     return drain(predict_iter(image, model, tile_size=tile_size, device=device, axes=axes, **kwargs), progress)
 
 
-def segment_iter(
-    image: Any,
-    model: Any = None,
-    *,
-    tile_size: int | None = None,
-    device: str | torch.device | None = None,
-    axes: str | None = None,
-    min_size: int | None = None,
-    mode: str | None = None,
-    batch_size: int | None = None,
-    out: Any = None,
-    probabilities_out: Any = None,
-    amp: bool | None = None,
-    channels_last: bool = True,
-    diameter: float | str | None = None,
-    min_object_z: float | None = MIN_OBJECT_Z,
-    voxel_size: Any = None,
-    plane_by_plane: bool = False,
-    **postprocess: Any,
-) -> Generator[Progress, None, Any]:
-    """Instance (or semantic) labels by tiled prediction and post-processing, plane by plane.
-
-    A stack whose axes name a ``Z`` (``axes="ZYX"``, ``"TZYX"``...) gets 3D labels, one id
-    per cell across its planes (:mod:`napari_unet.volume`), unless ``plane_by_plane``.
-
-    Each plane is predicted (see :func:`predict_iter`) and turned into labels with
-    :func:`napari_unet.postprocess.probabilities_to_labels`; a stack's planes are
-    processed one at a time, so memory is bounded by one plane. Instance ids are unique
-    across the whole stack (each plane's ids start after the previous plane's largest).
-
-    Args:
-        image, model, tile_size, device, axes, batch_size, amp, channels_last: as for
-            :func:`predict_iter`.
-        min_size: objects smaller than this many pixels are removed (None = the
-            post-processing default).
-        mode: ``"instance3"``, ``"instance2"`` or ``"semantic"``; None = ``model.meta["mode"]``.
-        out: optional int32 array (numpy, zarr...) shaped like the image without its
-            channel axis, written plane by plane.
-        probabilities_out: optional array ``(num_classes, *that shape)`` that also receives
-            the probabilities.
-        diameter: the cells' median diameter in pixels, or ``"auto"`` to measure it with
-            the model (:func:`napari_unet.diameter.measure_diameter`, about a second).
-            When it differs from the model's own (``model.meta["diameter"]``) by more than
-            25%, a copy zoomed to the model's cell size is segmented (in memory) and the
-            labels are scaled back. None (default): segment the image as it is.
-        min_object_z: instance modes: objects whose mean intensity does not stand out from
-            the background around them by this many standard errors of the image's noise
-            (the default 6 is 2 for a model of stained tissue) are dropped, so an empty
-            field gives no cells (and a ``UserWarning`` says there are none; see
-            :mod:`napari_unet.image_checks`). None keeps every object.
-        voxel_size: Z stacks: ``(z, y, x)`` voxel size (a napari layer's ``scale``) or
-            one number, Z step / pixel size; None = estimated from the cells.
-        plane_by_plane: Z stacks: label each plane on its own (unrelated sections), as
-            for other plane axes.
-        **postprocess: further options of ``probabilities_to_labels`` (3D: of
-            :func:`napari_unet.volume.segment_volume_iter`, e.g. ``views``).
-
-    Yields:
-        :class:`Progress`; with ``diameter``, ``info`` also holds ``diameter`` and ``zoom``.
-
-    Returns:
-        int32 labels shaped like the image without its channel axis (or ``out``).
-    """
-    model, picked = _checked_model(image, model, axes)
-    said = {"model": picked} if picked else {}
-    if min_object_z == MIN_OBJECT_Z and getattr(model, "meta", {}).get("modality") == "stained":
-        min_object_z = MIN_OBJECT_Z_STAINED  # the default, for stained tissue
-    if not plane_by_plane and "Z" in str(axes or "").upper():
-        from .volume import segment_volume_iter
-
-        return (yield from _with_info(segment_volume_iter(
-            image, model, axes=axes, voxel_size=voxel_size, diameter=diameter, tile_size=tile_size, device=device,
-            min_size=min_size, mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out,
-            amp=amp, channels_last=channels_last, min_object_z=min_object_z, **postprocess,
-        ), said))
-    if diameter is not None:
-        return (yield from _with_info(_segment_zoomed(
-            image, model, diameter, tile_size=tile_size, device=device, axes=axes, min_size=min_size,
-            mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out, amp=amp,
-            channels_last=channels_last, min_object_z=min_object_z, plane_by_plane=plane_by_plane, **postprocess,
-        ), said))
-    from .postprocess import probabilities_to_labels
-
-    pred = _Predictor(image, model, tile_size, device, axes, batch_size, amp, channels_last)
-    pred.picked = picked
-    lay = pred.layout
-    mode = mode or pred.meta.get("mode", "instance3")
-    _check_plane_memory(lay, pred.config.num_classes, out is None)
-    if out is None:
-        out = np.zeros(lay.out_shape, np.int32)
-    _check_out(out, lay.out_shape, "labels")
-    k = pred.config.num_classes
-    if probabilities_out is not None:
-        _check_out(probabilities_out, (k, *lay.out_shape), "probabilities")
-    planes = lay.plane_indices()
-    H, W = lay.yx_shape
-    kwargs = dict(postprocess)
-    if mode == "instance2" and pred.meta.get("preset") == "membranes":
-        kwargs.setdefault("membranes", True)  # cells between membranes: the membrane watershed
-    if min_size is not None:
-        kwargs["min_size"] = min_size
-    total = pred.n_tiles(len(planes)) + len(planes)
-    done = 0
-    next_id = 0
-    found = 0
-    for plane in planes:
-        buf = np.zeros((k, H, W), np.float32)
-
-        def write(_p: tuple[int, ...], oy: int, ox: int, probs: np.ndarray, buf: np.ndarray = buf) -> None:
-            buf[:, oy : oy + probs.shape[1], ox : ox + probs.shape[2]] = probs
-
-        done += yield from pred.run([plane], write, done, total)
-        idx, transpose = _out_index(lay, plane, slice(None), slice(None))
-        if probabilities_out is not None:
-            probabilities_out[(slice(None),) + idx] = buf.transpose(0, 2, 1) if transpose else buf
-        yield Progress(done, total, "post-processing", {"plane": plane})
-        labels = probabilities_to_labels(buf, mode, **kwargs).astype(np.int64)
-        if mode != "semantic" and min_object_z is not None:
-            labels = _drop_faint(pred.source, pred.lo, pred.hi, plane, labels, min_object_z)
-            found += int(labels.max(initial=0))
-        if mode != "semantic" and next_id:
-            labels[labels > 0] += next_id
-        if labels.size and labels.max() > np.iinfo(np.int32).max:
-            raise ValueError("more objects than int32 labels can hold; segment the planes separately")
-        if mode != "semantic":
-            next_id = max(next_id, int(labels.max(initial=0)))
-        labels = labels.astype(np.int32)
-        out[idx] = labels.T if transpose else labels
-        done += 1
-        yield Progress(done, total, "post-processing", {"plane": plane})
-    if mode != "semantic" and min_object_z is not None and not found:
-        warnings.warn(NOTHING_HERE_WARNING, UserWarning, stacklevel=2)
-    return out
+# -- the model ------------------------------------------------------------------------------------
 
 
-def _drop_faint(source: _Source, lo: np.ndarray, hi: np.ndarray, plane: tuple[int, ...], labels: np.ndarray,
-                min_z: float) -> np.ndarray:
-    """One plane's labels without the objects lost in its noise, renumbered 1..N if any was dropped."""
-    from skimage.segmentation import relabel_sequential
-
-    H, W = source.layout.yx_shape
-    seen = apply_normalization(source.read(plane, 0, H, 0, W), lo, hi, channel_axis=0)
-    kept = drop_faint_objects(seen, labels, min_z)
-    return kept if kept is labels else relabel_sequential(kept)[0]
-
-
-def objects_above_noise(image: Any, labels: np.ndarray, model: Any, axes: str | None = None,
-                        min_z: float = MIN_OBJECT_Z) -> np.ndarray:
-    """``labels`` of ``image`` (same resolution) without the objects that do not stand out
-    from its noise (see :mod:`napari_unet.image_checks`), renumbered without gaps.
-
-    Args:
-        image: the image as given to :func:`segment` (planes, channels as in ``axes``).
-        labels: its instance labels, shaped like the image without its channel axis.
-        model: the model (its normalisation rule and input channels).
-        axes: as for :func:`segment`.
-        min_z: see :data:`napari_unet.image_checks.MIN_OBJECT_Z`.
-    """
-    from skimage.segmentation import relabel_sequential
-
-    lay = parse_axes(np.shape(image), axes)
-    cmap = _channel_map(lay, model.config.in_channels)
-    lo, hi = image_normalization(image, lay, model.meta.get("normalization", {"kind": "percentile"}), cmap)
-    source = _Source(image, lay, cmap)
-    out = np.array(labels, copy=True)
-    next_id = 0
-    for plane in lay.plane_indices():
-        idx, transpose = _out_index(lay, plane, slice(None), slice(None))
-        lab = out[idx].T if transpose else out[idx]
-        # renumbered in any case: shrinking zoomed labels back can lose a speck
-        lab = relabel_sequential(_drop_faint(source, lo, hi, plane, lab, min_z))[0].astype(np.int64)
-        lab[lab > 0] += next_id  # ids unique across the stack, as segment gives them
-        next_id = max(next_id, int(lab.max(initial=0)))
-        out[idx] = lab.T if transpose else lab
-    return out
-
-
-#: peak bytes per pixel of one plane's post-processing (instance3 watershed, measured with
-#: tracemalloc on a 1024² plane: 48 B/px), on top of the plane's probabilities
-POSTPROCESS_BYTES_PER_PIXEL = 60
-
-
-def _check_plane_memory(lay: Layout, num_classes: int, labels_in_memory: bool) -> None:
-    """Refuse, with a way out, a plane too large to post-process in the free memory.
-
-    ``segment`` holds one plane's probabilities and runs the watershed on the whole
-    plane; past the free memory that would end in the out-of-memory killer, taking the
-    viewer (and unsaved work) with it.
-    """
-    H, W = lay.yx_shape
-    need = H * W * (4 * num_classes + POSTPROCESS_BYTES_PER_PIXEL)
-    if labels_in_memory:
-        need += 4 * math.prod(lay.out_shape)
-    free = available_memory(torch.device("cpu"))
-    if need > 0.8 * free:
-        raise MemoryError(
-            f"segmenting planes of {H}x{W} pixels in one piece needs about {need / 2**30:.1f} GiB of memory "
-            f"and {free / 2**30:.1f} GiB is free; segment it in blocks with bounded memory "
-            "(napari-unet segment IN -o OUT.zarr --workers N, or napari_unet.distributed.segment_distributed), "
-            "or crop it"
-        )
-
-
-def _segment_zoomed(
-    image: Any, model: Any, diameter: float | str, *, axes: str | None, device: Any, min_size: int | None,
-    out: Any, probabilities_out: Any, min_object_z: float | None, **kwargs: Any,
-) -> Generator[Progress, None, Any]:
-    """:func:`segment_iter` with ``diameter``: segment a copy zoomed to the model's cell size."""
-    from .diameter import (CellSizeError, measure_diameter_iter, model_diameter, resize_image, resize_nearest,
-                           zoom_for, zoomed_shape)
-
-    if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
-        image = np.asarray(image)
-    lay = parse_axes(image.shape, axes)
-    net = model  # resolved by segment_iter, which also reports the pick
-    target = model_diameter(net)
-    if isinstance(diameter, str):
-        if diameter != "auto":
-            raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
-        try:
-            diameter = yield from measure_diameter_iter(image, net, axes=lay.axes, device=device)
-        except CellSizeError as exc:
-            # an empty field (or a few cells) has no size to measure: segment it as it is
-            warnings.warn(f"The cell size could not be measured ({exc.reason}), so the image was segmented as it is.",
-                          UserWarning, stacklevel=2)
-            diameter = target
-    zoom = zoom_for(target, diameter)
-    extra = {"diameter": float(diameter), "zoom": zoom}
-    if zoom == 1:
-        inner = segment_iter(image, _inner(net), axes=lay.axes, device=device, min_size=min_size, out=out,
-                             probabilities_out=probabilities_out, min_object_z=min_object_z, **kwargs)
-        return (yield from _with_info(inner, extra))
-    out_axes = "".join(a for i, a in enumerate(lay.axes) if i != lay.channel)
-    if out is not None:
-        _check_out(out, lay.out_shape, "labels")
-    if probabilities_out is not None:
-        _check_out(probabilities_out, (net.config.num_classes, *lay.out_shape), "probabilities")
-    # the image and its zoomed copy are held in memory (a lazy image is read here, once)
-    zh, zw = zoomed_shape(lay.yx_shape, zoom)
-    planes = math.prod(lay.shape) // (lay.yx_shape[0] * lay.yx_shape[1])  # planes x channels
-    need = planes * (lay.yx_shape[0] * lay.yx_shape[1] * (np.dtype(image.dtype).itemsize + 8) + zh * zw * 12)
-    if need > 0.7 * available_memory(torch.device("cpu")):
-        raise MemoryError(
-            f"zooming this image by {zoom:.2f} (cells of {float(diameter):.0f} px to the model's {target:.0f} px) "
-            f"needs about {need / 2**30:.1f} GiB in memory, more than is free; zoom it beforehand "
-            "(or segment it as it is)"
-        )
-    zoomed = resize_image(np.asarray(image), lay.axes, (zh, zw))
-    if min_size is not None:
-        min_size = max(1, round(min_size * zoom * zoom))
-    probs = None
-    if probabilities_out is not None:
-        probs = np.zeros((net.config.num_classes, *(s for i, s in enumerate(zoomed.shape) if i != lay.channel)),
-                         np.float32)
-    small = yield from _with_info(
-        segment_iter(zoomed, with_normalization_of(net, image, lay), axes=lay.axes, device=device, min_size=min_size,
-                     probabilities_out=probs, min_object_z=None, **kwargs),
-        extra,
-    )
-    labels = resize_nearest(small, out_axes, lay.yx_shape)
-    mode = kwargs.get("mode") or net.meta.get("mode", "instance3")
-    if mode != "semantic" and min_object_z is not None:
-        # tested at the image's own resolution, where its noise is the camera's, not smoothed
-        labels = objects_above_noise(image, labels, net, lay.axes, min_object_z).astype(np.int32, copy=False)
-        if not labels.any():
-            warnings.warn(NOTHING_HERE_WARNING, UserWarning, stacklevel=2)
-    elif zoom > 1 and mode != "semantic":
-        # shrinking the labels back can drop a speck: keep the ids 1..N without gaps
-        from skimage.segmentation import relabel_sequential
-
-        labels = relabel_sequential(labels)[0].astype(np.int32, copy=False)
-    if probabilities_out is not None:
-        probabilities_out[...] = resize_image(probs, "C" + out_axes, lay.yx_shape)
-    if out is None:
-        return labels
-    out[...] = labels
-    return out
-
-
-def _checked_model(image: Any, model: Any, axes: str | None) -> tuple[Any, str | None]:
+def checked_model(image: Any, model: Any, axes: str | None) -> tuple[Any, str | None]:
     """The model to run (None: the bundled one that suits the image, see
     :func:`napari_unet.channels.resolve_model`) and the line saying which was picked, after
     warning when ``image`` looks unlike the model's training data.
@@ -881,7 +610,7 @@ def _checked_model(image: Any, model: Any, axes: str | None) -> tuple[Any, str |
     rgb = hasattr(image, "shape") and parse_axes(np.shape(image), axes).rgb
     model, picked = resolve_model(model, rgb, image if hasattr(image, "shape") else None)
     meta = getattr(model, "meta", None)
-    if not isinstance(meta, dict) or meta.get(_INNER) or not hasattr(image, "shape"):
+    if not isinstance(meta, dict) or meta.get(INNER_KEY) or not hasattr(image, "shape"):
         return model, picked
     message = modality_warning(image, parse_axes(np.shape(image), axes), meta)
     if message:
@@ -890,7 +619,7 @@ def _checked_model(image: Any, model: Any, axes: str | None) -> tuple[Any, str |
 
 
 #: meta key of the model copies made by :func:`with_normalization_of` for inner calls
-_INNER = "_napari_unet_inner"
+INNER_KEY = "_napari_unet_inner"
 
 
 def with_normalization_of(model: Any, image: Any, layout: Layout) -> Any:
@@ -901,70 +630,103 @@ def with_normalization_of(model: Any, image: Any, layout: Layout) -> Any:
     show cells where there is only noise.
     """
     rule = model.meta.get("normalization", {"kind": "percentile"})
-    lo, hi = image_normalization(image, layout, rule, _channel_map(layout, model.config.in_channels))
-    return _inner(model, normalization={"kind": "fixed", "lo": lo.tolist(), "hi": hi.tolist()})
+    lo, hi = image_normalization(image, layout, rule, choose_channel_map(layout, model.config.in_channels))
+    return inner_model(model, normalization={"kind": "fixed", "lo": lo.tolist(), "hi": hi.tolist()})
 
 
-def _inner(model: Any, **meta: Any) -> Any:
+def inner_model(model: Any, **meta: Any) -> Any:
     """A shallow copy of ``model`` (same weights) for an inner call: its image is not checked again."""
     inner = copy.copy(model)
-    inner.meta = {**model.meta, **meta, _INNER: True}
+    inner.meta = {**model.meta, **meta, INNER_KEY: True}
     return inner
 
 
-def _with_info(gen: Generator[Progress, None, Any], extra: dict[str, Any]) -> Generator[Progress, None, Any]:
-    """Relay ``gen``'s records with ``extra`` added to their ``info``; return its result."""
-    return relay(gen, lambda rec: Progress(rec.done, rec.total, rec.message, {**rec.info, **extra}))
+def mirror_pad(image: np.ndarray, config: Any) -> np.ndarray:
+    """A ``(C, H, W)`` image mirror-padded for one forward pass over all of it: the halo on
+    every side, and the bottom/right up to the next valid input size. The padding is the
+    tiles' (:func:`reflect_indices`, numpy's ``"reflect"`` repeated for any distance), so
+    a pass over it gives what :func:`predict` stitches from tiles."""
+    _, H, W = image.shape
+    halo = config.halo
+    rows = reflect_indices(np.arange(-halo, config.input_size_for_output(H) - halo), H)
+    cols = reflect_indices(np.arange(-halo, config.input_size_for_output(W) - halo), W)
+    return np.asarray(image, np.float32)[:, rows][:, :, cols]
 
 
-def segment(image: Any, model: Any = None, *, tile_size: int | None = None, device: str | torch.device | None = None,
-            axes: str | None = None, progress: ProgressBar | None = None, **kwargs: Any) -> Any:
-    """Instance labels of ``image``: :func:`segment_iter` run to the end.
+def padded_logits(net: torch.nn.Module, image: np.ndarray, device: torch.device, amp: bool) -> torch.Tensor:
+    """Logits ``(1, K, H, W)`` (float32, on ``device``) of ONE forward pass over a whole
+    mirror-padded ``(C, H, W)`` image, already normalised; ``net`` is used as it is (on
+    ``device``, in the mode the caller set), without gradients. Training's validation."""
+    _, H, W = image.shape
+    x = torch.from_numpy(np.ascontiguousarray(mirror_pad(image, net.config)))[None].to(device)
+    with torch.no_grad(), autocast(device, amp):
+        logits = net(x)
+    return logits[..., :H, :W].float()
+
+
+def padded_single_pass(image: np.ndarray, model: Any, amp: bool = False, *, normalized: bool = False) -> np.ndarray:
+    """Reference: ONE forward pass over the whole mirror-padded image (tests, benchmarks), on the CPU.
 
     Args:
-        progress: optional tqdm-like bar.
-        **kwargs: further arguments of :func:`segment_iter` (``min_size``, ``mode``, ``out``...).
-
-    Returns:
-        int32 labels shaped like the image without its channel axis (or ``out``).
-    """
-    return drain(segment_iter(image, model, tile_size=tile_size, device=device, axes=axes, **kwargs), progress)
-
-
-def padded_single_pass(image: np.ndarray, model: Any, amp: bool = False) -> np.ndarray:
-    """Reference: ONE forward pass over the whole mirror-padded 2D image (for tests/benchmarks).
-
-    Args:
-        image: 2D (Y, X) image, already normalised or not (normalised here like predict).
-        model: the network.
+        image: ``(Y, X)`` image, or ``(C, Y, X)`` with the model's input channels.
+        model: the network (a copy in eval mode is run; the model is not changed).
         amp: mixed precision as in :func:`predict_iter`.
+        normalized: the image is already normalised (else normalised here like predict).
 
     Returns:
         float32 probabilities ``(num_classes, Y, X)``.
     """
-    cfg = model.config
-    lay = parse_axes(image.shape, "YX")
-    lo, hi = image_normalization(image, lay, model.meta.get("normalization", {"kind": "percentile"}))
-    H, W = image.shape
-    halo = cfg.halo
-    iy, ix = cfg.input_size_for_output(H), cfg.input_size_for_output(W)
-    padded = np.pad(np.asarray(image, np.float32), ((halo, iy - H - halo), (halo, ix - W - halo)), mode="reflect")
-    x = apply_normalization(padded, lo, hi, channel_axis=0)[None, None]
+    x = np.asarray(image, np.float32)
+    if x.ndim == 2:
+        x = x[None]
+    if not normalized:
+        rule = model.meta.get("normalization", {"kind": "percentile"})
+        lo, hi = image_normalization(image, parse_axes(np.shape(image), "YX" if np.ndim(image) == 2 else "CYX"), rule)
+        x = apply_normalization(x, lo, hi, channel_axis=0)
     net = copy.deepcopy(model).eval()
-    with torch.inference_mode(), autocast(torch.device("cpu"), amp):
-        probs = torch.softmax(net(torch.from_numpy(np.ascontiguousarray(x))).float(), 1)
-    return probs[0, :, :H, :W].numpy()
+    return torch.softmax(padded_logits(net, x, torch.device("cpu"), amp), 1)[0].numpy()
 
 
 __all__ = [
+    "INNER_KEY",
     "Layout",
+    "Predictor",
+    "Source",
+    "TileTooLarge",
     "auto_tile_size",
+    "balanced_tile",
+    "check_out",
+    "checked_model",
+    "choose_channel_map",
+    "forward_batch",
+    "image_normalization",
+    "inner_model",
+    "out_index",
+    "mirror_pad",
+    "padded_logits",
     "padded_single_pass",
     "parse_axes",
     "predict",
     "predict_iter",
+    "prepare_network",
     "reflect_indices",
     "round_tile_size",
-    "segment",
-    "segment_iter",
+    "with_normalization_of",
 ]
+
+#: names that moved out of this module, still importable from here (old import paths);
+#: the package's own modules import them from where they live now
+_MOVED = {
+    "segment": "segmentation",
+    "segment_iter": "segmentation",
+    "objects_above_noise": "instances",
+    "POSTPROCESS_BYTES_PER_PIXEL": "instances",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_MOVED[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """3D instances from the 2D U-Net: one id per cell across the planes of a Z stack.
 
-``segment(stack, axes="ZYX")`` comes here (``tiling.segment_iter`` dispatches stacks whose
+``segment(stack, axes="ZYX")`` comes here (``segmentation.segment_iter`` dispatches stacks whose
 axes name a ``Z``; ``plane_by_plane=True`` keeps the per-plane labels of before).
 
 How a ZYX volume is segmented:
@@ -37,8 +37,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._progress import Progress
+from ._progress import Progress, with_info
+from .diameter import measure_diameter_iter, model_diameter, zoom_for
 from .image_checks import NOTHING_HERE_WARNING, drop_faint_objects
+from .resize import nearest_axis, resize_axis, resize_image, resize_nearest, zoomed_shape
+from .tiling import Predictor, check_out, choose_channel_map, image_normalization, out_index, parse_axes
 
 #: multi-view prediction (XY + XZ + YZ) up to this anisotropy; beyond, XY only. Measured
 #: on synthetic stacks (radius 10 px), 3D AP@0.5 with the Z step given, XY only -> three
@@ -210,28 +213,18 @@ def watershed_3d(probs: np.ndarray, anisotropy: float, *, min_size: int, foregro
     orphans, m = ndi.label(foreground & (labels == 0), structure=_SIX)
     if m:
         labels = np.where(orphans > 0, orphans + int(labels.max(initial=0)), labels)
-    from .postprocess import _remove_small_and_relabel
+    from .postprocess import remove_small_and_relabel
 
-    return _remove_small_and_relabel(labels, min_size)
+    return remove_small_and_relabel(labels, min_size)
 
 
 # -- resampling along Z ----------------------------------------------------------------------
 
 
 def resample_axis(x: np.ndarray, axis: int, n: int) -> np.ndarray:
-    """``x`` (float32) resized to ``n`` samples along ``axis``: linear between sample centres."""
-    m = x.shape[axis]
-    if n == m:
-        return np.asarray(x, np.float32)
-    if n < m:
-        sigma = [0.0] * x.ndim
-        sigma[axis] = (m / n - 1) / 2
-        x = ndi.gaussian_filter(np.asarray(x, np.float32), sigma, mode="nearest")
-    c = np.clip((np.arange(n) + 0.5) * (m / n) - 0.5, 0, m - 1)
-    i0 = np.floor(c).astype(np.int64)
-    i1 = np.minimum(i0 + 1, m - 1)
-    f = (c - i0).astype(np.float32).reshape([-1 if k == axis else 1 for k in range(x.ndim)])
-    return np.take(x, i0, axis=axis) * (1 - f) + np.take(x, i1, axis=axis) * f
+    """``x`` (float32) resized to ``n`` samples along ``axis``: linear between sample centres
+    (:func:`napari_unet.resize.resize_axis`, the edge extended by its nearest plane)."""
+    return resize_axis(x, axis, n, edge="nearest")
 
 
 #: planes of a side view predicted at a time (bounds the side views' memory)
@@ -273,16 +266,14 @@ class _Views:
 
     def __call__(self, x: Any, view: str, axes: str = "QYX") -> Generator[Progress, None, np.ndarray]:
         """Probabilities ``(k, *x's shape without channels)`` of ``x`` (axes ``axes``)."""
-        from .tiling import _out_index, _Predictor
-
         kw = self.kw
-        pred = _Predictor(x, self.net, kw.get("tile_size"), kw.get("device"), axes, kw.get("batch_size"),
+        pred = Predictor(x, self.net, kw.get("tile_size"), kw.get("device"), axes, kw.get("batch_size"),
                           kw.get("amp"), kw.get("channels_last", True), normalization=self.norm)
         lay = pred.layout
         out = np.zeros((pred.config.num_classes, *lay.out_shape), np.float32)
 
         def write(plane: tuple[int, ...], oy: int, ox: int, probs: np.ndarray) -> None:
-            idx, transpose = _out_index(lay, plane, slice(oy, oy + probs.shape[1]), slice(ox, ox + probs.shape[2]))
+            idx, transpose = out_index(lay, plane, slice(oy, oy + probs.shape[1]), slice(ox, ox + probs.shape[2]))
             out[(slice(None),) + idx] = probs.transpose(0, 2, 1) if transpose else probs
 
         inner = pred.run(lay.plane_indices(), write, 0)
@@ -355,7 +346,6 @@ def segment_volume_iter(
         whole array), or ``out``.
     """
     from .model import load_model
-    from .tiling import _check_out, parse_axes
 
     net = load_model() if model is None else model
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
@@ -375,9 +365,9 @@ def segment_volume_iter(
     k = net.config.num_classes
     if out is None:
         out = np.zeros(lay.out_shape, np.int32)
-    _check_out(out, lay.out_shape, "labels")
+    check_out(out, lay.out_shape, "labels")
     if probabilities_out is not None:
-        _check_out(probabilities_out, (k, *lay.out_shape), "probabilities")
+        check_out(probabilities_out, (k, *lay.out_shape), "probabilities")
     zi = lay.axes.index("Z")
     outer = [a for a in lay.planes if a != zi]
     vol_axes = "".join(lay.axes[i] for i in range(len(lay.shape)) if i not in outer)
@@ -466,11 +456,10 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
                     min_object_z: float | None = None) -> Generator[Progress, None, int]:
     """Segment one volume into ``sink`` with ids from ``offset + 1``; returns how many."""
     from .postprocess import probabilities_to_labels
-    from .tiling import _channel_map, image_normalization, parse_axes
 
     vlay = parse_axes(vol.shape, vol_axes)
     rule = net.meta.get("normalization", {"kind": "percentile"})
-    run = _Views(net, image_normalization(vol, vlay, rule, _channel_map(vlay, net.config.in_channels)), predict_kw)
+    run = _Views(net, image_normalization(vol, vlay, rule, choose_channel_map(vlay, net.config.in_channels)), predict_kw)
     spatial = [c for c in vol_axes if c not in "CS"]
     order = [spatial.index(c) for c in "ZYX"]
     Z, H, W = (vlay.out_shape[o] for o in order)
@@ -578,7 +567,7 @@ def _merge(mine: np.ndarray, theirs: np.ndarray, parent: dict[int, int], find: A
 def _block_labels(vol: np.ndarray, vol_axes: str, order: list[int], p: np.ndarray, a: float | None, views: str,
                   mode: str, min_size: int | None, run: Any, ws: dict[str, Any]) -> Generator[Progress, None, tuple]:
     """Labels (Z, Y, X) of one block from its XY probabilities ``p`` (k, Z, Y, X)."""
-    from .postprocess import DEFAULT_MIN_SIZE, _remove_small_and_relabel, probabilities_to_labels
+    from .postprocess import DEFAULT_MIN_SIZE, remove_small_and_relabel, probabilities_to_labels
 
     if mode == "semantic":
         return np.argmax(p, 0).astype(np.int32), p, {"method": "semantic"}
@@ -594,7 +583,7 @@ def _block_labels(vol: np.ndarray, vol_axes: str, order: list[int], p: np.ndarra
         min_size = max(1, round(DEFAULT_MIN_SIZE * 8 / a))
     if mode == "instance2":
         fg, _ = ndi.label((1.0 - p[0]) > ws["foreground_threshold"], structure=_SIX)
-        return _remove_small_and_relabel(fg, min_size), p, {**info, "method": "3D components"}
+        return remove_small_and_relabel(fg, min_size), p, {**info, "method": "3D components"}
     if a > MAX_WATERSHED_ANISOTROPY:
         return link_planes(probabilities_to_labels(p, mode)), p, {**info, "method": "linked planes"}
     return watershed_3d(p, a, min_size=min_size, **ws), p, {**info, "method": "3D watershed"}
@@ -603,9 +592,6 @@ def _block_labels(vol: np.ndarray, vol_axes: str, order: list[int], p: np.ndarra
 def _zoomed(image: Any, net: Any, lay: Any, diameter: float | str, given: float | None, out: Any,
             probabilities_out: Any, **kw: Any) -> Generator[Progress, None, Any]:
     """:func:`segment_volume_iter` with a cell diameter: zoom Y and X to the model's cell size."""
-    from .diameter import measure_diameter_iter, model_diameter, resize_image, resize_nearest, zoom_for, zoomed_shape
-    from .tiling import _check_out, _with_info
-
     target = model_diameter(net)
     if isinstance(diameter, str):
         if diameter != "auto":
@@ -617,9 +603,9 @@ def _zoomed(image: Any, net: Any, lay: Any, diameter: float | str, given: float 
     if zoom == 1:
         inner = segment_volume_iter(image, net, axes=lay.axes, voxel_size=voxel, out=out,
                                     probabilities_out=probabilities_out, **kw)
-        return (yield from _with_info(inner, extra))
+        return (yield from with_info(inner, extra))
     if out is not None:
-        _check_out(out, lay.out_shape, "labels")
+        check_out(out, lay.out_shape, "labels")
     zoomed = resize_image(np.asarray(image), lay.axes, zoomed_shape(lay.yx_shape, zoom))
     if kw.get("min_size") is not None:
         kw["min_size"] = max(1, round(kw["min_size"] * zoom * zoom))
@@ -627,7 +613,7 @@ def _zoomed(image: Any, net: Any, lay: Any, diameter: float | str, given: float 
     if probabilities_out is not None:
         probs = np.zeros((net.config.num_classes, *(s for i, s in enumerate(zoomed.shape) if i != lay.channel)),
                          np.float32)
-    small = yield from _with_info(
+    small = yield from with_info(
         segment_volume_iter(zoomed, net, axes=lay.axes, voxel_size=voxel, probabilities_out=probs, **kw), extra)
     out_axes = "".join(a for i, a in enumerate(lay.axes) if i != lay.channel)
     labels = resize_nearest(small, out_axes, lay.yx_shape)
@@ -642,11 +628,6 @@ def _zoomed(image: Any, net: Any, lay: Any, diameter: float | str, given: float 
 
 
 # -- training planes from 3D annotations ---------------------------------------------------
-
-
-def _resample_nearest(x: np.ndarray, axis: int, n: int) -> np.ndarray:
-    src = np.minimum(((np.arange(n) + 0.5) * (x.shape[axis] / n)).astype(np.int64), x.shape[axis] - 1)
-    return np.take(x, src, axis=axis)
 
 
 def stack_planes(image: Any, labels: Any, region: Any = None, voxel_size: Any = None,
@@ -678,9 +659,9 @@ def stack_planes(image: Any, labels: Any, region: Any = None, voxel_size: Any = 
     nz = lab.shape[0]
     n_iso = max(1, round(nz * a))
     iso_img = resample_axis(img, 0, n_iso)
-    iso_lab = _resample_nearest(lab, 0, n_iso)
+    iso_lab = nearest_axis(lab, 0, n_iso)
     plain = reg is None or isinstance(reg, str)
-    iso_reg = None if plain else _resample_nearest(reg, 0, n_iso)
+    iso_reg = None if plain else nearest_axis(reg, 0, n_iso)
     ims, lbs, rgs = list(img), list(lab), [reg] * nz if plain else list(reg)
     k = nz if side_planes is None else int(side_planes)
     for axis in (1, 2):

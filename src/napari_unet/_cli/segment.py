@@ -112,7 +112,7 @@ def probabilities_path(out_path: Path) -> Path:
 
 def _run(image: Any, axes: str | None, model: Any, args: argparse.Namespace, labels_out: Any, probs_out: Any,
          desc: str) -> Any:
-    from ..tiling import segment_iter
+    from ..segmentation import segment_iter
     from .._progress import drain, relay
 
     kwargs: dict[str, Any] = {}

@@ -523,27 +523,11 @@ def load_model_cached(path: str | Path | None) -> UNet:
     return model
 
 
-def segment_at_model_size(
-    image: Any, model: Any, *, device: Any, axes: str | None, notes: list[str] | None = None, **kwargs: Any
-) -> Generator[Progress, None, Any]:
-    """``segment_iter`` on ``image``, zoomed to the model's cell size when the model records
-    one and enough cells are in view to measure them; as it is otherwise, saying why in
-    ``notes`` (Cell size "auto" in the Segment widget; predict-to-annotate, scoring and
-    apply after training)."""
-    from ..diameter import measure_diameter_iter
-    from ..tiling import segment_iter
+def segment_at_model_size(*args: Any, **kwargs: Any) -> Generator[Progress, None, Any]:
+    """:func:`napari_unet.segmentation.segment_at_model_size`, imported when called (it imports torch)."""
+    from ..segmentation import segment_at_model_size as run
 
-    diameter = None
-    if not model.meta.get("diameter"):
-        if notes is not None:
-            notes.append("the model records no cell diameter, so the image was segmented as it is")
-    else:
-        try:
-            diameter = yield from measure_diameter_iter(image, model, axes=axes, device=device)
-        except ValueError as exc:
-            if notes is not None:
-                notes.append(f"cell size not measured ({exc}), so the image was segmented as it is")
-    return (yield from segment_iter(image, model, device=device, axes=axes, diameter=diameter, **kwargs))
+    return run(*args, **kwargs)
 
 
 def bundled_model_available() -> bool:

@@ -161,7 +161,8 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
     import time
 
     from ..device import describe_device, resolve_device
-    from ..tiling import parse_axes, segment_iter
+    from ..segmentation import segment_iter
+    from ..tiling import parse_axes
 
     t0 = time.perf_counter()
     from ..channels import bundled_path, pick_bundled

@@ -68,6 +68,7 @@ from ._common import (
     show_error_in,
     status_label,
 )
+from ..targets import MODES
 from ._lossplot import LossPlot
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,7 +77,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..model import UNet
 
 WRITER = "train"
-MODES = ("instance3", "instance2", "semantic")
 #: Mode choices for EM-like data: instance2 with a training preset (see training.PRESETS)
 MEMBRANE_MODES = {"membranes (EM cells)": "membranes", "membrane mask (EM)": "membrane-mask"}
 
@@ -351,7 +351,7 @@ def _warn_if_mostly_ignored(labels: list[Any], regions: list[Any], threshold: fl
 def _preview(job: TrainJob, net: Any, rec: Progress) -> Progress:
     """Segment the preview image with the current weights (in the worker thread)."""
     from ..model import clone_model
-    from ..tiling import segment
+    from ..segmentation import segment
 
     model = clone_model(net).eval()
     labels = np.asarray(segment(job.preview, model, device="cpu", axes=job.preview_axes))
