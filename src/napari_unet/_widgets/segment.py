@@ -31,6 +31,7 @@ from magicgui.widgets import (
 )
 
 from .._progress import Progress, relay
+from ..annotate import count_cells as count_objects
 from ._common import (
     DevicePicker,
     ModelPicker,
@@ -143,12 +144,6 @@ def output_geometry(layer: Any, channel_axis: int | None, out_ndim: int) -> tupl
         del scale[channel_axis], translate[channel_axis]
     # napari lines dimensions up from the last; keep the trailing ones
     return tuple(scale[-out_ndim:]), tuple(translate[-out_ndim:])
-
-
-def count_objects(labels: np.ndarray) -> int:
-    """Number of distinct non-zero ids (cells) in a label image."""
-    ids = np.unique(labels)
-    return int(np.count_nonzero(ids))
 
 
 def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
