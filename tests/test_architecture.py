@@ -46,7 +46,7 @@ EXEMPT: dict[str, str] = {}
 #: tested, without it, and a worker computing weight maps never loads it)
 TORCH_FREE = (
     "_files", "_morphology", "_progress", "_sample_data", "_two_nearest", "_version", "annotate", "baseline",
-    "data", "image_checks", "metrics", "normalize", "postprocess", "resize", "synthetic", "synthetic_3d",
+    "data", "image_checks", "metrics", "modes", "normalize", "postprocess", "resize", "synthetic", "synthetic_3d",
     "synthetic_tissue", "targets", "weights",
 )
 

@@ -449,7 +449,7 @@ def _checked_settings(model: Any, mode: str | None, device: str, amp: bool | Non
     """The model (loaded when a path or None), mode, precision and memory layout of a run, or a clear error."""
     from .device import cpu_supports_bf16
     from .model import UNet, load_model
-    from .targets import MODES
+    from .modes import MODES
 
     if block_size < 1 or overlap < 0:
         raise ValueError(f"block_size must be positive and overlap non-negative, got {block_size}, {overlap}")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ._files import write_atomic
-from .targets import MODES  # noqa: F401 (what the output classes mean; importable from here too)
+from .modes import MODES  # noqa: F401 (importable from here too)
 
 FORMAT_NAME = "napari-unet-model"
 FORMAT_VERSION = 1

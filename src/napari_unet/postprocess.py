@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .targets import MODES  # decoded here as targets.py encodes them (importable from here too)
+from .modes import MODES
 
 DEFAULT_MIN_SIZE = 16
 #: instance3 distance split: h-maxima height and distance smoothing (pixels), measured

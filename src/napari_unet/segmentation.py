@@ -53,14 +53,14 @@ def segment_iter(
     A stack whose axes name a ``Z`` (``axes="ZYX"``, ``"TZYX"``...) gets 3D labels, one id
     per cell across its planes (:mod:`napari_unet.volume`), unless ``plane_by_plane``.
 
-    Each plane is predicted (see :func:`predict_iter`) and turned into labels with
+    Each plane is predicted (see :func:`napari_unet.tiling.predict_iter`) and turned into labels with
     :func:`napari_unet.postprocess.probabilities_to_labels`; a stack's planes are
     processed one at a time, so memory is bounded by one plane. Instance ids are unique
     across the whole stack (each plane's ids start after the previous plane's largest).
 
     Args:
         image, model, tile_size, device, axes, batch_size, amp, channels_last: as for
-            :func:`predict_iter`.
+            :func:`napari_unet.tiling.predict_iter`.
         min_size: objects smaller than this many pixels are removed (None = the
             post-processing default).
         mode: ``"instance3"``, ``"instance2"`` or ``"semantic"``; None = ``model.meta["mode"]``.

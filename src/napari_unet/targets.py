@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-#: the segmentation modes (what the network's output classes mean; see the module docs):
-#: the one definition, imported by the model, the post-processing and the widgets
-MODES = ("instance3", "instance2", "semantic")
+from .modes import MODES
+
 DEFAULT_MARGIN = 16
 
 

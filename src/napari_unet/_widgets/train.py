@@ -68,7 +68,7 @@ from ._common import (
     show_error_in,
     status_label,
 )
-from ..targets import MODES
+from ..modes import MODES
 from ._lossplot import LossPlot
 
 if TYPE_CHECKING:  # pragma: no cover
