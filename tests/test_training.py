@@ -103,13 +103,14 @@ def test_schedule_warms_up_and_decays():
 
 
 def _segment(model, image):
-    from napari_unet.training import _forward_whole, _postprocess
+    from napari_unet.postprocess import probabilities_to_labels
+    from napari_unet.tiling import padded_logits
 
     model = model.eval()
     lo, hi = np.percentile(image, [1.0, 99.8])
     x = ((image - lo) / (hi - lo)).astype(np.float32)[None]
-    probs = torch.softmax(_forward_whole(model, x, torch.device("cpu"), False)[0], 0).numpy()
-    return _postprocess(probs, model.meta["mode"])
+    probs = torch.softmax(padded_logits(x, model, torch.device("cpu"), False)[0], 0).numpy()
+    return probabilities_to_labels(probs, model.meta["mode"])
 
 
 def test_short_training_run_improves_held_out_ap():
@@ -318,13 +319,13 @@ def test_early_stopping_stops_after_patience():
 def test_instance2_weights_put_the_border_term_on_carved_contacts():
     """The paper's 2-class form: pixels carved between touching cells get eq. 2's peak."""
     from napari_unet.targets import labels_to_targets
-    from napari_unet.training import _weights_for
+    from napari_unet.training_data import weights_for
 
     lab = np.zeros((40, 60), np.int32)
     lab[10:30, 10:30] = 1
     lab[10:30, 30:50] = 2  # touches cell 1 along x = 29/30
     targets, _ = labels_to_targets(lab, "instance2", "all")
-    w = _weights_for(lab, targets, "instance2", 10.0, 5.0, None)
+    w = weights_for(lab, targets, "instance2", 10.0, 5.0, None)
     carved = (lab > 0) & (targets == 0)
     assert carved.any()
     # between two cells 0-1 px away the border term is close to w0

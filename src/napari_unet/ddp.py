@@ -111,7 +111,8 @@ def ddp_train(
     from torch.nn.parallel import DistributedDataParallel
 
     from ._progress import drain
-    from .training import _split_for_validation, train_iter
+    from .training import train_iter
+    from .training_data import split_for_validation
 
     for bad in ("max_time", "early_stopping", "resume"):
         if train_kwargs.get(bad) is not None:
@@ -146,7 +147,7 @@ def ddp_train(
         regs = list(regions) if regions is not None else None
         if train_kwargs.get("val_images") is None and val_fraction > 0:
             # the split is deterministic: every rank trains on the same images; rank 0 validates
-            images, labels, regs, va_i, va_l, va_r = _split_for_validation(images, labels, regs, val_fraction)
+            images, labels, regs, va_i, va_l, va_r = split_for_validation(images, labels, regs, val_fraction)
             if rank == 0 and va_i:
                 train_kwargs.update(val_images=va_i, val_labels=va_l, val_regions=va_r)
         elif rank != 0:

@@ -931,6 +931,33 @@ def segment(image: Any, model: Any = None, *, tile_size: int | None = None, devi
     return drain(segment_iter(image, model, tile_size=tile_size, device=device, axes=axes, **kwargs), progress)
 
 
+def padded_logits(image: np.ndarray, model: Any, device: torch.device | None = None, amp: bool = False) -> torch.Tensor:
+    """ONE forward pass over a whole normalised ``(C, Y, X)`` image, mirror-padded by the halo.
+
+    The padding is inference's (``"reflect"``, repeated for any distance, as
+    :func:`reflect_indices`). Training's validation scores with it, so its scores are
+    inference's.
+
+    Args:
+        image: ``(C, Y, X)`` float image, already normalised.
+        model: the network (run as it is: callers choose ``eval()``).
+        device: where to run; None = the model's device.
+        amp: mixed precision as in :func:`predict_iter`.
+
+    Returns:
+        float32 logits ``(1, num_classes, Y, X)`` on ``device``.
+    """
+    cfg = model.config
+    _, H, W = image.shape
+    halo = cfg.halo
+    iy, ix = cfg.input_size_for_output(H), cfg.input_size_for_output(W)
+    padded = np.pad(np.asarray(image, np.float32), ((0, 0), (halo, iy - H - halo), (halo, ix - W - halo)), mode="reflect")
+    dev = device if device is not None else next(model.parameters()).device
+    with torch.no_grad(), autocast(dev, amp):
+        logits = model(torch.from_numpy(padded)[None].to(dev))
+    return logits[..., :H, :W].float()
+
+
 def padded_single_pass(image: np.ndarray, model: Any, amp: bool = False) -> np.ndarray:
     """Reference: ONE forward pass over the whole mirror-padded 2D image (for tests/benchmarks).
 
@@ -942,23 +969,17 @@ def padded_single_pass(image: np.ndarray, model: Any, amp: bool = False) -> np.n
     Returns:
         float32 probabilities ``(num_classes, Y, X)``.
     """
-    cfg = model.config
     lay = parse_axes(image.shape, "YX")
     lo, hi = image_normalization(image, lay, model.meta.get("normalization", {"kind": "percentile"}))
-    H, W = image.shape
-    halo = cfg.halo
-    iy, ix = cfg.input_size_for_output(H), cfg.input_size_for_output(W)
-    padded = np.pad(np.asarray(image, np.float32), ((halo, iy - H - halo), (halo, ix - W - halo)), mode="reflect")
-    x = apply_normalization(padded, lo, hi, channel_axis=0)[None, None]
+    x = apply_normalization(np.asarray(image, np.float32), lo, hi, channel_axis=0)[None]
     net = copy.deepcopy(model).eval()
-    with torch.inference_mode(), autocast(torch.device("cpu"), amp):
-        probs = torch.softmax(net(torch.from_numpy(np.ascontiguousarray(x))).float(), 1)
-    return probs[0, :, :H, :W].numpy()
+    return torch.softmax(padded_logits(x, net, torch.device("cpu"), amp), 1)[0].numpy()
 
 
 __all__ = [
     "Layout",
     "auto_tile_size",
+    "padded_logits",
     "padded_single_pass",
     "parse_axes",
     "predict",

@@ -183,10 +183,10 @@ def pair_arrays(pair: LayerPair) -> tuple[list[np.ndarray], list[np.ndarray], li
 
 
 def _channels(image: Any) -> int:
-    """Input channels of a training image, by the core's rule (``training._in_channels_of``)."""
-    from ..training import _in_channels_of
+    """Input channels of a training image, by the core's rule."""
+    from ..training_data import in_channels_of
 
-    return _in_channels_of([image])
+    return in_channels_of([image])
 
 
 def _check_channels(images: list[Any], listed: list[tuple[str, Any]]) -> None:
@@ -263,21 +263,12 @@ class TrainJob:
 def _starting_model(job: TrainJob) -> tuple[Any, float | None]:
     """The ``model`` argument for ``train_iter`` and the learning rate to use."""
     from .. import training
-    from ..model import UNet
+    from ..training_data import in_channels_of
 
     lr = job.lr
     if job.start == "scratch":
-        if job.mode == "semantic":
-            k = max(2, max(int(np.max(np.asarray(lab), initial=0)) for lab in job.labels) + 1)
-        else:
-            k = 3 if job.mode == "instance3" else 2
-        img0 = np.asarray(job.images[0])
-        in_ch = 1 if img0.ndim == 2 else (int(img0.shape[-1]) if img0.shape[-1] <= 4 else int(img0.shape[0]))
-        model = UNet(in_channels=in_ch, num_classes=k, depth=job.depth, base_width=job.width,
-                     dropout=training.FRESH_ARCHITECTURE.get("dropout", 0.1))
-        model.meta["mode"] = job.mode
-        if job.mode == "semantic":
-            model.meta["class_names"] = [f"class {i}" for i in range(k)]
+        model = training.fresh_model(in_channels_of(job.images), job.mode, job.labels, depth=job.depth,
+                                     base_width=job.width)
         return model, lr if lr is not None else training.LR_SCRATCH
     if job.start == "file":
         return job.model_path, lr
