@@ -5,9 +5,15 @@ training step (so ``worker.quit()`` in a widget, or closing the generator, stops
 one step) and *returns* the trained model: the best by validation score when there is
 validation data, otherwise the last. :func:`fine_tune` drains it for scripts.
 
-Data path (no worker processes, which break in GUIs on Windows/macOS): every image is
-normalised once with the model's rule, its class targets, loss mask and weight map are
-computed once, and the arrays are reflect-padded once. Each step cuts random source crops
+The work is a :class:`Trainer` (split as torch-em's ``DefaultTrainer``): setup (data,
+model, optimiser, schedule), :meth:`~Trainer.step`, :meth:`~Trainer.validate`,
+:meth:`~Trainer.checkpoint` and :meth:`~Trainer.resume`; :func:`train_iter` is a thin
+generator over its :meth:`~Trainer.fit` loop.
+
+Data path (no worker processes, which break in GUIs on Windows/macOS;
+:mod:`napari_unet.training_data`): every image is normalised once with the model's rule,
+its class targets, loss mask and weight map are computed once, and the arrays are
+reflect-padded once. Each step cuts random source crops
 (larger than the tile, to leave room for rotation and elastic deformation) in the main
 process -- a few array slices -- and :mod:`napari_unet.augment` transforms the whole batch
 on the training device with one ``grid_sample`` per tensor kind.
@@ -17,6 +23,10 @@ the ignore mask giving weight 0, normalised by the **sum of the weights** of the
 pixels (a weighted mean), so the loss scale and the useful learning rate do not depend on
 ``w0``. :func:`weighted_cross_entropy` is the one place where targets, weights and mask
 are cropped to the network's (valid-convolution) output.
+
+Validation runs each (centre-cut) validation image in one forward pass, mirror-padded as
+inference pads (:func:`napari_unet.tiling.padded_logits`), and post-processes it as
+``segment`` does, so validation scores are inference scores.
 
 Optimiser (measured with ``benchmarks/bench_optim.py``): AdamW (weight decay 1e-4), linear
 warm-up over the first 5% of the run, then cosine decay to 1% of the peak. Peak learning
