@@ -109,7 +109,7 @@ def _segment(model, image):
     model = model.eval()
     lo, hi = np.percentile(image, [1.0, 99.8])
     x = ((image - lo) / (hi - lo)).astype(np.float32)[None]
-    probs = torch.softmax(padded_logits(x, model, torch.device("cpu"), False)[0], 0).numpy()
+    probs = torch.softmax(padded_logits(model, x, torch.device("cpu"), False)[0], 0).numpy()
     return probabilities_to_labels(probs, model.meta["mode"])
 
 

@@ -931,30 +931,21 @@ def segment(image: Any, model: Any = None, *, tile_size: int | None = None, devi
     return drain(segment_iter(image, model, tile_size=tile_size, device=device, axes=axes, **kwargs), progress)
 
 
-def padded_logits(image: np.ndarray, model: Any, device: torch.device | None = None, amp: bool = False) -> torch.Tensor:
-    """ONE forward pass over a whole normalised ``(C, Y, X)`` image, mirror-padded by the halo.
+def padded_logits(net: torch.nn.Module, image: np.ndarray, device: torch.device, amp: bool) -> torch.Tensor:
+    """Logits ``(1, K, H, W)`` (float32, on ``device``) of ONE forward pass over a whole
+    mirror-padded ``(C, H, W)`` image, already normalised; ``net`` is used as it is (on
+    ``device``, in the mode the caller set), without gradients. Training's validation.
 
     The padding is inference's (``"reflect"``, repeated for any distance, as
-    :func:`reflect_indices`). Training's validation scores with it, so its scores are
-    inference's.
-
-    Args:
-        image: ``(C, Y, X)`` float image, already normalised.
-        model: the network (run as it is: callers choose ``eval()``).
-        device: where to run; None = the model's device.
-        amp: mixed precision as in :func:`predict_iter`.
-
-    Returns:
-        float32 logits ``(1, num_classes, Y, X)`` on ``device``.
+    :func:`reflect_indices`), so validation scores are inference scores.
     """
-    cfg = model.config
+    cfg = net.config
     _, H, W = image.shape
     halo = cfg.halo
     iy, ix = cfg.input_size_for_output(H), cfg.input_size_for_output(W)
     padded = np.pad(np.asarray(image, np.float32), ((0, 0), (halo, iy - H - halo), (halo, ix - W - halo)), mode="reflect")
-    dev = device if device is not None else next(model.parameters()).device
-    with torch.no_grad(), autocast(dev, amp):
-        logits = model(torch.from_numpy(padded)[None].to(dev))
+    with torch.no_grad(), autocast(device, amp):
+        logits = net(torch.from_numpy(padded)[None].to(device))
     return logits[..., :H, :W].float()
 
 
@@ -973,7 +964,7 @@ def padded_single_pass(image: np.ndarray, model: Any, amp: bool = False) -> np.n
     lo, hi = image_normalization(image, lay, model.meta.get("normalization", {"kind": "percentile"}))
     x = apply_normalization(np.asarray(image, np.float32), lo, hi, channel_axis=0)[None]
     net = copy.deepcopy(model).eval()
-    return torch.softmax(padded_logits(x, net, torch.device("cpu"), amp), 1)[0].numpy()
+    return torch.softmax(padded_logits(net, x, torch.device("cpu"), amp), 1)[0].numpy()
 
 
 __all__ = [

@@ -769,7 +769,7 @@ class Trainer:
         net.eval()
         losses, scores = [], []
         for v in self.val:
-            logits = padded_logits(v.image, net, dev, self.use_amp)
+            logits = padded_logits(net, v.image, dev, self.use_amp)
             tt, wt, mt = (torch.from_numpy(a)[None].to(dev) for a in (v.targets, v.weights, v.mask))
             losses.append(float(weighted_cross_entropy(logits, tt, wt, mt)))
             probs = torch.softmax(logits[0], 0).cpu().numpy()
