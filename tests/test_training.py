@@ -113,6 +113,28 @@ def _segment(model, image):
     return probabilities_to_labels(probs, model.meta["mode"])
 
 
+def test_validation_scores_an_image_as_inference_pads_it():
+    """Validation's loss on an image smaller than the halo is the loss of ``predict``'s
+    probabilities: it pads as inference does (reflect; it used to pad "symmetric")."""
+    from napari_unet.targets import labels_to_targets
+    from napari_unet.tiling import predict
+
+    torch.set_num_threads(1)
+    img, lab = discs((16, 16), seed=3, n=1)
+    start = tiny()
+    assert start.halo >= 16  # the padding is wider than the image
+    train = [discs(seed=s) for s in range(2)]
+    _, records = run_to_end(train_iter([i for i, _ in train], [lab_ for _, lab_ in train], start, iterations=1, lr=0.0,
+                                       batch_size=1, tile_size=32, device="cpu", amp=False, val_images=[img],
+                                       val_labels=[lab], val_regions=["all"], w0=0.0, zoom_to_model=False))
+    last = records[-1]
+    net = last.info["run"].model.eval()
+    probs = predict(img, net, device="cpu", amp=False)
+    targets, _ = labels_to_targets(lab, "instance3", "all")
+    expected = float(np.mean(-np.log(np.take_along_axis(probs, targets[None].astype(np.int64), 0))))
+    assert last.info["val_loss"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_short_training_run_improves_held_out_ap():
     torch.set_num_threads(1)
     train = [discs(seed=s) for s in range(6)]
