@@ -65,6 +65,7 @@ continues from the saved iteration.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import os
 import time
@@ -419,12 +420,15 @@ class Trainer:
 
     Args:
         images, labels, model: as for :func:`train_iter`.
-        **options: every keyword of :func:`train_iter` (all of them: its signature holds
-            the defaults).
+        **options: keywords of :func:`train_iter` (whose signature holds the defaults).
     """
 
-    def __init__(self, images: Sequence[Any], labels: Sequence[Any], model: Any, **options: Any) -> None:
-        o = self.options = SimpleNamespace(**options)
+    def __init__(self, images: Sequence[Any], labels: Sequence[Any], model: Any = None, **options: Any) -> None:
+        defaults = {k: p.default for k, p in inspect.signature(train_iter).parameters.items() if p.kind is p.KEYWORD_ONLY}
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            raise TypeError(f"unknown training option(s) {', '.join(unknown)}; see train_iter")
+        o = self.options = SimpleNamespace(**{**defaults, **options})
         images, labels, regions, self.val_images, self.val_labels, self.val_regions = _checked_inputs(images, labels, o)
         self.total = int(o.iterations) if o.iterations is not None else (DEFAULT_ITERATIONS if o.max_time is None else 10**9)
         self.dev = resolve_device(o.device)
