@@ -11,11 +11,12 @@ Everything here is a thin skin over the Qt-free core:
 * :func:`add_or_update_layer` writes an output layer: same name → ``.data`` is replaced
   and the user's display settings (colormap, opacity, contrast, ...) are kept; new layer
   otherwise.
-* :class:`ModelPicker` ("bundled" or a file) with :func:`load_model_cached` (models are
-  loaded in the worker and cached by path + modification time + size).
-* :class:`DevicePicker` (auto / cuda / mps / cpu) that shows what
-  ``device.resolve_device`` + ``describe_device`` chose, including the warning when a GPU
-  is present but the installed PyTorch is CPU-only.
+* :func:`load_model_cached` (models are loaded in the worker and cached by path +
+  modification time + size).
+
+The sections the widgets are assembled from (layer pickers, model picker, device row,
+Run / Cancel / progress / status row, folded settings) are in :mod:`._sections`; the one
+use of private magicgui API is in :mod:`._adapters`.
 
 **Nothing the user made is modified.** A layer napari-unet did not create (no tag in its
 ``metadata``) is the person's: a result under its name goes to a new layer ``"<name> (2)"``.
@@ -39,24 +40,24 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from napari.layers import Image, Labels
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import notification_manager, show_error, show_warning
 from qtpy.QtCore import QEvent, QObject, QSize, Qt
 from qtpy.QtWidgets import QAbstractButton, QFrame, QLabel, QScrollArea, QStyle
 
 from .._progress import Progress
+from ._adapters import row_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
-    import torch
 
     from ..model import UNet
 
@@ -426,6 +427,10 @@ class LayerWrite:
     note: str = ""  # e.g. why a new layer was made instead of updating one
 
 
+#: the layer class of each ``layer_type`` :func:`add_or_update_layer` writes
+_LAYER_CLASSES: dict[str, type] = {"labels": Labels, "image": Image}
+
+
 def add_or_update_layer(
     viewer: napari.Viewer,
     data: Any,
@@ -460,7 +465,7 @@ def add_or_update_layer(
         name = unique_layer_name(viewer, name)
         existing = None
     if existing is not None:
-        same_kind = existing._type_string == layer_type  # noqa: SLF001 - public in practice
+        same_kind = isinstance(existing, _LAYER_CLASSES[layer_type])
         same_ndim = getattr(existing.data, "ndim", None) == getattr(data, "ndim", None)
         if layer_type == "image" and same_kind:
             same_ndim = same_ndim and bool(existing.rgb) == bool(kwargs.get("rgb", False))
@@ -550,131 +555,6 @@ def bundled_model_available() -> bool:
     from ..model import bundled_model_path  # model.py imports torch; only called from widgets
 
     return bundled_model_path().is_file()
-
-
-class ModelPicker:
-    """Model choice: the bundled model or a model file (``.pt``).
-
-    Not a container of its own: add ``picker.widgets`` to the widget's (labelled)
-    container, so the labels line up with the other rows.
-    """
-
-    BUNDLED = "bundled"
-    STAINED = "bundled: stained tissue"
-    FILE = "model file"
-
-    def __init__(self, label: str = "Model") -> None:
-        has_bundled = bundled_model_available()
-        bundled_text = self.BUNDLED if has_bundled else f"{self.BUNDLED} (not installed)"
-        self._bundled_text = bundled_text
-        from ..channels import bundled_path
-
-        stained = [self.STAINED] if bundled_path("stained").is_file() else []
-        self.source = ComboBox(
-            label=label,
-            choices=[bundled_text, *stained, self.FILE],
-            value=bundled_text if has_bundled else self.FILE,
-            tooltip="Use a pretrained model shipped with napari-unet ('bundled' picks the one that suits "
-            "the image: the stained-tissue model for brightfield RGB slides, else the fluorescence "
-            "model), or a model file (.pt) saved by the Train widget or `napari-unet train`",
-        )
-        self.file = FileEdit(
-            label="Model file",
-            mode="r",
-            filter="napari-unet models (*.pt);;All files (*)",
-            tooltip="A napari-unet model file (.pt); loading it never runs code from it",
-        )
-        self.file.margins = (0, 0, 0, 0)  # line up with the other rows
-        self.widgets = [self.source, self.file]
-        self.source.changed.connect(self._sync)
-        self._sync()
-
-    def _sync(self, *_: Any) -> None:
-        self.file.visible = self.source.value == self.FILE
-
-    @property
-    def path(self) -> Path | None:
-        """The chosen model file, or None for the bundled model.
-
-        Raises:
-            ValueError: "model file" is chosen but no file is given.
-        """
-        if self.source.value == self.STAINED:
-            from ..channels import bundled_path
-
-            return bundled_path("stained")
-        if self.source.value != self.FILE:
-            return None
-        value = self.file.value
-        if value is None or str(value) in ("", ".") or Path(value).is_dir():
-            # an empty FileEdit reports the current folder
-            raise ValueError("No model file chosen: pick a .pt file, or choose the bundled model")
-        return Path(value)
-
-    def describe(self) -> str:
-        try:
-            p = self.path
-        except ValueError:
-            return "no model file"
-        return "bundled model" if p is None else p.name
-
-
-class DevicePicker:
-    """Device choice (auto / cuda / mps / cpu) with a line saying what it resolves to.
-
-    Add ``picker.widgets`` to the widget's container (see :class:`ModelPicker`).
-    """
-
-    def __init__(self, label: str = "Device") -> None:
-        from ..device import DEVICE_CHOICES  # imports torch: widget creation, not napari start
-
-        self.device = ComboBox(
-            label=label,
-            choices=list(DEVICE_CHOICES),
-            value="auto",
-            tooltip="Where the network runs. 'auto' picks a CUDA GPU, then Apple MPS, "
-            "then the CPU",
-        )
-        self.info = Label(label="Runs on", value="")
-        self.info.native.setWordWrap(True)
-        self.device.changed.connect(self.refresh)
-        self.refresh()
-
-    @property
-    def widgets(self) -> list[Any]:
-        return [self.device, self.info]
-
-    @property
-    def value(self) -> str:
-        return self.device.value
-
-    @value.setter
-    def value(self, v: str) -> None:
-        self.device.value = v
-
-    def resolve(self) -> torch.device:
-        """The torch device for the current choice (``DeviceError`` if unavailable)."""
-        from ..device import resolve_device
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # shown by refresh() instead
-            return resolve_device(self.device.value)
-
-    def refresh(self, *_: Any) -> None:
-        """Show what the current choice resolves to, and any GPU/torch mismatch."""
-        from ..device import DeviceError, cpu_only_torch_warning, describe_device
-
-        try:
-            dev = self.resolve()
-        except DeviceError as exc:
-            set_status(self.info, str(exc), "error")
-            return
-        text = describe_device(dev)
-        warn = cpu_only_torch_warning() if dev.type == "cpu" else None
-        if warn:
-            set_status(self.info, f"{text}. Warning: {warn}", "warning")
-        else:
-            set_status(self.info, text)
 
 
 # -- layout ------------------------------------------------------------------------------
@@ -776,8 +656,7 @@ def align_form(container: Any) -> None:
     """
     from qtpy.QtWidgets import QSizePolicy
 
-    rows = [w._labeled_widget() for w in container]  # noqa: SLF001 - magicgui's own rows
-    labels = [r._label_widget for r in rows if r is not None]  # noqa: SLF001
+    labels = [lab for lab in map(row_label, container) if lab is not None]
     for lab in labels:
         if not str(lab.value).strip():
             lab.visible = False
