@@ -173,6 +173,16 @@ def _run_generator(make_gen: Callable[[], Generator[Progress, None, Any]]):
         raise TaskError(f"{type(exc).__name__}: {exc}") from exc
 
 
+@dataclass
+class _Callbacks:
+    """What :meth:`TaskRunner.start` was asked to call back during one run."""
+
+    on_result: Callable[[Any], None]
+    on_progress: Callable[[Progress], None] | None = None
+    on_cancelled: Callable[[], None] | None = None
+    on_error: Callable[[BaseException], None] | None = None
+
+
 class TaskRunner:
     """Runs one core progress generator at a time off the GUI thread.
 
@@ -202,6 +212,7 @@ class TaskRunner:
         self.started_at = 0.0
         self.last_outcome: str | None = None  # "done", "cancelled", "error" (tests, status)
         self.warnings: list[str] = []  # the core's warnings during the last run
+        self._callbacks = _Callbacks(on_result=lambda _: None)  # those of the current run (start)
         self.cancel_button.enabled = False
         self.cancel_button.changed.connect(self.cancel)
         self.progress.visible = False
@@ -250,77 +261,78 @@ class TaskRunner:
         self.last_outcome = None
         self.warnings = []
         self.started_at = time.perf_counter()
+        # one task at a time (see ``running``): the callbacks of this run until it finishes
+        self._callbacks = _Callbacks(on_result, on_progress, on_cancelled, on_error)
         self.progress.min, self.progress.max, self.progress.value = 0, 0, 0  # busy indicator
         self.progress.visible = True
         self.progress.tooltip = message
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         set_status(self.status, message)
-
-        def _yielded(rec: Any) -> None:
-            if not isinstance(rec, Progress):
-                return
-            total = max(int(rec.total), 0)
-            if self.progress.max != total:
-                self.progress.max = total
-            self.progress.value = min(int(rec.done), total)
-            if rec.message:
-                set_status(self.status, rec.message)
-            if on_progress is not None:
-                on_progress(rec)
-
-        def _returned(result: Any) -> None:
-            self.last_outcome = "done"
-            try:
-                on_result(result)
-            except (ValueError, TypeError) as exc:  # e.g. a layer that cannot take the data
-                self.last_outcome = "error"
-                show_error_in(self.status, exc)
-                return
-            if self.warnings:  # the success line must not hide what the core warned about
-                text = str(self.status.value).rstrip(". ")
-                set_status(self.status, f"{text}. Warning: " + " ".join(self.warnings), "warning")
-
-        def _errored(exc: BaseException) -> None:
-            self.last_outcome = "error"
-            if on_error is not None:
-                on_error(exc)
-            show_error_in(self.status, exc)
-
-        def _aborted() -> None:
-            self.last_outcome = "cancelled"
-            set_status(self.status, f"Cancelled after {self.elapsed:.1f} s; nothing was changed", "warning")
-            if on_cancelled is not None:
-                on_cancelled()
-
-        def _warned(args: tuple) -> None:
-            # warnings raised in the worker ("image unlike the model's training data", "GPU
-            # present but torch is CPU-only"): a notification, and the status line until the
-            # run ends (then appended to its last line)
-            message, category, filename = args[0], args[1], str(args[2])
-            if not is_core_warning(category, filename):
-                return  # a library's notice to developers, not to the person
-            text = str(message).strip()
-            if text in self.warnings:
-                return
-            self.warnings.append(text)
-            show_warning(text)
-            set_status(self.status, f"Warning: {text}", "warning")
-
-        def _finished() -> None:
-            self.worker = None
-            self.progress.visible = False
-            self.run_button.enabled = True
-            self.cancel_button.enabled = False
-
-        worker.yielded.connect(_yielded)
-        worker.returned.connect(_returned)
-        worker.errored.connect(_errored)
-        worker.aborted.connect(_aborted)
-        worker.warned.connect(_warned)
-        worker.finished.connect(_finished)
+        worker.yielded.connect(self._yielded)
+        worker.returned.connect(self._returned)
+        worker.errored.connect(self._errored)
+        worker.aborted.connect(self._aborted)
+        worker.warned.connect(self._warned)
+        worker.finished.connect(self._finished)
         worker.start()
         return worker
+
+    def _yielded(self, rec: Any) -> None:
+        if not isinstance(rec, Progress):
+            return
+        total = max(int(rec.total), 0)
+        if self.progress.max != total:
+            self.progress.max = total
+        self.progress.value = min(int(rec.done), total)
+        if rec.message:
+            set_status(self.status, rec.message)
+        if self._callbacks.on_progress is not None:
+            self._callbacks.on_progress(rec)
+
+    def _returned(self, result: Any) -> None:
+        self.last_outcome = "done"
+        try:
+            self._callbacks.on_result(result)
+        except (ValueError, TypeError) as exc:  # e.g. a layer that cannot take the data
+            self.last_outcome = "error"
+            show_error_in(self.status, exc)
+            return
+        if self.warnings:  # the success line must not hide what the core warned about
+            text = str(self.status.value).rstrip(". ")
+            set_status(self.status, f"{text}. Warning: " + " ".join(self.warnings), "warning")
+
+    def _errored(self, exc: BaseException) -> None:
+        self.last_outcome = "error"
+        if self._callbacks.on_error is not None:
+            self._callbacks.on_error(exc)
+        show_error_in(self.status, exc)
+
+    def _aborted(self) -> None:
+        self.last_outcome = "cancelled"
+        set_status(self.status, f"Cancelled after {self.elapsed:.1f} s; nothing was changed", "warning")
+        if self._callbacks.on_cancelled is not None:
+            self._callbacks.on_cancelled()
+
+    def _warned(self, args: tuple) -> None:
+        # warnings raised in the worker ("image unlike the model's training data", "GPU
+        # present but torch is CPU-only"): a notification, and the status line until the
+        # run ends (then appended to its last line)
+        message, category, filename = args[0], args[1], str(args[2])
+        if not is_core_warning(category, filename):
+            return  # a library's notice to developers, not to the person
+        text = str(message).strip()
+        if text in self.warnings:
+            return
+        self.warnings.append(text)
+        show_warning(text)
+        set_status(self.status, f"Warning: {text}", "warning")
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.progress.visible = False
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
 
     def cancel(self, *_: Any) -> None:
         """Ask the running task to stop at its next progress step."""

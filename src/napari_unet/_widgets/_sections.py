@@ -17,9 +17,17 @@ folded            settings folded away (superqt QCollapsible)    Train
 LossPlotSection   the live loss plot with its ETA line           Train
 ================  =============================================  ==============================
 
-The sections of one widget only (Train's training-data list and result row, Annotate's
-layers, helpers and training set) live next to that widget (``_train_sections.py``,
-``_annotate_sections.py``).
+Weight map uses ``layer_picker`` only (it runs no model).
+
+The sections of one widget only live in that widget's module, as small mixin classes of
+the widget (each builds its rows, wires them and holds what they do):
+
+* Train (``train.py``): ``_TrainingPairs`` (the training-data list), ``_TrainingSetSection``,
+  ``_StartModelSection``, ``_SettingsSection``, ``_TrainingRunSection`` (progress, loss
+  plot), ``_ResultSection`` (the result row: save, load, export, apply).
+* Annotate (``annotate.py``): ``_LayersSection``, ``_RegionSection``, ``_PredictSection``,
+  ``_HelpersSection``, ``_TrainingSetSection``, ``_TrainOnThisSection``.
+* Segment and Weight map are short enough to build their few rows in methods of their own.
 """
 
 from __future__ import annotations
