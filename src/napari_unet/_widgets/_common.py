@@ -365,6 +365,11 @@ def loaded_from_file(layer: Any) -> bool:
     return source is not None and (source.path is not None or getattr(source, "sample", None) is not None)
 
 
+def layer_data(layer: Any) -> Any:
+    """A layer's data: the full-resolution level of a multiscale layer (not read into memory)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def result_name(image_name: str, what: str, model_tag: str) -> str:
     """``"<image> <what> (<model>)"``: results of different models (bundled, a file,
     trained here) go to different layers, so they can be compared."""

@@ -65,6 +65,7 @@ from ._common import (
     add_or_update_layer,
     header,
     is_ours,
+    layer_data,
     load_model_cached,
     loaded_from_file,
     result_name,
@@ -90,13 +91,9 @@ AREA_VIEW = "field of view"
 AREA_PLANE = "whole image / plane"
 
 
-def _array(layer: Any) -> Any:
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
 def spatial_shape(layer: Any) -> tuple[int, ...]:
     """Shape of an image layer without its RGB axis (= the shape of its labels)."""
-    shape = tuple(int(s) for s in _array(layer).shape)
+    shape = tuple(int(s) for s in layer_data(layer).shape)
     return shape[:-1] if layer.rgb else shape
 
 
@@ -597,7 +594,7 @@ class _PredictSection:
         assert box is not None
         ctx = tuple(slice(max(s.start - CONTEXT, 0), min(s.stop + CONTEXT, n)) for s, n in zip(box, (H, W)))
         ctx = tuple(slice(0, n) for n in lead) + ctx
-        data = _array(image)
+        data = layer_data(image)
         axes = layer_axes(image, "auto")
         if not in_3d:
             axes = axes[-3 if image.rgb else -2:]
@@ -806,7 +803,7 @@ class _TrainingSetSection:
             if spatial_shape(image) != tuple(labels.data.shape):
                 raise ValueError(f"Labels '{labels.name}' {tuple(labels.data.shape)} do not match image "
                                  f"'{image.name}' {spatial_shape(image)}")
-            data = _array(image)
+            data = layer_data(image)
             lab_all = labels.data
             planes = list(np.ndindex(*lab_all.shape[:-2])) if lab_all.ndim > 2 else [()]
             has_region = self.region_mask() is not None
@@ -1056,7 +1053,7 @@ class _TrainOnThisSection:
         from .segment import layer_axes
 
         job = ScoreJob(model=model, device=self.device.value, entries=score_on,
-                       image=None if image is None else _array(image),
+                       image=None if image is None else layer_data(image),
                        image_axes=None if image is None else layer_axes(image, "auto"))
         name = None if image is None else result_name(image.name, "labels", train.model_tag)
         return self.runner.start(lambda: run_scores(job), lambda r: self._after_scored(r, name, image),

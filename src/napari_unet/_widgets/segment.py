@@ -24,6 +24,7 @@ from .._progress import Progress, relay
 from ._common import (
     add_or_update_layer,
     header,
+    layer_data,
     load_model_cached,
     model_tag,
     result_name,
@@ -91,7 +92,7 @@ def layer_axes(layer: Any, text: str) -> str | None:
         whether the last axis is colour (the layer's ``rgb`` flag), so the core is told
         rather than left to guess from the shape.
     """
-    data = layer.data[0] if layer.multiscale else layer.data
+    data = layer_data(layer)
     ndim = len(data.shape)
     text = text.strip().upper()
     if text and text != "AUTO":
@@ -294,7 +295,7 @@ class SegmentWidget(Container):
         if layer is None:
             set_status(self.status, "Open an image (File ▸ Open Sample ▸ Synthetic nuclei for a demo)")
             return
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = layer_data(layer)
         kind = "RGB " if layer.rgb else ""
         lazy = "" if isinstance(data, np.ndarray) else f", lazy ({type(data).__module__.split('.')[0]})"
         ms = f", multiscale: level 0 of {len(layer.data)}" if layer.multiscale else ""
@@ -310,7 +311,7 @@ class SegmentWidget(Container):
             raise ValueError(
                 "No image layer: open an image first (or File ▸ Open Sample ▸ Synthetic nuclei)"
             )
-        data = layer.data[0] if layer.multiscale else layer.data  # highest resolution
+        data = layer_data(layer)  # highest resolution
         if len(data.shape) < 2 or min(data.shape[-2:]) < 1:
             raise ValueError(f"Image '{layer.name}' has shape {tuple(data.shape)}; a 2D image or a stack of them is needed")
         from ..tiling import parse_axes  # checks the axes here, before any work starts

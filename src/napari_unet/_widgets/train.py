@@ -44,6 +44,7 @@ from ._common import (
     add_or_update_layer,
     bundled_model_available,
     header,
+    layer_data,
     loaded_from_file,
     on_close,
     result_name,
@@ -87,8 +88,7 @@ class LayerPair:
 
 
 def _layer_array(layer: Any) -> np.ndarray:
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    return np.asarray(data)
+    return np.asarray(layer_data(layer))
 
 
 def shapes_to_mask(shapes: Any, like: Any, shape: tuple[int, int]) -> np.ndarray:

@@ -26,7 +26,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
-from ._common import add_or_update_layer, scroll_form, set_status, status_label
+from ._common import add_or_update_layer, layer_data, scroll_form, set_status, status_label
 from ._sections import layer_picker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -245,7 +245,7 @@ class WeightMapWidget(Container):
             self._pending = True  # run again with the newest values when this one ends
             return
         params = self.params()
-        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        data = layer_data(layer)
         labels = np.asarray(data)
         if labels.size <= self.SYNC_MAX_PIXELS and not self._warmup.is_alive():
             try:
