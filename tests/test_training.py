@@ -224,6 +224,31 @@ def test_resume_continues_from_the_saved_iteration(tmp_path):
         next(train_iter(imgs, labs, iterations=3, resume=tmp_path / "nothing", **FAST))
 
 
+def test_scratch_runs_with_one_seed_start_from_the_same_weights():
+    """A fresh network's initial weights follow ``seed`` (they used torch's global state)."""
+    img, lab = discs()
+    a = fine_tune([img], [lab], "scratch", iterations=1, seed=3, **FAST)
+    torch.manual_seed(12345)  # whatever ran before must not matter
+    b = fine_tune([img], [lab], "scratch", iterations=1, seed=3, **FAST)
+    c = fine_tune([img], [lab], "scratch", iterations=1, seed=4, **FAST)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_a_starting_model_that_stays_best_is_written_to_best_pt(tmp_path):
+    """With lr 0 no step beats the starting model: best.pt must still hold it, so that a
+    resumed run keeps it."""
+    (img, lab), (vimg, vlab) = discs(seed=0), discs(seed=1)
+    start = tiny()
+    gen = train_iter([img], [lab], start, iterations=6, lr=0.0, val_every=3, val_images=[vimg], val_labels=[vlab],
+                     checkpoint_dir=tmp_path, checkpoint_every=3, **FAST)
+    model, recs = run_to_end(gen)
+    run = recs[-1].info["run"]
+    assert run.best_state is not None and run.best_iteration == 0
+    best = nu.load_model(tmp_path / "best.pt")
+    assert all(torch.equal(x, y) for x, y in zip(best.state_dict().values(), start.state_dict().values()))
+
+
 def test_resumed_time_limited_run_keeps_its_budget_and_schedule(tmp_path):
     """max_time is the whole run's: a resumed run trains only what is left of it, with the
     learning rate where the schedule had got to (not a new warm-up)."""

@@ -434,6 +434,7 @@ class Trainer:
         self.dev = resolve_device(o.device)
         self.in_ch = in_channels_of(images)
         state, resumed = self._open_checkpoints(images, labels, regions)
+        torch.manual_seed(o.seed)  # a fresh network's initial weights follow the seed too
         labels = self._setup_model(model, resumed, images, labels)
         self._setup_data(images, labels, regions)
         self._setup_optimiser()
@@ -571,6 +572,7 @@ class Trainer:
         self.run_id = state.get("run_id") if state is not None else uuid.uuid4().hex
         self.base_history = list(self.net.meta.get("history", []))
         self.start_it, self.elapsed_before, self.stale = 0, 0.0, 0
+        self.best_saved: int | None = None  # the iteration whose weights best.pt holds
         if state is not None:
             self.resume(state)
         for g in self.opt.param_groups:
@@ -629,10 +631,12 @@ class Trainer:
         was_training = net.training
         net.meta["checkpoint_run"] = self.run_id  # ties last.pt and best.pt to this run's state.pt
         save_model(net, self.ckpt / "last.pt")
-        if run.best_state is not None and run.best_iteration == it:
+        if run.best_state is not None and run.best_iteration != self.best_saved:
+            # also the starting model when it stays the best (its iteration is before any checkpoint)
             best = clone_model(net)
             best.load_state_dict(run.best_state)
             save_model(best, self.ckpt / "best.pt")
+            self.best_saved = run.best_iteration
         del net.meta["checkpoint_run"]
         net.train(was_training)
         state = {
@@ -681,6 +685,7 @@ class Trainer:
             # a best.pt of another run in this folder is not this run's best
             if best_model.meta.get("checkpoint_run") == self.run_id:
                 run.best_state = {k: v.clone() for k, v in best_model.state_dict().items()}
+                self.best_saved = run.best_iteration
         for g in self.opt.param_groups:
             self.lr = float(g.get("initial_lr", self.lr))
 
