@@ -168,9 +168,9 @@ def test_fine_tuning_zooms_the_data_to_the_model(channels):
     assert zoomed.meta["diameter"] == 12.0
     assert rec["zoom"] == pytest.approx(12.0 / dm.label_diameter(lab), abs=1e-3)
     assert rec["data_diameter"] == pytest.approx(dm.label_diameter(lab), abs=0.01)
-    from napari_unet.training import _zoom_to_model
+    from napari_unet.training_data import zoom_to_model
 
-    out = _zoom_to_model(start, False, True, [img], [lab], [region], [img], [lab], None)
+    out = zoom_to_model(start, False, True, [img], [lab], [region], [img], [lab], None)
     z = out[6]
     assert out[0][0].shape[-2:] == out[1][0].shape == out[2][0].shape == (round(160 * z), round(180 * z))
     assert out[3][0].shape[-2:] == out[4][0].shape and out[5] is None

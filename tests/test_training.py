@@ -103,13 +103,36 @@ def test_schedule_warms_up_and_decays():
 
 
 def _segment(model, image):
-    from napari_unet.training import _forward_whole, _postprocess
+    from napari_unet.postprocess import probabilities_to_labels
+    from napari_unet.tiling import padded_logits
 
     model = model.eval()
     lo, hi = np.percentile(image, [1.0, 99.8])
     x = ((image - lo) / (hi - lo)).astype(np.float32)[None]
-    probs = torch.softmax(_forward_whole(model, x, torch.device("cpu"), False)[0], 0).numpy()
-    return _postprocess(probs, model.meta["mode"])
+    probs = torch.softmax(padded_logits(model, x, torch.device("cpu"), False)[0], 0).numpy()
+    return probabilities_to_labels(probs, model.meta["mode"])
+
+
+def test_validation_scores_an_image_as_inference_pads_it():
+    """Validation's loss on an image smaller than the halo is the loss of ``predict``'s
+    probabilities: it pads as inference does (reflect; it used to pad "symmetric")."""
+    from napari_unet.targets import labels_to_targets
+    from napari_unet.tiling import predict
+
+    torch.set_num_threads(1)
+    img, lab = discs((16, 16), seed=3, n=1)
+    start = tiny()
+    assert start.halo >= 16  # the padding is wider than the image
+    train = [discs(seed=s) for s in range(2)]
+    _, records = run_to_end(train_iter([i for i, _ in train], [lab_ for _, lab_ in train], start, iterations=1, lr=0.0,
+                                       batch_size=1, tile_size=32, device="cpu", amp=False, val_images=[img],
+                                       val_labels=[lab], val_regions=["all"], w0=0.0, zoom_to_model=False))
+    last = records[-1]
+    net = last.info["run"].model.eval()
+    probs = predict(img, net, device="cpu", amp=False)
+    targets, _ = labels_to_targets(lab, "instance3", "all")
+    expected = float(np.mean(-np.log(np.take_along_axis(probs, targets[None].astype(np.int64), 0))))
+    assert last.info["val_loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_short_training_run_improves_held_out_ap():
@@ -199,6 +222,31 @@ def test_resume_continues_from_the_saved_iteration(tmp_path):
     assert len(model.meta["history"]) == 1
     with pytest.raises(ValueError, match="cannot resume"):
         next(train_iter(imgs, labs, iterations=3, resume=tmp_path / "nothing", **FAST))
+
+
+def test_scratch_runs_with_one_seed_start_from_the_same_weights():
+    """A fresh network's initial weights follow ``seed`` (they used torch's global state)."""
+    img, lab = discs()
+    a = fine_tune([img], [lab], "scratch", iterations=1, seed=3, **FAST)
+    torch.manual_seed(12345)  # whatever ran before must not matter
+    b = fine_tune([img], [lab], "scratch", iterations=1, seed=3, **FAST)
+    c = fine_tune([img], [lab], "scratch", iterations=1, seed=4, **FAST)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_a_starting_model_that_stays_best_is_written_to_best_pt(tmp_path):
+    """With lr 0 no step beats the starting model: best.pt must still hold it, so that a
+    resumed run keeps it."""
+    (img, lab), (vimg, vlab) = discs(seed=0), discs(seed=1)
+    start = tiny()
+    gen = train_iter([img], [lab], start, iterations=6, lr=0.0, val_every=3, val_images=[vimg], val_labels=[vlab],
+                     checkpoint_dir=tmp_path, checkpoint_every=3, **FAST)
+    model, recs = run_to_end(gen)
+    run = recs[-1].info["run"]
+    assert run.best_state is not None and run.best_iteration == 0
+    best = nu.load_model(tmp_path / "best.pt")
+    assert all(torch.equal(x, y) for x, y in zip(best.state_dict().values(), start.state_dict().values()))
 
 
 def test_resumed_time_limited_run_keeps_its_budget_and_schedule(tmp_path):
@@ -318,13 +366,13 @@ def test_early_stopping_stops_after_patience():
 def test_instance2_weights_put_the_border_term_on_carved_contacts():
     """The paper's 2-class form: pixels carved between touching cells get eq. 2's peak."""
     from napari_unet.targets import labels_to_targets
-    from napari_unet.training import _weights_for
+    from napari_unet.training_data import weights_for
 
     lab = np.zeros((40, 60), np.int32)
     lab[10:30, 10:30] = 1
     lab[10:30, 30:50] = 2  # touches cell 1 along x = 29/30
     targets, _ = labels_to_targets(lab, "instance2", "all")
-    w = _weights_for(lab, targets, "instance2", 10.0, 5.0, None)
+    w = weights_for(lab, targets, "instance2", 10.0, 5.0, None)
     carved = (lab > 0) & (targets == 0)
     assert carved.any()
     # between two cells 0-1 px away the border term is close to w0

@@ -352,7 +352,7 @@ def test_device_picker_warns_about_cpu_only_torch(qtbot, monkeypatch):
     import torch
 
     from napari_unet import device
-    from napari_unet._widgets._common import DevicePicker
+    from napari_unet._widgets._sections import DevicePicker
 
     if torch.cuda.is_available():
         pytest.skip("this torch can use the GPU")

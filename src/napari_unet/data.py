@@ -105,6 +105,45 @@ def _inside(root: Path, rel: Any, key: str) -> Path:
     return path
 
 
+def _read_entry(root: Path, entry: Any) -> list[np.ndarray | None]:
+    """The (image, labels, region) arrays an index entry names (region may be None).
+
+    Raises:
+        ValueError: a malformed entry, a path outside the folder, a missing or unreadable file.
+    """
+    import tifffile
+
+    if not isinstance(entry, dict) or "image" not in entry or "labels" not in entry:
+        raise ValueError("the index entry needs 'image' and 'labels' paths")
+    arrays: list[np.ndarray | None] = []
+    for key in ("image", "labels", "region"):
+        rel = entry.get(key)
+        if rel is None:
+            arrays.append(None)
+            continue
+        path = _inside(root, rel, key)
+        if not path.is_file():
+            raise ValueError(f"missing file {rel}")
+        try:
+            arrays.append(tifffile.imread(path))
+        except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds for a bad file
+            raise ValueError(f"{rel} is not a readable TIFF ({exc})") from exc
+    return arrays
+
+
+def _tiff_writer(array: np.ndarray) -> Any:
+    """A ``write(fh)`` for :func:`write_atomic` that writes ``array`` as a TIFF."""
+    import io
+
+    import tifffile
+
+    def write(fh: Any) -> None:
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, array)
+        fh.write(buf.getvalue())
+    return write
+
+
 @dataclass
 class TrainingSet:
     """An ordered list of :class:`TrainingSample` with folder save/load.
@@ -162,10 +201,6 @@ class TrainingSet:
             ValueError: ``folder`` is a file, or it holds a set or files in the way and
                 ``overwrite`` is False.
         """
-        import io
-
-        import tifffile
-
         root = Path(folder)
         if root.exists() and not root.is_dir():
             raise ValueError(f"{root} is a file, not a folder: choose a folder for the training set")
@@ -182,18 +217,11 @@ class TrainingSet:
                 what = "holds a training set already" if (root / INDEX).exists() else f"already has {in_the_way[0]}"
                 raise ValueError(f"{root} {what}; choose another folder or save with overwrite=True to replace it")
 
-        def tiff(array: np.ndarray) -> Any:
-            def write(fh: Any) -> None:
-                buf = io.BytesIO()
-                tifffile.imwrite(buf, array)
-                fh.write(buf.getvalue())
-            return write
-
         for s, entry in zip(self.samples, entries):
-            write_atomic(root / entry["image"], tiff(s.image), fsync=False)
-            write_atomic(root / entry["labels"], tiff(s.labels), fsync=False)
+            write_atomic(root / entry["image"], _tiff_writer(s.image), fsync=False)
+            write_atomic(root / entry["labels"], _tiff_writer(s.labels), fsync=False)
             if s.region is not None:
-                write_atomic(root / entry["region"], tiff(s.region.astype(np.uint8)), fsync=False)
+                write_atomic(root / entry["region"], _tiff_writer(s.region.astype(np.uint8)), fsync=False)
         index = {"format": FORMAT, "version": VERSION, "samples": entries}
         write_atomic(root / INDEX, lambda fh: fh.write(json.dumps(index, indent=1).encode()))
         # files of the earlier set saved here that this one no longer lists would be mistaken for part of it
@@ -232,8 +260,6 @@ class TrainingSet:
             TrainingSetError: no/invalid index, or (strict) a broken sample; the message
                 names every broken sample and why.
         """
-        import tifffile
-
         root = Path(folder)
         index_path = root / INDEX
         if not index_path.is_file():
@@ -251,22 +277,7 @@ class TrainingSet:
         for i, entry in enumerate(index["samples"]):
             name = str(entry.get("name") or f"sample {i + 1}") if isinstance(entry, dict) else f"sample {i + 1}"
             try:
-                if not isinstance(entry, dict) or "image" not in entry or "labels" not in entry:
-                    raise ValueError("the index entry needs 'image' and 'labels' paths")
-                arrays = []
-                for key in ("image", "labels", "region"):
-                    rel = entry.get(key)
-                    if rel is None:
-                        arrays.append(None)
-                        continue
-                    path = _inside(root, rel, key)
-                    if not path.is_file():
-                        raise ValueError(f"missing file {rel}")
-                    try:
-                        arrays.append(tifffile.imread(path))
-                    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds for a bad file
-                        raise ValueError(f"{rel} is not a readable TIFF ({exc})") from exc
-                ts.samples.append(TrainingSample(arrays[0], arrays[1], arrays[2], name))
+                ts.samples.append(TrainingSample(*_read_entry(root, entry), name))
             except ValueError as exc:
                 msg = str(exc).removeprefix(f"sample '{name}': ")
                 ts.errors.append(f"sample {i + 1} '{name}': {msg}")

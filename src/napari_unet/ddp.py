@@ -69,6 +69,29 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+def _rank_device(device: str | None, sync_batchnorm: bool) -> tuple[int, int, int, torch.device]:
+    """This process's rank, the world size, its local rank and its device (torchrun's environment)."""
+    if "WORLD_SIZE" not in os.environ:
+        raise ValueError("no process group: launch with torchrun (python -m torch.distributed.run --nproc_per_node=N ...)")
+    rank = _env_int("RANK", 0)
+    world = _env_int("WORLD_SIZE", 1)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    local_world = _env_int("LOCAL_WORLD_SIZE", world)
+    use_cuda = device in (None, "auto", "cuda") and torch.cuda.is_available()
+    if device == "cuda" and not use_cuda:
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+        # N processes on one host share its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+    if sync_batchnorm and not use_cuda:
+        raise ValueError("SyncBatchNorm needs GPUs (PyTorch has no CPU kernel for it); drop --sync-bn on CPUs")
+    return rank, world, local_rank, dev
+
+
 def ddp_train(
     images: Sequence[Any],
     labels: Sequence[Any],
@@ -111,7 +134,8 @@ def ddp_train(
     from torch.nn.parallel import DistributedDataParallel
 
     from ._progress import drain
-    from .training import _split_for_validation, train_iter
+    from .training import train_iter
+    from .training_data import split_for_validation
 
     for bad in ("max_time", "early_stopping", "resume"):
         if train_kwargs.get(bad) is not None:
@@ -119,24 +143,8 @@ def ddp_train(
                 f"{bad} is not supported with DDP: every rank must run the same number of steps "
                 "(and start from its own random state); give iterations instead"
             )
-    if "WORLD_SIZE" not in os.environ:
-        raise ValueError("no process group: launch with torchrun (python -m torch.distributed.run --nproc_per_node=N ...)")
-    rank = _env_int("RANK", 0)
-    world = _env_int("WORLD_SIZE", 1)
-    local_rank = _env_int("LOCAL_RANK", 0)
-    local_world = _env_int("LOCAL_WORLD_SIZE", world)
-    use_cuda = device in (None, "auto", "cuda") and torch.cuda.is_available()
-    if device == "cuda" and not use_cuda:
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
-        # N processes on one host share its cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
-    if sync_batchnorm and not use_cuda:
-        raise ValueError("SyncBatchNorm needs GPUs (PyTorch has no CPU kernel for it); drop --sync-bn on CPUs")
+    rank, world, local_rank, dev = _rank_device(device, sync_batchnorm)
+    use_cuda = dev.type == "cuda"
     backend = backend or ("nccl" if use_cuda else "gloo")
     own_group = not dist.is_initialized()
     if own_group:
@@ -146,7 +154,7 @@ def ddp_train(
         regs = list(regions) if regions is not None else None
         if train_kwargs.get("val_images") is None and val_fraction > 0:
             # the split is deterministic: every rank trains on the same images; rank 0 validates
-            images, labels, regs, va_i, va_l, va_r = _split_for_validation(images, labels, regs, val_fraction)
+            images, labels, regs, va_i, va_l, va_r = split_for_validation(images, labels, regs, val_fraction)
             if rank == 0 and va_i:
                 train_kwargs.update(val_images=va_i, val_labels=va_l, val_regions=va_r)
         elif rank != 0:

@@ -319,27 +319,10 @@ def _place(rng: np.random.Generator, p: SyntheticParams, shape: tuple[int, int])
     return {"y": ay[:n], "x": ax[:n], "r": ar[:n], "role": arole[:n]}
 
 
-def render(params: SyntheticParams, shape: tuple[int, int], rng: np.random.Generator) -> SyntheticSample:
-    """Render one image from a recipe.
-
-    Args:
-        params: the recipe.
-        shape: ``(height, width)``, each at least 16.
-        rng: the random generator that draws everything not fixed by ``params``.
-
-    Returns:
-        A ``SyntheticSample`` (image uint16, labels int32, debris mask, clean signal).
-    """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 2 or min(shape) < 16:
-        raise ValueError(f"shape must be (height, width) with both >= 16, got {shape}")
-    p = params
-    h, w = shape
-    pl = _place(rng, p, shape)
-    n = len(pl["r"])
-    role = pl["role"]
-
-    # per-object shape and appearance
+def _appearance(rng: np.random.Generator, p: SyntheticParams, role: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-object shape and appearance: axis ratio, angle, outline harmonics, brightness,
+    dome, texture, defocus and nucleoli (role 2 daughters and 3 mitoses get their own)."""
+    n = len(role)
     q = rng.uniform(p.min_axis_ratio, 1.0, n)  # minor/major axis ratio
     q[role == 2] = np.minimum(q[role == 2], rng.uniform(0.55, 0.85, int((role == 2).sum())))
     bar = (role == 3) & (rng.uniform(0, 1, n) < 0.4)  # metaphase plates: bright bars
@@ -362,36 +345,56 @@ def render(params: SyntheticParams, shape: tuple[int, int], rng: np.random.Gener
     bright[defocus > 0] *= rng.uniform(0.4, 0.9, int((defocus > 0).sum()))
     n_nucleoli = rng.poisson(p.nucleoli, n)
     n_nucleoli[role >= 2] = 0
+    return {"q": q, "angle": angle, "k": k, "amp": amp, "phase": phase, "bright": bright, "dome": dome,
+            "tex_amp": tex_amp, "defocus": defocus, "n_nucleoli": n_nucleoli}
 
-    # two texture grains shared by all objects (cheaper than one field per object)
-    tex = 0.7 * _smooth_noise(rng, shape, p.texture_scale) + 0.3 * _smooth_noise(rng, shape, p.texture_scale * 3)
 
-    # pass 1: geometry. Normal objects compete for pixels by their normalised radial
-    # distance rho (a multiplicatively weighted Voronoi split), which gives the flat
-    # contact faces of crowded nuclei; objects "on top" simply paint over afterwards.
+def _rho(pl: dict[str, np.ndarray], a: dict[str, np.ndarray], i: int,
+         shape: tuple[int, int]) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """Object ``i``'s box and normalised radial distance over it (< 1 inside its outline);
+    None when the box lies outside the image."""
+    h, w = shape
+    q, amp = a["q"][i], a["amp"][i]
+    ext = pl["r"][i] * (1.0 + np.abs(amp).sum()) / np.sqrt(q) + 1.5
+    y0, y1 = int(np.floor(pl["y"][i] - ext)), int(np.ceil(pl["y"][i] + ext)) + 1
+    x0, x1 = int(np.floor(pl["x"][i] - ext)), int(np.ceil(pl["x"][i] + ext)) + 1
+    y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+    if y1 <= y0 or x1 <= x0:
+        return None
+    dy = (np.arange(y0, y1, dtype=np.float32) - pl["y"][i])[:, None]
+    dx = (np.arange(x0, x1, dtype=np.float32) - pl["x"][i])[None, :]
+    ca, sa = np.cos(a["angle"][i]), np.sin(a["angle"][i])
+    a_ax = pl["r"][i] / np.sqrt(q)
+    b_ax = pl["r"][i] * np.sqrt(q)
+    u = (dx * ca + dy * sa) / a_ax
+    v = (dy * ca - dx * sa) / b_ax
+    s = np.hypot(u, v)
+    th = np.arctan2(v, u)
+    k = a["k"]
+    rf = 1.0 + np.tensordot(amp, np.cos(k[:, None, None] * th[None] + a["phase"][i][:, None, None]), 1)
+    rho = (s / np.maximum(rf, 0.3)).astype(np.float32)
+    return (slice(y0, y1), slice(x0, x1)), rho
+
+
+def _geometry(pl: dict[str, np.ndarray], a: dict[str, np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, list]:
+    """Pass 1: the label image and each object's (box, rho).
+
+    Normal objects compete for pixels by their normalised radial distance rho (a
+    multiplicatively weighted Voronoi split), which gives the flat contact faces of
+    crowded nuclei; objects "on top" (role 1) simply paint over afterwards, unless that
+    would bury an object (then they become normal: ``pl["role"]`` is updated).
+    """
+    role = pl["role"]
+    n = len(role)
     labels = np.zeros(shape, np.int32)
     best = np.full(shape, np.inf, np.float32)
     geo: list[tuple[tuple[slice, slice], np.ndarray] | None] = [None] * n
     order = np.argsort(role == 1, kind="stable")  # on-top objects last
     for i in order:
-        ext = pl["r"][i] * (1.0 + np.abs(amp[i]).sum()) / np.sqrt(q[i]) + 1.5
-        y0, y1 = int(np.floor(pl["y"][i] - ext)), int(np.ceil(pl["y"][i] + ext)) + 1
-        x0, x1 = int(np.floor(pl["x"][i] - ext)), int(np.ceil(pl["x"][i] + ext)) + 1
-        y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
-        if y1 <= y0 or x1 <= x0:
+        box = _rho(pl, a, i, shape)
+        if box is None:
             continue
-        dy = (np.arange(y0, y1, dtype=np.float32) - pl["y"][i])[:, None]
-        dx = (np.arange(x0, x1, dtype=np.float32) - pl["x"][i])[None, :]
-        ca, sa = np.cos(angle[i]), np.sin(angle[i])
-        a_ax = pl["r"][i] / np.sqrt(q[i])
-        b_ax = pl["r"][i] * np.sqrt(q[i])
-        u = (dx * ca + dy * sa) / a_ax
-        v = (dy * ca - dx * sa) / b_ax
-        s = np.hypot(u, v)
-        th = np.arctan2(v, u)
-        rf = 1.0 + np.tensordot(amp[i], np.cos(k[:, None, None] * th[None] + phase[i][:, None, None]), 1)
-        rho = (s / np.maximum(rf, 0.3)).astype(np.float32)
-        sl = (slice(y0, y1), slice(x0, x1))
+        sl, rho = box
         inside = rho < 1.0
         if role[i] == 1:
             lab = labels[sl]
@@ -410,16 +413,32 @@ def render(params: SyntheticParams, shape: tuple[int, int], rng: np.random.Gener
         best[sl][win] = rho[win]
         labels[sl][win] = i + 1
         geo[i] = (sl, rho)
+    return labels, geo
 
-    # drop slivers (objects cut by the border or squeezed out); they are rendered dark
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = areas >= max(6, int(0.15 * np.pi * max(p.radius, 2.5) ** 2 * 0.25))
-    keep[0] = False
 
-    # pass 2: light. Each object emits over its own pixels (normal objects: the pixels it
-    # won; on-top objects: their whole shape, so light adds where they overlap).
-    signal = np.zeros(shape, np.float32)
-    for i in range(n):
+def _nucleoli(rng: np.random.Generator, em: np.ndarray, sl: tuple[slice, slice], y: float, x: float, r: float,
+              count: int) -> np.ndarray:
+    """``count`` nucleoli (mostly DAPI-dark, sometimes bright chromocentres) on an object's emission."""
+    for _ in range(count):
+        cy_ = rng.uniform(0.2, 0.8) * rng.choice([-1, 1])
+        cx_ = rng.uniform(0.2, 0.8) * rng.choice([-1, 1])
+        yy = np.arange(sl[0].start, sl[0].stop, dtype=np.float32)[:, None] - (y + cy_ * 0.6 * r)
+        xx = np.arange(sl[1].start, sl[1].stop, dtype=np.float32)[None, :] - (x + cx_ * 0.6 * r)
+        sn = max(0.8, r * rng.uniform(0.1, 0.22))
+        depth = rng.uniform(0.3, 0.7) if rng.uniform() < 0.7 else -rng.uniform(0.3, 0.8)
+        em = em * (1.0 - depth * np.exp(-(yy * yy + xx * xx) / (2 * sn * sn)))
+    return em
+
+
+def _light(rng: np.random.Generator, p: SyntheticParams, pl: dict[str, np.ndarray], a: dict[str, np.ndarray],
+           labels: np.ndarray, geo: list, keep: np.ndarray, tex: np.ndarray) -> np.ndarray:
+    """Pass 2: the clean signal. Each kept object emits over its own pixels (normal
+    objects: the pixels they won; on-top objects: their whole shape, so light adds where
+    they overlap); a defocused object blurs its own light."""
+    h, w = labels.shape
+    role = pl["role"]
+    signal = np.zeros(labels.shape, np.float32)
+    for i in range(len(role)):
         if geo[i] is None or not keep[i + 1]:
             continue
         sl, rho = geo[i]
@@ -427,82 +446,113 @@ def render(params: SyntheticParams, shape: tuple[int, int], rng: np.random.Gener
         if role[i] != 1:
             # an on-top neighbour covers part of us: we still shine underneath it
             mask = mask | ((rho < 1.0) & (labels[sl] > 0) & (role[np.maximum(labels[sl] - 1, 0)] == 1))
-        prof = 1.0 - dome[i] * np.minimum(rho, 1.0) ** 2
-        em = bright[i] * prof * (1.0 + tex_amp[i] * tex[sl])
+        prof = 1.0 - a["dome"][i] * np.minimum(rho, 1.0) ** 2
+        em = a["bright"][i] * prof * (1.0 + a["tex_amp"][i] * tex[sl])
         if p.kind == "cells":
             # the nucleus inside a cytoplasm stain: a darker (sometimes brighter) core
             em = em * (1.0 - rng.uniform(-0.2, 0.45) * np.exp(-(rho / 0.45) ** 4))
-        for _ in range(int(n_nucleoli[i])):
-            cy_ = rng.uniform(0.2, 0.8) * rng.choice([-1, 1])
-            cx_ = rng.uniform(0.2, 0.8) * rng.choice([-1, 1])
-            yy = np.arange(sl[0].start, sl[0].stop, dtype=np.float32)[:, None] - (pl["y"][i] + cy_ * 0.6 * pl["r"][i])
-            xx = np.arange(sl[1].start, sl[1].stop, dtype=np.float32)[None, :] - (pl["x"][i] + cx_ * 0.6 * pl["r"][i])
-            sn = max(0.8, pl["r"][i] * rng.uniform(0.1, 0.22))
-            # DAPI-dark nucleoli mostly, sometimes bright chromocentres
-            depth = rng.uniform(0.3, 0.7) if rng.uniform() < 0.7 else -rng.uniform(0.3, 0.8)
-            em = em * (1.0 - depth * np.exp(-(yy * yy + xx * xx) / (2 * sn * sn)))
+        em = _nucleoli(rng, em, sl, pl["y"][i], pl["x"][i], pl["r"][i], int(a["n_nucleoli"][i]))
         em = np.where(mask, np.maximum(em, 0.0), 0.0).astype(np.float32)
-        if defocus[i] > 0:
+        defocus = a["defocus"][i]
+        if defocus > 0:
             # defocused object: blur its own light over a padded box
-            pad = int(np.ceil(3 * defocus[i]))
+            pad = int(np.ceil(3 * defocus))
             ys0, ys1 = max(sl[0].start - pad, 0), min(sl[0].stop + pad, h)
             xs0, xs1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, w)
             big = np.zeros((ys1 - ys0, xs1 - xs0), np.float32)
             big[sl[0].start - ys0:sl[0].stop - ys0, sl[1].start - xs0:sl[1].stop - xs0] = em
-            signal[ys0:ys1, xs0:xs1] += ndi.gaussian_filter(big, defocus[i], truncate=3.0)
+            signal[ys0:ys1, xs0:xs1] += ndi.gaussian_filter(big, defocus, truncate=3.0)
         else:
             signal[sl] += em
+    return signal
 
+
+def _debris(rng: np.random.Generator, p: SyntheticParams, labels: np.ndarray, signal: np.ndarray) -> np.ndarray:
+    """Small bright unlabelled spots, only on background well away from objects, added to
+    ``signal`` in place; returns their mask."""
+    h, w = labels.shape
+    n_debris = rng.poisson(p.debris_density * h * w)
+    debris = np.zeros(labels.shape, bool)
+    if not n_debris:
+        return debris
+    far = ndi.distance_transform_edt(labels == 0)
+    dys = rng.uniform(0, h, n_debris * 3).astype(int)
+    dxs = rng.uniform(0, w, n_debris * 3).astype(int)
+    sig = rng.uniform(0.6, 2.2, n_debris * 3)
+    ok = far[dys, dxs] > 3.0 * sig + 2.0 + p.psf_sigma
+    dys, dxs, sig = dys[ok][:n_debris], dxs[ok][:n_debris], sig[ok][:n_debris]
+    for yy_, xx_, s_ in zip(dys, dxs, sig):
+        rad = int(np.ceil(2.5 * s_))
+        y0, y1 = max(yy_ - rad, 0), min(yy_ + rad + 1, h)
+        x0, x1 = max(xx_ - rad, 0), min(xx_ + rad + 1, w)
+        g = np.exp(-((np.arange(y0, y1)[:, None] - yy_) ** 2 + (np.arange(x0, x1)[None, :] - xx_) ** 2) / (2 * s_ * s_))
+        b = p.debris_brightness * np.exp(rng.standard_normal() * 0.5)
+        signal[y0:y1, x0:x1] += (b * g).astype(np.float32)
+        debris[y0:y1, x0:x1] |= g > 0.1
+    return debris & (labels == 0)
+
+
+def _haze(p: SyntheticParams, signal: np.ndarray) -> np.ndarray:
+    """Out-of-focus light around objects, on a coarse grid (a cheap wide blur)."""
+    h, w = signal.shape
+    f = 4
+    small = signal[: h - h % f or h, : w - w % f or w]
+    hs, ws = small.shape[0] // f, small.shape[1] // f
+    if p.haze <= 0 or hs < 2 or ws < 2:
+        return signal
+    coarse = small[: hs * f, : ws * f].reshape(hs, f, ws, f).mean((1, 3))
+    coarse = ndi.gaussian_filter(coarse, 2.5, mode="reflect")
+    haze = ndi.zoom(coarse, (h / hs, w / ws), order=1, grid_mode=True, mode="nearest")[:h, :w]
+    return signal + p.haze * haze.astype(np.float32)
+
+
+def _camera(rng: np.random.Generator, p: SyntheticParams, photons: np.ndarray) -> np.ndarray:
+    """Photons -> Poisson -> electrons + read noise -> uint16 counts with offset, clipped."""
+    detected = rng.poisson(photons).astype(np.float32)
+    full = float(2**p.bit_depth - 1)
+    gain = p.dynamic_range * (full - p.offset) / p.photons  # counts per photon
+    counts = (detected + rng.standard_normal(photons.shape).astype(np.float32) * np.float32(p.read_noise)) * np.float32(gain)
+    return np.clip(np.rint(counts + np.float32(p.offset)), 0, full).astype(np.uint16)
+
+
+def render(params: SyntheticParams, shape: tuple[int, int], rng: np.random.Generator) -> SyntheticSample:
+    """Render one image from a recipe.
+
+    Args:
+        params: the recipe.
+        shape: ``(height, width)``, each at least 16.
+        rng: the random generator that draws everything not fixed by ``params``.
+
+    Returns:
+        A ``SyntheticSample`` (image uint16, labels int32, debris mask, clean signal).
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 2 or min(shape) < 16:
+        raise ValueError(f"shape must be (height, width) with both >= 16, got {shape}")
+    p = params
+    pl = _place(rng, p, shape)
+    n = len(pl["r"])
+    a = _appearance(rng, p, pl["role"])
+    # two texture grains shared by all objects (cheaper than one field per object)
+    tex = 0.7 * _smooth_noise(rng, shape, p.texture_scale) + 0.3 * _smooth_noise(rng, shape, p.texture_scale * 3)
+    labels, geo = _geometry(pl, a, shape)
+    # drop slivers (objects cut by the border or squeezed out); they are rendered dark
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = areas >= max(6, int(0.15 * np.pi * max(p.radius, 2.5) ** 2 * 0.25))
+    keep[0] = False
+    signal = _light(rng, p, pl, a, labels, geo, keep, tex)
     # final labels: sequential ids 1..N in placement order
     lut = np.zeros(n + 1, np.int32)
     kept = np.flatnonzero(keep)
     lut[kept] = np.arange(1, len(kept) + 1, dtype=np.int32)
     labels = lut[labels]
-
-    # debris: small bright unlabelled spots, only on background well away from objects
-    n_debris = rng.poisson(p.debris_density * h * w)
-    debris = np.zeros(shape, bool)
-    if n_debris:
-        far = ndi.distance_transform_edt(labels == 0)
-        dys = rng.uniform(0, h, n_debris * 3).astype(int)
-        dxs = rng.uniform(0, w, n_debris * 3).astype(int)
-        sig = rng.uniform(0.6, 2.2, n_debris * 3)
-        ok = far[dys, dxs] > 3.0 * sig + 2.0 + p.psf_sigma
-        dys, dxs, sig = dys[ok][:n_debris], dxs[ok][:n_debris], sig[ok][:n_debris]
-        for yy_, xx_, s_ in zip(dys, dxs, sig):
-            rad = int(np.ceil(2.5 * s_))
-            y0, y1 = max(yy_ - rad, 0), min(yy_ + rad + 1, h)
-            x0, x1 = max(xx_ - rad, 0), min(xx_ + rad + 1, w)
-            g = np.exp(-((np.arange(y0, y1)[:, None] - yy_) ** 2 + (np.arange(x0, x1)[None, :] - xx_) ** 2) / (2 * s_ * s_))
-            b = p.debris_brightness * np.exp(rng.standard_normal() * 0.5)
-            signal[y0:y1, x0:x1] += (b * g).astype(np.float32)
-            debris[y0:y1, x0:x1] |= g > 0.1
-        debris &= labels == 0
-
-    # haze: out-of-focus light around objects, on a coarse grid (cheap wide blur)
-    if p.haze > 0:
-        f = 4
-        small = signal[: h - h % f or h, : w - w % f or w]
-        hs, ws = small.shape[0] // f, small.shape[1] // f
-        if hs >= 2 and ws >= 2:
-            coarse = small[: hs * f, : ws * f].reshape(hs, f, ws, f).mean((1, 3))
-            coarse = ndi.gaussian_filter(coarse, 2.5, mode="reflect")
-            haze = ndi.zoom(coarse, (h / hs, w / ws), order=1, grid_mode=True, mode="nearest")[:h, :w]
-            signal += p.haze * haze.astype(np.float32)
-
-    illum = _illumination(rng, p, shape)
-    signal = (signal + p.background) * illum
+    debris = _debris(rng, p, labels, signal)
+    signal = _haze(p, signal)
+    signal = (signal + p.background) * _illumination(rng, p, shape)
     if p.psf_sigma > 0:
         signal = ndi.gaussian_filter(signal, p.psf_sigma, truncate=3.0)
-
-    # camera: photons -> Poisson -> electrons + read noise -> counts with offset, clipped
     photons = np.maximum(signal, 0.0) * np.float32(p.photons)
-    detected = rng.poisson(photons).astype(np.float32)
-    full = float(2**p.bit_depth - 1)
-    gain = p.dynamic_range * (full - p.offset) / p.photons  # counts per photon
-    counts = (detected + rng.standard_normal(shape).astype(np.float32) * np.float32(p.read_noise)) * np.float32(gain)
-    counts = np.clip(np.rint(counts + np.float32(p.offset)), 0, full)
-    return SyntheticSample(image=counts.astype(np.uint16), labels=labels, debris=debris,
+    return SyntheticSample(image=_camera(rng, p, photons), labels=labels, debris=debris,
                            clean=photons.astype(np.float32), params=p)
 
 

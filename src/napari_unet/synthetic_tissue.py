@@ -121,42 +121,10 @@ def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(buf).convert("RGB"))
 
 
-def make_tissue_sample(
-    shape: tuple[int, int] = (256, 256),
-    seed: int = 0,
-    *,
-    stain: str | None = None,
-    scale: str | None = None,
-    **overrides: Any,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic stained-tissue RGB image and its nuclei instance labels.
-
-    Args:
-        shape: ``(height, width)``, each at least 32.
-        seed: random seed; the same arguments always give the same arrays.
-        stain: ``"he"`` (hematoxylin and eosin), ``"hdab"`` (hematoxylin and DAB brown),
-            ``"gray"`` (gray brightfield); None = drawn (80% H&E).
-        scale: ``"20x"`` or ``"40x"`` (nucleus size); None = drawn.
-        **overrides: fields of :class:`napari_unet.synthetic.SyntheticParams` for the
-            nuclei's geometry (e.g. ``coverage=0.4``, ``radius=6``).
-
-    Returns:
-        ``(image, labels)``: uint8 ``(H, W, 3)`` RGB and int32 labels (0 = background).
-    """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 2 or min(shape) < 32:
-        raise ValueError(f"shape must be (height, width) with both >= 32, got {shape}")
-    rng = np.random.default_rng(seed)
-    kinds, probs = zip(*KINDS)
-    stain = stain or str(rng.choice(kinds, p=probs))
-    if stain not in kinds:
-        raise ValueError(f"stain must be one of {kinds}, got {stain!r}")
-    scale = scale or str(rng.choice(list(SCALES)))
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {tuple(SCALES)}, got {scale!r}")
-    h, w = shape
-
-    # --- nuclei: geometry and chromatin from the fluorescence generator, without camera
+def _nuclei(rng: np.random.Generator, shape: tuple[int, int], scale: str,
+            overrides: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Nuclei: geometry and chromatin from the fluorescence generator (without its camera),
+    as labels, a hematoxylin density and the geometry's recipe."""
     p = random_params(rng, str(rng.choice(["normal", "hard"], p=[0.6, 0.4])), "nuclei")
     r_lo, r_hi = SCALES[scale]
     spindle = rng.uniform() < 0.25  # stroma: elongated, dark, wavy nuclei
@@ -181,27 +149,37 @@ def make_tissue_sample(
     inside = labels > 0
     ref = float(np.median(signal[inside])) if inside.any() else 1.0
     darkness = rng.uniform(0.6, 1.6)  # OD of a typical nucleus (x the stain vector)
-    h_dens = darkness * signal / max(ref, 1e-6)
-    # vesicular nuclei (a share of them, per image): pale, with a dark nuclear membrane,
-    # coarse chromatin clumps and a nucleolus, instead of a dense dark stain
-    n_lab = int(labels.max())
-    vesicular = np.zeros(n_lab + 1, bool)
-    vesicular[1:] = rng.uniform(0, 1, n_lab) < rng.choice([0.0, rng.uniform(0.2, 1.0)], p=[0.4, 0.6])
-    ves = vesicular[labels]
-    if ves.any():
-        edges = find_boundaries(labels, mode="inner")
-        rim = np.exp(-ndi.distance_transform_edt(~edges) / rng.uniform(0.8, 1.8))
-        clumps = np.clip(_smooth_noise(rng, shape, rng.uniform(0.6, 1.4)) - rng.uniform(0.3, 1.2), 0, None)
-        pale_level = rng.uniform(0.15, 0.45)
-        v_dens = darkness * (pale_level + rng.uniform(0.4, 1.0) * rim + rng.uniform(0.4, 1.2) * clumps)
-        h_dens = np.where(ves, v_dens, h_dens)
+    h_dens = _vesicular(rng, labels, darkness, darkness * signal / max(ref, 1e-6))
     # the stain thins out over the last pixel or two inside the outline (annotators draw
     # the outline around the whole nucleus, not around its dark core)
     d_in = ndi.distance_transform_edt(~find_boundaries(labels, mode="inner")) * inside
     h_dens = h_dens * (0.4 + 0.6 * np.clip(d_in / rng.uniform(0.8, 2.0), 0, 1))
-    h_dens = np.clip(h_dens, 0, 3.0)
+    return labels, np.clip(h_dens, 0, 3.0), p
 
-    # --- tissue: eosin density with texture
+
+def _vesicular(rng: np.random.Generator, labels: np.ndarray, darkness: float, h_dens: np.ndarray) -> np.ndarray:
+    """Vesicular nuclei (a share of them, per image): pale, with a dark nuclear membrane,
+    coarse chromatin clumps and a nucleolus, instead of a dense dark stain."""
+    n_lab = int(labels.max())
+    vesicular = np.zeros(n_lab + 1, bool)
+    vesicular[1:] = rng.uniform(0, 1, n_lab) < rng.choice([0.0, rng.uniform(0.2, 1.0)], p=[0.4, 0.6])
+    ves = vesicular[labels]
+    if not ves.any():
+        return h_dens
+    edges = find_boundaries(labels, mode="inner")
+    rim = np.exp(-ndi.distance_transform_edt(~edges) / rng.uniform(0.8, 1.8))
+    clumps = np.clip(_smooth_noise(rng, labels.shape, rng.uniform(0.6, 1.4)) - rng.uniform(0.3, 1.2), 0, None)
+    pale_level = rng.uniform(0.15, 0.45)
+    v_dens = darkness * (pale_level + rng.uniform(0.4, 1.0) * rim + rng.uniform(0.4, 1.2) * clumps)
+    return np.where(ves, v_dens, h_dens)
+
+
+def _tissue(rng: np.random.Generator, shape: tuple[int, int], inside: np.ndarray, p: Any,
+            radii: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue around the nuclei: eosin density with texture (fibres, cytoplasm, holes, red
+    blood cells) and the faint hematoxylin of the background (tint, granules, ghosts)."""
+    h, w = shape
+    r_lo, r_hi = radii
     fib = _fibres(rng, shape, rng.uniform(1.0, 4.0))
     blob = 0.5 + 0.25 * _smooth_noise(rng, shape, rng.uniform(3, 12))
     mix = rng.uniform(0, 1)  # fibrous stroma vs cellular / textured parenchyma
@@ -237,20 +215,63 @@ def make_tissue_sample(
     h_bg = h_bg + ghosts * rng.uniform(0.1, 0.4)
     e_in_nuc = rng.uniform(0.1, 0.5)  # cytoplasm under / around the nucleus
     e_dens = np.where(inside, e_dens * (1 - e_in_nuc) + e_in_nuc * 0.5, e_dens)
+    return e_dens, h_bg
 
-    # --- Beer-Lambert absorption with this slide's stains
-    kind = stain
+
+def _slide(rng: np.random.Generator, kind: str, h_dens: np.ndarray, e_dens: np.ndarray) -> np.ndarray:
+    """Beer-Lambert absorption with this slide's stains, then optics and the file: blur,
+    uneven illumination, white balance, sensor noise, JPEG (uint8 RGB)."""
+    h, w = h_dens.shape
     hv, ev = _stain_vectors(rng, kind)
-    od = (h_dens + h_bg)[..., None] * hv + e_dens[..., None] * ev
+    od = h_dens[..., None] * hv + e_dens[..., None] * ev
     if kind == "gray":
         od = od * rng.uniform(0.4, 0.8)
     blur = rng.uniform(0.4, 1.5)
     od = ndi.gaussian_filter(od, (blur, blur, 0))
-    illum = 1.0 + rng.uniform(0, 0.08) * _smooth_noise(rng, shape, max(h, w) / 4)
+    illum = 1.0 + rng.uniform(0, 0.08) * _smooth_noise(rng, (h, w), max(h, w) / 4)
     white = rng.uniform(215, 255) * np.clip(1 + rng.normal(0, 0.04, 3), 0.85, 1.0)  # white balance
     rgb = white * illum[..., None] * np.exp(-od)
     rgb = rgb + rng.normal(0, rng.uniform(0.5, 4.0), rgb.shape)
     rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     if rng.uniform() < 0.8:
         rgb = _jpeg(rgb, int(rng.uniform(40, 95)))
+    return rgb
+
+
+def make_tissue_sample(
+    shape: tuple[int, int] = (256, 256),
+    seed: int = 0,
+    *,
+    stain: str | None = None,
+    scale: str | None = None,
+    **overrides: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic stained-tissue RGB image and its nuclei instance labels.
+
+    Args:
+        shape: ``(height, width)``, each at least 32.
+        seed: random seed; the same arguments always give the same arrays.
+        stain: ``"he"`` (hematoxylin and eosin), ``"hdab"`` (hematoxylin and DAB brown),
+            ``"gray"`` (gray brightfield); None = drawn (80% H&E).
+        scale: ``"20x"`` or ``"40x"`` (nucleus size); None = drawn.
+        **overrides: fields of :class:`napari_unet.synthetic.SyntheticParams` for the
+            nuclei's geometry (e.g. ``coverage=0.4``, ``radius=6``).
+
+    Returns:
+        ``(image, labels)``: uint8 ``(H, W, 3)`` RGB and int32 labels (0 = background).
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 2 or min(shape) < 32:
+        raise ValueError(f"shape must be (height, width) with both >= 32, got {shape}")
+    rng = np.random.default_rng(seed)
+    kinds, probs = zip(*KINDS)
+    stain = stain or str(rng.choice(kinds, p=probs))
+    if stain not in kinds:
+        raise ValueError(f"stain must be one of {kinds}, got {stain!r}")
+    scale = scale or str(rng.choice(list(SCALES)))
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {tuple(SCALES)}, got {scale!r}")
+    labels, h_dens, p = _nuclei(rng, shape, scale, overrides)
+    e_dens, h_bg = _tissue(rng, shape, labels > 0, p, SCALES[scale])
+    rgb = _slide(rng, stain, h_dens + h_bg, e_dens)
     return np.ascontiguousarray(rgb), labels.astype(np.int32)

@@ -656,7 +656,10 @@ def mirror_pad(image: np.ndarray, config: Any) -> np.ndarray:
 def padded_logits(net: torch.nn.Module, image: np.ndarray, device: torch.device, amp: bool) -> torch.Tensor:
     """Logits ``(1, K, H, W)`` (float32, on ``device``) of ONE forward pass over a whole
     mirror-padded ``(C, H, W)`` image, already normalised; ``net`` is used as it is (on
-    ``device``, in the mode the caller set), without gradients. Training's validation."""
+    ``device``, in the mode the caller set), without gradients. Training's validation.
+
+    The padding is inference's (:func:`mirror_pad`), so validation scores are inference scores.
+    """
     _, H, W = image.shape
     x = torch.from_numpy(np.ascontiguousarray(mirror_pad(image, net.config)))[None].to(device)
     with torch.no_grad(), autocast(device, amp):

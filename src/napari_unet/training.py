@@ -5,9 +5,15 @@ training step (so ``worker.quit()`` in a widget, or closing the generator, stops
 one step) and *returns* the trained model: the best by validation score when there is
 validation data, otherwise the last. :func:`fine_tune` drains it for scripts.
 
-Data path (no worker processes, which break in GUIs on Windows/macOS): every image is
-normalised once with the model's rule, its class targets, loss mask and weight map are
-computed once, and the arrays are reflect-padded once. Each step cuts random source crops
+The work is a :class:`Trainer` (split as torch-em's ``DefaultTrainer``): setup (data,
+model, optimiser, schedule), :meth:`~Trainer.step`, :meth:`~Trainer.validate`,
+:meth:`~Trainer.checkpoint` and :meth:`~Trainer.resume`; :func:`train_iter` is a thin
+generator over its :meth:`~Trainer.fit` loop.
+
+Data path (no worker processes, which break in GUIs on Windows/macOS;
+:mod:`napari_unet.training_data`): every image is normalised once with the model's rule,
+its class targets, loss mask and weight map are computed once, and the arrays are
+reflect-padded once. Each step cuts random source crops
 (larger than the tile, to leave room for rotation and elastic deformation) in the main
 process -- a few array slices -- and :mod:`napari_unet.augment` transforms the whole batch
 on the training device with one ``grid_sample`` per tensor kind.
@@ -17,6 +23,10 @@ the ignore mask giving weight 0, normalised by the **sum of the weights** of the
 pixels (a weighted mean), so the loss scale and the useful learning rate do not depend on
 ``w0``. :func:`weighted_cross_entropy` is the one place where targets, weights and mask
 are cropped to the network's (valid-convolution) output.
+
+Validation runs each (centre-cut) validation image in one forward pass, mirror-padded as
+inference pads (:func:`napari_unet.tiling.padded_logits`), and post-processes it as
+``segment`` does, so validation scores are inference scores.
 
 Optimiser (measured with ``benchmarks/bench_optim.py``): AdamW (weight decay 1e-4), linear
 warm-up over the first 5% of the run, then cosine decay to 1% of the peak. Peak learning
@@ -55,6 +65,7 @@ continues from the saved iteration.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import os
 import time
@@ -64,6 +75,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -71,13 +83,25 @@ import torch
 import torch.nn.functional as F
 
 from ._progress import Progress, ProgressBar, drain
+from .annotate import restrict_to_region
 from .augment import AugmentConfig, augment_batch
 from .device import autocast, describe_device, is_out_of_memory, resolve_device
 from .image_checks import modality_of
-from .metrics import average_precision
-from .model import MODES, ModelFileError, UNet, center_crop, clone_model, load_model, save_atomic
-from .normalize import apply_normalization, normalization_params
-from .targets import DEFAULT_MARGIN, check_labels, labels_to_targets
+from .metrics import adapted_rand_error, average_precision
+from .model import MODES, ModelFileError, UNet, center_crop, clone_model, load_model, save_atomic, save_model
+from .postprocess import probabilities_to_labels
+from .targets import DEFAULT_MARGIN
+from .tiling import padded_logits
+from .training_data import (
+    TrainingData,
+    as_chw,
+    in_channels_of,
+    normalised_whole,
+    num_classes_for,
+    prepare_validation,
+    split_for_validation,
+    zoom_to_model,
+)
 
 #: architecture of a fresh model when no trained one is given (the bundled model's)
 FRESH_ARCHITECTURE = {"depth": 3, "base_width": 16, "dropout": 0.1}
@@ -145,243 +169,109 @@ def weighted_cross_entropy(
     return (ce * w).sum() / total.clamp_min(1e-12)
 
 
-# -- inputs ------------------------------------------------------------------------------
+
+def lr_factor(fraction: float) -> float:
+    """Schedule: linear warm-up over WARMUP_FRACTION, then cosine to FINAL_LR_FRACTION."""
+    f = min(max(fraction, 0.0), 1.0)
+    if f < WARMUP_FRACTION:
+        return max(f / WARMUP_FRACTION, 0.01)
+    t = (f - WARMUP_FRACTION) / (1 - WARMUP_FRACTION)
+    return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _as_chw(image: Any, in_channels: int, index: int) -> np.ndarray:
-    """(C, H, W) float32 from a 2D image or a 3D image with a channel axis."""
-    arr = np.asarray(image)
-    if arr.ndim == 2 and in_channels == 1:
-        return arr[None].astype(np.float32, copy=False)
-    if arr.ndim == 3 and in_channels > 1:
-        if arr.shape[0] == in_channels:
-            return arr.astype(np.float32, copy=False)
-        if arr.shape[-1] == in_channels:
-            return np.moveaxis(arr, -1, 0).astype(np.float32, copy=False)
-    want = "a 2D (y, x) image" if in_channels == 1 else f"a 3D image with {in_channels} channels first or last"
-    raise ValueError(f"training image {index} has shape {arr.shape}, but the model expects {want}")
+# -- the starting model ------------------------------------------------------------------
 
 
-def _normalised_whole(image: Any, in_channels: int, index: int, rule: dict[str, Any]) -> np.ndarray:
-    """An image normalised by its model's rule with the WHOLE image's statistics (as
-    inference does), before any strip or crop is cut from it; 2D for 1-channel models."""
-    chw = _as_chw(image, in_channels, index)
-    _check_finite(chw, index)
-    lo, hi = normalization_params(chw, rule, channel_axis=0)
-    norm = apply_normalization(chw, lo, hi, channel_axis=0)
-    return norm[0] if in_channels == 1 else norm
-
-
-def _check_finite(image: np.ndarray, index: int) -> None:
-    bad = int(np.count_nonzero(~np.isfinite(image)))
-    if bad:
-        raise ValueError(
-            f"training image {index} holds {bad} NaN/inf pixel(s); replace them "
-            "(e.g. numpy.nan_to_num) or crop them away before training"
-        )
-
-
-def _weights_for(labels: np.ndarray, targets: np.ndarray, mode: str, w0: float, sigma: float, class_weights: Any) -> np.ndarray:
-    """The loss weight map of one image (eq. 2 for instance modes)."""
-    if mode == "semantic":
-        w = np.ones(labels.shape, np.float32)
-        if class_weights == "balanced":
-            counts = np.bincount(targets.ravel()).astype(np.float64)
-            freq = counts / counts.sum()
-            inv = np.where(counts > 0, 1.0 / np.maximum(freq, 1e-12), 0.0)
-            inv /= (inv * freq).sum()  # mean weight 1
-            w = inv[targets].astype(np.float32)
-        return w
-    from .weights import weight_map
-
-    if mode == "instance2":
-        # the carved-out touching borders are background to learn: they must get the
-        # border term (its peak is exactly there), so weigh the carved labels
-        labels = np.where(targets == 0, 0, labels)
-    return np.asarray(weight_map(labels, w0=w0, sigma=sigma, class_weights=class_weights), np.float32)
-
-
-@dataclass
-class _Item:
-    """One training image, normalised, with targets/weights/mask, reflect-padded once."""
-
-    image: np.ndarray  # (C, H + 2p, W + 2p) float32
-    targets: np.ndarray  # (H + 2p, W + 2p) int16
-    weights: np.ndarray  # float32
-    mask: np.ndarray  # bool, False in the padding
-    pad: int
-    centres: np.ndarray  # (N, 2) candidate crop centres (unpadded coordinates)
-    counted: int
-
-
-class TrainingData:
-    """Precomputed training arrays and a random crop sampler (main process, no workers).
+def fresh_model(in_channels: int, mode: str, labels: Sequence[Any], **architecture: Any) -> UNet:
+    """A freshly initialised U-Net to train in ``mode`` on ``labels``.
 
     Args:
-        images: list of raw images.
-        labels: list of label images (same spatial shapes).
-        regions: list of annotated-region masks / None / "all", or None.
-        mode: class meaning (``instance3``, ``instance2``, ``semantic``).
-        normalization: the model's normalisation rule.
-        in_channels: channels the model expects.
-        source_size: edge of the source crops handed to the augmentation.
-        w0, sigma, class_weights: weight-map parameters (eq. 2).
-        margin: annotated margin around labelled cells when a region is None.
-        num_classes: classes of the model (checked against semantic labels).
+        in_channels: input channels (:func:`napari_unet.training_data.in_channels_of`).
+        mode: ``"instance3"``, ``"instance2"`` or ``"semantic"``.
+        labels: the training labels (semantic mode: one class per label value).
+        **architecture: overrides of :data:`FRESH_ARCHITECTURE` (``depth``, ``base_width``...).
+
+    Returns:
+        The network, with its mode (and, semantic, its class names) in ``meta``.
     """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    k = num_classes_for(mode, labels)
+    net = UNet(in_channels=in_channels, num_classes=k, **{**FRESH_ARCHITECTURE, **architecture})
+    net.meta["mode"] = mode
+    if mode == "semantic":
+        net.meta["class_names"] = [f"class {i}" for i in range(k)]
+    return net
 
-    MAX_CENTRES = 50_000
 
-    def __init__(
-        self,
-        images: Sequence[Any],
-        labels: Sequence[Any],
-        regions: Sequence[Any] | None,
-        *,
-        mode: str,
-        normalization: dict[str, Any],
-        in_channels: int,
-        source_size: int,
-        w0: float = 10.0,
-        sigma: float = 5.0,
-        class_weights: Any = None,
-        margin: int = DEFAULT_MARGIN,
-        num_classes: int | None = None,
-        rng: np.random.Generator | None = None,
-        first_index: int = 0,
-    ) -> None:
-        rng = rng or np.random.default_rng(0)
-        self.source_size = int(source_size)
-        self.items: list[_Item] = []
-        pad = self.source_size // 2 + 1
-        n_flat = 0
-        for k, (img, lab) in enumerate(zip(images, labels)):
-            idx = first_index + k
-            chw = _as_chw(img, in_channels, idx)
-            _check_finite(chw, idx)
-            lab = check_labels(lab, f"labels {idx}")
-            if lab.shape != chw.shape[1:]:
-                raise ValueError(f"labels {idx} have shape {lab.shape} but image {idx} is {chw.shape[1:]} (y, x)")
-            flat = chw.size > 0 and chw.min() == chw.max()
-            n_flat += flat
-            if flat and lab.max(initial=0) > 0:
-                # an all-zero image (a wrong channel or an empty file) would train its whole budget on nothing
-                raise ValueError(f"training image {idx} is constant (every pixel is {chw.flat[0]:g}) but its labels "
-                                 "hold cells: nothing in the image shows them; check the file or channel")
-            region = regions[k] if regions is not None else None
-            try:
-                targets, mask = labels_to_targets(lab, mode, region, margin)
-            except ValueError as exc:
-                raise ValueError(f"training image {idx}: {exc}") from exc
-            if mode == "semantic" and num_classes is not None and int(targets[mask].max(initial=0)) >= num_classes:
-                raise ValueError(
-                    f"labels {idx} hold class {int(targets[mask].max())} but the model has only "
-                    f"{num_classes} classes (0..{num_classes - 1})"
-                )
-            counted = int(mask.sum())
-            if counted == 0:
-                raise ValueError(f"training image {idx}: the annotated region is empty; nothing to learn from")
-            weights = _weights_for(lab, targets, mode, w0, sigma, class_weights)
-            lo, hi = normalization_params(chw, normalization, channel_axis=0)
-            norm = apply_normalization(chw, lo, hi, channel_axis=0)
-            yx = np.argwhere(mask)
-            if len(yx) > self.MAX_CENTRES:
-                yx = yx[rng.choice(len(yx), self.MAX_CENTRES, replace=False)]
-            pw = ((pad, pad), (pad, pad))
-            self.items.append(
-                _Item(
-                    image=np.pad(norm, ((0, 0),) + pw, mode="reflect"),
-                    # class ids are small: int16 keeps the padded pool light
-                    targets=np.pad(targets.astype(np.int16), pw, mode="reflect"),
-                    weights=np.pad(weights, pw, mode="reflect"),
-                    mask=np.pad(mask, pw, mode="constant", constant_values=False),
-                    pad=pad,
-                    centres=yx.astype(np.int32),
-                    counted=counted,
-                )
+def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Sequence[Any],
+                   first_image: Any = None) -> tuple[UNet, bool]:
+    """The starting model (a copy) and whether it is freshly initialised."""
+    if isinstance(model, UNet):
+        return clone_model(model), False
+    from .channels import bundled_path, pick_bundled
+
+    if model is None and in_channels == 3 and pick_bundled(True, first_image) == "stained":
+        return load_model(bundled_path("stained")), False  # RGB slides: the stained-tissue model
+    if isinstance(model, str) and model in ("fluorescence", "stained"):
+        return load_model(bundled_path(model)), False
+    if model is None or (isinstance(model, str) and model == "bundled"):
+        try:
+            return load_model(), False
+        except ModelFileError:
+            if model == "bundled":
+                raise
+            warnings.warn(
+                "the bundled model is not installed yet; training a fresh U-Net from scratch "
+                "(pass model='scratch' to silence this warning)",
+                RuntimeWarning,
+                stacklevel=5,  # the caller of train_iter's generator
             )
-        if not self.items:
-            raise ValueError("no training images given")
-        if n_flat == len(self.items):
-            warnings.warn("Every training image is constant (all its pixels the same), so training can only learn "
-                          "that flat images hold no cells; check the files or channels.", UserWarning, stacklevel=2)
-        counts = np.array([it.counted for it in self.items], np.float64)
-        # images are drawn in proportion to their annotated area
-        self._p = counts / counts.sum()
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def sample(self, batch: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        """``batch`` random source crops centred on annotated pixels.
-
-        Returns:
-            (image (B, C, S, S) float32, targets (B, S, S) int16, weights, mask) arrays.
-        """
-        s = self.source_size
-        which = rng.choice(len(self.items), size=batch, p=self._p)
-        out: list[list[np.ndarray]] = [[], [], [], []]
-        for i in which:
-            it = self.items[i]
-            cy, cx = it.centres[rng.integers(len(it.centres))]
-            top, left = cy + it.pad - s // 2, cx + it.pad - s // 2
-            sl = (slice(top, top + s), slice(left, left + s))
-            out[0].append(it.image[(slice(None), *sl)])
-            out[1].append(it.targets[sl])
-            out[2].append(it.weights[sl])
-            out[3].append(it.mask[sl])
-        return tuple(np.stack(o) for o in out)  # type: ignore[return-value]
+            model = "scratch"
+    if isinstance(model, str) and model == "scratch":
+        return fresh_model(in_channels, mode or "instance3", labels), True
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model), False
+    raise ValueError(f"model must be a UNet, a model file path, 'bundled', 'scratch' or None, got {type(model).__name__}")
 
 
-@dataclass
-class _ValItem:
-    image: np.ndarray  # (C, H, W) normalised
-    gt: np.ndarray  # instance (or class) labels restricted to the annotated region
-    targets: np.ndarray
-    weights: np.ndarray
-    mask: np.ndarray
+def _membrane_preset(preset: str | None, net: UNet, fresh: bool, labels: Sequence[Any],
+                     val_labels: Sequence[Any] | None) -> tuple:
+    """The preset in force and the labels (and validation labels) as cell ids.
+
+    ``"membranes"``: cells separated by membranes (0), as ids or a 0/1 interior mask;
+    ``"membrane-mask"``: painted membranes (nonzero), the cells are what they enclose.
+    With no preset, an ``instance2`` model trained with the preset, or a fresh one on
+    labels that look like membrane data, gets ``"membranes"``.
+    """
+    from .targets import cells_between_membranes, looks_like_membranes, membrane_mask_to_cells
+
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (or None)")
+    mode = net.meta.get("mode", "instance3")
+    if preset is not None and mode != "instance2":
+        raise ValueError(f"preset {preset!r} trains mode 'instance2', but the model's mode is {mode!r}")
+    if preset is None and mode == "instance2":
+        never_trained = fresh or not net.meta.get("history")
+        if net.meta.get("preset") == "membranes" or (never_trained and all(looks_like_membranes(lab) for lab in labels)):
+            preset = "membranes"
+    if preset is None:
+        return None, labels, val_labels
+    convert = membrane_mask_to_cells if preset == "membrane-mask" else cells_between_membranes
+    labels = [convert(lab) for lab in labels]
+    if val_labels is not None:
+        val_labels = [convert(lab) for lab in val_labels]
+    return "membranes", labels, val_labels
 
 
-def _split_for_validation(
-    images: list[Any], labels: list[Any], regions: list[Any] | None, val_fraction: float
-) -> tuple[list[Any], list[Any], list[Any] | None, list[Any], list[Any], list[Any] | None]:
-    """Hold out whole images (4 or more images) or a strip of each image (fewer)."""
-    n = len(images)
-    if val_fraction <= 0:
-        return images, labels, regions, [], [], None
-    if n >= 4:
-        k = max(1, int(round(n * val_fraction)))
-        k = min(k, n - 1)
-        tr, va = list(range(n - k)), list(range(n - k, n))
-        pick = lambda seq, ids: [seq[i] for i in ids] if seq is not None else None  # noqa: E731
-        return (pick(images, tr), pick(labels, tr), pick(regions, tr), pick(images, va), pick(labels, va), pick(regions, va))
-    tr_i, tr_l, tr_r, va_i, va_l, va_r = [], [], [], [], [], []
-    for k in range(n):
-        img, lab = images[k], np.asarray(labels[k])
-        reg = regions[k] if regions is not None else None
-        h, w = lab.shape
-        axis = 0 if h >= w else 1
-        length = lab.shape[axis]
-        cut = length - int(round(length * val_fraction))
-        if length - cut < 48 or cut < 48:
-            # too small to cut: train on all of it, validate on nothing from this image
-            tr_i.append(img), tr_l.append(lab), tr_r.append(reg)
-            continue
-        sl_tr = (slice(None), slice(0, cut)) if axis == 1 else (slice(0, cut), slice(None))
-        sl_va = (slice(None), slice(cut, None)) if axis == 1 else (slice(cut, None), slice(None))
-        arr = np.asarray(img)
-        # the image may carry a channel axis first (C, H, W) or last (H, W, C)
-        if arr.ndim == 3 and arr.shape[1:] == lab.shape:
-            ti, vi = arr[(slice(None), *sl_tr)], arr[(slice(None), *sl_va)]
-        else:
-            ti, vi = arr[sl_tr], arr[sl_va]
-        tr_i.append(ti), va_i.append(vi)
-        tr_l.append(lab[sl_tr]), va_l.append(lab[sl_va])
-        if isinstance(reg, np.ndarray):
-            tr_r.append(reg[sl_tr]), va_r.append(reg[sl_va])
-        else:
-            tr_r.append(reg), va_r.append(reg)
-    return tr_i, tr_l, tr_r, va_i, va_l, va_r
+def _optimizer(name: str, net: UNet, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(net.parameters(), lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.99)
+    raise ValueError(f"unknown optimizer {name!r}; choose 'adamw', 'adam' or 'sgd'")
 
 
 # -- the run's state, shared with callers through Progress.info["run"] -------------------
@@ -419,170 +309,575 @@ class TrainingRun:
         return model.eval()
 
 
-def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Sequence[Any],
-                   first_image: Any = None) -> tuple[UNet, bool]:
-    """The starting model (a copy) and whether it is freshly initialised."""
-    if isinstance(model, UNet):
-        return clone_model(model), False
-    from .channels import bundled_path, pick_bundled
-
-    if model is None and in_channels == 3 and pick_bundled(True, first_image) == "stained":
-        return load_model(bundled_path("stained")), False  # RGB slides: the stained-tissue model
-    if isinstance(model, str) and model in ("fluorescence", "stained"):
-        return load_model(bundled_path(model)), False
-    if model is None or (isinstance(model, str) and model == "bundled"):
-        try:
-            return load_model(), False
-        except ModelFileError:
-            if model == "bundled":
-                raise
-            warnings.warn(
-                "the bundled model is not installed yet; training a fresh U-Net from scratch "
-                "(pass model='scratch' to silence this warning)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            model = "scratch"
-    if isinstance(model, str) and model == "scratch":
-        mode = mode or "instance3"
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if mode == "semantic":
-            k = max(2, max(int(np.asarray(lab).max(initial=0)) for lab in labels) + 1)
-        else:
-            k = 3 if mode == "instance3" else 2
-        fresh = UNet(in_channels=in_channels, num_classes=k, **FRESH_ARCHITECTURE)
-        fresh.meta["mode"] = mode
-        if mode == "semantic":
-            fresh.meta["class_names"] = [f"class {i}" for i in range(k)]
-        return fresh, True
-    if isinstance(model, (str, os.PathLike)):
-        return load_model(model), False
-    raise ValueError(f"model must be a UNet, a model file path, 'bundled', 'scratch' or None, got {type(model).__name__}")
+#: the files a training run writes into its checkpoint folder
+CHECKPOINT_FILES = ("last.pt", "best.pt", "state.pt")
 
 
-def _in_channels_of(images: Sequence[Any]) -> int:
-    arr = np.asarray(images[0]) if not hasattr(images[0], "shape") else images[0]
-    if arr.ndim == 2:
-        return 1
-    if arr.ndim == 3:
-        return int(arr.shape[-1]) if arr.shape[-1] <= 4 else int(arr.shape[0])
-    raise ValueError(f"training images must be 2D (optionally with a channel axis), got shape {arr.shape}")
-
-
-def _image_axes(arr: Any, yx: tuple[int, ...]) -> str:
-    """Axis letters of a training image whose labels have shape ``yx``."""
-    shape = tuple(np.shape(arr))
-    if len(shape) == 2:
-        return "YX"
-    if len(shape) == 3 and shape[1:] == tuple(yx):
-        return "CYX"
-    if len(shape) == 3 and shape[:2] == tuple(yx):
-        return "YXC"
-    raise ValueError(f"a training image of shape {shape} does not match its labels of shape {tuple(yx)}")
-
-
-def _zoom_to_model(net: UNet, fresh: bool, enabled: bool, imgs: list, labs: list, regs: list | None,
-                   va_i: list, va_l: list, va_r: list | None) -> tuple:
-    """Training data zoomed to the starting model's cell size (see ``zoom_to_model``), and
-    the model's ``meta["diameter"]`` set to the size it will know best afterwards.
-
-    Returns the (possibly zoomed) lists, the zoom and the data's median cell diameter.
-    """
-    from .diameter import label_diameter, resize_image, resize_nearest, zoom_for, zoomed_shape
-
-    data_d = label_diameter([*labs, *va_l])
-    if not math.isfinite(data_d):
-        return imgs, labs, regs, va_i, va_l, va_r, 1.0, data_d
-    target = None if fresh else net.meta.get("diameter")
-    known = net.meta.get("diameter_range")  # a model pretrained on many sizes (e.g. 20x and 40x)
-    if known and not fresh and known[0] <= data_d <= known[1]:
-        target = None  # it knows this size already: train at the data's own scale
-    if not (enabled and isinstance(target, (int, float)) and target > 0):
-        net.meta["diameter"] = round(data_d, 2)  # the data's own size is what it will know
-        return imgs, labs, regs, va_i, va_l, va_r, 1.0, data_d
-    zoom = zoom_for(float(target), data_d)
-    if zoom == 1.0:
-        return imgs, labs, regs, va_i, va_l, va_r, 1.0, data_d
-
-    def zoom_set(images: list, labels: list, regions: list | None) -> tuple[list, list, list | None]:
-        out_i, out_l, out_r = [], [], None if regions is None else []
-        for k, (img, lab) in enumerate(zip(images, labels)):
-            lab = np.asarray(lab)
-            yx = zoomed_shape(lab.shape[-2:], zoom)
-            out_i.append(resize_image(np.asarray(img), _image_axes(img, lab.shape), yx))
-            out_l.append(resize_nearest(lab, "YX", yx))
-            if out_r is not None:
-                r = regions[k]
-                out_r.append(resize_nearest(np.asarray(r), "YX", yx) if isinstance(r, np.ndarray) else r)
-        return out_i, out_l, out_r
-
-    imgs, labs, regs = zoom_set(imgs, labs, regs)
-    if va_i:
-        va_i, va_l, va_r = zoom_set(va_i, va_l, va_r)
-    return imgs, labs, regs, va_i, va_l, va_r, zoom, data_d
-
-
-def lr_factor(fraction: float) -> float:
-    """Schedule: linear warm-up over WARMUP_FRACTION, then cosine to FINAL_LR_FRACTION."""
-    f = min(max(fraction, 0.0), 1.0)
-    if f < WARMUP_FRACTION:
-        return max(f / WARMUP_FRACTION, 0.01)
-    t = (f - WARMUP_FRACTION) / (1 - WARMUP_FRACTION)
-    return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def _postprocess(probs: np.ndarray, mode: str, membranes: bool = False) -> np.ndarray:
-    """Probabilities → labels with the package's post-processing (as ``segment`` does)."""
-    from .postprocess import probabilities_to_labels
-
-    return np.asarray(probabilities_to_labels(probs, mode, membranes=membranes))
-
-
-def _membrane_preset(preset: str | None, net: UNet, fresh: bool, labels: Sequence[Any],
-                     val_labels: Sequence[Any] | None) -> tuple:
-    """The preset in force and the labels (and validation labels) as cell ids.
-
-    ``"membranes"``: cells separated by membranes (0), as ids or a 0/1 interior mask;
-    ``"membrane-mask"``: painted membranes (nonzero), the cells are what they enclose.
-    With no preset, an ``instance2`` model trained with the preset, or a fresh one on
-    labels that look like membrane data, gets ``"membranes"``.
-    """
-    from .targets import cells_between_membranes, looks_like_membranes, membrane_mask_to_cells
-
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (or None)")
-    mode = net.meta.get("mode", "instance3")
-    if preset is not None and mode != "instance2":
-        raise ValueError(f"preset {preset!r} trains mode 'instance2', but the model's mode is {mode!r}")
-    if preset is None and mode == "instance2":
-        never_trained = fresh or not net.meta.get("history")
-        if net.meta.get("preset") == "membranes" or (never_trained and all(looks_like_membranes(lab) for lab in labels)):
-            preset = "membranes"
-    if preset is None:
-        return None, labels, val_labels
-    convert = membrane_mask_to_cells if preset == "membrane-mask" else cells_between_membranes
-    labels = [convert(lab) for lab in labels]
-    if val_labels is not None:
-        val_labels = [convert(lab) for lab in val_labels]
-    return "membranes", labels, val_labels
-
-
-def _restrict_to_region(pred: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Drop predicted objects lying mostly outside the annotated region."""
-    if region.all():
-        return pred
-    ids = pred.ravel()
-    n = int(ids.max(initial=0)) + 1
-    inside = np.bincount(ids[region.ravel()], minlength=n)
-    total = np.bincount(ids, minlength=n)
-    keep = inside * 2 >= total
-    keep[0] = True
-    out = np.where(keep[pred], pred, 0)
+def _run_settings(images: Sequence[Any], labels: Sequence[Any], regions: Sequence[Any] | None,
+                  val_images: Sequence[Any] | None, val_labels: Sequence[Any] | None, **options: Any) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues: a hash of the data and the settings."""
+    data = hashlib.sha1()
+    for group in (images, labels, regions or [], val_images or [], val_labels or []):
+        for a in group:
+            if isinstance(a, str) or a is None:
+                data.update(repr(a).encode())
+                continue
+            arr = np.ascontiguousarray(np.asarray(a))
+            data.update(f"{arr.shape}{arr.dtype}".encode())
+            data.update(arr.tobytes())
+        data.update(b"|")
+    out: dict[str, Any] = {"images": data.hexdigest()}
+    for k, v in options.items():
+        if isinstance(v, AugmentConfig):
+            v = repr(v)
+        elif v is not None and not isinstance(v, (str, int, float, bool)):
+            v = repr(np.asarray(v).tolist())
+        out[k.replace("_", " ")] = v
     return out
 
 
-# -- the loop ----------------------------------------------------------------------------
+def _summary(run: TrainingRun) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if run.best_state is not None:
+        out["best_val_ap"] = run.best_score
+        out["best_iteration"] = run.best_iteration
+    losses = [c["train_loss"] for c in run.curve[-50:]]
+    if losses:
+        out["final_train_loss"] = float(np.mean(losses))
+    # a light loss curve: validation points only (every val_every steps)
+    out["curve"] = [
+        {k: round(float(v), 5) for k, v in c.items()} for c in run.curve if "val_ap" in c
+    ]
+    return out
+
+
+def _checked_inputs(images: Sequence[Any], labels: Sequence[Any], o: SimpleNamespace) -> tuple:
+    """``train_iter``'s data checked, labelled 3D stacks expanded to planes: (images, labels,
+    regions, val_images, val_labels, val_regions)."""
+    regions, val_images, val_labels, val_regions = o.regions, o.val_images, o.val_labels, o.val_regions
+    if len(images) != len(labels):
+        raise ValueError(f"got {len(images)} images but {len(labels)} label images")
+    if len(images) == 0:
+        raise ValueError("no training images given")
+    if regions is not None and len(regions) != len(images):
+        raise ValueError(f"got {len(regions)} regions for {len(images)} images")
+    for k, (img, lab) in enumerate(zip(images, labels)):
+        stack = np.ndim(lab) == 3 and tuple(np.shape(img)[:3]) == tuple(np.shape(lab))  # a labelled (Z, Y, X) stack
+        if np.ndim(lab) != 2 and not stack:
+            raise ValueError(f"labels {k} have shape {np.shape(lab)} but training takes 2D (Y, X) labels, "
+                             f"one per 2D image, or (Z, Y, X) labels of a stack of that shape "
+                             f"(image {k} has shape {np.shape(img)})")
+    if o.iterations is not None and int(o.iterations) < 1:
+        raise ValueError(f"iterations must be at least 1, got {o.iterations}")
+    if o.max_time is not None and float(o.max_time) <= 0:
+        raise ValueError(f"max_time must be positive, got {o.max_time}")
+    if o.batch_size is not None and o.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {o.batch_size}")
+    if not 0 <= o.val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {o.val_fraction}")
+    if any(np.ndim(lab) == 3 for lab in list(labels) + list(val_labels or [])):
+        from .volume import expand_stacks  # labelled 3D stacks -> planes of all orientations
+
+        images, labels, regions = expand_stacks(images, labels, regions, o.voxel_size)
+        if val_images is not None and val_labels is not None:
+            val_images, val_labels, val_regions = expand_stacks(val_images, val_labels, val_regions, o.voxel_size)
+    return images, labels, regions, val_images, val_labels, val_regions
+
+
+def _val_score(probs: np.ndarray, v: Any, mode: str, membranes: bool) -> float:
+    """One validation image's score: AP at IoU 0.5 on the annotated region; the mean IoU of
+    the classes in semantic mode; 1 - adapted Rand error for membrane data."""
+    if mode == "semantic":
+        cls = probs.argmax(0)
+        ious = []
+        for c in range(1, probs.shape[0]):
+            a, b = (cls == c) & v.mask, (v.gt == c) & v.mask
+            union = (a | b).sum()
+            if union:
+                ious.append((a & b).sum() / union)
+        return float(np.mean(ious)) if ious else 1.0
+    # the package's post-processing, as segment does
+    pred = probabilities_to_labels(probs, mode, membranes=membranes)
+    if membranes:
+        return 1.0 - adapted_rand_error(v.gt, pred)[0] if (v.gt > 0).any() else 1.0
+    return average_precision(v.gt, restrict_to_region(pred, v.mask), 0.5)[0.5]
+
+
+# -- the trainer -------------------------------------------------------------------------
+
+
+class Trainer:
+    """One training run, split as torch-em's ``DefaultTrainer`` and MONAI's engines split theirs.
+
+    * setup (the constructor): the inputs checked, the starting model (or the checkpoint
+      it resumes), the data (:mod:`napari_unet.training_data`), optimiser and schedule;
+    * :meth:`step`: one optimiser step on a fresh augmented batch;
+    * :meth:`validate`: validation loss and score (:meth:`keep_if_best` keeps the best weights);
+    * :meth:`checkpoint` and :meth:`resume`: ``last.pt``, ``best.pt`` and ``state.pt``;
+    * :meth:`fit`: the loop, a generator of :class:`Progress` records that returns the
+      model: what :func:`train_iter` runs. Nothing yields inside a step, so closing the
+      generator (a widget's Cancel) stops between two steps.
+
+    Args:
+        images, labels, model: as for :func:`train_iter`.
+        **options: keywords of :func:`train_iter` (whose signature holds the defaults).
+    """
+
+    def __init__(self, images: Sequence[Any], labels: Sequence[Any], model: Any = None, **options: Any) -> None:
+        defaults = {k: p.default for k, p in inspect.signature(train_iter).parameters.items() if p.kind is p.KEYWORD_ONLY}
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            raise TypeError(f"unknown training option(s) {', '.join(unknown)}; see train_iter")
+        o = self.options = SimpleNamespace(**{**defaults, **options})
+        images, labels, regions, self.val_images, self.val_labels, self.val_regions = _checked_inputs(images, labels, o)
+        self.total = int(o.iterations) if o.iterations is not None else (DEFAULT_ITERATIONS if o.max_time is None else 10**9)
+        self.dev = resolve_device(o.device)
+        self.in_ch = in_channels_of(images)
+        state, resumed = self._open_checkpoints(images, labels, regions)
+        torch.manual_seed(o.seed)  # a fresh network's initial weights follow the seed too
+        labels = self._setup_model(model, resumed, images, labels)
+        self._setup_data(images, labels, regions)
+        self._setup_optimiser()
+        self._setup_run(state)
+
+    # -- setup --------------------------------------------------------------------------
+
+    def _open_checkpoints(self, images: Sequence[Any], labels: Sequence[Any],
+                          regions: Sequence[Any] | None) -> tuple[dict[str, Any] | None, UNet | None]:
+        """The checkpoint folder and, when resuming, the saved state and model; refuses a
+        folder that holds another run, and a resume with other data or settings."""
+        o = self.options
+        self.ckpt = Path(o.checkpoint_dir) if o.checkpoint_dir is not None else None
+        self.settings = _run_settings(
+            images, labels, regions, self.val_images, self.val_labels, mode=o.mode, batch_size=o.batch_size,
+            tile_size=o.tile_size, augment=o.augment, val_fraction=o.val_fraction, w0=o.w0, sigma=o.sigma,
+            class_weights=o.class_weights, margin=o.margin, seed=o.seed, optimizer=o.optimizer, schedule=o.schedule,
+            zoom_to_model=o.zoom_to_model, preset=o.preset)
+        if o.resume is None:
+            found = [n for n in CHECKPOINT_FILES if self.ckpt is not None and (self.ckpt / n).exists()]
+            if found:
+                # their best.pt would pass for this run's: refuse rather than mix two runs in one folder
+                raise ValueError(f"{self.ckpt} holds checkpoints of an earlier run ({', '.join(found)}); resume it, or "
+                                 "choose an empty checkpoint folder (napari-unet train --overwrite replaces them)")
+            return None, None
+        rdir = self.resume_dir = Path(o.resume).parent if Path(o.resume).is_file() else Path(o.resume)
+        if not (rdir / "last.pt").is_file() or not (rdir / "state.pt").is_file():
+            raise ValueError(f"cannot resume from {rdir}: it holds no last.pt and state.pt checkpoint")
+        net = load_model(rdir / "last.pt")
+        try:
+            state = torch.load(rdir / "state.pt", map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for a bad file
+            raise ModelFileError(f"{rdir / 'state.pt'} is not a readable training state ({exc})") from exc
+        if self.ckpt is None:
+            self.ckpt = rdir
+        differ = sorted(k for k, v in self.settings.items() if state.get("settings", {}).get(k, v) != v)
+        if differ:
+            raise ValueError(f"cannot resume from {rdir}: that run was started with other {', '.join(differ)}; "
+                             "resume with the same images and settings, or start a new run in another folder")
+        return state, net
+
+    def _setup_model(self, model: Any, resumed: UNet | None, images: Sequence[Any], labels: Sequence[Any]) -> list:
+        """The network (resumed, or resolved from ``model`` and widened to the images'
+        channels), its mode, preset and weight-map recipe; returns the labels as cell ids."""
+        o, in_ch = self.options, self.in_ch
+        mode = "instance2" if resumed is None and o.preset is not None and o.mode is None else o.mode
+        net, fresh = (resumed, False) if resumed is not None else _resolve_model(model, mode, in_ch, labels, images[0])
+        preset, labels, self.val_labels = _membrane_preset(o.preset, net, fresh, labels, self.val_labels)
+        # what the trained model will know: its images' kind (the modality check reads it)
+        modality = modality_of(images, in_ch, net.meta.get("modality", "fluorescence"))
+        recipe = MEMBRANE_RECIPE if preset == "membranes" else STAINED_RECIPE if modality == "stained" else RECIPE
+        self.w0 = recipe["w0"] if o.w0 is None else o.w0
+        self.sigma = recipe["sigma"] if o.sigma is None else o.sigma
+        self.class_weights = recipe["class_weights"] if o.class_weights is None else o.class_weights
+        if preset is not None:
+            net.meta["preset"] = preset
+        self.picked = None
+        if model is None and o.resume is None and not fresh:
+            stained = net.meta.get("modality") == "stained"
+            self.picked = f"the {'stained' if stained else 'fluorescence'} bundled model (picked for " + (
+                "brightfield RGB images)" if stained else f"{in_ch}-channel images)")
+        self.norm_rule = net.meta.get("normalization", {"kind": "percentile", "low": 1.0, "high": 99.8})
+        widened = net.config.in_channels != in_ch
+        if widened:
+            from .channels import fit_channels
+
+            rgb = in_ch == 3 and np.shape(images[0])[-1] == 3
+            net = fit_channels(net, in_ch, as_chw(images[0], in_ch, 0), self.norm_rule, rgb=rgb)
+        net.meta["modality"] = modality
+        net_mode = net.meta.get("mode", "instance3")
+        if mode is not None and mode != net_mode:
+            raise ValueError(f"the starting model segments in mode {net_mode!r}, not {mode!r}; start from "
+                             f"model='scratch' to train a {mode!r} model")
+        self.net, self.fresh, self.mode, self.preset = net, fresh, net_mode, preset
+        self.lr = o.lr if o.lr is not None else LR_SCRATCH if fresh else LR_WIDENED if widened else LR_FINE_TUNE
+        self.batch_size = o.batch_size if o.batch_size is not None else 2 if self.dev.type == "cpu" else 4
+        self.in_size = net.config.input_size_for_output(int(o.tile_size if o.tile_size is not None else 192))
+        self.out_size = net.config.output_size(self.in_size)
+        return labels
+
+    def _setup_data(self, images: Sequence[Any], labels: Sequence[Any], regions: Sequence[Any] | None) -> None:
+        """Seeds, then the training and validation data: normalised once with each whole
+        image's statistics (before strips and crops are cut), split, zoomed to the model."""
+        o, in_ch, rule = self.options, self.in_ch, self.norm_rule
+        self.rng = np.random.default_rng(o.seed)
+        self.gen = torch.Generator().manual_seed(o.seed)
+        torch.manual_seed(o.seed)
+        imgs = [normalised_whole(img, in_ch, k, rule) for k, img in enumerate(images)]
+        labs = list(labels)
+        regs = list(regions) if regions is not None else None
+        if self.val_images is not None:
+            if self.val_labels is None or len(self.val_labels) != len(self.val_images):
+                raise ValueError("val_images need val_labels of the same length")
+            va_i = [normalised_whole(img, in_ch, k, rule) for k, img in enumerate(self.val_images)]
+            va_l = list(self.val_labels)
+            va_r = list(self.val_regions) if self.val_regions is not None else None
+        else:
+            imgs, labs, regs, va_i, va_l, va_r = split_for_validation(imgs, labs, regs, o.val_fraction)
+        self.zoom, self.data_diameter = 1.0, math.nan
+        if self.mode != "semantic":
+            imgs, labs, regs, va_i, va_l, va_r, self.zoom, self.data_diameter = zoom_to_model(
+                self.net, self.fresh, o.zoom_to_model, imgs, labs, regs, va_i, va_l, va_r)
+        done = {"kind": "fixed", "lo": [0.0] * in_ch, "hi": [1.0] * in_ch}  # already normalised
+        recipe = dict(w0=self.w0, sigma=self.sigma, class_weights=self.class_weights, margin=o.margin)
+        self.data = TrainingData(imgs, labs, regs, mode=self.mode, normalization=done, in_channels=in_ch,
+                                 source_size=o.augment.source_size(self.in_size), num_classes=self.net.config.num_classes,
+                                 rng=self.rng, **recipe)
+        max_edge = MAX_VAL_EDGE_MEMBRANES if self.preset == "membranes" else MAX_VAL_EDGE
+        self.val = prepare_validation(va_i, va_l, va_r, self.mode, done, in_ch, **recipe, max_edge=max_edge)
+
+    def _setup_optimiser(self) -> None:
+        """The network on its device, mixed precision, the (wrapped) forward network and the optimiser."""
+        o, net, dev = self.options, self.net, self.dev
+        net.to(dev)
+        self.channels_last = dev.type != "mps"
+        if self.channels_last:
+            net.to(memory_format=torch.channels_last)
+        self.use_amp = (dev.type == "cuda") if o.amp is None else bool(o.amp)
+        if o.amp is None and dev.type == "cpu":
+            from .device import cpu_supports_bf16
+
+            self.use_amp = cpu_supports_bf16()
+        bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and dev.type == "cuda" and not bf16)
+        # the wrapper shares the network's parameters (DDP adds gradient all-reduce hooks)
+        self.forward_net = o.wrap_network(net) if o.wrap_network is not None else net
+        self.opt = _optimizer(o.optimizer, net, self.lr, o.weight_decay)
+        if o.schedule not in ("cosine", "constant"):
+            raise ValueError(f"unknown schedule {o.schedule!r}; choose 'cosine' or 'constant'")
+
+    def _setup_run(self, state: dict[str, Any] | None) -> None:
+        """The run's counters and record (continued from ``state`` when resuming)."""
+        o = self.options
+        self.run = TrainingRun(model=self.net, total=self.total, data=self.data)
+        self.run_id = state.get("run_id") if state is not None else uuid.uuid4().hex
+        self.base_history = list(self.net.meta.get("history", []))
+        self.start_it, self.elapsed_before, self.stale = 0, 0.0, 0
+        self.best_saved: int | None = None  # the iteration whose weights best.pt holds
+        if state is not None:
+            self.resume(state)
+        for g in self.opt.param_groups:
+            g["initial_lr"] = self.lr
+        self.iteration = self.run.iteration = self.start_it
+        self.run.total = self.total
+        self.val_every = o.val_every if o.val_every is not None else max(10, self.total // 20) if self.total < 10**9 else 50
+        self.checkpoint_every = o.checkpoint_every if o.checkpoint_every is not None else self.val_every
+        self.dev_text = describe_device(self.dev)
+        self.entry = self._history_entry()
+        # what a widget that cancels keeps (the generator's own return is lost on quit)
+        self.run.history = lambda: self.history(False, "cancelled")
+        self.info = {"device": self.dev_text, "run": self.run, "tile_size": self.out_size, "mode": self.mode}
+        self.t0 = time.perf_counter()
+        self.step_times: list[float] = []
+        self.loss_ema: float | None = None
+        self.last_val: dict[str, float] = {}
+
+    def _history_entry(self) -> dict[str, Any]:
+        """This run's record in the model's history (its counters are added as it goes)."""
+        o = self.options
+        entry: dict[str, Any] = {
+            "kind": "train",
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "images": len(self.data),
+            "val_images": len(self.val),
+            "mode": self.mode,
+            "preset": self.preset,
+            "optimizer": o.optimizer,
+            "lr": self.lr,
+            "schedule": f"warmup {WARMUP_FRACTION:g} + cosine to {FINAL_LR_FRACTION:g}" if o.schedule == "cosine" else "constant",
+            "batch_size": self.batch_size,
+            "tile_size": self.out_size,
+            "w0": self.w0,
+            "sigma": self.sigma,
+            "augment": {f: getattr(o.augment, f) for f in o.augment.__dataclass_fields__},
+            "device": self.dev_text,
+            "amp": self.use_amp,
+            "data_diameter": None if not math.isfinite(self.data_diameter) else round(self.data_diameter, 2),
+            "zoom": round(self.zoom, 4),
+        }
+        if self.picked:
+            entry["start_model"] = self.picked
+        if self.net.meta.get("input"):
+            entry["input"] = dict(self.net.meta["input"])
+        return entry
+
+    # -- checkpoint and resume ------------------------------------------------------------
+
+    def checkpoint(self, final: bool = False) -> None:
+        """Write ``last.pt``, ``best.pt`` (when this step is the best so far) and ``state.pt``."""
+        if self.ckpt is None:
+            return
+        net, run, it = self.net, self.run, self.iteration
+        net.meta["history"] = self.history(final)
+        was_training = net.training
+        net.meta["checkpoint_run"] = self.run_id  # ties last.pt and best.pt to this run's state.pt
+        save_model(net, self.ckpt / "last.pt")
+        if run.best_state is not None and run.best_iteration != self.best_saved:
+            # also the starting model when it stays the best (its iteration is before any checkpoint)
+            best = clone_model(net)
+            best.load_state_dict(run.best_state)
+            save_model(best, self.ckpt / "best.pt")
+            self.best_saved = run.best_iteration
+        del net.meta["checkpoint_run"]
+        net.train(was_training)
+        state = {
+            "iteration": it,
+            "total": self.total,
+            "elapsed": self.elapsed(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "best_score": run.best_score,
+            "best_loss": run.best_loss,
+            "best_iteration": run.best_iteration,
+            "curve": run.curve,
+            "stale": self.stale,
+            "base_history_len": len(self.base_history),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_gen": self.gen.get_state(),
+            "run_id": self.run_id,
+            "settings": self.settings,
+        }
+        save_atomic(state, self.ckpt / "state.pt")
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Continue a saved run: optimiser, scaler, counters, curve, random generators, the
+        schedule's length and peak rate, and its best weights (when ``best.pt`` is this run's)."""
+        o, run = self.options, self.run
+        self.opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_it = int(state["iteration"])
+        self.elapsed_before = float(state.get("elapsed", 0.0))
+        run.best_score = float(state.get("best_score", -math.inf))
+        run.best_loss = float(state.get("best_loss", math.inf))
+        run.best_iteration = int(state.get("best_iteration", 0))
+        run.curve = [dict(c) for c in state.get("curve", [])]
+        self.stale = int(state.get("stale", 0))
+        self.base_history = self.base_history[: int(state.get("base_history_len", len(self.base_history)))]
+        if "numpy_rng" in state:
+            self.rng.bit_generator.state = state["numpy_rng"]
+        if "torch_gen" in state:
+            self.gen.set_state(state["torch_gen"])
+        if o.iterations is None and o.max_time is None:
+            self.total = int(state.get("total", self.total))
+        best_file = self.resume_dir / "best.pt"
+        if best_file.is_file():
+            best_model = load_model(best_file)
+            # a best.pt of another run in this folder is not this run's best
+            if best_model.meta.get("checkpoint_run") == self.run_id:
+                run.best_state = {k: v.clone() for k, v in best_model.state_dict().items()}
+                self.best_saved = run.best_iteration
+        for g in self.opt.param_groups:
+            self.lr = float(g.get("initial_lr", self.lr))
+
+    # -- step and validate ----------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        """Seconds trained, counting a resumed run's earlier time."""
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def learning_rate(self, elapsed: float) -> float:
+        """The scheduled rate of the next step (by steps, or by time for a time budget)."""
+        o = self.options
+        if o.schedule_iterations is not None:
+            frac = self.iteration / o.schedule_iterations
+        elif o.iterations is not None or o.max_time is None:
+            frac = self.iteration / self.total
+        else:
+            frac = elapsed / o.max_time
+        return self.lr * lr_factor(frac) if o.schedule == "cosine" else self.lr
+
+    def step(self, elapsed: float) -> float | None:
+        """One optimiser step on a fresh augmented batch; returns its loss, or None when it
+        ran out of memory and the batch was halved (the caller tries the step again)."""
+        ts = time.perf_counter()
+        self.cur_lr = self.learning_rate(elapsed)
+        for g in self.opt.param_groups:
+            g["lr"] = self.cur_lr
+        arrays = self.data.sample(self.batch_size, self.rng)
+        try:
+            loss = self._forward_backward(arrays)
+        except Exception as exc:  # torch reports out-of-memory as several exception types
+            if not is_out_of_memory(exc):
+                raise
+            self._refuse_out_of_memory(exc)
+            loss = None
+        if loss is None:
+            # drop what the failed step holds (the exception went with the except block), retry with half the batch
+            self.opt.zero_grad(set_to_none=True)
+            if self.dev.type == "cuda":
+                torch.cuda.empty_cache()
+            self.batch_size = max(1, self.batch_size // 2)
+            self.entry["batch_size"] = self.batch_size
+            return None
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.iteration = self.run.iteration = self.iteration + 1
+        lv = float(loss.detach())
+        self.loss_ema = lv if self.loss_ema is None else 0.9 * self.loss_ema + 0.1 * lv
+        self.step_times.append(time.perf_counter() - ts)
+        return lv
+
+    def _forward_backward(self, arrays: tuple[np.ndarray, ...]) -> torch.Tensor:
+        """Augment the batch on the device, forward, the weighted loss, backward."""
+        xt, tt, wt, mt = (torch.from_numpy(a).to(self.dev, non_blocking=True) for a in arrays)
+        batch = augment_batch(xt, tt, wt, mt, out_size=self.in_size, config=self.options.augment, generator=self.gen)
+        xin = batch.image.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.image
+        self.net.train()
+        with autocast(self.dev, self.use_amp):
+            logits = self.forward_net(xin)
+        loss = weighted_cross_entropy(logits, batch.targets.long(), batch.weights, batch.mask)
+        if not torch.isfinite(loss):
+            raise ValueError(
+                f"training diverged at iteration {self.iteration + 1}: the loss is {loss.item()}. Likely causes: "
+                f"a learning rate too high (now {self.cur_lr:.3g}; try 10x lower), images holding NaN/inf "
+                "values, labels with no annotated pixels, or a model file with broken weights"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        return loss
+
+    def _refuse_out_of_memory(self, exc: BaseException) -> None:
+        """Raise a clear MemoryError when halving the batch is not allowed or not possible."""
+        where, bs = describe_device(self.dev), self.batch_size
+        if not self.options.oom_retry:
+            raise MemoryError(
+                f"out of memory on {where} with batch size {bs} and tile {self.out_size}; "
+                f"not retried (all processes must take the same steps): rerun with batch size "
+                f"{max(1, bs // 2)} or a smaller tile"
+            ) from exc
+        if bs == 1:
+            raise MemoryError(
+                f"out of memory on {where} even with batch size 1; use a smaller "
+                f"tile_size (now {self.out_size}), free memory, or train on another device"
+            ) from exc
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss and score (``val_ap``, see :func:`_val_score`): each image in one
+        forward pass, mirror-padded as inference pads (:func:`napari_unet.tiling.padded_logits`)."""
+        net, dev = self.net, self.dev
+        net.eval()
+        losses, scores = [], []
+        for v in self.val:
+            logits = padded_logits(net, v.image, dev, self.use_amp)
+            tt, wt, mt = (torch.from_numpy(a)[None].to(dev) for a in (v.targets, v.weights, v.mask))
+            losses.append(float(weighted_cross_entropy(logits, tt, wt, mt)))
+            probs = torch.softmax(logits[0], 0).cpu().numpy()
+            scores.append(_val_score(probs, v, self.mode, self.preset == "membranes"))
+        net.train()
+        return {"val_loss": float(np.mean(losses)), "val_ap": float(np.mean(scores))}
+
+    def keep_if_best(self, val: dict[str, float], start: bool = False) -> None:
+        """Keep the weights when their score beats the best (ties: the lower loss); count
+        validations without improvement for early stopping. ``start``: the starting model
+        is the first candidate (a run that never beats it returns it)."""
+        run, score = self.run, val["val_ap"]
+        if start or score > run.best_score or (score == run.best_score and val["val_loss"] < run.best_loss):
+            run.best_score, run.best_loss, run.best_iteration = score, val["val_loss"], self.iteration
+            run.best_state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+            self.stale = 0
+        else:
+            self.stale += 1
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def history(self, final: bool, stopped: str | None = None) -> list[dict[str, Any]]:
+        """The model's history with this run's record."""
+        rec = dict(self.entry, iterations=self.iteration, seconds=round(self.elapsed(), 1), finished=final)
+        if stopped is not None:
+            rec["stopped"] = stopped
+        rec.update(_summary(self.run))
+        return self.base_history + [rec]
+
+    def _shown_total(self) -> int:
+        return self.total if self.total < 10**9 else self.run.total  # a time budget: the estimate
+
+    def _eta(self) -> float:
+        """Seconds left (and, for a time budget alone, the run's estimated step count)."""
+        o = self.options
+        mean_step = float(np.mean(self.step_times[-50:]))
+        eta = (self.total - self.iteration) * mean_step
+        if o.max_time is not None:
+            eta = min(eta, max(0.0, o.max_time - self.elapsed()))
+            if o.iterations is None:
+                self.run.total = self.iteration + int(eta / max(mean_step, 1e-9))
+        return eta
+
+    def fit(self) -> Generator[Progress, None, UNet]:
+        """Train to the end (steps, time budget or early stopping): yields a record after
+        every step, returns the model (best by validation, else the last)."""
+        o, info = self.options, self.info
+        self.t0 = time.perf_counter()
+        it = self.start_it
+        msg = f"training on {info['device']}" + (f" from {self.picked}" if self.picked else "")
+        shown = self.total if self.total < 10**9 else 0  # a time budget: no step count to show yet
+        yield Progress(it, shown, msg, dict(info, phase="start", iteration=it, start_model=self.picked))
+        if self.val and self.start_it == 0 and not self.fresh:
+            self.keep_if_best(self.validate(), start=True)
+            self.entry["start_val_ap"] = round(self.run.best_score, 5)
+        stop = "done"
+        while self.iteration < self.total:
+            elapsed = self.elapsed()  # a resumed run's time budget counts the time it trained before
+            if o.max_time is not None and elapsed >= o.max_time:
+                stop = "time"
+                break
+            loss = self.step(elapsed)
+            it = self.iteration
+            if loss is None:
+                yield Progress(it, self.total, f"out of memory: retrying with batch size {self.batch_size}",
+                               dict(info, phase="train", iteration=it, batch_size=self.batch_size))
+                continue
+            point: dict[str, float] = {"iteration": it, "train_loss": loss}
+            rec = dict(info, phase="train", iteration=it, train_loss=loss, train_loss_smooth=self.loss_ema, lr=self.cur_lr)
+            if self.val and (it % self.val_every == 0 or it == self.total):
+                yield Progress(it, self._shown_total(), "validating", dict(info, phase="validate", iteration=it))
+                self.last_val = self.validate()
+                point.update(self.last_val)
+                rec.update(self.last_val)
+                self.keep_if_best(self.last_val)
+            self.run.curve.append(point)
+            if it % self.checkpoint_every == 0 or it == self.total:
+                self.checkpoint()
+            rec["eta"] = self._eta()
+            yield Progress(it, self._shown_total(), f"iteration {it}: loss {loss:.4f}", rec)
+            if o.early_stopping is not None and self.stale >= o.early_stopping:
+                stop = "early stopping"
+                break
+        self.entry["stopped"] = stop
+        self.checkpoint(final=True)
+        result = self.result()
+        yield Progress(it, it, f"finished ({stop})", dict(info, phase="done", iteration=it, **self.last_val))
+        return result
+
+    def result(self) -> UNet:
+        """A CPU copy of the best weights (the last when never validated), finished history, eval mode."""
+        result = clone_model(self.net)
+        if self.run.best_state is not None:
+            result.load_state_dict(self.run.best_state)
+        result.meta["history"] = self.history(True)
+        return result.eval()
+
+
+# -- the generator ------------------------------------------------------------------------
 
 
 def train_iter(
@@ -712,530 +1007,9 @@ def train_iter(
     Returns:
         The trained model (CPU, eval mode): the best by validation AP, else the last.
     """
-    if len(images) != len(labels):
-        raise ValueError(f"got {len(images)} images but {len(labels)} label images")
-    if len(images) == 0:
-        raise ValueError("no training images given")
-    if regions is not None and len(regions) != len(images):
-        raise ValueError(f"got {len(regions)} regions for {len(images)} images")
-    for k, (img, lab) in enumerate(zip(images, labels)):
-        stack = np.ndim(lab) == 3 and tuple(np.shape(img)[:3]) == tuple(np.shape(lab))  # a labelled (Z, Y, X) stack
-        if np.ndim(lab) != 2 and not stack:
-            raise ValueError(f"labels {k} have shape {np.shape(lab)} but training takes 2D (Y, X) labels, "
-                             f"one per 2D image, or (Z, Y, X) labels of a stack of that shape "
-                             f"(image {k} has shape {np.shape(img)})")
-    if iterations is not None and int(iterations) < 1:
-        raise ValueError(f"iterations must be at least 1, got {iterations}")
-    if max_time is not None and float(max_time) <= 0:
-        raise ValueError(f"max_time must be positive, got {max_time}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    total = int(iterations) if iterations is not None else (DEFAULT_ITERATIONS if max_time is None else 10**9)
-    if any(np.ndim(lab) == 3 for lab in list(labels) + list(val_labels or [])):
-        from .volume import expand_stacks  # labelled 3D stacks -> planes of all orientations
-
-        images, labels, regions = expand_stacks(images, labels, regions, voxel_size)
-        if val_images is not None and val_labels is not None:
-            val_images, val_labels, val_regions = expand_stacks(val_images, val_labels, val_regions, voxel_size)
-
-    dev = resolve_device(device)
-    in_ch = _in_channels_of(images)
-    state: dict[str, Any] | None = None
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    settings = _run_settings(images, labels, regions, val_images, val_labels, mode=mode, batch_size=batch_size,
-                             tile_size=tile_size, augment=augment, val_fraction=val_fraction, w0=w0, sigma=sigma,
-                             class_weights=class_weights, margin=margin, seed=seed, optimizer=optimizer,
-                             schedule=schedule, zoom_to_model=zoom_to_model, preset=preset)
-    if resume is None and ckpt is not None:
-        found = [n for n in CHECKPOINT_FILES if (ckpt / n).exists()]
-        if found:
-            # their best.pt would pass for this run's: refuse rather than mix two runs in one folder
-            raise ValueError(f"{ckpt} holds checkpoints of an earlier run ({', '.join(found)}); resume it, or choose "
-                             "an empty checkpoint folder (napari-unet train --overwrite replaces them)")
-    if resume is not None:
-        rdir = Path(resume)
-        if rdir.is_file():
-            rdir = rdir.parent
-        if not (rdir / "last.pt").is_file() or not (rdir / "state.pt").is_file():
-            raise ValueError(f"cannot resume from {rdir}: it holds no last.pt and state.pt checkpoint")
-        net = load_model(rdir / "last.pt")
-        fresh = False
-        try:
-            state = torch.load(rdir / "state.pt", map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for a bad file
-            raise ModelFileError(f"{rdir / 'state.pt'} is not a readable training state ({exc})") from exc
-        if ckpt is None:
-            ckpt = rdir
-        differ = sorted(k for k, v in settings.items() if state.get("settings", {}).get(k, v) != v)
-        if differ:
-            raise ValueError(f"cannot resume from {rdir}: that run was started with other {', '.join(differ)}; "
-                             "resume with the same images and settings, or start a new run in another folder")
-    else:
-        if preset is not None and mode is None:
-            mode = "instance2"
-        net, fresh = _resolve_model(model, mode, in_ch, labels, images[0])
-    preset, labels, val_labels = _membrane_preset(preset, net, fresh, labels, val_labels)
-    # what the trained model will know: its images' kind (the modality check reads it)
-    modality = modality_of(images, in_ch, net.meta.get("modality", "fluorescence"))
-    recipe = MEMBRANE_RECIPE if preset == "membranes" else STAINED_RECIPE if modality == "stained" else RECIPE
-    w0 = recipe["w0"] if w0 is None else w0
-    sigma = recipe["sigma"] if sigma is None else sigma
-    class_weights = recipe["class_weights"] if class_weights is None else class_weights
-    if preset is not None:
-        net.meta["preset"] = preset
-    picked = None
-    if model is None and resume is None and not fresh:
-        stained = net.meta.get("modality") == "stained"
-        picked = f"the {'stained' if stained else 'fluorescence'} bundled model (picked for " + (
-            "brightfield RGB images)" if stained else f"{in_ch}-channel images)")
-    norm_rule = net.meta.get("normalization", {"kind": "percentile", "low": 1.0, "high": 99.8})
-    widened = net.config.in_channels != in_ch
-    if widened:
-        from .channels import fit_channels
-
-        rgb = in_ch == 3 and np.shape(images[0])[-1] == 3
-        net = fit_channels(net, in_ch, _as_chw(images[0], in_ch, 0), norm_rule, rgb=rgb)
-    net.meta["modality"] = modality
-    net_mode = net.meta.get("mode", "instance3")
-    if mode is not None and mode != net_mode:
-        raise ValueError(
-            f"the starting model segments in mode {net_mode!r}, not {mode!r}; start from "
-            f"model='scratch' to train a {mode!r} model"
-        )
-    mode = net_mode
-    if lr is None:
-        lr = LR_SCRATCH if fresh else LR_WIDENED if widened else LR_FINE_TUNE
-    cfg = net.config
-    if tile_size is None:
-        tile_size = 192
-    if batch_size is None:
-        batch_size = 2 if dev.type == "cpu" else 4
-    in_size = cfg.input_size_for_output(int(tile_size))
-    out_size = cfg.output_size(in_size)
-    source = augment.source_size(in_size)
-
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-
-    # normalise every image once, with its whole statistics, before strips and crops are cut
-    imgs = [_normalised_whole(img, in_ch, k, norm_rule) for k, img in enumerate(images)]
-    labs = list(labels)
-    regs = list(regions) if regions is not None else None
-    if val_images is not None:
-        if val_labels is None or len(val_labels) != len(val_images):
-            raise ValueError("val_images need val_labels of the same length")
-        va_i = [_normalised_whole(img, in_ch, k, norm_rule) for k, img in enumerate(val_images)]
-        va_l = list(val_labels)
-        va_r = list(val_regions) if val_regions is not None else None
-    else:
-        imgs, labs, regs, va_i, va_l, va_r = _split_for_validation(imgs, labs, regs, val_fraction)
-    zoom, data_diameter = 1.0, math.nan
-    if mode != "semantic":
-        imgs, labs, regs, va_i, va_l, va_r, zoom, data_diameter = _zoom_to_model(
-            net, fresh, zoom_to_model, imgs, labs, regs, va_i, va_l, va_r
-        )
-    done = {"kind": "fixed", "lo": [0.0] * in_ch, "hi": [1.0] * in_ch}  # already normalised
-    data = TrainingData(
-        imgs, labs, regs, mode=mode, normalization=done, in_channels=in_ch, source_size=source,
-        w0=w0, sigma=sigma, class_weights=class_weights, margin=margin, num_classes=cfg.num_classes, rng=rng,
-    )
-    val = _prepare_validation(va_i, va_l, va_r, mode, done, in_ch, cfg.min_input_size, w0, sigma, class_weights, margin,
-                              MAX_VAL_EDGE_MEMBRANES if preset == "membranes" else MAX_VAL_EDGE)
-
-    net.to(dev)
-    channels_last = dev.type != "mps"
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    use_amp = (dev.type == "cuda") if amp is None else bool(amp)
-    if amp is None and dev.type == "cpu":
-        from .device import cpu_supports_bf16
-
-        use_amp = cpu_supports_bf16()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dev.type == "cuda" and not torch.cuda.is_bf16_supported())
-    # the wrapper shares the network's parameters (DDP adds gradient all-reduce hooks)
-    forward_net = wrap_network(net) if wrap_network is not None else net
-    if optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    elif optimizer == "adam":
-        opt = torch.optim.Adam(net.parameters(), lr=lr)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.99)
-    else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'adamw', 'adam' or 'sgd'")
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
-
-    run = TrainingRun(model=net, total=total, data=data)
-    run_id = state.get("run_id") if state is not None else uuid.uuid4().hex
-    base_history = list(net.meta.get("history", []))
-    start_it = 0
-    elapsed_before = 0.0
-    stale = 0
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_it = int(state["iteration"])
-        elapsed_before = float(state.get("elapsed", 0.0))
-        run.best_score = float(state.get("best_score", -math.inf))
-        run.best_loss = float(state.get("best_loss", math.inf))
-        run.best_iteration = int(state.get("best_iteration", 0))
-        run.curve = [dict(c) for c in state.get("curve", [])]
-        stale = int(state.get("stale", 0))
-        base_history = base_history[: int(state.get("base_history_len", len(base_history)))]
-        if "numpy_rng" in state:
-            rng.bit_generator.state = state["numpy_rng"]
-        if "torch_gen" in state:
-            gen.set_state(state["torch_gen"])
-        if iterations is None and max_time is None:
-            total = int(state.get("total", total))
-        best_file = (Path(resume) if Path(resume).is_dir() else Path(resume).parent) / "best.pt"
-        if best_file.is_file():
-            best_model = load_model(best_file)
-            # a best.pt of another run in this folder is not this run's best
-            if best_model.meta.get("checkpoint_run") == run_id:
-                run.best_state = {k: v.clone() for k, v in best_model.state_dict().items()}
-        for g in opt.param_groups:
-            lr = float(g.get("initial_lr", lr))
-    for g in opt.param_groups:
-        g["initial_lr"] = lr
-    run.iteration = start_it
-    run.total = total
-    if val_every is None:
-        val_every = max(10, total // 20) if total < 10**9 else 50
-    if checkpoint_every is None:
-        checkpoint_every = val_every
-    dev_text = describe_device(dev)
-    entry: dict[str, Any] = {
-        "kind": "train",
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "images": len(data),
-        "val_images": len(val),
-        "mode": mode,
-        "preset": preset,
-        "optimizer": optimizer,
-        "lr": lr,
-        "schedule": f"warmup {WARMUP_FRACTION:g} + cosine to {FINAL_LR_FRACTION:g}" if schedule == "cosine" else "constant",
-        "batch_size": batch_size,
-        "tile_size": out_size,
-        "w0": w0,
-        "sigma": sigma,
-        "augment": {f: getattr(augment, f) for f in augment.__dataclass_fields__},
-        "device": dev_text,
-        "amp": use_amp,
-        "data_diameter": None if not math.isfinite(data_diameter) else round(data_diameter, 2),
-        "zoom": round(zoom, 4),
-    }
-    if picked:
-        entry["start_model"] = picked
-    if net.meta.get("input"):
-        entry["input"] = dict(net.meta["input"])
-
-    def history(it: int, final: bool, stopped: str | None = None) -> list[dict[str, Any]]:
-        rec = dict(entry, iterations=it, seconds=round(elapsed_before + time.perf_counter() - t0, 1), finished=final)
-        if stopped is not None:
-            rec["stopped"] = stopped
-        rec.update(_summary(run))
-        return base_history + [rec]
-
-    # what a widget that cancels keeps (the generator's own return is lost on quit)
-    run.history = lambda: history(run.iteration, False, "cancelled")
-
-    def checkpoint(it: int, final: bool = False) -> None:
-        if ckpt is None:
-            return
-        net.meta["history"] = history(it, final)
-        from .model import save_model
-
-        was_training = net.training
-        net.meta["checkpoint_run"] = run_id  # ties last.pt and best.pt to this run's state.pt
-        save_model(net, ckpt / "last.pt")
-        if run.best_state is not None and run.best_iteration == it:
-            best = clone_model(net)
-            best.load_state_dict(run.best_state)
-            save_model(best, ckpt / "best.pt")
-        del net.meta["checkpoint_run"]
-        net.train(was_training)
-        save_atomic(
-            {
-                "iteration": it,
-                "total": total,
-                "elapsed": elapsed_before + time.perf_counter() - t0,
-                "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "best_score": run.best_score,
-                "best_loss": run.best_loss,
-                "best_iteration": run.best_iteration,
-                "curve": run.curve,
-                "stale": stale,
-                "base_history_len": len(base_history),
-                "numpy_rng": rng.bit_generator.state,
-                "torch_gen": gen.get_state(),
-                "run_id": run_id,
-                "settings": settings,
-            },
-            ckpt / "state.pt",
-        )
-
-    t0 = time.perf_counter()
-    step_times: list[float] = []
-    loss_ema: float | None = None
-    info_common = {"device": dev_text, "run": run, "tile_size": out_size, "mode": mode}
-    shown_total = total if total < 10**9 else 0  # a time budget: no step count to show yet
-    start_msg = f"training on {dev_text}" + (f" from {picked}" if picked else "")
-    yield Progress(start_it, shown_total, start_msg, dict(info_common, phase="start", iteration=start_it,
-                                                          start_model=picked))
-
-    it = start_it
-    stop_reason = "done"
-    last_val: dict[str, float] = {}
-    if val and start_it == 0 and not fresh:
-        # the starting model is the first candidate: a run that never beats it returns it
-        start_val = _validate(net, val, dev, use_amp, mode, cfg, preset == "membranes")
-        run.best_score, run.best_loss, run.best_iteration = start_val["val_ap"], start_val["val_loss"], 0
-        run.best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        entry["start_val_ap"] = round(start_val["val_ap"], 5)
-    while it < total:
-        # a resumed run's time budget counts the time it trained before
-        elapsed = elapsed_before + time.perf_counter() - t0
-        if max_time is not None and elapsed >= max_time:
-            stop_reason = "time"
-            break
-        ts = time.perf_counter()
-        if schedule_iterations is not None:
-            frac = it / schedule_iterations
-        elif iterations is not None or max_time is None:
-            frac = it / total
-        else:
-            frac = elapsed / max_time
-        cur_lr = lr * lr_factor(frac) if schedule == "cosine" else lr
-        for g in opt.param_groups:
-            g["lr"] = cur_lr
-        x, t, w, m = data.sample(batch_size, rng)
-        try:
-            xt = torch.from_numpy(x).to(dev, non_blocking=True)
-            tt = torch.from_numpy(t).to(dev, non_blocking=True)
-            wt = torch.from_numpy(w).to(dev, non_blocking=True)
-            mt = torch.from_numpy(m).to(dev, non_blocking=True)
-            batch = augment_batch(xt, tt, wt, mt, out_size=in_size, config=augment, generator=gen)
-            xin = batch.image.contiguous(memory_format=torch.channels_last) if channels_last else batch.image
-            net.train()
-            with autocast(dev, use_amp):
-                logits = forward_net(xin)
-            loss = weighted_cross_entropy(logits, batch.targets.long(), batch.weights, batch.mask)
-            if not torch.isfinite(loss):
-                raise ValueError(
-                    f"training diverged at iteration {it + 1}: the loss is {loss.item()}. Likely causes: "
-                    f"a learning rate too high (now {cur_lr:.3g}; try 10x lower), images holding NaN/inf "
-                    "values, labels with no annotated pixels, or a model file with broken weights"
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-        except Exception as exc:  # torch reports out-of-memory as several exception types
-            if not is_out_of_memory(exc):
-                raise
-            if not oom_retry:
-                raise MemoryError(
-                    f"out of memory on {describe_device(dev)} with batch size {batch_size} and tile {out_size}; "
-                    f"not retried (all processes must take the same steps): rerun with batch size "
-                    f"{max(1, batch_size // 2)} or a smaller tile"
-                ) from exc
-            if batch_size == 1:
-                raise MemoryError(
-                    f"out of memory on {describe_device(dev)} even with batch size 1; use a smaller "
-                    f"tile_size (now {out_size}), free memory, or train on another device"
-                ) from exc
-            # drop what the failed step holds, then retry the same step with half the batch
-            opt.zero_grad(set_to_none=True)
-            xt = tt = wt = mt = batch = xin = logits = loss = None  # noqa: F841
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            batch_size = max(1, batch_size // 2)
-            entry["batch_size"] = batch_size
-            yield Progress(it, total, f"out of memory: retrying with batch size {batch_size}",
-                           dict(info_common, phase="train", iteration=it, batch_size=batch_size))
-            continue
-        scaler.step(opt)
-        scaler.update()
-        it += 1
-        run.iteration = it
-        lv = float(loss.detach())
-        loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
-        step_times.append(time.perf_counter() - ts)
-        point: dict[str, float] = {"iteration": it, "train_loss": lv}
-        info = dict(info_common, phase="train", iteration=it, train_loss=lv, train_loss_smooth=loss_ema, lr=cur_lr)
-        if val and (it % val_every == 0 or it == total):
-            yield Progress(it, total if total < 10**9 else run.total, "validating",
-                           dict(info_common, phase="validate", iteration=it))
-            last_val = _validate(net, val, dev, use_amp, mode, cfg, preset == "membranes")
-            point.update(last_val)
-            info.update(last_val)
-            score = last_val["val_ap"]
-            if score > run.best_score or (score == run.best_score and last_val["val_loss"] < run.best_loss):
-                run.best_score, run.best_loss, run.best_iteration = score, last_val["val_loss"], it
-                run.best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-                stale = 0
-            else:
-                stale += 1
-        run.curve.append(point)
-        if ckpt is not None and (it % checkpoint_every == 0 or it == total):
-            checkpoint(it)
-        mean_step = float(np.mean(step_times[-50:]))
-        eta = (total - it) * mean_step
-        if max_time is not None:
-            eta = min(eta, max(0.0, max_time - (elapsed_before + time.perf_counter() - t0)))
-            if iterations is None:
-                total_est = it + int(eta / max(mean_step, 1e-9))
-                run.total = total_est
-        info["eta"] = eta
-        shown_total = total if total < 10**9 else run.total
-        yield Progress(it, shown_total, f"iteration {it}: loss {lv:.4f}", info)
-        if early_stopping is not None and stale >= early_stopping:
-            stop_reason = "early stopping"
-            break
-
-    entry["stopped"] = stop_reason
-    if ckpt is not None:
-        checkpoint(it, final=True)
-    result = clone_model(net)
-    if run.best_state is not None:
-        result.load_state_dict(run.best_state)
-    result.meta["history"] = history(it, True)
-    result.eval()
-    yield Progress(it, it, f"finished ({stop_reason})", dict(info_common, phase="done", iteration=it, **last_val))
-    return result
-
-
-#: the files a training run writes into its checkpoint folder
-CHECKPOINT_FILES = ("last.pt", "best.pt", "state.pt")
-
-
-def _run_settings(images: Sequence[Any], labels: Sequence[Any], regions: Sequence[Any] | None,
-                  val_images: Sequence[Any] | None, val_labels: Sequence[Any] | None, **options: Any) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues: a hash of the data and the settings."""
-    data = hashlib.sha1()
-    for group in (images, labels, regions or [], val_images or [], val_labels or []):
-        for a in group:
-            if isinstance(a, str) or a is None:
-                data.update(repr(a).encode())
-                continue
-            arr = np.ascontiguousarray(np.asarray(a))
-            data.update(f"{arr.shape}{arr.dtype}".encode())
-            data.update(arr.tobytes())
-        data.update(b"|")
-    out: dict[str, Any] = {"images": data.hexdigest()}
-    for k, v in options.items():
-        if isinstance(v, AugmentConfig):
-            v = repr(v)
-        elif v is not None and not isinstance(v, (str, int, float, bool)):
-            v = repr(np.asarray(v).tolist())
-        out[k.replace("_", " ")] = v
-    return out
-
-
-def _summary(run: TrainingRun) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if run.best_state is not None:
-        out["best_val_ap"] = run.best_score
-        out["best_iteration"] = run.best_iteration
-    losses = [c["train_loss"] for c in run.curve[-50:]]
-    if losses:
-        out["final_train_loss"] = float(np.mean(losses))
-    # a light loss curve: validation points only (every val_every steps)
-    out["curve"] = [
-        {k: round(float(v), 5) for k, v in c.items()} for c in run.curve if "val_ap" in c
-    ]
-    return out
-
-
-def _prepare_validation(
-    images: list[Any], labels: list[Any], regions: list[Any] | None, mode: str, rule: dict[str, Any],
-    in_ch: int, min_size: int, w0: float, sigma: float, class_weights: Any, margin: int,
-    max_edge: int = MAX_VAL_EDGE,
-) -> list[_ValItem]:
-    out: list[_ValItem] = []
-    for k, (img, lab) in enumerate(zip(images, labels)):
-        chw = _as_chw(img, in_ch, k)
-        _check_finite(chw, k)
-        lab = check_labels(lab, f"validation labels {k}")
-        if lab.shape != chw.shape[1:]:
-            raise ValueError(f"validation labels {k} have shape {lab.shape} but the image is {chw.shape[1:]}")
-        lo, hi = normalization_params(chw, rule, channel_axis=0)
-        norm = apply_normalization(chw, lo, hi, channel_axis=0)
-        region = regions[k] if regions is not None else None
-        if isinstance(region, np.ndarray):
-            region = np.asarray(region, bool)
-        # cut big validation images to their centre: validation must stay cheap
-        h, w = lab.shape
-        sy = slice(max(0, (h - max_edge) // 2), max(0, (h - max_edge) // 2) + min(h, max_edge))
-        sx = slice(max(0, (w - max_edge) // 2), max(0, (w - max_edge) // 2) + min(w, max_edge))
-        norm, lab = norm[:, sy, sx], lab[sy, sx]
-        if isinstance(region, np.ndarray):
-            region = region[sy, sx]
-        if region is None and not (lab > 0).any():
-            continue  # an unlabelled strip teaches nothing about AP
-        targets, mask = labels_to_targets(lab, mode, region, margin)
-        weights = _weights_for(lab, targets, mode, w0, sigma, class_weights)
-        gt = np.where(mask, lab, 0) if mode != "semantic" else lab
-        out.append(_ValItem(norm, gt, targets, weights, mask))
-    return out
-
-
-def _forward_whole(net: UNet, image: np.ndarray, dev: torch.device, use_amp: bool) -> torch.Tensor:
-    """Logits over a whole (small) image: mirror-pad by the halo, one forward pass."""
-    cfg = net.config
-    _, h, w = image.shape
-    in_h = cfg.input_size_for_output(h)
-    in_w = cfg.input_size_for_output(w)
-    top = left = cfg.halo
-    bottom, right = in_h - h - top, in_w - w - left
-    x = torch.from_numpy(np.ascontiguousarray(image))[None].to(dev)
-    # torch's reflect pad needs pad < size; repeat reflection for tiny images via numpy
-    if max(top, bottom) >= h or max(left, right) >= w:
-        arr = np.pad(image, ((0, 0), (top, bottom), (left, right)), mode="symmetric")
-        x = torch.from_numpy(arr)[None].to(dev)
-    else:
-        x = F.pad(x, (left, right, top, bottom), mode="reflect")
-    with torch.no_grad(), autocast(dev, use_amp):
-        logits = net(x)
-    return logits[..., :h, :w].float()
-
-
-def _validate(net: UNet, val: list[_ValItem], dev: torch.device, use_amp: bool, mode: str, cfg: Any,
-              membranes: bool = False) -> dict[str, float]:
-    """Validation loss and score (AP at IoU 0.5; mean IoU of the classes in semantic mode;
-    1 - adapted Rand error for membrane data)."""
-    net.eval()
-    losses, scores = [], []
-    for v in val:
-        logits = _forward_whole(net, v.image, dev, use_amp)
-        tt = torch.from_numpy(v.targets)[None].to(dev)
-        wt = torch.from_numpy(v.weights)[None].to(dev)
-        mt = torch.from_numpy(v.mask)[None].to(dev)
-        losses.append(float(weighted_cross_entropy(logits, tt, wt, mt)))
-        probs = torch.softmax(logits[0], 0).cpu().numpy()
-        pred = _postprocess(probs, mode, membranes)
-        if membranes:
-            from .metrics import adapted_rand_error
-
-            scores.append(1.0 - adapted_rand_error(v.gt, pred)[0] if (v.gt > 0).any() else 1.0)
-        elif mode == "semantic":
-            cls = probs.argmax(0)
-            ious = []
-            for c in range(1, probs.shape[0]):
-                a, b = (cls == c) & v.mask, (v.gt == c) & v.mask
-                union = (a | b).sum()
-                if union:
-                    ious.append((a & b).sum() / union)
-            scores.append(float(np.mean(ious)) if ious else 1.0)
-        else:
-            pred = _restrict_to_region(np.asarray(pred), v.mask)
-            scores.append(average_precision(v.gt, pred, 0.5)[0.5])
-    net.train()
-    return {"val_loss": float(np.mean(losses)), "val_ap": float(np.mean(scores))}
+    options = dict(locals())  # every keyword as given (the defaults are this signature's)
+    del options["images"], options["labels"], options["model"]
+    return (yield from Trainer(images, labels, model, **options).fit())
 
 
 def fine_tune(
@@ -1277,9 +1051,12 @@ def fine_tune(
 
 __all__ = [
     "AugmentConfig",
+    "CHECKPOINT_FILES",
+    "Trainer",
     "TrainingData",
     "TrainingRun",
     "fine_tune",
+    "fresh_model",
     "lr_factor",
     "train_iter",
     "weighted_cross_entropy",

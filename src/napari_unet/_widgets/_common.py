@@ -11,11 +11,12 @@ Everything here is a thin skin over the Qt-free core:
 * :func:`add_or_update_layer` writes an output layer: same name → ``.data`` is replaced
   and the user's display settings (colormap, opacity, contrast, ...) are kept; new layer
   otherwise.
-* :class:`ModelPicker` ("bundled" or a file) with :func:`load_model_cached` (models are
-  loaded in the worker and cached by path + modification time + size).
-* :class:`DevicePicker` (auto / cuda / mps / cpu) that shows what
-  ``device.resolve_device`` + ``describe_device`` chose, including the warning when a GPU
-  is present but the installed PyTorch is CPU-only.
+* :func:`load_model_cached` (models are loaded in the worker and cached by path +
+  modification time + size).
+
+The sections the widgets are assembled from (layer pickers, model picker, device row,
+Run / Cancel / progress / status row, folded settings) are in :mod:`._sections`; the one
+use of private magicgui API is in :mod:`._adapters`.
 
 **Nothing the user made is modified.** A layer napari-unet did not create (no tag in its
 ``metadata``) is the person's: a result under its name goes to a new layer ``"<name> (2)"``.
@@ -39,24 +40,24 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from napari.layers import Image, Labels
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import notification_manager, show_error, show_warning
 from qtpy.QtCore import QEvent, QObject, QSize, Qt
 from qtpy.QtWidgets import QAbstractButton, QFrame, QLabel, QScrollArea, QStyle
 
 from .._progress import Progress
+from ._adapters import row_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
-    import torch
 
     from ..model import UNet
 
@@ -172,6 +173,16 @@ def _run_generator(make_gen: Callable[[], Generator[Progress, None, Any]]):
         raise TaskError(f"{type(exc).__name__}: {exc}") from exc
 
 
+@dataclass
+class _Callbacks:
+    """What :meth:`TaskRunner.start` was asked to call back during one run."""
+
+    on_result: Callable[[Any], None]
+    on_progress: Callable[[Progress], None] | None = None
+    on_cancelled: Callable[[], None] | None = None
+    on_error: Callable[[BaseException], None] | None = None
+
+
 class TaskRunner:
     """Runs one core progress generator at a time off the GUI thread.
 
@@ -201,6 +212,7 @@ class TaskRunner:
         self.started_at = 0.0
         self.last_outcome: str | None = None  # "done", "cancelled", "error" (tests, status)
         self.warnings: list[str] = []  # the core's warnings during the last run
+        self._callbacks = _Callbacks(on_result=lambda _: None)  # those of the current run (start)
         self.cancel_button.enabled = False
         self.cancel_button.changed.connect(self.cancel)
         self.progress.visible = False
@@ -249,77 +261,78 @@ class TaskRunner:
         self.last_outcome = None
         self.warnings = []
         self.started_at = time.perf_counter()
+        # one task at a time (see ``running``): the callbacks of this run until it finishes
+        self._callbacks = _Callbacks(on_result, on_progress, on_cancelled, on_error)
         self.progress.min, self.progress.max, self.progress.value = 0, 0, 0  # busy indicator
         self.progress.visible = True
         self.progress.tooltip = message
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         set_status(self.status, message)
-
-        def _yielded(rec: Any) -> None:
-            if not isinstance(rec, Progress):
-                return
-            total = max(int(rec.total), 0)
-            if self.progress.max != total:
-                self.progress.max = total
-            self.progress.value = min(int(rec.done), total)
-            if rec.message:
-                set_status(self.status, rec.message)
-            if on_progress is not None:
-                on_progress(rec)
-
-        def _returned(result: Any) -> None:
-            self.last_outcome = "done"
-            try:
-                on_result(result)
-            except (ValueError, TypeError) as exc:  # e.g. a layer that cannot take the data
-                self.last_outcome = "error"
-                show_error_in(self.status, exc)
-                return
-            if self.warnings:  # the success line must not hide what the core warned about
-                text = str(self.status.value).rstrip(". ")
-                set_status(self.status, f"{text}. Warning: " + " ".join(self.warnings), "warning")
-
-        def _errored(exc: BaseException) -> None:
-            self.last_outcome = "error"
-            if on_error is not None:
-                on_error(exc)
-            show_error_in(self.status, exc)
-
-        def _aborted() -> None:
-            self.last_outcome = "cancelled"
-            set_status(self.status, f"Cancelled after {self.elapsed:.1f} s; nothing was changed", "warning")
-            if on_cancelled is not None:
-                on_cancelled()
-
-        def _warned(args: tuple) -> None:
-            # warnings raised in the worker ("image unlike the model's training data", "GPU
-            # present but torch is CPU-only"): a notification, and the status line until the
-            # run ends (then appended to its last line)
-            message, category, filename = args[0], args[1], str(args[2])
-            if not is_core_warning(category, filename):
-                return  # a library's notice to developers, not to the person
-            text = str(message).strip()
-            if text in self.warnings:
-                return
-            self.warnings.append(text)
-            show_warning(text)
-            set_status(self.status, f"Warning: {text}", "warning")
-
-        def _finished() -> None:
-            self.worker = None
-            self.progress.visible = False
-            self.run_button.enabled = True
-            self.cancel_button.enabled = False
-
-        worker.yielded.connect(_yielded)
-        worker.returned.connect(_returned)
-        worker.errored.connect(_errored)
-        worker.aborted.connect(_aborted)
-        worker.warned.connect(_warned)
-        worker.finished.connect(_finished)
+        worker.yielded.connect(self._yielded)
+        worker.returned.connect(self._returned)
+        worker.errored.connect(self._errored)
+        worker.aborted.connect(self._aborted)
+        worker.warned.connect(self._warned)
+        worker.finished.connect(self._finished)
         worker.start()
         return worker
+
+    def _yielded(self, rec: Any) -> None:
+        if not isinstance(rec, Progress):
+            return
+        total = max(int(rec.total), 0)
+        if self.progress.max != total:
+            self.progress.max = total
+        self.progress.value = min(int(rec.done), total)
+        if rec.message:
+            set_status(self.status, rec.message)
+        if self._callbacks.on_progress is not None:
+            self._callbacks.on_progress(rec)
+
+    def _returned(self, result: Any) -> None:
+        self.last_outcome = "done"
+        try:
+            self._callbacks.on_result(result)
+        except (ValueError, TypeError) as exc:  # e.g. a layer that cannot take the data
+            self.last_outcome = "error"
+            show_error_in(self.status, exc)
+            return
+        if self.warnings:  # the success line must not hide what the core warned about
+            text = str(self.status.value).rstrip(". ")
+            set_status(self.status, f"{text}. Warning: " + " ".join(self.warnings), "warning")
+
+    def _errored(self, exc: BaseException) -> None:
+        self.last_outcome = "error"
+        if self._callbacks.on_error is not None:
+            self._callbacks.on_error(exc)
+        show_error_in(self.status, exc)
+
+    def _aborted(self) -> None:
+        self.last_outcome = "cancelled"
+        set_status(self.status, f"Cancelled after {self.elapsed:.1f} s; nothing was changed", "warning")
+        if self._callbacks.on_cancelled is not None:
+            self._callbacks.on_cancelled()
+
+    def _warned(self, args: tuple) -> None:
+        # warnings raised in the worker ("image unlike the model's training data", "GPU
+        # present but torch is CPU-only"): a notification, and the status line until the
+        # run ends (then appended to its last line)
+        message, category, filename = args[0], args[1], str(args[2])
+        if not is_core_warning(category, filename):
+            return  # a library's notice to developers, not to the person
+        text = str(message).strip()
+        if text in self.warnings:
+            return
+        self.warnings.append(text)
+        show_warning(text)
+        set_status(self.status, f"Warning: {text}", "warning")
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.progress.visible = False
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
 
     def cancel(self, *_: Any) -> None:
         """Ask the running task to stop at its next progress step."""
@@ -350,6 +363,11 @@ def loaded_from_file(layer: Any) -> bool:
     rather than one made in the viewer (``layer.source``)."""
     source = getattr(layer, "source", None)
     return source is not None and (source.path is not None or getattr(source, "sample", None) is not None)
+
+
+def layer_data(layer: Any) -> Any:
+    """A layer's data: the full-resolution level of a multiscale layer (not read into memory)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
 def result_name(image_name: str, what: str, model_tag: str) -> str:
@@ -426,6 +444,10 @@ class LayerWrite:
     note: str = ""  # e.g. why a new layer was made instead of updating one
 
 
+#: the layer class of each ``layer_type`` :func:`add_or_update_layer` writes
+_LAYER_CLASSES: dict[str, type] = {"labels": Labels, "image": Image}
+
+
 def add_or_update_layer(
     viewer: napari.Viewer,
     data: Any,
@@ -460,7 +482,7 @@ def add_or_update_layer(
         name = unique_layer_name(viewer, name)
         existing = None
     if existing is not None:
-        same_kind = existing._type_string == layer_type  # noqa: SLF001 - public in practice
+        same_kind = isinstance(existing, _LAYER_CLASSES[layer_type])
         same_ndim = getattr(existing.data, "ndim", None) == getattr(data, "ndim", None)
         if layer_type == "image" and same_kind:
             same_ndim = same_ndim and bool(existing.rgb) == bool(kwargs.get("rgb", False))
@@ -534,131 +556,6 @@ def bundled_model_available() -> bool:
     from ..model import bundled_model_path  # model.py imports torch; only called from widgets
 
     return bundled_model_path().is_file()
-
-
-class ModelPicker:
-    """Model choice: the bundled model or a model file (``.pt``).
-
-    Not a container of its own: add ``picker.widgets`` to the widget's (labelled)
-    container, so the labels line up with the other rows.
-    """
-
-    BUNDLED = "bundled"
-    STAINED = "bundled: stained tissue"
-    FILE = "model file"
-
-    def __init__(self, label: str = "Model") -> None:
-        has_bundled = bundled_model_available()
-        bundled_text = self.BUNDLED if has_bundled else f"{self.BUNDLED} (not installed)"
-        self._bundled_text = bundled_text
-        from ..channels import bundled_path
-
-        stained = [self.STAINED] if bundled_path("stained").is_file() else []
-        self.source = ComboBox(
-            label=label,
-            choices=[bundled_text, *stained, self.FILE],
-            value=bundled_text if has_bundled else self.FILE,
-            tooltip="Use a pretrained model shipped with napari-unet ('bundled' picks the one that suits "
-            "the image: the stained-tissue model for brightfield RGB slides, else the fluorescence "
-            "model), or a model file (.pt) saved by the Train widget or `napari-unet train`",
-        )
-        self.file = FileEdit(
-            label="Model file",
-            mode="r",
-            filter="napari-unet models (*.pt);;All files (*)",
-            tooltip="A napari-unet model file (.pt); loading it never runs code from it",
-        )
-        self.file.margins = (0, 0, 0, 0)  # line up with the other rows
-        self.widgets = [self.source, self.file]
-        self.source.changed.connect(self._sync)
-        self._sync()
-
-    def _sync(self, *_: Any) -> None:
-        self.file.visible = self.source.value == self.FILE
-
-    @property
-    def path(self) -> Path | None:
-        """The chosen model file, or None for the bundled model.
-
-        Raises:
-            ValueError: "model file" is chosen but no file is given.
-        """
-        if self.source.value == self.STAINED:
-            from ..channels import bundled_path
-
-            return bundled_path("stained")
-        if self.source.value != self.FILE:
-            return None
-        value = self.file.value
-        if value is None or str(value) in ("", ".") or Path(value).is_dir():
-            # an empty FileEdit reports the current folder
-            raise ValueError("No model file chosen: pick a .pt file, or choose the bundled model")
-        return Path(value)
-
-    def describe(self) -> str:
-        try:
-            p = self.path
-        except ValueError:
-            return "no model file"
-        return "bundled model" if p is None else p.name
-
-
-class DevicePicker:
-    """Device choice (auto / cuda / mps / cpu) with a line saying what it resolves to.
-
-    Add ``picker.widgets`` to the widget's container (see :class:`ModelPicker`).
-    """
-
-    def __init__(self, label: str = "Device") -> None:
-        from ..device import DEVICE_CHOICES  # imports torch: widget creation, not napari start
-
-        self.device = ComboBox(
-            label=label,
-            choices=list(DEVICE_CHOICES),
-            value="auto",
-            tooltip="Where the network runs. 'auto' picks a CUDA GPU, then Apple MPS, "
-            "then the CPU",
-        )
-        self.info = Label(label="Runs on", value="")
-        self.info.native.setWordWrap(True)
-        self.device.changed.connect(self.refresh)
-        self.refresh()
-
-    @property
-    def widgets(self) -> list[Any]:
-        return [self.device, self.info]
-
-    @property
-    def value(self) -> str:
-        return self.device.value
-
-    @value.setter
-    def value(self, v: str) -> None:
-        self.device.value = v
-
-    def resolve(self) -> torch.device:
-        """The torch device for the current choice (``DeviceError`` if unavailable)."""
-        from ..device import resolve_device
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # shown by refresh() instead
-            return resolve_device(self.device.value)
-
-    def refresh(self, *_: Any) -> None:
-        """Show what the current choice resolves to, and any GPU/torch mismatch."""
-        from ..device import DeviceError, cpu_only_torch_warning, describe_device
-
-        try:
-            dev = self.resolve()
-        except DeviceError as exc:
-            set_status(self.info, str(exc), "error")
-            return
-        text = describe_device(dev)
-        warn = cpu_only_torch_warning() if dev.type == "cpu" else None
-        if warn:
-            set_status(self.info, f"{text}. Warning: {warn}", "warning")
-        else:
-            set_status(self.info, text)
 
 
 # -- layout ------------------------------------------------------------------------------
@@ -760,8 +657,7 @@ def align_form(container: Any) -> None:
     """
     from qtpy.QtWidgets import QSizePolicy
 
-    rows = [w._labeled_widget() for w in container]  # noqa: SLF001 - magicgui's own rows
-    labels = [r._label_widget for r in rows if r is not None]  # noqa: SLF001
+    labels = [lab for lab in map(row_label, container) if lab is not None]
     for lab in labels:
         if not str(lab.value).strip():
             lab.visible = False

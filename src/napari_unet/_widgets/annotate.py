@@ -41,18 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    Label,
-    ProgressBar,
-    PushButton,
-    Select,
-    SpinBox,
-    create_widget,
-)
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
+from napari.layers import Labels
 
 from .._progress import Progress
 from ..annotate import (
@@ -72,12 +62,10 @@ from ..annotate import (
 from ..targets import DEFAULT_MARGIN
 from ._common import (
     META_KEY,
-    DevicePicker,
-    ModelPicker,
-    TaskRunner,
     add_or_update_layer,
     header,
     is_ours,
+    layer_data,
     load_model_cached,
     loaded_from_file,
     result_name,
@@ -87,9 +75,9 @@ from ._common import (
     set_status,
     show_error_in,
     status_kind,
-    status_label,
     unique_name,
 )
+from ._sections import DevicePicker, ModelPicker, RunControls, layer_picker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -103,13 +91,9 @@ AREA_VIEW = "field of view"
 AREA_PLANE = "whole image / plane"
 
 
-def _array(layer: Any) -> Any:
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
 def spatial_shape(layer: Any) -> tuple[int, ...]:
     """Shape of an image layer without its RGB axis (= the shape of its labels)."""
-    shape = tuple(int(s) for s in _array(layer).shape)
+    shape = tuple(int(s) for s in layer_data(layer).shape)
     return shape[:-1] if layer.rgb else shape
 
 
@@ -211,38 +195,22 @@ def _painted_max(event: Any) -> int:
     return top
 
 
-class AnnotateWidget(Container):
-    """Annotate cells, build a training set and train on it, all in one viewer.
+# -- the widget's sections ----------------------------------------------------------------
+#
+# Each section below makes the rows of one part of the Annotate form (``_<name>_section``),
+# wires them (``_connect_<name>``) and holds what they do. They are mixins of
+# :class:`AnnotateWidget`: the form is one labelled container (its labels line up), and the
+# sections read each other's values through the widget (e.g. prediction reads the layers).
 
-    Child widgets are attributes so scripts and tests can set values and press buttons:
-    layers (``image``, ``labels``, ``new_labels_button``, ``brush_size``, ``contour``,
-    ``auto_next``, ``region``, ``new_region_button``, ``margin``, ``show_area``),
-    prediction (``model``, ``device``, ``where``, ``replace``, ``predict_button``,
-    ``cancel_button``), helpers (``next_id_button``, ``min_size``, ``remove_small_button``,
-    ``fill_holes_button``, ``cut_line_button``, ``split_button``, ``merge_a``, ``merge_b``,
-    ``merge_button``), training set (``crop``, ``add_button``, ``entries``,
-    ``show_button``, ``holdout_button``, ``remove_button``, ``folder``, ``save_button``,
-    ``load_button``), ``train_button``, ``score``, ``progress``, ``status``.
-    """
 
-    TRAINED = "Train widget's model"
+class _LayersSection:
+    """The image and its annotation layer: pickers, a new layer with cell-painting
+    defaults, brush and display settings, 3D cells, and where the viewer is."""
 
-    def __init__(self, napari_viewer: napari.Viewer) -> None:
-        from ..data import TrainingSet
-
-        self._viewer = napari_viewer
-        self.training_set = TrainingSet()
-        self.held_out: set[str] = set()  # names of entries kept out of training, for scoring
-        self.last_scores: dict[str, Any] = {}
+    def _layers_section(self) -> list[Any]:
         self._watched: list[Any] = []  # Labels layers whose paint events we follow
-        self._train_widget: Any = None
-        self._pending_before: float | None = None
-
-        # -- layers
-        self.image = create_widget(annotation="napari.layers.Image", label="Image",
-                                   options={"tooltip": "The image you annotate (2D, or a stack: one plane at a time)"})
-        self.annotations = create_widget(annotation="napari.layers.Labels", label="Labels",
-                                    options={"nullable": True, "tooltip": "Where you paint cells, one id each"})
+        self.image = layer_picker("Image", "Image", "The image you annotate (2D, or a stack: one plane at a time)")
+        self.annotations = layer_picker("Labels", "Labels", "Where you paint cells, one id each", nullable=True)
         self.new_labels_button = PushButton(text="New annotation layer",
                                             tooltip="Add '<image> annotations', an empty Labels layer with "
                                             "painting defaults (or pick it if it exists)")
@@ -257,175 +225,16 @@ class AnnotateWidget(Container):
         self.auto_next = CheckBox(text="new id after each stroke", value=True,
                                   tooltip="After every brush stroke or fill, select a fresh id so the next "
                                   "cell gets its own (pick an id with the color picker to extend a cell)")
-        self.region = create_widget(annotation="napari.layers.Shapes", label="Region",
-                                    options={"nullable": True,
-                                             "tooltip": "Shapes layer (rectangles/polygons) marking where the "
-                                             "labels are complete. None: labelled cells plus a margin"})
-        self.region.value = None
-        self.new_region_button = PushButton(text="Draw region", tooltip="Add '<image> annotated region' and "
-                                            "start drawing rectangles (polygon tool also works)")
-        self.margin = SpinBox(label="Margin (px)", value=DEFAULT_MARGIN, min=0, max=500,
-                              tooltip="Without a region: how far around labelled cells the "
-                              "background counts as annotated")
-        self.show_area = CheckBox(text="show training area", value=True,
-                                  tooltip="Overlay the pixels training will learn from (the region, or "
-                                  "labelled cells plus the margin); the rest is ignored")
+        return [self.image, self.annotations, self.new_labels_button, self.brush_size,
+                row(self.contour, self.auto_next), self.cells_3d]
 
-        # -- predict to annotate
-        self.model = ModelPicker()
-        self.model.source.choices = [*self.model.source.choices, self.TRAINED]
-        self.device = DevicePicker()
-        self.where = ComboBox(label="Predict in", choices=[AREA_REGION, AREA_VIEW, AREA_PLANE], value=AREA_VIEW,
-                              tooltip="Where to fill in predicted cells: inside the annotated region, the "
-                              "part of the image shown in the viewer, or everywhere (the annotated "
-                              "region is chosen once you draw one)")
-        self.replace = CheckBox(text="replace my labels there", value=False,
-                                tooltip="Off: existing labels are kept and only empty pixels are filled. "
-                                "On: the prediction replaces the labels in that area (undo with Ctrl+Z)")
-        self.predict_button = PushButton(text="Predict to annotate",
-                                         tooltip="Pre-fill the annotation layer from the model, then correct it")
-        self.cancel_button = PushButton(text="Cancel", tooltip="Stop; nothing is changed")
-
-        # -- helpers
-        self.next_id_button = PushButton(text="Next free id", tooltip="Select an id no cell uses yet")
-        self.min_size = SpinBox(label="Min. piece (px)", value=20, min=1, max=10**6,
-                                tooltip="Pieces of cells smaller than this are removed")
-        self.remove_small_button = PushButton(text="Remove small pieces",
-                                              tooltip="Erase stray bits and tiny cells on this plane (undoable)")
-        self.fill_holes_button = PushButton(text="Fill holes", tooltip="Fill background enclosed by one cell")
-        self.cut_line_button = PushButton(text="Draw cut line", tooltip="Draw a line across a cell in "
-                                          "'<image> cut lines', then press Split")
-        self.split_button = PushButton(text="Split", tooltip="Split the cell under the last cut line in two")
-        self.merge_a = SpinBox(label="Merge id", value=0, min=0, max=2**31 - 1)
-        self.merge_b = SpinBox(label="with id", value=0, min=0, max=2**31 - 1)
-        self.merge_button = PushButton(text="Merge", tooltip="Give both cells the first id (undoable)")
-
-        # -- training set
-        self.complete = CheckBox(
-            text="labels are complete (unlabelled = background)", value=False,
-            tooltip="On: every cell of the image (or plane) is labelled, so unlabelled pixels are taught as "
-            "background. Off (sparse labels): without a region only the labelled cells plus the margin "
-            "are learnt from. A region, when drawn, decides instead. On by default for labels read "
-            "from a file",
-        )
-        self.crop = CheckBox(text="crop to region", value=True,
-                             tooltip="Store only the bounding box of the annotated area (smaller, faster)")
-        self.add_button = PushButton(text="Add to training set",
-                                     tooltip="Add the image, labels and region (each labelled plane of a stack)")
-        self.entries = Select(label="Set", choices=[], tooltip="Entries: name, size, cells")
-        self.entries.native.setMaximumHeight(90)
-        self.show_button = PushButton(text="Show", tooltip="Add the selected entries as layers")
-        self.holdout_button = PushButton(text="Hold out", tooltip="Keep the selected entries out of training and "
-                                         "score the model on them (before/after); press again to include")
-        self.remove_button = PushButton(text="Remove", tooltip="Remove the selected entries")
-        self.folder = FileEdit(label="Folder", mode="d", tooltip="Training-set folder (TIFF pairs + index.json)")
-        self.save_button = PushButton(text="Save set", tooltip="Write the set to the folder")
-        self.load_button = PushButton(text="Load set", tooltip="Read a set from the folder (replaces this one)")
-        self.train_button = PushButton(text="Train on this", tooltip="Open the Train widget with this set and "
-                                       "start training; the open image is segmented again when it ends")
-        self.score = Label(value="", label="Score")
-        self.score.tooltip = "AP@0.5 (TP / (TP+FP+FN) at IoU 0.5) against your annotations"
-        self.score.native.setWordWrap(True)
-        self.progress = ProgressBar(value=0, min=0, max=0, label="Progress")
-        self.status = status_label()
-
-        # the form scrolls inside the dock: it is taller than a 1280x800 screen
-        self.form = Container(
-            widgets=[
-                header("Layers"),
-                self.image,
-                self.annotations,
-                self.new_labels_button,
-                self.brush_size,
-                row(self.contour, self.auto_next),
-                self.cells_3d,
-                self.region,
-                self.new_region_button,
-                self.margin,
-                self.show_area,
-                header("Predict to annotate"),
-                *self.model.widgets,
-                *self.device.widgets,
-                self.where,
-                self.replace,
-                row(self.predict_button, self.cancel_button),
-                header("Helpers (current plane or 3D stack, undo: Ctrl+Z)"),
-                row(self.next_id_button, self.fill_holes_button),
-                self.min_size,
-                self.remove_small_button,
-                row(self.cut_line_button, self.split_button),
-                self.merge_a,
-                self.merge_b,
-                self.merge_button,
-                header("Training set"),
-                self.complete,
-                row(self.crop, self.add_button),
-                self.entries,
-                row(self.show_button, self.holdout_button, self.remove_button),
-                self.folder,
-                row(self.save_button, self.load_button),
-                self.train_button,
-                self.score,
-                self.progress,
-                self.status,
-            ],
-            labels=True,
-        )
-        super().__init__(widgets=[self.form], labels=False)
-        self.runner = TaskRunner(progress=self.progress, run_button=self.predict_button,
-                                 cancel_button=self.cancel_button, status=self.status)
+    def _connect_layers(self) -> None:
         self.new_labels_button.changed.connect(self.new_labels_layer)
-        self.new_region_button.changed.connect(self.new_region_layer)
         self.brush_size.changed.connect(self._apply_layer_settings)
         self.contour.changed.connect(self._apply_layer_settings)
         self.cells_3d.changed.connect(self._apply_layer_settings)
         self.annotations.changed.connect(self._labels_changed)
-        self.region.changed.connect(self.update_area_overlay)
-        self.margin.changed.connect(self.update_area_overlay)
-        self.show_area.changed.connect(self.update_area_overlay)
-        self.complete.changed.connect(self.update_area_overlay)
-        self.region.changed.connect(self._region_changed)
         self.image.changed.connect(self._image_changed)
-        self.predict_button.changed.connect(self.predict)
-        self.next_id_button.changed.connect(self.select_next_id)
-        self.remove_small_button.changed.connect(self.remove_small)
-        self.fill_holes_button.changed.connect(self.fill_holes)
-        self.cut_line_button.changed.connect(self.new_cut_line_layer)
-        self.split_button.changed.connect(self.split)
-        self.merge_button.changed.connect(self.merge)
-        self.add_button.changed.connect(self.add_to_set)
-        self.show_button.changed.connect(self.show_entries)
-        self.holdout_button.changed.connect(self.toggle_held_out)
-        self.remove_button.changed.connect(self.remove_entries)
-        self.save_button.changed.connect(self._save_clicked)
-        self.load_button.changed.connect(self._load_clicked)
-        self.train_button.changed.connect(self.train_on_this)
-        self.form.native.setMinimumWidth(320)
-        self.scroll = scroll_form(self, self.form)
-        self.reset_choices()
-        self._image_changed()
-        self._refresh_entries()
-
-    # -- layer pickers ---------------------------------------------------------------------
-
-    def reset_choices(self, *_: Any) -> None:
-        region, labels = self.region.value, self.annotations.value
-        chosen = list(self.entries.value) if hasattr(self, "training_set") else []
-        source = self.model.source.value if hasattr(self, "model") else None
-        super().reset_choices()
-        if hasattr(self, "model") and self.TRAINED not in self.model.source.choices:
-            # magicgui resets every ComboBox to its initial choices: add ours back
-            self.model.source.choices = [*self.model.source.choices, self.TRAINED]
-            if source == self.TRAINED:
-                self.model.source.value = source
-        if hasattr(self, "training_set"):  # magicgui resets the entry list with the layer pickers
-            self._refresh_entries()
-            self.entries.value = [c for c in chosen if c in self.entries.choices]
-        # a new Shapes layer (e.g. cut lines) does not become the region by itself
-        if region is None or region not in self._viewer.layers:
-            self.region.value = None
-        if labels is None and self.image.value is not None:
-            self._pick_annotation_layer()
 
     def _image_changed(self, *_: Any) -> None:
         from .segment import layer_axes
@@ -460,13 +269,6 @@ class AnnotateWidget(Container):
             # a mask read from a file (or the sample's truth) labels every cell
             self.complete.value = loaded_from_file(layer)
         self.update_area_overlay()
-
-    def _region_changed(self, *_: Any) -> None:
-        """Predict where the person marked the area, once there is one to predict in."""
-        if self.region.value is not None:
-            self.where.value = AREA_REGION
-        elif self.where.value == AREA_REGION:
-            self.where.value = AREA_VIEW
 
     def _watch(self, layer: Any) -> None:
         if any(w is layer for w in self._watched):
@@ -513,7 +315,7 @@ class AnnotateWidget(Container):
             return None
         name = f"{image.name} annotations"
         layers = self._viewer.layers
-        if name in layers and layers[name]._type_string == "labels":  # noqa: SLF001
+        if name in layers and isinstance(layers[name], Labels):
             layer = layers[name]
         else:
             shape = spatial_shape(image)
@@ -534,50 +336,6 @@ class AnnotateWidget(Container):
         set_status(self.status, f"Paint cells in '{layer.name}' (one id each; a new id is picked after every "
                    "stroke). Or press 'Predict to annotate' and correct")
         return layer
-
-    def new_region_layer(self, *_: Any) -> Any:
-        """Create (or pick) '<image> annotated region' and start drawing rectangles."""
-        labels = self._labels_or_error()
-        if labels is None:
-            return None
-        image = self.image.value
-        name = f"{image.name if image is not None else labels.name} annotated region"
-        layers = self._viewer.layers
-        if name in layers:
-            layer = layers[name]
-        else:
-            layer = self._viewer.add_shapes(
-                name=name, ndim=labels.ndim, edge_color="yellow", face_color="transparent",
-                edge_width=2, opacity=1.0, scale=labels.scale, translate=labels.translate,
-            )
-            layer.metadata[META_KEY] = {"writer": WRITER, "role": "region"}
-            layer.events.data.connect(self.update_area_overlay)
-        self.reset_choices()
-        self.region.value = layer
-        layer.mode = "add_rectangle"
-        self._viewer.layers.selection.active = layer
-        set_status(self.status, "Draw rectangles (or polygons) around the areas where every cell is labelled")
-        return layer
-
-    def new_cut_line_layer(self, *_: Any) -> Any:
-        """Create (or pick) '<image> cut lines' and start drawing a line."""
-        labels = self._labels_or_error()
-        if labels is None:
-            return None
-        name = f"{labels.name} cut lines"
-        layers = self._viewer.layers
-        if name in layers:
-            layer = layers[name]
-        else:
-            layer = self._viewer.add_shapes(name=name, ndim=labels.ndim, edge_color="red", edge_width=1,
-                                            scale=labels.scale, translate=labels.translate)
-            layer.metadata[META_KEY] = {"writer": WRITER, "role": "cut lines"}
-        layer.mode = "add_line"
-        self._viewer.layers.selection.active = layer
-        set_status(self.status, "Draw a line right across the cell to split, then press Split")
-        return layer
-
-    # -- where am I ------------------------------------------------------------------------
 
     def _labels_or_error(self) -> Any:
         layer = self.annotations.value
@@ -608,6 +366,84 @@ class AnnotateWidget(Container):
         lead = np.round(point[: layer.ndim - 2]).astype(int)
         return tuple(int(np.clip(p, 0, n - 1)) for p, n in zip(lead, layer.data.shape[:-2]))
 
+    def view_box(self, layer: Any) -> tuple[slice, slice]:
+        """The (rows, columns) of ``layer``'s pixels visible in the canvas."""
+        scene = getattr(self._viewer, "scene", None)  # napari >= 0.9 (viewer.camera is deprecated)
+        cam = scene.camera if scene is not None else self._viewer.camera
+        h, w = self._viewer.canvas.size
+        cy, cx = cam.center[-2], cam.center[-1]
+        half = np.array([h, w], float) / (2.0 * cam.zoom)
+        world = np.array(self._viewer.dims.point, float)
+        lo_w, hi_w = world.copy(), world.copy()
+        lo_w[-2:] = (cy - half[0], cx - half[1])
+        hi_w[-2:] = (cy + half[0], cx + half[1])
+        lo = np.asarray(layer.world_to_data(lo_w))[-2:]
+        hi = np.asarray(layer.world_to_data(hi_w))[-2:]
+        H, W = layer.data.shape[-2:]
+        r0, c0 = (int(np.clip(np.floor(min(a, b) + 0.5), 0, n)) for a, b, n in zip(lo, hi, (H, W)))
+        r1, c1 = (int(np.clip(np.ceil(max(a, b) + 0.5), 0, n)) for a, b, n in zip(lo, hi, (H, W)))
+        if r1 <= r0 or c1 <= c0:
+            raise ValueError("The image is not in view: pan to the cells you want to annotate")
+        return slice(r0, r1), slice(c0, c1)
+
+
+class _RegionSection:
+    """The annotated region (a Shapes layer) and the training-area overlay: what training
+    learns from when no region is drawn."""
+
+    def _region_section(self) -> list[Any]:
+        self.region = layer_picker(
+            "Shapes", "Region", "Shapes layer (rectangles/polygons) marking where the labels are complete. "
+            "None: labelled cells plus a margin", nullable=True, empty=True,
+        )
+        self.new_region_button = PushButton(text="Draw region", tooltip="Add '<image> annotated region' and "
+                                            "start drawing rectangles (polygon tool also works)")
+        self.margin = SpinBox(label="Margin (px)", value=DEFAULT_MARGIN, min=0, max=500,
+                              tooltip="Without a region: how far around labelled cells the "
+                              "background counts as annotated")
+        self.show_area = CheckBox(text="show training area", value=True,
+                                  tooltip="Overlay the pixels training will learn from (the region, or "
+                                  "labelled cells plus the margin); the rest is ignored")
+        return [self.region, self.new_region_button, self.margin, self.show_area]
+
+    def _connect_region(self) -> None:
+        self.new_region_button.changed.connect(self.new_region_layer)
+        self.region.changed.connect(self.update_area_overlay)
+        self.margin.changed.connect(self.update_area_overlay)
+        self.show_area.changed.connect(self.update_area_overlay)
+        self.region.changed.connect(self._region_changed)
+
+    def _region_changed(self, *_: Any) -> None:
+        """Predict where the person marked the area, once there is one to predict in."""
+        if self.region.value is not None:
+            self.where.value = AREA_REGION
+        elif self.where.value == AREA_REGION:
+            self.where.value = AREA_VIEW
+
+    def new_region_layer(self, *_: Any) -> Any:
+        """Create (or pick) '<image> annotated region' and start drawing rectangles."""
+        labels = self._labels_or_error()
+        if labels is None:
+            return None
+        image = self.image.value
+        name = f"{image.name if image is not None else labels.name} annotated region"
+        layers = self._viewer.layers
+        if name in layers:
+            layer = layers[name]
+        else:
+            layer = self._viewer.add_shapes(
+                name=name, ndim=labels.ndim, edge_color="yellow", face_color="transparent",
+                edge_width=2, opacity=1.0, scale=labels.scale, translate=labels.translate,
+            )
+            layer.metadata[META_KEY] = {"writer": WRITER, "role": "region"}
+            layer.events.data.connect(self.update_area_overlay)
+        self.reset_choices()
+        self.region.value = layer
+        layer.mode = "add_rectangle"
+        self._viewer.layers.selection.active = layer
+        set_status(self.status, "Draw rectangles (or polygons) around the areas where every cell is labelled")
+        return layer
+
     def region_mask(self, plane: tuple[int, ...] | None = None) -> np.ndarray | None:
         """The explicit annotated region (None without a region layer or shapes).
 
@@ -630,107 +466,6 @@ class AnnotateWidget(Container):
         if self.complete.value:
             return np.ones(labels.data.shape[-2:], bool)
         return default_region(np.asarray(labels.data[plane]), int(self.margin.value))
-
-    def view_box(self, layer: Any) -> tuple[slice, slice]:
-        """The (rows, columns) of ``layer``'s pixels visible in the canvas."""
-        scene = getattr(self._viewer, "scene", None)  # napari >= 0.9 (viewer.camera is deprecated)
-        cam = scene.camera if scene is not None else self._viewer.camera
-        h, w = self._viewer.canvas.size
-        cy, cx = cam.center[-2], cam.center[-1]
-        half = np.array([h, w], float) / (2.0 * cam.zoom)
-        world = np.array(self._viewer.dims.point, float)
-        lo_w, hi_w = world.copy(), world.copy()
-        lo_w[-2:] = (cy - half[0], cx - half[1])
-        hi_w[-2:] = (cy + half[0], cx + half[1])
-        lo = np.asarray(layer.world_to_data(lo_w))[-2:]
-        hi = np.asarray(layer.world_to_data(hi_w))[-2:]
-        H, W = layer.data.shape[-2:]
-        r0, c0 = (int(np.clip(np.floor(min(a, b) + 0.5), 0, n)) for a, b, n in zip(lo, hi, (H, W)))
-        r1, c1 = (int(np.clip(np.ceil(max(a, b) + 0.5), 0, n)) for a, b, n in zip(lo, hi, (H, W)))
-        if r1 <= r0 or c1 <= c0:
-            raise ValueError("The image is not in view: pan to the cells you want to annotate")
-        return slice(r0, r1), slice(c0, c1)
-
-    # -- applying edits (undoable) ---------------------------------------------------------
-
-    def apply_edit(self, layer: Any, edit: Edit, plane: tuple[int, ...] = ()) -> bool:
-        """Write an edit into the Labels layer as ONE undoable step; False when empty."""
-        if not edit:
-            set_status(self.status, f"Nothing to change ({edit.message})" if edit.message else "Nothing to change")
-            return False
-        e = edit.in_plane(plane) if plane else edit
-        values = np.asarray(e.values).astype(layer.data.dtype, copy=False)
-        with layer.block_history():  # one Ctrl+Z undoes the whole edit
-            layer.data_setitem(e.indices, values)
-        set_status(self.status, (edit.message[:1].upper() + edit.message[1:]) + " (Ctrl+Z to undo)")
-        return True
-
-    def _plane_edit(self, make: Any) -> bool:
-        """Run ``make(plane_labels) -> Edit`` on the current plane and apply it."""
-        layer = self._labels_or_error()
-        if layer is None:
-            return False
-        try:
-            plane = self.edit_plane(layer)
-            edit = make(np.asarray(layer.data[plane]))
-            return self.apply_edit(layer, edit, plane)
-        except ValueError as exc:
-            show_error_in(self.status, exc)
-            return False
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    def select_next_id(self, *_: Any) -> int | None:
-        layer = self._labels_or_error()
-        if layer is None:
-            return None
-        try:
-            layer.selected_label = next_free_id(layer.data)
-        except ValueError as exc:
-            show_error_in(self.status, exc)
-            return None
-        set_status(self.status, f"Selected id {layer.selected_label} (not used by any cell)")
-        return int(layer.selected_label)
-
-    def remove_small(self, *_: Any) -> bool:
-        n = int(self.min_size.value)
-        return self._plane_edit(lambda lab: remove_small_pieces(lab, n))
-
-    def fill_holes(self, *_: Any) -> bool:
-        return self._plane_edit(fill_holes)
-
-    def merge(self, *_: Any) -> bool:
-        a, b = int(self.merge_a.value), int(self.merge_b.value)
-        return self._plane_edit(lambda lab: merge_labels(lab, [a, b], into=a))
-
-    def split(self, *_: Any) -> bool:
-        """Split the cell under the last line of '<labels> cut lines' along it."""
-        layer = self._labels_or_error()
-        if layer is None:
-            return False
-        name = f"{layer.name} cut lines"
-        lines = self._viewer.layers[name] if name in self._viewer.layers else None
-        if lines is None or not any(t in ("line", "path", "polyline") for t in lines.shape_type):
-            show_error_in(self.status, "No cut line: press 'Draw cut line' and draw a line across the cell")
-            return False
-        idx = max(i for i, t in enumerate(lines.shape_type) if t in ("line", "path", "polyline"))
-        verts = shapes_in_layer_grid(lines, layer)[idx]
-        try:
-            plane = self.edit_plane(layer)  # 3D cells: the line cuts the cell through all its planes
-            if plane and verts.shape[1] == layer.ndim:
-                # a line drawn on a stack lies on one plane: split there
-                plane = tuple(int(np.clip(round(float(x)), 0, n - 1)) for x, n in zip(verts[0, :-2], layer.data.shape[:-2]))
-            edit = split_label(np.asarray(layer.data[plane]), verts[:, -2:])
-            done = self.apply_edit(layer, edit, plane)
-        except ValueError as exc:
-            show_error_in(self.status, exc)
-            return False
-        if done:
-            lines.selected_data = {idx}
-            lines.remove_selected()  # the line did its job; leave the layer empty for the next
-        return done
-
-    # -- training-area overlay -------------------------------------------------------------
 
     def update_area_overlay(self, *_: Any) -> None:
         """Show the assumed training area (labelled cells + margin) as a translucent overlay.
@@ -776,7 +511,26 @@ class AnnotateWidget(Container):
             if active is not None:
                 layers.selection.active = active
 
-    # -- predict to annotate ---------------------------------------------------------------
+
+class _PredictSection:
+    """Predict to annotate: the model, the device, where to predict and whether to
+    replace labels there; Predict / Cancel."""
+
+    TRAINED = "Train widget's model"
+
+    def _predict_section(self, controls: RunControls) -> list[Any]:
+        self.model = ModelPicker()
+        self.model.source.choices = [*self.model.source.choices, self.TRAINED]
+        self.device = DevicePicker()
+        self.where = ComboBox(label="Predict in", choices=[AREA_REGION, AREA_VIEW, AREA_PLANE], value=AREA_VIEW,
+                              tooltip="Where to fill in predicted cells: inside the annotated region, the "
+                              "part of the image shown in the viewer, or everywhere (the annotated "
+                              "region is chosen once you draw one)")
+        self.replace = CheckBox(text="replace my labels there", value=False,
+                                tooltip="Off: existing labels are kept and only empty pixels are filled. "
+                                "On: the prediction replaces the labels in that area (undo with Ctrl+Z)")
+        self.predict_button, self.cancel_button = controls.run_button, controls.cancel_button
+        return [*self.model.widgets, *self.device.widgets, self.where, self.replace, controls.buttons]
 
     def model_spec(self) -> Any:
         """The model to predict with: a path, None (bundled) or the Train widget's UNet."""
@@ -840,7 +594,7 @@ class AnnotateWidget(Container):
         assert box is not None
         ctx = tuple(slice(max(s.start - CONTEXT, 0), min(s.stop + CONTEXT, n)) for s, n in zip(box, (H, W)))
         ctx = tuple(slice(0, n) for n in lead) + ctx
-        data = _array(image)
+        data = layer_data(image)
         axes = layer_axes(image, "auto")
         if not in_3d:
             axes = axes[-3 if image.rgb else -2:]
@@ -874,7 +628,170 @@ class AnnotateWidget(Container):
             layer.selected_label = next_free_id(layer.data)
             self.update_area_overlay()
 
-    # -- training set ----------------------------------------------------------------------
+
+class _HelpersSection:
+    """Label-editing helpers on the current plane (or the 3D stack), each one undoable
+    step: next free id, remove small pieces, fill holes, split along a cut line, merge."""
+
+    def _helpers_section(self) -> list[Any]:
+        self.next_id_button = PushButton(text="Next free id", tooltip="Select an id no cell uses yet")
+        self.min_size = SpinBox(label="Min. piece (px)", value=20, min=1, max=10**6,
+                                tooltip="Pieces of cells smaller than this are removed")
+        self.remove_small_button = PushButton(text="Remove small pieces",
+                                              tooltip="Erase stray bits and tiny cells on this plane (undoable)")
+        self.fill_holes_button = PushButton(text="Fill holes", tooltip="Fill background enclosed by one cell")
+        self.cut_line_button = PushButton(text="Draw cut line", tooltip="Draw a line across a cell in "
+                                          "'<image> cut lines', then press Split")
+        self.split_button = PushButton(text="Split", tooltip="Split the cell under the last cut line in two")
+        self.merge_a = SpinBox(label="Merge id", value=0, min=0, max=2**31 - 1)
+        self.merge_b = SpinBox(label="with id", value=0, min=0, max=2**31 - 1)
+        self.merge_button = PushButton(text="Merge", tooltip="Give both cells the first id (undoable)")
+        return [row(self.next_id_button, self.fill_holes_button), self.min_size, self.remove_small_button,
+                row(self.cut_line_button, self.split_button), self.merge_a, self.merge_b, self.merge_button]
+
+    def _connect_helpers(self) -> None:
+        self.next_id_button.changed.connect(self.select_next_id)
+        self.remove_small_button.changed.connect(self.remove_small)
+        self.fill_holes_button.changed.connect(self.fill_holes)
+        self.cut_line_button.changed.connect(self.new_cut_line_layer)
+        self.split_button.changed.connect(self.split)
+        self.merge_button.changed.connect(self.merge)
+
+    def apply_edit(self, layer: Any, edit: Edit, plane: tuple[int, ...] = ()) -> bool:
+        """Write an edit into the Labels layer as ONE undoable step; False when empty."""
+        if not edit:
+            set_status(self.status, f"Nothing to change ({edit.message})" if edit.message else "Nothing to change")
+            return False
+        e = edit.in_plane(plane) if plane else edit
+        values = np.asarray(e.values).astype(layer.data.dtype, copy=False)
+        with layer.block_history():  # one Ctrl+Z undoes the whole edit
+            layer.data_setitem(e.indices, values)
+        set_status(self.status, (edit.message[:1].upper() + edit.message[1:]) + " (Ctrl+Z to undo)")
+        return True
+
+    def _plane_edit(self, make: Any) -> bool:
+        """Run ``make(plane_labels) -> Edit`` on the current plane and apply it."""
+        layer = self._labels_or_error()
+        if layer is None:
+            return False
+        try:
+            plane = self.edit_plane(layer)
+            edit = make(np.asarray(layer.data[plane]))
+            return self.apply_edit(layer, edit, plane)
+        except ValueError as exc:
+            show_error_in(self.status, exc)
+            return False
+
+    def select_next_id(self, *_: Any) -> int | None:
+        layer = self._labels_or_error()
+        if layer is None:
+            return None
+        try:
+            layer.selected_label = next_free_id(layer.data)
+        except ValueError as exc:
+            show_error_in(self.status, exc)
+            return None
+        set_status(self.status, f"Selected id {layer.selected_label} (not used by any cell)")
+        return int(layer.selected_label)
+
+    def remove_small(self, *_: Any) -> bool:
+        n = int(self.min_size.value)
+        return self._plane_edit(lambda lab: remove_small_pieces(lab, n))
+
+    def fill_holes(self, *_: Any) -> bool:
+        return self._plane_edit(fill_holes)
+
+    def merge(self, *_: Any) -> bool:
+        a, b = int(self.merge_a.value), int(self.merge_b.value)
+        return self._plane_edit(lambda lab: merge_labels(lab, [a, b], into=a))
+
+    def new_cut_line_layer(self, *_: Any) -> Any:
+        """Create (or pick) '<image> cut lines' and start drawing a line."""
+        labels = self._labels_or_error()
+        if labels is None:
+            return None
+        name = f"{labels.name} cut lines"
+        layers = self._viewer.layers
+        if name in layers:
+            layer = layers[name]
+        else:
+            layer = self._viewer.add_shapes(name=name, ndim=labels.ndim, edge_color="red", edge_width=1,
+                                            scale=labels.scale, translate=labels.translate)
+            layer.metadata[META_KEY] = {"writer": WRITER, "role": "cut lines"}
+        layer.mode = "add_line"
+        self._viewer.layers.selection.active = layer
+        set_status(self.status, "Draw a line right across the cell to split, then press Split")
+        return layer
+
+    def split(self, *_: Any) -> bool:
+        """Split the cell under the last line of '<labels> cut lines' along it."""
+        layer = self._labels_or_error()
+        if layer is None:
+            return False
+        name = f"{layer.name} cut lines"
+        lines = self._viewer.layers[name] if name in self._viewer.layers else None
+        if lines is None or not any(t in ("line", "path", "polyline") for t in lines.shape_type):
+            show_error_in(self.status, "No cut line: press 'Draw cut line' and draw a line across the cell")
+            return False
+        idx = max(i for i, t in enumerate(lines.shape_type) if t in ("line", "path", "polyline"))
+        verts = shapes_in_layer_grid(lines, layer)[idx]
+        try:
+            plane = self.edit_plane(layer)  # 3D cells: the line cuts the cell through all its planes
+            if plane and verts.shape[1] == layer.ndim:
+                # a line drawn on a stack lies on one plane: split there
+                plane = tuple(int(np.clip(round(float(x)), 0, n - 1)) for x, n in zip(verts[0, :-2], layer.data.shape[:-2]))
+            edit = split_label(np.asarray(layer.data[plane]), verts[:, -2:])
+            done = self.apply_edit(layer, edit, plane)
+        except ValueError as exc:
+            show_error_in(self.status, exc)
+            return False
+        if done:
+            lines.selected_data = {idx}
+            lines.remove_selected()  # the line did its job; leave the layer empty for the next
+        return done
+
+
+class _TrainingSetSection:
+    """The training set: add the annotated planes (cropped to the training area), list,
+    show, hold out, remove; save to and load from a folder."""
+
+    def _set_section(self) -> list[Any]:
+        from ..data import TrainingSet
+
+        self.training_set = TrainingSet()
+        self.held_out: set[str] = set()  # names of entries kept out of training, for scoring
+        self.complete = CheckBox(
+            text="labels are complete (unlabelled = background)", value=False,
+            tooltip="On: every cell of the image (or plane) is labelled, so unlabelled pixels are taught as "
+            "background. Off (sparse labels): without a region only the labelled cells plus the margin "
+            "are learnt from. A region, when drawn, decides instead. On by default for labels read "
+            "from a file",
+        )
+        self.crop = CheckBox(text="crop to region", value=True,
+                             tooltip="Store only the bounding box of the annotated area (smaller, faster)")
+        self.add_button = PushButton(text="Add to training set",
+                                     tooltip="Add the image, labels and region (each labelled plane of a stack)")
+        self.entries = Select(label="Set", choices=[], tooltip="Entries: name, size, cells")
+        self.entries.native.setMaximumHeight(90)
+        self.show_button = PushButton(text="Show", tooltip="Add the selected entries as layers")
+        self.holdout_button = PushButton(text="Hold out", tooltip="Keep the selected entries out of training and "
+                                         "score the model on them (before/after); press again to include")
+        self.remove_button = PushButton(text="Remove", tooltip="Remove the selected entries")
+        self.folder = FileEdit(label="Folder", mode="d", tooltip="Training-set folder (TIFF pairs + index.json)")
+        self.save_button = PushButton(text="Save set", tooltip="Write the set to the folder")
+        self.load_button = PushButton(text="Load set", tooltip="Read a set from the folder (replaces this one)")
+        return [self.complete, row(self.crop, self.add_button), self.entries,
+                row(self.show_button, self.holdout_button, self.remove_button), self.folder,
+                row(self.save_button, self.load_button)]
+
+    def _connect_set(self) -> None:
+        self.complete.changed.connect(self.update_area_overlay)
+        self.add_button.changed.connect(self.add_to_set)
+        self.show_button.changed.connect(self.show_entries)
+        self.holdout_button.changed.connect(self.toggle_held_out)
+        self.remove_button.changed.connect(self.remove_entries)
+        self.save_button.changed.connect(self._save_clicked)
+        self.load_button.changed.connect(self._load_clicked)
 
     def add_to_set(self, *_: Any) -> int:
         """Add the image + labels + training area (each labelled plane, and the side views of
@@ -886,7 +803,7 @@ class AnnotateWidget(Container):
             if spatial_shape(image) != tuple(labels.data.shape):
                 raise ValueError(f"Labels '{labels.name}' {tuple(labels.data.shape)} do not match image "
                                  f"'{image.name}' {spatial_shape(image)}")
-            data = _array(image)
+            data = layer_data(image)
             lab_all = labels.data
             planes = list(np.ndindex(*lab_all.shape[:-2])) if lab_all.ndim > 2 else [()]
             has_region = self.region_mask() is not None
@@ -1043,7 +960,20 @@ class AnnotateWidget(Container):
     def _load_clicked(self, *_: Any) -> None:
         self.load_set()
 
-    # -- train on this ---------------------------------------------------------------------
+
+class _TrainOnThisSection:
+    """Train on this: score the current model, hand the set to the Train widget, and when
+    training ends segment the image again and show the before/after score."""
+
+    def _train_section(self) -> list[Any]:
+        self.last_scores: dict[str, Any] = {}
+        self._train_widget: Any = None
+        self.train_button = PushButton(text="Train on this", tooltip="Open the Train widget with this set and "
+                                       "start training; the open image is segmented again when it ends")
+        self.score = Label(value="", label="Score")
+        self.score.tooltip = "AP@0.5 (TP / (TP+FP+FN) at IoU 0.5) against your annotations"
+        self.score.native.setWordWrap(True)
+        return [self.train_button, self.score]
 
     def train_widget(self) -> Any:
         """The Train dock widget (opened if needed)."""
@@ -1123,7 +1053,7 @@ class AnnotateWidget(Container):
         from .segment import layer_axes
 
         job = ScoreJob(model=model, device=self.device.value, entries=score_on,
-                       image=None if image is None else _array(image),
+                       image=None if image is None else layer_data(image),
                        image_axes=None if image is None else layer_axes(image, "auto"))
         name = None if image is None else result_name(image.name, "labels", train.model_tag)
         return self.runner.start(lambda: run_scores(job), lambda r: self._after_scored(r, name, image),
@@ -1169,3 +1099,70 @@ class AnnotateWidget(Container):
             text += " (no held-out entry: optimistic)"
         self.score.value = text
         self.score.tooltip = text
+
+
+class AnnotateWidget(
+    _LayersSection, _RegionSection, _PredictSection, _HelpersSection, _TrainingSetSection, _TrainOnThisSection,
+    Container,
+):
+    """Annotate cells, build a training set and train on it, all in one viewer.
+
+    Child widgets are attributes so scripts and tests can set values and press buttons:
+    layers (``image``, ``annotations``, ``new_labels_button``, ``brush_size``, ``contour``,
+    ``auto_next``, ``region``, ``new_region_button``, ``margin``, ``show_area``),
+    prediction (``model``, ``device``, ``where``, ``replace``, ``predict_button``,
+    ``cancel_button``), helpers (``next_id_button``, ``min_size``, ``remove_small_button``,
+    ``fill_holes_button``, ``cut_line_button``, ``split_button``, ``merge_a``, ``merge_b``,
+    ``merge_button``), training set (``crop``, ``add_button``, ``entries``,
+    ``show_button``, ``holdout_button``, ``remove_button``, ``folder``, ``save_button``,
+    ``load_button``), ``train_button``, ``score``, ``progress``, ``status``.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        self._viewer = napari_viewer
+        controls = RunControls("Predict to annotate", "Pre-fill the annotation layer from the model, then correct it",
+                               "Stop; nothing is changed")
+        self.progress, self.status = controls.progress, controls.status
+        # the form scrolls inside the dock: it is taller than a 1280x800 screen
+        self.form = Container(
+            widgets=[
+                header("Layers"), *self._layers_section(), *self._region_section(),
+                header("Predict to annotate"), *self._predict_section(controls),
+                header("Helpers (current plane or 3D stack, undo: Ctrl+Z)"), *self._helpers_section(),
+                header("Training set"), *self._set_section(), *self._train_section(),
+                self.progress, self.status,
+            ],
+            labels=True,
+        )
+        super().__init__(widgets=[self.form], labels=False)
+        self.runner = controls.make_runner()
+        self._connect_layers()
+        self._connect_region()
+        self.predict_button.changed.connect(self.predict)
+        self._connect_helpers()
+        self._connect_set()
+        self.train_button.changed.connect(self.train_on_this)
+        self.form.native.setMinimumWidth(320)
+        self.scroll = scroll_form(self, self.form)
+        self.reset_choices()
+        self._image_changed()
+        self._refresh_entries()
+
+    def reset_choices(self, *_: Any) -> None:
+        region, labels = self.region.value, self.annotations.value
+        chosen = list(self.entries.value) if hasattr(self, "training_set") else []
+        source = self.model.source.value if hasattr(self, "model") else None
+        super().reset_choices()
+        if hasattr(self, "model") and self.TRAINED not in self.model.source.choices:
+            # magicgui resets every ComboBox to its initial choices: add ours back
+            self.model.source.choices = [*self.model.source.choices, self.TRAINED]
+            if source == self.TRAINED:
+                self.model.source.value = source
+        if hasattr(self, "training_set"):  # magicgui resets the entry list with the layer pickers
+            self._refresh_entries()
+            self.entries.value = [c for c in chosen if c in self.entries.choices]
+        # a new Shapes layer (e.g. cut lines) does not become the region by itself
+        if region is None or region not in self._viewer.layers:
+            self.region.value = None
+        if labels is None and self.image.value is not None:
+            self._pick_annotation_layer()

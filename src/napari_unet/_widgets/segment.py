@@ -18,35 +18,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FloatSpinBox,
-    LineEdit,
-    ProgressBar,
-    PushButton,
-    SpinBox,
-    create_widget,
-)
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
 
 from .._progress import Progress, relay
 from ..annotate import count_cells as count_objects
 from ._common import (
-    DevicePicker,
-    ModelPicker,
-    TaskRunner,
     add_or_update_layer,
     header,
+    layer_data,
     load_model_cached,
     model_tag,
     result_name,
-    row,
     scroll_form,
     segment_at_model_size,
     set_status,
-    status_label,
 )
+from ._sections import DevicePicker, ModelPicker, RunControls, layer_picker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -106,7 +93,7 @@ def layer_axes(layer: Any, text: str) -> str | None:
         whether the last axis is colour (the layer's ``rgb`` flag), so the core is told
         rather than left to guess from the shape.
     """
-    data = layer.data[0] if layer.multiscale else layer.data
+    data = layer_data(layer)
     ndim = len(data.shape)
     text = text.strip().upper()
     if text and text != "AUTO":
@@ -210,12 +197,36 @@ class SegmentWidget(Container):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         self._viewer = napari_viewer
-        self.image = create_widget(
-            annotation="napari.layers.Image",
-            label="Image",
-            options={"tooltip": "The image layer to segment (2D, 3D stack, time series, "
-                     "multichannel, RGB, or a lazy dask/zarr layer)"},
+        self.model = ModelPicker()
+        self.device = DevicePicker()
+        controls = RunControls("Segment", "Run the U-Net on the image (in the background)",
+                               "Stop after the current tile; no layer is changed", progress_tooltip="Tiles done")
+        self.run_button, self.cancel_button = controls.run_button, controls.cancel_button
+        self.progress, self.status = controls.progress, controls.status
+        self.form = Container(
+            widgets=[
+                header("Input"), *self._input_section(),
+                header("Model"), *self.model.widgets, *self.device.widgets, self._tile_row(),
+                header("Output"), *self._output_section(),
+                *controls.widgets,
+            ],
+            labels=True,
         )
+        super().__init__(widgets=[self.form], labels=False)
+        self.runner = controls.make_runner()
+        self.run_button.changed.connect(self.run)
+        self.image.changed.connect(self._describe_image)
+        self.form.native.setMinimumWidth(320)
+        self.scroll = scroll_form(self, self.form)
+        self._describe_image()
+        self.reset_choices()
+
+    # -- sections ---------------------------------------------------------------------
+
+    def _input_section(self) -> list[Any]:
+        """The image, what its axes are, and the cells' size."""
+        self.image = layer_picker("Image", "Image", "The image layer to segment (2D, 3D stack, time series, "
+                                  "multichannel, RGB, or a lazy dask/zarr layer)")
         self.axes = LineEdit(
             label="Axes",
             value="auto",
@@ -223,25 +234,6 @@ class SegmentWidget(Container):
             "one), Z (a stack: 3D cells), C (channels fed to the network together), "
             "S (RGB colour), Y, X; e.g. 'ZYX', 'CYX', 'TZYX'. 'auto': as napari shows the "
             "layer (the last axis of an RGB layer is colour; a 3D layer is ZYX, a 4D one TZYX)",
-        )
-        self.model = ModelPicker()
-        self.device = DevicePicker()
-        self.tile_size = SpinBox(
-            label="Tile (0 = auto)",
-            value=0,
-            min=0,
-            max=16384,
-            step=16,
-            tooltip="Edge of the output tile in pixels (rounded to a size the network "
-            "accepts); 0 = auto, chosen from the free memory of the device. The result "
-            "does not depend on it; only speed and memory do",
-        )
-        self.min_size = SpinBox(
-            label="Min. size",
-            value=DEFAULT_MIN_SIZE,
-            min=0,
-            max=10**7,
-            tooltip="Objects smaller than this many pixels are removed (0 keeps everything)",
         )
         self.cell_size = ComboBox(
             label="Cell size",
@@ -256,6 +248,30 @@ class SegmentWidget(Container):
             tooltip="The cells' typical diameter in pixels (used when Cell size is 'diameter')",
         )
         self.cell_size.changed.connect(lambda v: setattr(self.diameter, "enabled", v == "diameter"))
+        return [self.image, self.axes, self.cell_size, self.diameter]
+
+    def _tile_row(self) -> SpinBox:
+        self.tile_size = SpinBox(
+            label="Tile (0 = auto)",
+            value=0,
+            min=0,
+            max=16384,
+            step=16,
+            tooltip="Edge of the output tile in pixels (rounded to a size the network "
+            "accepts); 0 = auto, chosen from the free memory of the device. The result "
+            "does not depend on it; only speed and memory do",
+        )
+        return self.tile_size
+
+    def _output_section(self) -> list[Any]:
+        """Small-object removal, the probabilities layer and how Z stacks are labelled."""
+        self.min_size = SpinBox(
+            label="Min. size",
+            value=DEFAULT_MIN_SIZE,
+            min=0,
+            max=10**7,
+            tooltip="Objects smaller than this many pixels are removed (0 keeps everything)",
+        )
         self.probabilities = CheckBox(
             text="Also output class probabilities",
             value=False,
@@ -268,53 +284,14 @@ class SegmentWidget(Container):
             tooltip="Label each plane of a Z stack on its own (unrelated sections). Off: one id per "
             "cell in 3D, with the Z step from the layer's scale (or estimated when it is unset)",
         )
-        self.run_button = PushButton(text="Segment", tooltip="Run the U-Net on the image (in the background)")
-        self.cancel_button = PushButton(text="Cancel", tooltip="Stop after the current tile; no layer is changed")
-        buttons = row(self.run_button, self.cancel_button)
-        self.progress = ProgressBar(value=0, min=0, max=0, label="Progress", tooltip="Tiles done")
-        self.status = status_label()
-
-        self.form = Container(
-            widgets=[
-                header("Input"),
-                self.image,
-                self.axes,
-                self.cell_size,
-                self.diameter,
-                header("Model"),
-                *self.model.widgets,
-                *self.device.widgets,
-                self.tile_size,
-                header("Output"),
-                self.min_size,
-                self.probabilities,
-                self.plane_by_plane,
-                buttons,
-                self.progress,
-                self.status,
-            ],
-            labels=True,
-        )
-        super().__init__(widgets=[self.form], labels=False)
-        self.runner = TaskRunner(
-            progress=self.progress,
-            run_button=self.run_button,
-            cancel_button=self.cancel_button,
-            status=self.status,
-        )
-        self.run_button.changed.connect(self.run)
-        self.image.changed.connect(self._describe_image)
-        self.form.native.setMinimumWidth(320)
-        self.scroll = scroll_form(self, self.form)
-        self._describe_image()
-        self.reset_choices()
+        return [self.min_size, self.probabilities, self.plane_by_plane]
 
     def _describe_image(self, *_: Any) -> None:
         layer = self.image.value
         if layer is None:
             set_status(self.status, "Open an image (File ▸ Open Sample ▸ Synthetic nuclei for a demo)")
             return
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = layer_data(layer)
         kind = "RGB " if layer.rgb else ""
         lazy = "" if isinstance(data, np.ndarray) else f", lazy ({type(data).__module__.split('.')[0]})"
         ms = f", multiscale: level 0 of {len(layer.data)}" if layer.multiscale else ""
@@ -330,7 +307,7 @@ class SegmentWidget(Container):
             raise ValueError(
                 "No image layer: open an image first (or File ▸ Open Sample ▸ Synthetic nuclei)"
             )
-        data = layer.data[0] if layer.multiscale else layer.data  # highest resolution
+        data = layer_data(layer)  # highest resolution
         if len(data.shape) < 2 or min(data.shape[-2:]) < 1:
             raise ValueError(f"Image '{layer.name}' has shape {tuple(data.shape)}; a 2D image or a stack of them is needed")
         from ..tiling import parse_axes  # checks the axes here, before any work starts

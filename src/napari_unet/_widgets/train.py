@@ -44,20 +44,18 @@ from magicgui.widgets import (
     FloatSlider,
     FloatSpinBox,
     Label,
-    ProgressBar,
     PushButton,
     Select,
     SpinBox,
-    create_widget,
 )
 
 from .._progress import Progress, relay
+from ..modes import MODES
 from ._common import (
-    DevicePicker,
-    TaskRunner,
     add_or_update_layer,
     bundled_model_available,
     header,
+    layer_data,
     loaded_from_file,
     on_close,
     result_name,
@@ -66,10 +64,8 @@ from ._common import (
     segment_at_model_size,
     set_status,
     show_error_in,
-    status_label,
 )
-from ..modes import MODES
-from ._lossplot import LossPlot
+from ._sections import DevicePicker, LossPlotSection, RunControls, folded, layer_picker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -103,8 +99,7 @@ class LayerPair:
 
 
 def _layer_array(layer: Any) -> np.ndarray:
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    return np.asarray(data)
+    return np.asarray(layer_data(layer))
 
 
 def shapes_to_mask(shapes: Any, like: Any, shape: tuple[int, int]) -> np.ndarray:
@@ -183,10 +178,10 @@ def pair_arrays(pair: LayerPair) -> tuple[list[np.ndarray], list[np.ndarray], li
 
 
 def _channels(image: Any) -> int:
-    """Input channels of a training image, by the core's rule (``training._in_channels_of``)."""
-    from ..training import _in_channels_of
+    """Input channels of a training image, by the core's rule."""
+    from ..training_data import in_channels_of
 
-    return _in_channels_of([image])
+    return in_channels_of([image])
 
 
 def _check_channels(images: list[Any], listed: list[tuple[str, Any]]) -> None:
@@ -263,21 +258,12 @@ class TrainJob:
 def _starting_model(job: TrainJob) -> tuple[Any, float | None]:
     """The ``model`` argument for ``train_iter`` and the learning rate to use."""
     from .. import training
-    from ..model import UNet
+    from ..training_data import in_channels_of
 
     lr = job.lr
     if job.start == "scratch":
-        if job.mode == "semantic":
-            k = max(2, max(int(np.max(np.asarray(lab), initial=0)) for lab in job.labels) + 1)
-        else:
-            k = 3 if job.mode == "instance3" else 2
-        img0 = np.asarray(job.images[0])
-        in_ch = 1 if img0.ndim == 2 else (int(img0.shape[-1]) if img0.shape[-1] <= 4 else int(img0.shape[0]))
-        model = UNet(in_channels=in_ch, num_classes=k, depth=job.depth, base_width=job.width,
-                     dropout=training.FRESH_ARCHITECTURE.get("dropout", 0.1))
-        model.meta["mode"] = job.mode
-        if job.mode == "semantic":
-            model.meta["class_names"] = [f"class {i}" for i in range(k)]
+        model = training.fresh_model(in_channels_of(job.images), job.mode, job.labels, depth=job.depth,
+                                     base_width=job.width)
         return model, lr if lr is not None else training.LR_SCRATCH
     if job.start == "file":
         return job.model_path, lr
@@ -383,28 +369,6 @@ def run_apply(model: Any, data: Any, axes: str | None, device: str) -> Generator
     return ApplyResult(np.asarray(labels), time.perf_counter() - t0, str(info.get("device", device)))
 
 
-# -- the widget -----------------------------------------------------------------------
-
-
-def _collapsibles(sections: list[tuple[str, Container]]) -> Container:
-    """A magicgui row holding folded-away (superqt ``QCollapsible``) sections."""
-    from superqt import QCollapsible
-
-    holder = Container(widgets=[], labels=False)
-    holder.margins = (0, 0, 0, 0)
-    layout = holder.native.layout()
-    layout.setSpacing(2)
-    holder.sections = []  # the QCollapsibles (tests and the screenshot script expand them)
-    for title, inner in sections:
-        inner.margins = (0, 0, 0, 0)
-        box = QCollapsible(title)
-        box.addWidget(inner.native)
-        box.collapse(animate=False)
-        layout.addWidget(box)
-        holder.sections.append(box)
-    return holder
-
-
 def _fmt_time(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     if seconds >= 3600:
@@ -414,64 +378,27 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds} s"
 
 
-class TrainWidget(Container):
-    """Train a U-Net on annotated layers and/or a training-set folder.
+# -- the widget's sections ----------------------------------------------------------------
+#
+# Each section below makes the rows of one part of the Train form (``_<name>_section``),
+# wires them (``_connect_<name>``) and holds what they do. They are mixins of
+# :class:`TrainWidget`: the form is one labelled container (its labels line up), and the
+# sections read each other's values through the widget (e.g. the run reads the settings).
 
-    Child widgets are attributes so scripts and tests can set values and press buttons:
-    data (``image``, ``labels``, ``region``, ``add_pair_button``, ``pairs``,
-    ``remove_pair_button``, ``folder``, ``load_folder_button``), model (``start``,
-    ``model_file``, ``resume_dir``, ``mode``, ``depth``, ``width``), settings
-    (``budget``, ``iterations``, ``minutes``, ``lr``, ``tile_size``, ``batch_size``,
-    ``val_fraction``, ``device``, ``checkpoint_dir``, augmentation check boxes and
-    ``aug_strength``), run (``run_button``, ``cancel_button``, ``progress``, ``eta``,
-    ``plot``, ``status``) and result (``save_button``, ``load_button``, ``export_button``,
-    ``apply_image``, ``apply_button``, ``preview``). The trained model is
-    :attr:`trained_model`.
-    """
 
-    BUNDLED = "bundled model"
-    FILE = "model file"
-    SCRATCH = "from scratch"
-    CURRENT = "current model (continue)"
-    RESUME = "resume checkpoint folder"
-    ITERATIONS = "iterations"
-    MINUTES = "time (minutes)"
+class _TrainingPairs:
+    """Training data, first part: the image / labels / region pickers and the list of
+    layer pairs to train on."""
 
-    def __init__(self, napari_viewer: napari.Viewer) -> None:
-        from .. import training
-        from ..augment import AugmentConfig
-
-        self._viewer = napari_viewer
-        self._AugmentConfig = AugmentConfig
-        self.trained_model: UNet | None = None
-        self.training_set: Any = None
-        self.training_set_source = ""
+    def _pairs_section(self) -> list[Any]:
         self._pairs: list[LayerPair] = []
-        self._run: Any = None  # TrainingRun of the current/last run
-        self._job: TrainJob | None = None
-        self._task = ""  # "train", "apply" or "export"
-        self._last_info: dict[str, Any] = {}
-        self._start_it = 0  # the iteration this run started at (resume: later than 0)
-        self.model_tag = "trained"  # names Apply's layer: "<image> labels (<model_tag>)"
-        self.temp_dirs: list[Path] = []  # temporary checkpoint folders made here (removed on close)
-        self.exported: Path | None = None  # the last bioimage.io package written
-
-        # -- training data
-        self.image = create_widget(annotation="napari.layers.Image", label="Image",
-                                   options={"tooltip": "An image you annotated"})
-        self.labels_layer = create_widget(annotation="napari.layers.Labels", label="Labels",
-                                    options={"tooltip": "Its Labels layer (instance ids; 0 = background)"})
-        self.region = create_widget(
-            annotation="napari.layers.Shapes",
-            label="Region",
-            options={
-                "nullable": True,
-                "tooltip": "Optional Shapes layer (rectangles/polygons) marking where the labels "
-                "are complete; unlabelled pixels inside count as background. Without one, the "
-                "labelled cells plus a margin count and the rest is ignored",
-            },
+        self.image = layer_picker("Image", "Image", "An image you annotated")
+        self.labels_layer = layer_picker("Labels", "Labels", "Its Labels layer (instance ids; 0 = background)")
+        self.region = layer_picker(
+            "Shapes", "Region", "Optional Shapes layer (rectangles/polygons) marking where the labels "
+            "are complete; unlabelled pixels inside count as background. Without one, the "
+            "labelled cells plus a margin count and the rest is ignored", nullable=True, empty=True,
         )
-        self.region.value = None
         self.complete = CheckBox(
             text="labels are complete (unlabelled = background)", value=False,
             tooltip="On: every cell in the image is labelled, so every unlabelled pixel is taught as "
@@ -485,213 +412,15 @@ class TrainWidget(Container):
         self.pairs = Select(label="Pairs", choices=[], tooltip="Layer pairs used for training. If the "
                             "list is empty, the pair chosen above is used")
         self.pairs.native.setMaximumHeight(80)
-        self.folder = FileEdit(label="Set folder", mode="d",
-                               tooltip="A training-set folder (saved by the Annotate widget)")
-        self.load_folder_button = PushButton(text="Load folder", tooltip="Read the training-set folder")
-        self.clear_set_button = PushButton(text="Clear set", tooltip="Stop using the loaded training set")
-        self.set_info = Label(value="")
-        self.set_info.native.setWordWrap(True)
+        return [self.image, self.labels_layer, self.region, self.complete,
+                row(self.add_pair_button, self.remove_pair_button), self.pairs]
 
-        # -- model
-        start_choices = [self.BUNDLED, self.FILE, self.SCRATCH, self.CURRENT, self.RESUME]
-        self.start = ComboBox(label="Start from", choices=start_choices,
-                              value=self.BUNDLED if bundled_model_available() else self.SCRATCH,
-                              tooltip="Fine-tune the bundled model or a model file, train a fresh "
-                              "network, continue the model trained here, or resume a checkpoint")
-        self.model_file = FileEdit(label="Model file", mode="r", filter="napari-unet models (*.pt);;All files (*)")
-        self.resume_dir = FileEdit(label="Checkpoint", mode="d",
-                                   tooltip="A folder with last.pt and state.pt from an earlier run")
-        self.mode = ComboBox(label="Mode", choices=[*MODES, *MEMBRANE_MODES], value="instance3",
-                             tooltip="instance3: background/interior/boundary (separates touching "
-                             "cells); instance2: background/cell; semantic: one class per label value; "
-                             "membranes: EM cells labelled, 0 = membrane between them; membrane mask: "
-                             "the membranes painted (nonzero), cells are what they enclose")
-        arch = training.FRESH_ARCHITECTURE
-        self.depth = SpinBox(label="Depth", value=int(arch["depth"]), min=1, max=5,
-                             tooltip="Poolings of a fresh network (the paper: 4)")
-        self.base_width = SpinBox(label="Width", value=int(arch["base_width"]), min=2, max=128,
-                             tooltip="Channels of the first level of a fresh network (the paper: 64)")
-
-        # -- settings
-        self.budget = ComboBox(label="Stop after", choices=[self.ITERATIONS, self.MINUTES], value=self.ITERATIONS)
-        self.iterations = SpinBox(label="Iterations", value=training.DEFAULT_ITERATIONS, min=1, max=10**7,
-                                  tooltip="Training steps (one batch of tiles each)")
-        self.minutes = FloatSpinBox(label="Minutes", value=10.0, min=0.1, max=10**5, step=1.0,
-                                    tooltip="Stop cleanly after this much time")
-        self.lr = FloatSpinBox(label="Learning rate", value=0.0, min=0.0, max=1.0, step=0.0001,
-                               tooltip=f"Peak learning rate (AdamW, warm-up + cosine). 'auto': "
-                               f"{training.LR_SCRATCH:g} from scratch, {training.LR_FINE_TUNE:g} when fine-tuning")
-        self.lr.native.setDecimals(5)
-        self.lr.native.setSpecialValueText("auto")
-        self.tile_size = SpinBox(label="Tile (0 = auto)", value=0, min=0, max=4096, step=16,
-                                 tooltip="Edge of the output tile per sample (0 = auto: 96 on the CPU, 192 on a GPU)")
-        self.batch_size = SpinBox(label="Batch size", value=4, min=1, max=256, tooltip="Tiles per step")
-        self.val_fraction = FloatSpinBox(label="Validation", value=0.2, min=0.0, max=0.5, step=0.05,
-                                         tooltip="Share held out to measure progress (whole images from 4 "
-                                         "images up, else a strip of each); 0 = none")
-        self.val_every = SpinBox(label="Val. every (0 = auto)", value=0, min=0, max=10**6,
-                                 tooltip="Steps between validations (0 = auto: 20 per run, every 50 "
-                                 "steps on a time budget). The best model is chosen at validations")
-        self.zoom_to_model = CheckBox(
-            text="train at the model's cell size", value=True,
-            tooltip="When your cells' size differs from the size the starting model knows by more than "
-            "25%, train on copies zoomed to the model's size (what Segment's Cell size 'auto' does at "
-            "inference). Off: the model learns your images' own scale",
-        )
-        self.device = DevicePicker()
-        self.checkpoint_dir = FileEdit(label="Checkpoints", mode="d",
-                                       tooltip="Where best.pt/last.pt/state.pt are kept (empty: a "
-                                       "temporary folder, shown when training ends)")
-
-        # -- augmentation
-        self.aug_elastic = CheckBox(text="elastic", value=True, tooltip="The paper's elastic deformation")
-        self.aug_rotate = CheckBox(text="rotation", value=True, tooltip="Rotation by any angle, and zoom")
-        self.aug_flip = CheckBox(text="flips", value=True, tooltip="Flips and 90° turns")
-        self.aug_gray = CheckBox(text="gray values", value=True, tooltip="Brightness, contrast, gamma")
-        self.aug_noise = CheckBox(text="noise", value=True, tooltip="Additive Gaussian noise")
-        self.aug_strength = FloatSlider(label="Aug. strength", value=1.0, min=0.0, max=2.0, step=0.1,
-                                        tooltip="Scales every augmentation's range (1 = defaults)")
-
-        # rarely changed settings fold away, so the loss plot stays in view
-        self.advanced = Container(
-            widgets=[self.lr, self.tile_size, self.batch_size, self.val_fraction, self.val_every,
-                     self.zoom_to_model, self.checkpoint_dir],
-            labels=True,
-        )
-        self.augmentation = Container(
-            widgets=[row(self.aug_elastic, self.aug_rotate, self.aug_flip),
-                     row(self.aug_gray, self.aug_noise), self.aug_strength],
-            labels=True,
-        )
-        self.settings_box = _collapsibles(
-            [("Advanced: learning rate, tile, batch", self.advanced), ("Augmentation", self.augmentation)]
-        )
-
-        # -- run
-        self.run_button = PushButton(text="Train", tooltip="Start training (in the background)")
-        self.cancel_button = PushButton(text="Cancel", tooltip="Stop at the next step and keep the best model so far")
-        self.progress = ProgressBar(value=0, min=0, max=0, label="Progress")
-        self.eta = Label(value="", label="")
-        self.eta.native.setWordWrap(True)
-        self.plot = LossPlot(dark=_is_dark(napari_viewer))
-        self.plot_box = Container(widgets=[], labels=False)
-        self.plot_box.margins = (0, 0, 0, 0)
-        self.plot_box.native.layout().addWidget(self.plot)
-        self.status = status_label(label="")
-
-        # -- result
-        self.save_button = PushButton(text="Save model...", tooltip="Write the trained model to a .pt file")
-        self.load_button = PushButton(text="Load model...", tooltip="Make a model file the current model")
-        self.export_button = PushButton(
-            text="Export for bioimage.io...",
-            tooltip="Write the current model as a bioimage.io model package (.zip), to run it in "
-            "other tools (deepImageJ, ilastik, bioimage.io)",
-        )
-        self.apply_image = create_widget(annotation="napari.layers.Image", label="Apply to",
-                                         options={"tooltip": "Image to segment with the current model"})
-        self.apply_button = PushButton(text="Apply to image",
-                                       tooltip="Segment it with the current model → '<image> labels (trained)'")
-        self.preview = CheckBox(text="Live preview at each validation", value=False,
-                                tooltip="Segment the 'Apply to' image with the current weights after "
-                                "each validation (slows training a little)")
-
-        # the form scrolls inside the dock: it is taller than a 1280x800 screen
-        self.form = Container(
-            widgets=[
-                header("Training data", rule=False),
-                self.image,
-                self.labels_layer,
-                self.region,
-                self.complete,
-                row(self.add_pair_button, self.remove_pair_button),
-                self.pairs,
-                self.folder,
-                row(self.load_folder_button, self.clear_set_button),
-                self.set_info,
-                header("Model", rule=False),
-                self.start,
-                self.model_file,
-                self.resume_dir,
-                self.mode,
-                self.depth,
-                self.base_width,
-                header("Training", rule=False),
-                self.budget,
-                self.iterations,
-                self.minutes,
-                *self.device.widgets,
-                self.settings_box,
-                row(self.run_button, self.cancel_button),
-                self.progress,
-                self.eta,
-                self.plot_box,
-                self.status,
-                header("Result", rule=False),
-                row(self.save_button, self.load_button),
-                row(self.export_button),
-                self.apply_image,
-                self.apply_button,
-                self.preview,
-            ],
-            labels=True,
-        )
-        super().__init__(widgets=[self.form], labels=False)
-        self.runner = TaskRunner(progress=self.progress, run_button=self.run_button,
-                                 cancel_button=self.cancel_button, status=self.status)
-        self.run_button.changed.connect(self.run)
+    def _connect_pairs(self) -> None:
         self.add_pair_button.changed.connect(self.add_pair)
         self.remove_pair_button.changed.connect(self.remove_selected_pairs)
-        self.load_folder_button.changed.connect(self._load_folder_clicked)
-        self.clear_set_button.changed.connect(self.clear_training_set)
-        self.save_button.changed.connect(self._save_clicked)
-        self.load_button.changed.connect(self._load_clicked)
-        self.export_button.changed.connect(self._export_clicked)
-        self.apply_button.changed.connect(self.apply)
-        self.start.changed.connect(self._sync)
-        self.budget.changed.connect(self._sync)
         self.labels_layer.changed.connect(self._labels_chosen)
         for w in (self.image, self.labels_layer, self.region, self.complete):
             w.changed.connect(self._update_set_info)
-        on_close(self, self._closed)
-        # the viewer closing deletes the widget: stop the worker, touching no child widget
-        runner = self.runner
-        self.native.destroyed.connect(lambda *_: runner.worker.quit() if runner.worker is not None else None)
-        self.form.native.setMinimumWidth(320)
-        self.scroll = scroll_form(self, self.form, self.advanced, self.augmentation)
-        self._sync()
-        self.reset_choices()
-        self._update_set_info()
-        self._labels_chosen()
-        set_status(self.status, "Choose an image and its Labels layer, then press Train")
-
-    # napari calls this when layers are added/removed, refreshing the layer pickers
-    def reset_choices(self, *_: Any) -> None:
-        region = self.region.value
-        chosen = list(self.pairs.value)
-        super().reset_choices()
-        if region is None:  # a new Shapes layer (e.g. a new annotation) is not a region yet
-            self.region.value = None
-        if not self._forget_removed_layers():
-            # magicgui resets the pair list to its initial (empty) choices with the layer
-            # pickers: show the pairs that train again, so the list never hides one
-            self._refresh_pairs()
-            self.pairs.value = [c for c in chosen if c in self.pairs.choices]
-
-    def _sync(self, *_: Any) -> None:
-        start = self.start.value
-        self.model_file.visible = start == self.FILE
-        self.resume_dir.visible = start == self.RESUME
-        for w in (self.mode, self.depth, self.base_width):
-            w.visible = start == self.SCRATCH
-        self.iterations.visible = self.budget.value == self.ITERATIONS
-        self.minutes.visible = self.budget.value == self.MINUTES
-        has_model = self.trained_model is not None
-        busy = self.runner.running if hasattr(self, "runner") else False
-        for b in (self.save_button, self.apply_button, self.export_button):
-            b.enabled = has_model and not busy
-        self.load_button.enabled = not busy
-
-    # -- training data ------------------------------------------------------------------
 
     def add_pair(self, *_: Any) -> LayerPair | None:
         """Add the chosen image + labels (+ region) to the list (checked first)."""
@@ -763,6 +492,26 @@ class TrainWidget(Container):
         layer = self.labels_layer.value
         if layer is not None:
             self.complete.value = loaded_from_file(layer)
+
+
+class _TrainingSetSection:
+    """Training data, second part: a training set read from a folder or handed over by the
+    Annotate widget, and the line saying exactly what Train will train on."""
+
+    def _set_section(self) -> list[Any]:
+        self.training_set: Any = None
+        self.training_set_source = ""
+        self.folder = FileEdit(label="Set folder", mode="d",
+                               tooltip="A training-set folder (saved by the Annotate widget)")
+        self.load_folder_button = PushButton(text="Load folder", tooltip="Read the training-set folder")
+        self.clear_set_button = PushButton(text="Clear set", tooltip="Stop using the loaded training set")
+        self.set_info = Label(value="")
+        self.set_info.native.setWordWrap(True)
+        return [self.folder, row(self.load_folder_button, self.clear_set_button), self.set_info]
+
+    def _connect_set(self) -> None:
+        self.load_folder_button.changed.connect(self._load_folder_clicked)
+        self.clear_set_button.changed.connect(self.clear_training_set)
 
     def set_training_set(self, ts: Any, source: str = "Annotate widget", only: bool = False) -> None:
         """Use a :class:`napari_unet.data.TrainingSet` (e.g. handed over by the Annotate widget).
@@ -851,7 +600,156 @@ class TrainWidget(Container):
             raise ValueError("No training data: choose an image and its Labels layer, or load a training set")
         return images, labels, regions, sources
 
-    # -- settings -------------------------------------------------------------------------
+
+class _StartModelSection:
+    """The model training starts from (bundled, a file, scratch, the current model, a
+    checkpoint folder) and, from scratch, the network's mode and size."""
+
+    BUNDLED = "bundled model"
+    FILE = "model file"
+    SCRATCH = "from scratch"
+    CURRENT = "current model (continue)"
+    RESUME = "resume checkpoint folder"
+
+    def _model_section(self) -> list[Any]:
+        from .. import training
+
+        start_choices = [self.BUNDLED, self.FILE, self.SCRATCH, self.CURRENT, self.RESUME]
+        self.start = ComboBox(label="Start from", choices=start_choices,
+                              value=self.BUNDLED if bundled_model_available() else self.SCRATCH,
+                              tooltip="Fine-tune the bundled model or a model file, train a fresh "
+                              "network, continue the model trained here, or resume a checkpoint")
+        self.model_file = FileEdit(label="Model file", mode="r", filter="napari-unet models (*.pt);;All files (*)")
+        self.resume_dir = FileEdit(label="Checkpoint", mode="d",
+                                   tooltip="A folder with last.pt and state.pt from an earlier run")
+        self.mode = ComboBox(label="Mode", choices=[*MODES, *MEMBRANE_MODES], value="instance3",
+                             tooltip="instance3: background/interior/boundary (separates touching "
+                             "cells); instance2: background/cell; semantic: one class per label value; "
+                             "membranes: EM cells labelled, 0 = membrane between them; membrane mask: "
+                             "the membranes painted (nonzero), cells are what they enclose")
+        arch = training.FRESH_ARCHITECTURE
+        self.depth = SpinBox(label="Depth", value=int(arch["depth"]), min=1, max=5,
+                             tooltip="Poolings of a fresh network (the paper: 4)")
+        self.base_width = SpinBox(label="Width", value=int(arch["base_width"]), min=2, max=128,
+                             tooltip="Channels of the first level of a fresh network (the paper: 64)")
+        return [self.start, self.model_file, self.resume_dir, self.mode, self.depth, self.base_width]
+
+    def _sync_model(self) -> None:
+        start = self.start.value
+        self.model_file.visible = start == self.FILE
+        self.resume_dir.visible = start == self.RESUME
+        for w in (self.mode, self.depth, self.base_width):
+            w.visible = start == self.SCRATCH
+
+    def _start_key(self) -> str:
+        return {self.BUNDLED: "bundled", self.FILE: "file", self.SCRATCH: "scratch",
+                self.CURRENT: "current", self.RESUME: "resume"}[self.start.value]
+
+    def _model_job(self, job: TrainJob) -> None:
+        """Fill in the starting model of ``job`` (checked: a file chosen, a checkpoint there)."""
+        start = job.start
+        if start == "bundled" and not bundled_model_available():
+            raise ValueError("The bundled model is not installed: start from scratch or from a model file")
+        if start == "file":
+            value = self.model_file.value
+            if value is None or str(value) in ("", ".") or Path(value).is_dir():
+                raise ValueError("No model file chosen: pick a .pt file, or start from the bundled model")
+            job.model_path = Path(value)
+        elif start == "current":
+            if self.trained_model is None:
+                raise ValueError("There is no current model yet: train or load one first")
+            job.model = self.trained_model
+        elif start == "resume":
+            value = self.resume_dir.value
+            folder = Path(value) if value is not None and str(value) not in ("", ".") else None
+            if folder is None or not (folder / "last.pt").is_file() or not (folder / "state.pt").is_file():
+                raise ValueError(
+                    f"Cannot resume: choose a checkpoint folder holding last.pt and state.pt "
+                    f"(got {str(value) or 'nothing'})"
+                )
+            job.resume = folder
+        job.mode = self.mode.value
+        if job.mode in MEMBRANE_MODES:
+            if start == "scratch":
+                job.kwargs["preset"] = MEMBRANE_MODES[job.mode]
+            job.mode = "instance2"
+        job.depth, job.width = int(self.depth.value), int(self.base_width.value)
+
+
+class _SettingsSection:
+    """How long to train, and the settings folded away (learning rate, tile, batch,
+    validation, checkpoints; augmentation)."""
+
+    ITERATIONS = "iterations"
+    MINUTES = "time (minutes)"
+
+    def _budget_section(self) -> list[Any]:
+        from .. import training
+
+        self.budget = ComboBox(label="Stop after", choices=[self.ITERATIONS, self.MINUTES], value=self.ITERATIONS)
+        self.iterations = SpinBox(label="Iterations", value=training.DEFAULT_ITERATIONS, min=1, max=10**7,
+                                  tooltip="Training steps (one batch of tiles each)")
+        self.minutes = FloatSpinBox(label="Minutes", value=10.0, min=0.1, max=10**5, step=1.0,
+                                    tooltip="Stop cleanly after this much time")
+        return [self.budget, self.iterations, self.minutes]
+
+    def _advanced_section(self) -> Container:
+        from .. import training
+
+        self.lr = FloatSpinBox(label="Learning rate", value=0.0, min=0.0, max=1.0, step=0.0001,
+                               tooltip=f"Peak learning rate (AdamW, warm-up + cosine). 'auto': "
+                               f"{training.LR_SCRATCH:g} from scratch, {training.LR_FINE_TUNE:g} when fine-tuning")
+        self.lr.native.setDecimals(5)
+        self.lr.native.setSpecialValueText("auto")
+        self.tile_size = SpinBox(label="Tile (0 = auto)", value=0, min=0, max=4096, step=16,
+                                 tooltip="Edge of the output tile per sample (0 = auto: 96 on the CPU, 192 on a GPU)")
+        self.batch_size = SpinBox(label="Batch size", value=4, min=1, max=256, tooltip="Tiles per step")
+        self.val_fraction = FloatSpinBox(label="Validation", value=0.2, min=0.0, max=0.5, step=0.05,
+                                         tooltip="Share held out to measure progress (whole images from 4 "
+                                         "images up, else a strip of each); 0 = none")
+        self.val_every = SpinBox(label="Val. every (0 = auto)", value=0, min=0, max=10**6,
+                                 tooltip="Steps between validations (0 = auto: 20 per run, every 50 "
+                                 "steps on a time budget). The best model is chosen at validations")
+        self.zoom_to_model = CheckBox(
+            text="train at the model's cell size", value=True,
+            tooltip="When your cells' size differs from the size the starting model knows by more than "
+            "25%, train on copies zoomed to the model's size (what Segment's Cell size 'auto' does at "
+            "inference). Off: the model learns your images' own scale",
+        )
+        self.checkpoint_dir = FileEdit(label="Checkpoints", mode="d",
+                                       tooltip="Where best.pt/last.pt/state.pt are kept (empty: a "
+                                       "temporary folder, shown when training ends)")
+        self.advanced = Container(
+            widgets=[self.lr, self.tile_size, self.batch_size, self.val_fraction, self.val_every,
+                     self.zoom_to_model, self.checkpoint_dir],
+            labels=True,
+        )
+        return self.advanced
+
+    def _augmentation_section(self) -> Container:
+        self.aug_elastic = CheckBox(text="elastic", value=True, tooltip="The paper's elastic deformation")
+        self.aug_rotate = CheckBox(text="rotation", value=True, tooltip="Rotation by any angle, and zoom")
+        self.aug_flip = CheckBox(text="flips", value=True, tooltip="Flips and 90° turns")
+        self.aug_gray = CheckBox(text="gray values", value=True, tooltip="Brightness, contrast, gamma")
+        self.aug_noise = CheckBox(text="noise", value=True, tooltip="Additive Gaussian noise")
+        self.aug_strength = FloatSlider(label="Aug. strength", value=1.0, min=0.0, max=2.0, step=0.1,
+                                        tooltip="Scales every augmentation's range (1 = defaults)")
+        self.augmentation = Container(
+            widgets=[row(self.aug_elastic, self.aug_rotate, self.aug_flip),
+                     row(self.aug_gray, self.aug_noise), self.aug_strength],
+            labels=True,
+        )
+        return self.augmentation
+
+    def _folded_settings(self) -> Container:
+        """Rarely changed settings fold away, so the loss plot stays in view."""
+        self.settings_box = folded([("Advanced: learning rate, tile, batch", self._advanced_section()),
+                                    ("Augmentation", self._augmentation_section())])
+        return self.settings_box
+
+    def _sync_budget(self) -> None:
+        self.iterations.visible = self.budget.value == self.ITERATIONS
+        self.minutes.visible = self.budget.value == self.MINUTES
 
     def augment_config(self) -> Any:
         """The :class:`~napari_unet.augment.AugmentConfig` the switches and strength describe."""
@@ -887,37 +785,9 @@ class TrainWidget(Container):
             max_noise=base.max_noise * s,
         )
 
-    def _make_job(self) -> TrainJob:
-        images, labels, regions, sources = self.collect_data()
-        start = {self.BUNDLED: "bundled", self.FILE: "file", self.SCRATCH: "scratch",
-                 self.CURRENT: "current", self.RESUME: "resume"}[self.start.value]
-        job = TrainJob(images=images, labels=labels, regions=regions, start=start)
-        if start == "bundled" and not bundled_model_available():
-            raise ValueError("The bundled model is not installed: start from scratch or from a model file")
-        if start == "file":
-            value = self.model_file.value
-            if value is None or str(value) in ("", ".") or Path(value).is_dir():
-                raise ValueError("No model file chosen: pick a .pt file, or start from the bundled model")
-            job.model_path = Path(value)
-        elif start == "current":
-            if self.trained_model is None:
-                raise ValueError("There is no current model yet: train or load one first")
-            job.model = self.trained_model
-        elif start == "resume":
-            value = self.resume_dir.value
-            folder = Path(value) if value is not None and str(value) not in ("", ".") else None
-            if folder is None or not (folder / "last.pt").is_file() or not (folder / "state.pt").is_file():
-                raise ValueError(
-                    f"Cannot resume: choose a checkpoint folder holding last.pt and state.pt "
-                    f"(got {str(value) or 'nothing'})"
-                )
-            job.resume = folder
-        job.mode = self.mode.value
-        if job.mode in MEMBRANE_MODES:
-            if start == "scratch":
-                job.kwargs["preset"] = MEMBRANE_MODES[job.mode]
-            job.mode = "instance2"
-        job.depth, job.width = int(self.depth.value), int(self.base_width.value)
+
+    def _settings_job(self, job: TrainJob) -> None:
+        """Fill in the budget, the settings and the checkpoint folder of ``job``."""
         if self.budget.value == self.MINUTES:
             job.max_time = float(self.minutes.value) * 60.0
         else:
@@ -938,16 +808,29 @@ class TrainWidget(Container):
             job.checkpoint_dir = Path(tempfile.mkdtemp(prefix="napari-unet-train-"))
             self.temp_dirs.append(job.checkpoint_dir)
             atexit.register(shutil.rmtree, job.checkpoint_dir, True)  # also if napari just quits
-        if self.preview.value and self.apply_image.value is not None:
-            from .segment import layer_axes
 
-            layer = self.apply_image.value
-            job.preview = _layer_array(layer)
-            job.preview_axes = layer_axes(layer, "auto")
-        job.kwargs["_sources"] = sources  # popped before train_iter (shown in the status)
-        return job
 
-    # -- running --------------------------------------------------------------------------
+class _TrainingRunSection:
+    """Train / Cancel, the progress bar, the ETA line, the loss plot and the status line;
+    what a run does while it trains, when it ends and when it is cancelled."""
+
+    def _run_section(self, dark: bool) -> RunControls:
+        self._run: Any = None  # TrainingRun of the current/last run
+        self._job: TrainJob | None = None
+        self._task = ""  # "train", "apply" or "export"
+        self._last_info: dict[str, Any] = {}
+        self._start_it = 0  # the iteration this run started at (resume: later than 0)
+        self.temp_dirs: list[Path] = []  # temporary checkpoint folders made here (removed on close)
+        self.controls = RunControls("Train", "Start training (in the background)",
+                                    "Stop at the next step and keep the best model so far", status_text="")
+        self.run_button, self.cancel_button = self.controls.run_button, self.controls.cancel_button
+        self.progress, self.status = self.controls.progress, self.controls.status
+        plot = LossPlotSection(dark)
+        self.eta, self.plot, self.plot_box = plot.eta, plot.plot, plot.box
+        return self.controls
+
+    def _run_rows(self) -> list[Any]:
+        return [self.controls.buttons, self.progress, self.eta, self.plot_box, self.status]
 
     def run(self, *_: Any) -> Any:
         """Start training (returns the worker, or None when the input is refused)."""
@@ -1093,7 +976,51 @@ class TrainWidget(Container):
                                 scale=tuple(layer.scale)[-n:], translate=tuple(layer.translate)[-n:])
         w.layer.metadata.setdefault("napari_unet_preview", True)
 
-    # -- model files ----------------------------------------------------------------------
+
+class _ResultSection:
+    """The trained model: save, load, export for bioimage.io, apply to an image, and the
+    live preview during training."""
+
+    def _result_section(self) -> list[Any]:
+        self.trained_model: UNet | None = None
+        self.model_tag = "trained"  # names Apply's layer: "<image> labels (<model_tag>)"
+        self.exported: Path | None = None  # the last bioimage.io package written
+        self.save_button = PushButton(text="Save model...", tooltip="Write the trained model to a .pt file")
+        self.load_button = PushButton(text="Load model...", tooltip="Make a model file the current model")
+        self.export_button = PushButton(
+            text="Export for bioimage.io...",
+            tooltip="Write the current model as a bioimage.io model package (.zip), to run it in "
+            "other tools (deepImageJ, ilastik, bioimage.io)",
+        )
+        self.apply_image = layer_picker("Image", "Apply to", "Image to segment with the current model")
+        self.apply_button = PushButton(text="Apply to image",
+                                       tooltip="Segment it with the current model → '<image> labels (trained)'")
+        self.preview = CheckBox(text="Live preview at each validation", value=False,
+                                tooltip="Segment the 'Apply to' image with the current weights after "
+                                "each validation (slows training a little)")
+        return [row(self.save_button, self.load_button), row(self.export_button),
+                self.apply_image, self.apply_button, self.preview]
+
+    def _connect_result(self) -> None:
+        self.save_button.changed.connect(self._save_clicked)
+        self.load_button.changed.connect(self._load_clicked)
+        self.export_button.changed.connect(self._export_clicked)
+        self.apply_button.changed.connect(self.apply)
+
+    def _sync_result(self) -> None:
+        has_model = self.trained_model is not None
+        busy = self.runner.running if hasattr(self, "runner") else False
+        for b in (self.save_button, self.apply_button, self.export_button):
+            b.enabled = has_model and not busy
+        self.load_button.enabled = not busy
+
+    def _preview_job(self, job: TrainJob) -> None:
+        if self.preview.value and self.apply_image.value is not None:
+            from .segment import layer_axes
+
+            layer = self.apply_image.value
+            job.preview = _layer_array(layer)
+            job.preview_axes = layer_axes(layer, "auto")
 
     def save_model_to(self, path: str | Path) -> Path:
         """Write the current model to ``path`` (atomically; ``.pt`` added if missing)."""
@@ -1166,8 +1093,6 @@ class TrainWidget(Container):
     def _load_clicked(self, *_: Any) -> None:
         self._with_file(False, "Load model", "", "napari-unet models (*.pt);;All files (*)", self.load_model_from)
 
-    # -- apply ----------------------------------------------------------------------------
-
     def apply(self, *_: Any) -> Any:
         """Segment the 'Apply to' image with the current model → '<image> labels (<model>)'
         (a layer of the person's own under that name is kept; the result goes beside it)."""
@@ -1209,6 +1134,93 @@ class TrainWidget(Container):
                                    message=f"Segmenting '{name}' with the current model...")
         self._after_start(worker)
         return worker
+
+
+class TrainWidget(
+    _TrainingPairs, _TrainingSetSection, _StartModelSection, _SettingsSection, _TrainingRunSection, _ResultSection,
+    Container,
+):
+    """Train a U-Net on annotated layers and/or a training-set folder.
+
+    Child widgets are attributes so scripts and tests can set values and press buttons:
+    data (``image``, ``labels``, ``region``, ``add_pair_button``, ``pairs``,
+    ``remove_pair_button``, ``folder``, ``load_folder_button``), model (``start``,
+    ``model_file``, ``resume_dir``, ``mode``, ``depth``, ``width``), settings
+    (``budget``, ``iterations``, ``minutes``, ``lr``, ``tile_size``, ``batch_size``,
+    ``val_fraction``, ``device``, ``checkpoint_dir``, augmentation check boxes and
+    ``aug_strength``), run (``run_button``, ``cancel_button``, ``progress``, ``eta``,
+    ``plot``, ``status``) and result (``save_button``, ``load_button``, ``export_button``,
+    ``apply_image``, ``apply_button``, ``preview``). The trained model is
+    :attr:`trained_model`.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        from ..augment import AugmentConfig
+
+        self._viewer = napari_viewer
+        self._AugmentConfig = AugmentConfig
+        self.device = DevicePicker()
+        self._run_section(dark=_is_dark(napari_viewer))
+        # the form scrolls inside the dock: it is taller than a 1280x800 screen
+        self.form = Container(
+            widgets=[
+                header("Training data", rule=False), *self._pairs_section(), *self._set_section(),
+                header("Model", rule=False), *self._model_section(),
+                header("Training", rule=False), *self._budget_section(), *self.device.widgets,
+                self._folded_settings(), *self._run_rows(),
+                header("Result", rule=False), *self._result_section(),
+            ],
+            labels=True,
+        )
+        super().__init__(widgets=[self.form], labels=False)
+        self.runner = self.controls.make_runner()
+        self.run_button.changed.connect(self.run)
+        self._connect_pairs()
+        self._connect_set()
+        self._connect_result()
+        self.start.changed.connect(self._sync)
+        self.budget.changed.connect(self._sync)
+        self._connect_close()
+        self.form.native.setMinimumWidth(320)
+        self.scroll = scroll_form(self, self.form, self.advanced, self.augmentation)
+        self._sync()
+        self.reset_choices()
+        self._update_set_info()
+        self._labels_chosen()
+        set_status(self.status, "Choose an image and its Labels layer, then press Train")
+
+    def _connect_close(self) -> None:
+        on_close(self, self._closed)
+        # the viewer closing deletes the widget: stop the worker, touching no child widget
+        runner = self.runner
+        self.native.destroyed.connect(lambda *_: runner.worker.quit() if runner.worker is not None else None)
+
+    def reset_choices(self, *_: Any) -> None:
+        region = self.region.value
+        chosen = list(self.pairs.value)
+        super().reset_choices()
+        if region is None:  # a new Shapes layer (e.g. a new annotation) is not a region yet
+            self.region.value = None
+        if not self._forget_removed_layers():
+            # magicgui resets the pair list to its initial (empty) choices with the layer
+            # pickers: show the pairs that train again, so the list never hides one
+            self._refresh_pairs()
+            self.pairs.value = [c for c in chosen if c in self.pairs.choices]
+
+
+    def _sync(self, *_: Any) -> None:
+        self._sync_model()
+        self._sync_budget()
+        self._sync_result()
+
+    def _make_job(self) -> TrainJob:
+        images, labels, regions, sources = self.collect_data()
+        job = TrainJob(images=images, labels=labels, regions=regions, start=self._start_key())
+        self._model_job(job)
+        self._settings_job(job)
+        self._preview_job(job)
+        job.kwargs["_sources"] = sources  # popped before train_iter (shown in the status)
+        return job
 
 
 def _is_dark(viewer: Any) -> bool:

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, PushButton, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, PushButton
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
-from ._common import add_or_update_layer, scroll_form, set_status, status_label
+from ._common import add_or_update_layer, layer_data, scroll_form, set_status, status_label
+from ._sections import layer_picker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -119,11 +120,26 @@ class WeightMapWidget(Container):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         self._viewer = napari_viewer
-        self.labels_layer = create_widget(
-            annotation="napari.layers.Labels",
-            label="Labels",
-            options={"tooltip": "Instance labels: 0 is background, each other id one cell"},
-        )
+        self.status = status_label()
+        self.form = Container(widgets=[*self._input_section(), *self._settings_section(), self.status], labels=True)
+        super().__init__(widgets=[self.form], labels=False)
+        self.scroll = scroll_form(self, self.form)
+        self.worker: Any = None
+        self.cache = DistanceCache()
+        self.shown: WeightParams | None = None  # what the output layer shows now
+        self._pending = False  # a newer request arrived while a worker was running
+        self._watched: Any = None  # the Labels layer whose edits trigger live updates
+        self._connect_live()
+        self._sync_per_plane()
+        self._watch_layer()
+        # compile the distance kernels before the first slider move (no-op when done); until
+        # then every computation runs in a worker, so the first Compute never freezes the GUI
+        self._warmup = threading.Thread(target=_compile_kernels, name="napari-unet-compile", daemon=True)
+        self._warmup.start()
+        self._describe()
+
+    def _input_section(self) -> list[Any]:
+        self.labels_layer = layer_picker("Labels", "Labels", "Instance labels: 0 is background, each other id one cell")
         self.w0 = FloatSpinBox(
             label="w0", value=10.0, min=0.0, max=1000.0, step=1.0,
             tooltip="Weight of the border term (paper: 10)",
@@ -136,6 +152,9 @@ class WeightMapWidget(Container):
             label="Class balance", choices=["none", "balanced"], value="none",
             tooltip="none: w_c = 1; balanced: inverse class frequency (mean 1 over the image)",
         )
+        return [self.labels_layer, self.w0, self.sigma, self.class_weights]
+
+    def _settings_section(self) -> list[Any]:
         self.per_plane = CheckBox(
             text="plane by plane (stacks, time series)", value=False,
             tooltip="For a layer with more than 2 dimensions: one 2D map per plane instead of "
@@ -143,20 +162,10 @@ class WeightMapWidget(Container):
         )
         self.live = CheckBox(text="live (recompute when a value changes)", value=True)
         self.compute_button = PushButton(text="Compute")
-        self.status = status_label()
-        self.form = Container(
-            widgets=[
-                self.labels_layer, self.w0, self.sigma, self.class_weights,
-                self.per_plane, self.live, self.compute_button, self.status,
-            ],
-            labels=True,
-        )
-        super().__init__(widgets=[self.form], labels=False)
-        self.scroll = scroll_form(self, self.form)
-        self.worker: Any = None
-        self.cache = DistanceCache()
-        self.shown: WeightParams | None = None  # what the output layer shows now
-        self._pending = False  # a newer request arrived while a worker was running
+        return [self.per_plane, self.live, self.compute_button]
+
+    def _connect_live(self) -> None:
+        """Compute on the button, and (live) shortly after any value or the labels change."""
         # parented to the widget, so it dies with it (no late timeout after the dock closes)
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
@@ -167,15 +176,7 @@ class WeightMapWidget(Container):
             w.changed.connect(self._value_changed)
         self.labels_layer.changed.connect(self._sync_per_plane)
         self.labels_layer.changed.connect(self._describe)
-        self._watched: Any = None  # the Labels layer whose edits trigger live updates
         self.labels_layer.changed.connect(self._watch_layer)
-        self._sync_per_plane()
-        self._watch_layer()
-        # compile the distance kernels before the first slider move (no-op when done); until
-        # then every computation runs in a worker, so the first Compute never freezes the GUI
-        self._warmup = threading.Thread(target=_compile_kernels, name="napari-unet-compile", daemon=True)
-        self._warmup.start()
-        self._describe()
 
     # -- helpers -------------------------------------------------------------------
 
@@ -244,7 +245,7 @@ class WeightMapWidget(Container):
             self._pending = True  # run again with the newest values when this one ends
             return
         params = self.params()
-        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        data = layer_data(layer)
         labels = np.asarray(data)
         if labels.size <= self.SYNC_MAX_PIXELS and not self._warmup.is_alive():
             try:
