@@ -136,7 +136,7 @@ def output_geometry(layer: Any, channel_axis: int | None, out_ndim: int) -> tupl
 def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
     """The worker's generator: load the model, predict tile by tile, post-process.
 
-    Runs ``tiling.segment_iter`` (plane by plane: memory is bounded by one plane plus the
+    Runs ``segmentation.segment_iter`` (plane by plane: memory is bounded by one plane plus the
     outputs), which yields at least every 0.2 s, so Cancel acts within a fraction of a
     second.
     """

@@ -50,6 +50,7 @@ from magicgui.widgets import (
 )
 
 from .._progress import Progress, relay
+from ..annotate import count_cells
 from ..modes import MODES
 from ._common import (
     add_or_update_layer,
@@ -1124,7 +1125,7 @@ class _ResultSection:
             geo = {"scale": scale, "translate": translate} if len(scale) == result.labels.ndim else {}
             w = add_or_update_layer(self._viewer, result.labels, result_name(name, "labels", tag), "labels",
                                     writer=WRITER, **geo)
-            n = int(np.count_nonzero(np.unique(result.labels)))
+            n = count_cells(result.labels)
             text = f"{n} cells in {result.seconds:.1f} s → '{w.layer.name}'"
             if w.note:
                 text += f" ({w.note})"
