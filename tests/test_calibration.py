@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import napari_unet as nu
-from napari_unet.calibration import BIAS_THRESHOLDS, calibrate_membranes, fit_membrane_bias
+from napari_unet.calibration import BIAS_THRESHOLDS, MEMBRANE_TEST_TIME_FLIPS, calibrate_membranes, fit_membrane_bias
 from napari_unet.model import UNet
 
 from _helpers import membrane_image
@@ -73,7 +73,7 @@ def test_calibrate_membranes_fits_the_decision_on_the_given_pixels():
     m.meta["test_time_flips"] = True
     p = nu.predict(img, model=m, amp=False)[0]
     errors = [np.mean((p > t) != membrane) for t in BIAS_THRESHOLDS]
-    bias = calibrate_membranes(m, [img[None]], [membrane])
+    bias = calibrate_membranes(m, [img[None]], [membrane], flips=True)
     assert m.meta["test_time_flips"] is True and m.meta["class_bias"] == [bias, 0.0]
     calibrated = np.mean((nu.predict(img, model=m, amp=False)[0] > 0.5) != membrane)
     assert calibrated == pytest.approx(min(errors), abs=2e-4)
@@ -85,7 +85,7 @@ def test_membrane_training_switches_calibration_on():
     img, cells, _ = membrane_image(seed=6)
     fast = dict(batch_size=2, tile_size=48, device="cpu", amp=False, lr=3e-3, iterations=2)
     m = nu.fine_tune([img] * 4, [cells] * 4, _tiny2(), preset="membranes", **fast)
-    assert m.meta["test_time_flips"] is True
+    assert m.meta["test_time_flips"] is MEMBRANE_TEST_TIME_FLIPS
     assert len(m.meta["class_bias"]) == 2 and np.isfinite(m.meta["class_bias"]).all()
     nuclei_img, nuclei = nu.make_sample((96, 96))
     other = nu.fine_tune([nuclei_img] * 4, [nuclei] * 4, _tiny2(), **fast)
