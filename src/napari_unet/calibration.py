@@ -137,7 +137,7 @@ def calibrate_membranes(net: Any, images: Sequence[np.ndarray], membrane: Sequen
             _, h, w = img.shape
             pad = ((0, 0), (cfg.halo, cfg.input_size_for_output(h) - h - cfg.halo),
                    (cfg.halo, cfg.input_size_for_output(w) - w - cfg.halo))
-            x = torch.from_numpy(np.pad(np.asarray(img, np.float32), pad, mode="symmetric"))[None].to(device)
+            x = torch.from_numpy(np.pad(np.asarray(img, np.float32), pad, mode="reflect"))[None].to(device)  # as predict pads
             p_membrane.append(class_probabilities(net, x)[0, 0, :h, :w].cpu().numpy())
     net.train(was_training)
     bias = fit_membrane_bias(p_membrane, membrane, masks)

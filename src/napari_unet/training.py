@@ -1103,7 +1103,7 @@ def train_iter(
     result = clone_model(net)
     if run.best_state is not None:
         result.load_state_dict(run.best_state)
-    if preset == "membranes":  # test-time flips and a membrane bias fitted on the validation pixels
+    if preset == "membranes":  # a membrane bias fitted on the validation pixels (calibration.py)
         from .calibration import calibrate_membranes
 
         calibrate_membranes(result, [v.image for v in val], [v.targets == 0 for v in val], [v.mask for v in val])
