@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from ._progress import Progress, ProgressBar, drain
+from .calibration import class_probabilities
 from .device import autocast, available_memory, cpu_supports_bf16, describe_device, is_out_of_memory, resolve_device
 from .image_checks import NONFINITE_WARNING, modality_warning
 from .normalize import SUBSAMPLE_PIXELS, apply_normalization, normalization_params, strided_sample
@@ -357,8 +358,8 @@ def forward_batch(net: torch.nn.Module, x: np.ndarray, device: torch.device, amp
             t = torch.from_numpy(x).to(device, non_blocking=True)
             if channels_last:
                 t = t.contiguous(memory_format=torch.channels_last)
-            logits = net(t)[:, :, : keep[0], : keep[1]]
-            probs = torch.softmax(logits.float(), dim=1)
+            # softmax, with a membrane model's test-time flips and class bias (calibration.py)
+            probs = class_probabilities(net, t)[:, :, : keep[0], : keep[1]]
             return probs.cpu().numpy()
     except Exception as exc:  # torch reports out-of-memory as several types; others re-raised
         if not is_out_of_memory(exc):

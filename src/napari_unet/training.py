@@ -873,6 +873,11 @@ class Trainer:
         result = clone_model(self.net)
         if self.run.best_state is not None:
             result.load_state_dict(self.run.best_state)
+        if self.preset == "membranes":  # a membrane bias fitted on the validation pixels (calibration.py)
+            from .calibration import calibrate_membranes
+
+            val = self.val
+            calibrate_membranes(result, [v.image for v in val], [v.targets == 0 for v in val], [v.mask for v in val])
         result.meta["history"] = self.history(True)
         return result.eval()
 
