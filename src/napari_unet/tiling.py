@@ -657,6 +657,8 @@ def segment_iter(
     said = {"model": picked} if picked else {}
     if min_object_z == MIN_OBJECT_Z and getattr(model, "meta", {}).get("modality") == "stained":
         min_object_z = MIN_OBJECT_Z_STAINED  # the default, for stained tissue
+    if diameter is None and getattr(model, "meta", {}).get("zoom_each") and not model.meta.get(_INNER):
+        diameter = "auto"  # a model trained with each image zoomed to its cell size (stained tissue)
     if not plane_by_plane and "Z" in str(axes or "").upper():
         from .volume import segment_volume_iter
 

@@ -495,6 +495,8 @@ def _zoom_to_model(net: UNet, fresh: bool, enabled: bool, imgs: list, labs: list
     if not math.isfinite(data_d):
         return imgs, labs, regs, va_i, va_l, va_r, 1.0, data_d
     target = None if fresh else net.meta.get("diameter")
+    if enabled and net.meta.get("zoom_each") and isinstance(target, (int, float)) and target > 0:
+        return (*_zoom_each(float(target), imgs, labs, regs, va_i, va_l, va_r), data_d)
     known = net.meta.get("diameter_range")  # a model pretrained on many sizes (e.g. 20x and 40x)
     if known and not fresh and known[0] <= data_d <= known[1]:
         target = None  # it knows this size already: train at the data's own scale
@@ -521,6 +523,39 @@ def _zoom_to_model(net: UNet, fresh: bool, enabled: bool, imgs: list, labs: list
     if va_i:
         va_i, va_l, va_r = zoom_set(va_i, va_l, va_r)
     return imgs, labs, regs, va_i, va_l, va_r, zoom, data_d
+
+
+def _zoom_each(target: float, imgs: list, labs: list, regs: list | None, va_i: list, va_l: list,
+               va_r: list | None) -> tuple:
+    """A model that records ``meta["zoom_each"]`` (stained tissue at 20x and 40x): every
+    image zoomed so that *its own* cells have the model's diameter ``target``, as
+    ``segment`` (``diameter="auto"`` by default for such a model) zooms each image.
+
+    Returns the zoomed lists and the median of the zooms.
+    """
+    from .diameter import label_diameter, resize_image, resize_nearest, zoom_for, zoomed_shape
+
+    zooms = []
+
+    def one(img: Any, lab: Any, reg: Any) -> tuple:
+        lab = np.asarray(lab)
+        d = label_diameter([lab])
+        z = zoom_for(target, d) if math.isfinite(d) else 1.0
+        zooms.append(z)
+        if z == 1.0:
+            return img, lab, reg
+        yx = zoomed_shape(lab.shape[-2:], z)
+        if isinstance(reg, np.ndarray):
+            reg = resize_nearest(reg, "YX", yx)
+        return resize_image(np.asarray(img), _image_axes(img, lab.shape), yx), resize_nearest(lab, "YX", yx), reg
+
+    def each(images: list, labels: list, regions: list | None) -> tuple[list, list, list | None]:
+        done = [one(i, lab, None if regions is None else regions[k]) for k, (i, lab) in enumerate(zip(images, labels))]
+        return [d[0] for d in done], [d[1] for d in done], None if regions is None else [d[2] for d in done]
+
+    imgs, labs, regs = each(imgs, labs, regs)
+    va_i, va_l, va_r = each(va_i, va_l, va_r)
+    return imgs, labs, regs, va_i, va_l, va_r, float(np.median(zooms))
 
 
 def lr_factor(fraction: float) -> float:
