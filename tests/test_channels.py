@@ -219,3 +219,27 @@ def test_a_zoom_each_model_segments_at_its_cell_size_by_default():
     out, records = run_to_end(segment_iter(img, m, device="cpu", min_size=0))
     assert abs(records[-1].info["zoom"] - 0.4) < 0.05  # 30-px cells to the model's 12 px
     assert nu.average_precision(lab, out, thresholds=(0.9,))[0.9] == 1.0
+
+
+def test_the_models_post_processing_defaults_apply_and_give_way_to_the_callers():
+    """meta["postprocess"] (the stained model's tuned thresholds) are segment's defaults;
+    an option the caller passes wins."""
+    from _helpers import threshold_unet
+
+    yy, xx = np.mgrid[:96, :96]
+    img = np.where((yy - 48) ** 2 + (xx - 48) ** 2 < 12**2, 1.0, 0.1).astype(np.float32)
+    m = threshold_unet()
+    assert nu.segment(img, m, device="cpu", min_object_z=None).max() == 1
+    m.meta["postprocess"] = {"foreground_threshold": 1.0}  # nothing can pass it
+    assert nu.segment(img, m, device="cpu", min_object_z=None).max() == 0
+    assert nu.segment(img, m, device="cpu", min_object_z=None, foreground_threshold=0.5).max() == 1
+
+
+def test_the_stained_model_records_its_tuned_post_processing():
+    """Pinned: chosen on the shared H&E tiles (models/stained.md); the fluorescence model has none."""
+    from napari_unet.model import load_model
+
+    meta = load_model(bundled_path("stained")).meta
+    assert meta["postprocess"] == {"foreground_threshold": 0.3, "seed_threshold": 0.3, "h": 2.0}
+    assert meta["zoom_each"] is True
+    assert "postprocess" not in nu.load_model().meta and "zoom_each" not in nu.load_model().meta
