@@ -634,7 +634,9 @@ def segment_iter(
             the model (:func:`napari_unet.diameter.measure_diameter`, about a second).
             When it differs from the model's own (``model.meta["diameter"]``) by more than
             25%, a copy zoomed to the model's cell size is segmented (in memory) and the
-            labels are scaled back. None (default): segment the image as it is.
+            labels are scaled back. None (default): segment the image as it is, or, for a
+            model that records ``meta["zoom_each"]`` (the stained-tissue model, trained with
+            each image zoomed to its cell size), ``"auto"``.
         min_object_z: instance modes: objects whose mean intensity does not stand out from
             the background around them by this many standard errors of the image's noise
             (the default 6 is 2 for a model of stained tissue) are dropped, so an empty
@@ -645,7 +647,8 @@ def segment_iter(
         plane_by_plane: Z stacks: label each plane on its own (unrelated sections), as
             for other plane axes.
         **postprocess: further options of ``probabilities_to_labels`` (3D: of
-            :func:`napari_unet.volume.segment_volume_iter`, e.g. ``views``).
+            :func:`napari_unet.volume.segment_volume_iter`, e.g. ``views``); the model's
+            ``meta["postprocess"]`` (if any) gives the defaults of those not passed.
 
     Yields:
         :class:`Progress`; with ``diameter``, ``info`` also holds ``diameter`` and ``zoom``.
