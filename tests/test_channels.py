@@ -243,3 +243,23 @@ def test_the_stained_model_records_its_tuned_post_processing():
     assert meta["postprocess"] == {"foreground_threshold": 0.3, "seed_threshold": 0.3, "h": 2.0}
     assert meta["zoom_each"] is True
     assert "postprocess" not in nu.load_model().meta and "zoom_each" not in nu.load_model().meta
+
+
+def test_cell_size_is_measured_with_the_packages_post_processing():
+    """A model's meta["postprocess"] (tuned for its final labels) does not change what
+    diameter="auto" measures: the ladder of zooms was calibrated with the defaults."""
+    from _helpers import threshold_unet
+
+    from napari_unet.diameter import measure_diameter
+
+    yy, xx = np.mgrid[:300, :340]
+    img = np.full((300, 340), 0.1, np.float32)
+    for cy, cx in [(50, 50), (50, 150), (150, 60), (160, 200), (240, 280), (250, 120), (60, 280)]:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 15**2] = 1.0
+    img += np.random.default_rng(0).normal(0, 0.02, img.shape).astype(np.float32)
+    m = threshold_unet()
+    m.meta["diameter"] = 12.0
+    plain = measure_diameter(img, m, device="cpu")
+    m.meta["postprocess"] = {"foreground_threshold": 1.0}  # would find no cells at all
+    assert measure_diameter(img, m, device="cpu") == plain
+    assert abs(plain - 30) < 3
