@@ -37,6 +37,9 @@ stained model, 1 thread, seed 0, scored with ``nu.segment(tile, model=m)``; fold
     same network, diameter "auto" + those thresholds     0.630 / 0.265  0.620 / 0.359  0.625
     each image zoomed to 18 px, old thresholds           0.535 / 0.161  0.650 / 0.420  0.593
     each image zoomed + fg 0.3 / seed 0.3 / h 2 (now)    0.702 / 0.285  0.597 / 0.326  0.650
+    seed 1: before                                       0.569 / 0.212  0.630 / 0.432  0.600
+    seed 1: now                                          0.703 / 0.298  0.568 / 0.299  0.636
+    (2 seeds x 2 folds, AP@0.5 / 0.75: before 0.601 / 0.327, now 0.643 / 0.302)
 
 The lower thresholds help the 20x tiles (01: 0.40 -> 0.64; the network draws nuclei smaller
 than the annotators and misses faint ones) and cost the crowded 40x tile 10 (0.71 -> 0.60);
