@@ -168,3 +168,98 @@ def test_stained_images_train_without_the_border_term(he_tile):
     model, _ = run_to_end(train_iter([fluo], [flab], None, iterations=1,
                                      batch_size=1, tile_size=32, val_fraction=0, device="cpu"))
     assert model.meta["history"][-1]["w0"] == 10.0
+
+
+def test_zoom_each_brings_every_image_to_the_models_cell_size():
+    """A model recording meta["zoom_each"] (stained tissue at 20x and 40x) trains on each
+    image zoomed by its own cells' size: 12-px and 48-px cells both come out 24 px."""
+    from napari_unet.diameter import label_diameter
+    from napari_unet.training_data import zoom_to_model as _zoom_to_model
+
+    def discs(radius, shape=(200, 220)):
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        lab = np.zeros(shape, np.int32)
+        step = int(3 * radius)
+        for k, (cy, cx) in enumerate((y, x) for y in range(step // 2, shape[0] - radius, step)
+                                     for x in range(step // 2, shape[1] - radius, step)):
+            lab[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = k + 1
+        return (lab > 0).astype(np.float32)[None], lab
+
+    (small, s_lab), (large, l_lab) = discs(6), discs(24, (300, 320))
+    net = nu.UNet(in_channels=1, num_classes=3, depth=2, base_width=4)
+    net.meta.update(mode="instance3", diameter=24.0, zoom_each=True)
+    out = _zoom_to_model(net, False, True, [small, large], [s_lab, l_lab], None, [], [], None)
+    imgs, labs = out[0], out[1]
+    assert abs(labs[0].shape[0] / 200 - 2) < 0.1 and abs(labs[1].shape[0] / 300 - 0.5) < 0.05  # zoomed 2x and 0.5x
+    assert [im.shape[-2:] for im in imgs] == [lab.shape for lab in labs]
+    for lab in labs:
+        assert abs(label_diameter([lab]) - 24) < 1.5
+    assert net.meta["diameter"] == 24.0
+    del net.meta["zoom_each"]  # without the flag: one zoom for all
+    one = _zoom_to_model(net, False, True, [small, large], [s_lab, l_lab], None, [], [], None)[1]
+    assert abs(one[0].shape[0] / 200 - one[1].shape[0] / 300) < 0.01
+
+
+def test_a_zoom_each_model_segments_at_its_cell_size_by_default():
+    """segment(image, model) with such a model measures the cells and zooms, as diameter="auto"."""
+    from _helpers import threshold_unet
+
+    from napari_unet.tiling import segment_iter
+
+    yy, xx = np.mgrid[:300, :340]
+    lab = np.zeros((300, 340), np.int32)
+    for k, (cy, cx) in enumerate([(50, 50), (50, 150), (150, 60), (160, 200), (240, 280), (250, 120)]):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 < 15**2] = k + 1
+    img = np.where(lab > 0, 1.0, 0.1).astype(np.float32) + np.random.default_rng(0).normal(0, 0.02, lab.shape).astype(np.float32)
+    m = threshold_unet()
+    m.meta["diameter"] = 12.0
+    _, plain = run_to_end(segment_iter(img, m, device="cpu", min_size=0))
+    assert "zoom" not in plain[-1].info
+    m.meta["zoom_each"] = True
+    out, records = run_to_end(segment_iter(img, m, device="cpu", min_size=0))
+    assert abs(records[-1].info["zoom"] - 0.4) < 0.05  # 30-px cells to the model's 12 px
+    assert nu.average_precision(lab, out, thresholds=(0.9,))[0.9] == 1.0
+
+
+def test_the_models_post_processing_defaults_apply_and_give_way_to_the_callers():
+    """meta["postprocess"] (the stained model's tuned thresholds) are segment's defaults;
+    an option the caller passes wins."""
+    from _helpers import threshold_unet
+
+    yy, xx = np.mgrid[:96, :96]
+    img = np.where((yy - 48) ** 2 + (xx - 48) ** 2 < 12**2, 1.0, 0.1).astype(np.float32)
+    m = threshold_unet()
+    assert nu.segment(img, m, device="cpu", min_object_z=None).max() == 1
+    m.meta["postprocess"] = {"foreground_threshold": 1.0}  # nothing can pass it
+    assert nu.segment(img, m, device="cpu", min_object_z=None).max() == 0
+    assert nu.segment(img, m, device="cpu", min_object_z=None, foreground_threshold=0.5).max() == 1
+
+
+def test_the_stained_model_records_its_tuned_post_processing():
+    """Pinned: chosen on the shared H&E tiles (models/stained.md); the fluorescence model has none."""
+    from napari_unet.model import load_model
+
+    meta = load_model(bundled_path("stained")).meta
+    assert meta["postprocess"] == {"foreground_threshold": 0.3, "seed_threshold": 0.3, "h": 2.0}
+    assert meta["zoom_each"] is True
+    assert "postprocess" not in nu.load_model().meta and "zoom_each" not in nu.load_model().meta
+
+
+def test_cell_size_is_measured_with_the_packages_post_processing():
+    """A model's meta["postprocess"] (tuned for its final labels) does not change what
+    diameter="auto" measures: the ladder of zooms was calibrated with the defaults."""
+    from _helpers import threshold_unet
+
+    from napari_unet.diameter import measure_diameter
+
+    yy, xx = np.mgrid[:300, :340]
+    img = np.full((300, 340), 0.1, np.float32)
+    for cy, cx in [(50, 50), (50, 150), (150, 60), (160, 200), (240, 280), (250, 120), (60, 280)]:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 15**2] = 1.0
+    img += np.random.default_rng(0).normal(0, 0.02, img.shape).astype(np.float32)
+    m = threshold_unet()
+    m.meta["diameter"] = 12.0
+    plain = measure_diameter(img, m, device="cpu")
+    m.meta["postprocess"] = {"foreground_threshold": 1.0}  # would find no cells at all
+    assert measure_diameter(img, m, device="cpu") == plain
+    assert abs(plain - 30) < 3

@@ -24,7 +24,7 @@ from .diameter import CellSizeError, measure_diameter_iter, model_diameter, zoom
 from .image_checks import MIN_OBJECT_Z, MIN_OBJECT_Z_STAINED, NOTHING_HERE_WARNING
 from .instances import label_planes_iter, objects_above_noise
 from .resize import resize_image, resize_nearest, zoomed_shape
-from .tiling import check_out, checked_model, inner_model, parse_axes, with_normalization_of
+from .tiling import INNER_KEY, check_out, checked_model, inner_model, parse_axes, with_normalization_of
 from .volume import segment_volume_iter
 
 
@@ -72,7 +72,9 @@ def segment_iter(
             the model (:func:`napari_unet.diameter.measure_diameter`, about a second).
             When it differs from the model's own (``model.meta["diameter"]``) by more than
             25%, a copy zoomed to the model's cell size is segmented (in memory) and the
-            labels are scaled back. None (default): segment the image as it is.
+            labels are scaled back. None (default): segment the image as it is, or, for a
+            model that records ``meta["zoom_each"]`` (the stained-tissue model, trained with
+            each image zoomed to its cell size), ``"auto"``.
         min_object_z: instance modes: objects whose mean intensity does not stand out from
             the background around them by this many standard errors of the image's noise
             (the default 6 is 2 for a model of stained tissue) are dropped, so an empty
@@ -83,7 +85,8 @@ def segment_iter(
         plane_by_plane: Z stacks: label each plane on its own (unrelated sections), as
             for other plane axes.
         **postprocess: further options of ``probabilities_to_labels`` (3D: of
-            :func:`napari_unet.volume.segment_volume_iter`, e.g. ``views``).
+            :func:`napari_unet.volume.segment_volume_iter`, e.g. ``views``); the model's
+            ``meta["postprocess"]`` (if any) gives the defaults of those not passed.
 
     Yields:
         :class:`Progress`; with ``diameter``, ``info`` also holds ``diameter`` and ``zoom``.
@@ -95,6 +98,8 @@ def segment_iter(
     said = {"model": picked} if picked else {}
     if min_object_z == MIN_OBJECT_Z and getattr(model, "meta", {}).get("modality") == "stained":
         min_object_z = MIN_OBJECT_Z_STAINED  # the default, for stained tissue
+    if diameter is None and getattr(model, "meta", {}).get("zoom_each") and not model.meta.get(INNER_KEY):
+        diameter = "auto"  # a model trained with each image zoomed to its cell size (stained tissue)
     if not plane_by_plane and "Z" in str(axes or "").upper():
         return (yield from with_info(segment_volume_iter(
             image, model, axes=axes, voxel_size=voxel_size, diameter=diameter, tile_size=tile_size, device=device,

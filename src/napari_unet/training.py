@@ -991,8 +991,10 @@ def train_iter(
             zoomed 2x, 90 s from the bundled model: AP@0.5 0.87 zoomed vs 0.67 unzoomed
             (0.83 before; ``benchmarks/bench_finetune_scale.py``). False: train at the
             data's own scale and record its diameter. A model that records
-            ``meta["diameter_range"]`` (pretrained on many sizes, like the stained model)
-            is not zoomed for data whose diameter lies inside that range.
+            ``meta["zoom_each"]`` (the stained model: slides at 20x and 40x) gets *each*
+            image zoomed to the model's size by its own cells' diameter, as ``segment``
+            then zooms each image; one that records ``meta["diameter_range"]`` (pretrained
+            on many sizes) is not zoomed for data whose diameter lies inside that range.
         oom_retry: on running out of memory, halve the batch and retry the step (default).
             False: stop with a clear error instead, as under DistributedDataParallel, where
             one process halving alone would leave the others waiting for it forever.

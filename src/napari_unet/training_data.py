@@ -367,12 +367,24 @@ def zoom_to_model(net: UNet, fresh: bool, enabled: bool, imgs: list, labs: list,
 
     Returns the (possibly zoomed) lists, the zoom and the data's median cell diameter.
     """
-    from .diameter import label_diameter, resize_image, resize_nearest, zoom_for, zoomed_shape
+    from .diameter import label_diameter, zoom_for
 
     data_d = label_diameter([*labs, *va_l])
     if not math.isfinite(data_d):
         return imgs, labs, regs, va_i, va_l, va_r, 1.0, data_d
     target = None if fresh else net.meta.get("diameter")
+    if enabled and net.meta.get("zoom_each") and isinstance(target, (int, float)) and target > 0:
+        # slides at 20x and 40x (the stained model): EACH image to the model's size by its own
+        # cells, as segment (diameter "auto" for such a model) zooms each image
+        def own_zoom(lab: Any) -> float:
+            d = label_diameter([np.asarray(lab)])
+            return zoom_for(float(target), d) if math.isfinite(d) else 1.0
+
+        zooms = [own_zoom(lab) for lab in labs]
+        va_zooms = [own_zoom(lab) for lab in va_l]
+        imgs, labs, regs = _zoomed(imgs, labs, regs, zooms)
+        va_i, va_l, va_r = _zoomed(va_i, va_l, va_r, va_zooms)
+        return imgs, labs, regs, va_i, va_l, va_r, float(np.median(zooms)), data_d
     known = net.meta.get("diameter_range")  # a model pretrained on many sizes (e.g. 20x and 40x)
     if known and not fresh and known[0] <= data_d <= known[1]:
         target = None  # it knows this size already: train at the data's own scale
@@ -382,21 +394,26 @@ def zoom_to_model(net: UNet, fresh: bool, enabled: bool, imgs: list, labs: list,
     zoom = zoom_for(float(target), data_d)
     if zoom == 1.0:
         return imgs, labs, regs, va_i, va_l, va_r, 1.0, data_d
-
-    def zoom_set(images: list, labels: list, regions: list | None) -> tuple[list, list, list | None]:
-        out_i, out_l, out_r = [], [], None if regions is None else []
-        for k, (img, lab) in enumerate(zip(images, labels)):
-            lab = np.asarray(lab)
-            yx = zoomed_shape(lab.shape[-2:], zoom)
-            out_i.append(resize_image(np.asarray(img), _image_axes(img, lab.shape), yx))
-            out_l.append(resize_nearest(lab, "YX", yx))
-            if out_r is not None:
-                r = regions[k]
-                out_r.append(resize_nearest(np.asarray(r), "YX", yx) if isinstance(r, np.ndarray) else r)
-        return out_i, out_l, out_r
-
-    imgs, labs, regs = zoom_set(imgs, labs, regs)
-    if va_i:
-        va_i, va_l, va_r = zoom_set(va_i, va_l, va_r)
+    imgs, labs, regs = _zoomed(imgs, labs, regs, [zoom] * len(imgs))
+    va_i, va_l, va_r = _zoomed(va_i, va_l, va_r, [zoom] * len(va_i))
     return imgs, labs, regs, va_i, va_l, va_r, zoom, data_d
+
+
+def _zoomed(images: list, labels: list, regions: list | None, zooms: list[float]) -> tuple[list, list, list | None]:
+    """Each image, its labels and its region (an array, or "all") zoomed by its own zoom."""
+    from .resize import resize_image, resize_nearest, zoomed_shape
+
+    out_i, out_l, out_r = [], [], None if regions is None else []
+    for k, (img, lab, zoom) in enumerate(zip(images, labels, zooms)):
+        lab = np.asarray(lab)
+        r = None if regions is None else regions[k]
+        if zoom != 1.0:
+            yx = zoomed_shape(lab.shape[-2:], zoom)
+            img, lab = resize_image(np.asarray(img), _image_axes(img, lab.shape), yx), resize_nearest(lab, "YX", yx)
+            r = resize_nearest(np.asarray(r), "YX", yx) if isinstance(r, np.ndarray) else r
+        out_i.append(img)
+        out_l.append(lab)
+        if out_r is not None:
+            out_r.append(r)
+    return out_i, out_l, out_r
 
