@@ -56,6 +56,17 @@ AdamW at 3e-3 reached the lowest training loss; the cosine decay ends a run at a
 rate so the last (and best) checkpoints are not taken mid-oscillation, which a
 constant rate does not guarantee.
 
+Tile size: with valid convolutions a depth-3 network computes a 44-px halo around every
+tile: a 96-px output tile is 28% of its input, a 192-px tile 48%; a step cost 1.3-1.7x
+less per output pixel on the shared 2-core CPU (``benchmarks/bench_train_step.py``, two
+noisy runs). Fine-tuning the stained model on three H&E tiles for 120 CPU-seconds, scored
+on two others (``benchmarks/real_he.py`` split, AP@0.5): 96 px x 4 0.42, 192 px x 2 0.44
+(lr 1e-3: 0.49), 192 px x 4 0.42, 256 px x 2 (lr 1e-3) 0.40; one seed, about +-0.05 noise.
+
+Zoom to the model (``zoom_to_model``): the real crop zoomed 2x, fine-tuned 90 s from the
+bundled model: AP@0.5 0.87 zoomed vs 0.67 unzoomed (0.83 before;
+``benchmarks/bench_finetune_scale.py``).
+
 Checkpoints (``checkpoint_dir``): ``last.pt`` and ``best.pt`` are ordinary model files
 (:func:`napari_unet.model.save_model`, atomic); ``state.pt`` holds the optimiser, scaler,
 random generators and counters, loaded with ``weights_only=True``. ``resume=DIR``
@@ -944,13 +955,7 @@ def train_iter(
             1e-3 from a 1-channel model widened to the images' channels, see LR_WIDENED).
         batch_size: tiles per step (default 2 on the CPU, 4 on a GPU).
         tile_size: edge of the network's *output* tile in pixels (as in ``predict``),
-            rounded up to a valid size; default 192. With valid convolutions a depth-3
-            network computes a 44-px halo around every tile: a 96-px tile is 28% of its
-            input, a 192-px tile 48%: a step cost 1.3-1.7x less per output pixel on the
-            shared 2-core CPU (``benchmarks/bench_train_step.py``, two noisy runs).
-            Fine-tuning the stained model on three H&E tiles for 120 CPU-seconds, scored on two others (``benchmarks/real_he.py``
-            split, AP@0.5): 96 px x 4 0.42, 192 px x 2 0.44 (lr 1e-3: 0.49), 192 px x 4 0.42,
-            256 px x 2 (lr 1e-3) 0.40; one seed, about +-0.05 noise.
+            rounded up to a valid size; default 192 (measured: the module's docstring).
         augment: augmentation switches and strengths.
         val_fraction: share held out for validation when no ``val_images`` are given
             (whole images from 4 images up, else a strip of each image); 0 = none.
@@ -987,9 +992,8 @@ def train_iter(
             (``meta["diameter"]``) and the training cells' median diameter differs from it
             by more than 25%, train on copies zoomed to the model's size (as
             ``segment(..., diameter="auto")`` segments), so that fine-tuning builds on what
-            the model knows instead of relearning the scale. Measured on the real crop
-            zoomed 2x, 90 s from the bundled model: AP@0.5 0.87 zoomed vs 0.67 unzoomed
-            (0.83 before; ``benchmarks/bench_finetune_scale.py``). False: train at the
+            the model knows instead of relearning the scale (measured: the module's
+            docstring). False: train at the
             data's own scale and record its diameter. A model that records
             ``meta["zoom_each"]`` (the stained model: slides at 20x and 40x) gets *each*
             image zoomed to the model's size by its own cells' diameter, as ``segment``
