@@ -43,7 +43,8 @@ import torch
 
 import napari_unet as nu
 from napari_unet.device import autocast, cpu_supports_bf16
-from napari_unet.tiling import image_normalization, parse_axes, predict, segment
+from napari_unet.segmentation import segment
+from napari_unet.tiling import image_normalization, parse_axes, predict
 
 
 def _net(depth: int, width: int, seed: int = 0) -> nu.UNet:

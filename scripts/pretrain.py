@@ -234,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         # on data inside this range trains at the data's own scale (no zoom)
         final.meta["diameter_range"] = [10.0, 30.0]
         final.meta["input"] = dict(final.meta.get("input") or {}, channel_names=["red", "green", "blue"])
+        # each slide zoomed to the model's cell size (training and segment), and the
+        # post-processing chosen on real slides (models/stained.md)
+        final.meta["zoom_each"] = True
+        final.meta["postprocess"] = {"foreground_threshold": 0.3, "seed_threshold": 0.3, "h": 2.0}
     final.meta["recipe"] = recipe
     final.meta["diameter"] = args.diameter
     # the last record already holds the whole curve; a second stage keeps the first's too

@@ -80,13 +80,15 @@ def test_calibrate_membranes_fits_the_decision_on_the_given_pixels():
     assert calibrated < np.mean((p > 0.5) != membrane)  # an untrained network: 0.5 is not its best threshold
 
 
-def test_membrane_training_switches_calibration_on():
+def test_membrane_training_switches_calibration_on(tmp_path):
     torch.set_num_threads(1)
     img, cells, _ = membrane_image(seed=6)
     fast = dict(batch_size=2, tile_size=48, device="cpu", amp=False, lr=3e-3, iterations=2)
-    m = nu.fine_tune([img] * 4, [cells] * 4, _tiny2(), preset="membranes", **fast)
+    m = nu.fine_tune([img] * 4, [cells] * 4, _tiny2(), preset="membranes", checkpoint_dir=tmp_path, **fast)
     assert m.meta["test_time_flips"] is MEMBRANE_TEST_TIME_FLIPS
     assert len(m.meta["class_bias"]) == 2 and np.isfinite(m.meta["class_bias"]).all()
+    # the checkpoint's best model is calibrated too (what a resumed or cancelled run hands out)
+    assert nu.load_model(tmp_path / "best.pt").meta.get("class_bias") is not None
     nuclei_img, nuclei = nu.make_sample((96, 96))
     other = nu.fine_tune([nuclei_img] * 4, [nuclei] * 4, _tiny2(), **fast)
     assert "test_time_flips" not in other.meta and "class_bias" not in other.meta

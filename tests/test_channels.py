@@ -219,6 +219,9 @@ def test_a_zoom_each_model_segments_at_its_cell_size_by_default():
     out, records = run_to_end(segment_iter(img, m, device="cpu", min_size=0))
     assert abs(records[-1].info["zoom"] - 0.4) < 0.05  # 30-px cells to the model's 12 px
     assert nu.average_precision(lab, out, thresholds=(0.9,))[0.9] == 1.0
+    # "as is" (the Segment widget's choice) segments the image unchanged, whatever the model
+    _, as_is = run_to_end(segment_iter(img, m, device="cpu", min_size=0, diameter="as is"))
+    assert "zoom" not in as_is[-1].info
 
 
 def test_the_models_post_processing_defaults_apply_and_give_way_to_the_callers():
@@ -233,6 +236,20 @@ def test_the_models_post_processing_defaults_apply_and_give_way_to_the_callers()
     m.meta["postprocess"] = {"foreground_threshold": 1.0}  # nothing can pass it
     assert nu.segment(img, m, device="cpu", min_object_z=None).max() == 0
     assert nu.segment(img, m, device="cpu", min_object_z=None, foreground_threshold=0.5).max() == 1
+
+
+def test_validation_scores_with_the_models_post_processing():
+    """Training picks its checkpoint by what segment will do: the model's meta["postprocess"]."""
+    from types import SimpleNamespace
+
+    from napari_unet.training import _val_score
+
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 10**2
+    probs = np.stack([np.where(disc, 0.2, 0.9), np.where(disc, 0.8, 0.1), np.zeros((64, 64))]).astype(np.float32)
+    v = SimpleNamespace(gt=disc.astype(np.int32), mask=np.ones((64, 64), bool))
+    assert _val_score(probs, v, "instance3", False, {}) == 1.0
+    assert _val_score(probs, v, "instance3", False, {"foreground_threshold": 0.9}) == 0.0
 
 
 def test_the_stained_model_records_its_tuned_post_processing():

@@ -170,7 +170,6 @@ def measure_diameter_iter(
     plane, plane_axes = middle_plane(image, axes, max_side=int(round(CROP / min(zooms))) + 1)
     # every zoomed crop is normalised like the image (its own percentiles would stretch the noise)
     net = with_normalization_of(net, image, parse_axes(np.shape(image), axes))
-    net.meta.pop("postprocess", None)  # sizes are measured with the package's own post-processing
     H, W = plane.shape[plane_axes.index("Y")], plane.shape[plane_axes.index("X")]
     found: list[tuple[float, float]] = []  # (diameter seen at zoom z, that diameter / z)
     tried = []

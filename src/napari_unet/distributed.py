@@ -636,6 +636,7 @@ def segment_distributed_iter(
 
     model, mode, amp, channels_last = _checked_settings(model, mode, device, amp, channels_last, block_size, overlap,
                                                        batch_size)
+    postprocess = {**model.meta.get("postprocess", {}), **postprocess}  # the model's own defaults, as segment
     inputs = _inputs(image_or_paths, axes)
     root = Path(out)
     if root.exists() and not (root / "zarr.json").is_file() and not (root / ".zgroup").is_file():

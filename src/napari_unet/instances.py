@@ -66,8 +66,6 @@ def label_planes_iter(
     planes = lay.plane_indices()
     H, W = lay.yx_shape
     kwargs = dict(postprocess)
-    for key, value in pred.meta.get("postprocess", {}).items():
-        kwargs.setdefault(key, value)  # the model's own defaults (stained tissue: models/stained.md)
     if mode == "instance2" and pred.meta.get("preset") == "membranes":
         kwargs.setdefault("membranes", True)  # cells between membranes: the membrane watershed
     if min_size is not None:

@@ -208,7 +208,4 @@ def probabilities_to_labels(
     return out
 
 
-#: old private name (importable from here)
-_remove_small_and_relabel = remove_small_and_relabel
-
 __all__ = ["DEFAULT_MIN_SIZE", "MODES", "membrane_watershed", "probabilities_to_labels", "remove_small_and_relabel"]

@@ -28,6 +28,10 @@ from .tiling import INNER_KEY, check_out, checked_model, inner_model, parse_axes
 from .volume import segment_volume_iter
 
 
+#: ``diameter=AS_IS``: segment the image unchanged, also with a model that zooms each image
+AS_IS = "as is"
+
+
 def segment_iter(
     image: Any,
     model: Any = None,
@@ -74,7 +78,8 @@ def segment_iter(
             25%, a copy zoomed to the model's cell size is segmented (in memory) and the
             labels are scaled back. None (default): segment the image as it is, or, for a
             model that records ``meta["zoom_each"]`` (the stained-tissue model, trained with
-            each image zoomed to its cell size), ``"auto"``.
+            each image zoomed to its cell size), ``"auto"``. ``"as is"``: the image as it is,
+            whatever the model.
         min_object_z: instance modes: objects whose mean intensity does not stand out from
             the background around them by this many standard errors of the image's noise
             (the default 6 is 2 for a model of stained tissue) are dropped, so an empty
@@ -98,7 +103,10 @@ def segment_iter(
     said = {"model": picked} if picked else {}
     if min_object_z == MIN_OBJECT_Z and getattr(model, "meta", {}).get("modality") == "stained":
         min_object_z = MIN_OBJECT_Z_STAINED  # the default, for stained tissue
-    if diameter is None and getattr(model, "meta", {}).get("zoom_each") and not model.meta.get(INNER_KEY):
+    meta = getattr(model, "meta", {})
+    if isinstance(diameter, str) and diameter == AS_IS:
+        diameter = None
+    elif diameter is None and meta.get("zoom_each") and not meta.get(INNER_KEY):
         diameter = "auto"  # a model trained with each image zoomed to its cell size (stained tissue)
     if not plane_by_plane and "Z" in str(axes or "").upper():
         return (yield from with_info(segment_volume_iter(
@@ -106,6 +114,8 @@ def segment_iter(
             min_size=min_size, mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out,
             amp=amp, channels_last=channels_last, min_object_z=min_object_z, **postprocess,
         ), said))
+    # the model's own post-processing defaults (stained tissue: models/stained.md); the caller's win
+    postprocess = {**meta.get("postprocess", {}), **postprocess}
     if diameter is not None:
         return (yield from with_info(_segment_zoomed(
             image, model, diameter, tile_size=tile_size, device=device, axes=axes, min_size=min_size,
@@ -213,7 +223,7 @@ def segment_at_model_size(
     one and enough cells are in view to measure them; as it is otherwise, saying why in
     ``notes`` (Cell size "auto" in the Segment widget; predict-to-annotate, scoring and
     apply after training)."""
-    diameter = None
+    diameter: float | str = AS_IS
     if not model.meta.get("diameter"):
         if notes is not None:
             notes.append("the model records no cell diameter, so the image was segmented as it is")
@@ -226,4 +236,4 @@ def segment_at_model_size(
     return (yield from segment_iter(image, model, device=device, axes=axes, diameter=diameter, **kwargs))
 
 
-__all__ = ["segment", "segment_at_model_size", "segment_iter"]
+__all__ = ["AS_IS", "segment", "segment_at_model_size", "segment_iter"]

@@ -688,7 +688,11 @@ def padded_single_pass(image: np.ndarray, model: Any, amp: bool = False, *, norm
         lo, hi = image_normalization(image, parse_axes(np.shape(image), "YX" if np.ndim(image) == 2 else "CYX"), rule)
         x = apply_normalization(x, lo, hi, channel_axis=0)
     net = copy.deepcopy(model).eval()
-    return torch.softmax(padded_logits(net, x, torch.device("cpu"), amp), 1)[0].numpy()
+    _, H, W = x.shape
+    padded = torch.from_numpy(np.ascontiguousarray(mirror_pad(x, net.config)))[None]
+    with torch.no_grad(), autocast(torch.device("cpu"), amp):
+        probs = class_probabilities(net, padded)  # as every tiled pass: a membrane model's bias too
+    return probs[0, :, :H, :W].float().numpy()
 
 
 __all__ = [

@@ -94,12 +94,12 @@ import torch
 import torch.nn.functional as F
 
 from ._progress import Progress, ProgressBar, drain
-from .annotate import restrict_to_region
 from .augment import AugmentConfig, augment_batch
 from .device import autocast, describe_device, is_out_of_memory, resolve_device
 from .image_checks import modality_of
-from .metrics import adapted_rand_error, average_precision
-from .model import MODES, ModelFileError, UNet, center_crop, clone_model, load_model, save_atomic, save_model
+from .metrics import adapted_rand_error, average_precision, restrict_to_region
+from .model import ModelFileError, UNet, center_crop, clone_model, load_model, save_atomic, save_model
+from .modes import MODES
 from .postprocess import probabilities_to_labels
 from .targets import DEFAULT_MARGIN
 from .tiling import padded_logits
@@ -308,6 +308,8 @@ class TrainingRun:
     history: Callable[[], list[dict[str, Any]]] | None = None
     #: the training arrays (normalised with each whole image's statistics)
     data: TrainingData | None = None
+    #: what every model the run hands out gets last (membranes: the fitted bias; set by ``train_iter``)
+    finish: Callable[[UNet], None] | None = None
 
     def best_model(self) -> UNet:
         """A CPU copy of the best model so far (the current one when never validated),
@@ -315,6 +317,8 @@ class TrainingRun:
         model = clone_model(self.model)
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
+        if self.finish is not None:
+            self.finish(model)
         if self.history is not None:
             model.meta["history"] = self.history()
         return model.eval()
@@ -395,9 +399,10 @@ def _checked_inputs(images: Sequence[Any], labels: Sequence[Any], o: SimpleNames
     return images, labels, regions, val_images, val_labels, val_regions
 
 
-def _val_score(probs: np.ndarray, v: Any, mode: str, membranes: bool) -> float:
+def _val_score(probs: np.ndarray, v: Any, mode: str, membranes: bool, postprocess: dict[str, Any]) -> float:
     """One validation image's score: AP at IoU 0.5 on the annotated region; the mean IoU of
-    the classes in semantic mode; 1 - adapted Rand error for membrane data."""
+    the classes in semantic mode; 1 - adapted Rand error for membrane data. ``postprocess``:
+    the model's own post-processing defaults (``meta["postprocess"]``), as segment uses them."""
     if mode == "semantic":
         cls = probs.argmax(0)
         ious = []
@@ -407,8 +412,8 @@ def _val_score(probs: np.ndarray, v: Any, mode: str, membranes: bool) -> float:
             if union:
                 ious.append((a & b).sum() / union)
         return float(np.mean(ious)) if ious else 1.0
-    # the package's post-processing, as segment does
-    pred = probabilities_to_labels(probs, mode, membranes=membranes)
+    # the post-processing segment uses
+    pred = probabilities_to_labels(probs, mode, **{**postprocess, "membranes": membranes})
     if membranes:
         return 1.0 - adapted_rand_error(v.gt, pred)[0] if (v.gt > 0).any() else 1.0
     return average_precision(v.gt, restrict_to_region(pred, v.mask), 0.5)[0.5]
@@ -596,6 +601,7 @@ class Trainer:
         self.entry = self._history_entry()
         # what a widget that cancels keeps (the generator's own return is lost on quit)
         self.run.history = lambda: self.history(False, "cancelled")
+        self.run.finish = self.finish
         self.info = {"device": self.dev_text, "run": self.run, "tile_size": self.out_size, "mode": self.mode}
         self.t0 = time.perf_counter()
         self.step_times: list[float] = []
@@ -646,6 +652,7 @@ class Trainer:
             # also the starting model when it stays the best (its iteration is before any checkpoint)
             best = clone_model(net)
             best.load_state_dict(run.best_state)
+            self.finish(best)
             save_model(best, self.ckpt / "best.pt")
             self.best_saved = run.best_iteration
         del net.meta["checkpoint_run"]
@@ -793,7 +800,7 @@ class Trainer:
             tt, wt, mt = (torch.from_numpy(a)[None].to(dev) for a in (v.targets, v.weights, v.mask))
             losses.append(float(weighted_cross_entropy(logits, tt, wt, mt)))
             probs = torch.softmax(logits[0], 0).cpu().numpy()
-            scores.append(_val_score(probs, v, self.mode, self.preset == "membranes"))
+            scores.append(_val_score(probs, v, self.mode, self.preset == "membranes", net.meta.get("postprocess", {})))
         net.train()
         return {"val_loss": float(np.mean(losses)), "val_ap": float(np.mean(scores))}
 
@@ -879,16 +886,22 @@ class Trainer:
         yield Progress(it, it, f"finished ({stop})", dict(info, phase="done", iteration=it, **self.last_val))
         return result
 
+    def finish(self, model: UNet) -> None:
+        """What every model this run hands out gets last (the returned one, ``best.pt``,
+        a cancelled run's best): for membranes, the bias fitted on the validation pixels
+        (:mod:`napari_unet.calibration`)."""
+        if self.preset == "membranes":
+            from .calibration import calibrate_membranes
+
+            val = self.val
+            calibrate_membranes(model, [v.image for v in val], [v.targets == 0 for v in val], [v.mask for v in val])
+
     def result(self) -> UNet:
         """A CPU copy of the best weights (the last when never validated), finished history, eval mode."""
         result = clone_model(self.net)
         if self.run.best_state is not None:
             result.load_state_dict(self.run.best_state)
-        if self.preset == "membranes":  # a membrane bias fitted on the validation pixels (calibration.py)
-            from .calibration import calibrate_membranes
-
-            val = self.val
-            calibrate_membranes(result, [v.image for v in val], [v.targets == 0 for v in val], [v.mask for v in val])
+        self.finish(result)
         result.meta["history"] = self.history(True)
         return result.eval()
 

@@ -56,7 +56,7 @@ class SegmentJob:
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     notes: list[str] = field(default_factory=list)
-    diameter: float | str | None = None  # None: as is; "auto": measured; or pixels
+    diameter: float | str | None = None  # None or "as is": as is; "auto": measured; or pixels
     model_tag: str = "bundled"  # names the output layers: "<image> labels (<model_tag>)"
     voxel_size: tuple[float, ...] | None = None  # Z stacks: the layer's (z, y, x) scale; None = estimate
     plane_by_plane: bool = False
@@ -331,7 +331,7 @@ class SegmentWidget(Container):
             scale=scale,
             translate=translate,
             notes=notes,
-            diameter={"auto": "auto", "as is": None}.get(self.cell_size.value, float(self.diameter.value)),
+            diameter={"auto": "auto", "as is": "as is"}.get(self.cell_size.value, float(self.diameter.value)),
             model_tag=model_tag(self.model.path),
             voxel_size=layer_voxel_size(layer, layout.axes),
             plane_by_plane=bool(self.plane_by_plane.value),
