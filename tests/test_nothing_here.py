@@ -131,3 +131,16 @@ def test_a_flat_image_at_float32_rounding_is_not_stretched():
     real = np.linspace(0, 1000, 64 * 64, dtype=np.float32).reshape(64, 64)
     lo, hi = percentile_range(real)
     assert apply_normalization(real, lo, hi, channel_axis=0).max() > 0.99  # a real range still is
+
+
+def test_an_empty_stack_with_a_model_that_zooms_each_image_is_segmented_as_it_is():
+    """A stained-tissue model measures every image's cell size (meta["zoom_each"]); on an
+    empty Z stack nothing can be measured: a warning and the stack as it is, not an error."""
+    from _helpers import threshold_unet
+
+    m = threshold_unet()
+    m.meta.update(diameter=12.0, zoom_each=True)
+    stack = np.random.default_rng(0).normal(0.1, 0.01, (3, 64, 64)).astype(np.float32)
+    with pytest.warns(UserWarning, match="could not be measured"):
+        labels = nu.segment(stack, m, axes="ZYX", device="cpu")
+    assert labels.shape == stack.shape

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Generator, Iterable
 from typing import Any
 
@@ -202,6 +203,23 @@ def measure_diameter_iter(
     if not found:
         raise CellSizeError(f"found fewer than {MIN_CELLS} cells at every zoom ({'; '.join(tried) or 'image too small'})")
     return _pick(found, target)
+
+
+def diameter_to_use(image: Any, net: Any, diameter: float | str, *, axes: str, device: Any = None,
+                    what: str = "image") -> Generator[Progress, None, float]:
+    """The cell diameter to zoom by: ``diameter`` in pixels, or for ``"auto"`` the measured
+    one; when it cannot be measured (an empty field, a few cells), the model's own (no
+    zoom), with a warning naming ``what`` was segmented as it is."""
+    if not isinstance(diameter, str):
+        return float(diameter)
+    if diameter != "auto":
+        raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
+    try:
+        return (yield from measure_diameter_iter(image, net, axes=axes, device=device))
+    except CellSizeError as exc:
+        warnings.warn(f"The cell size could not be measured ({exc.reason}), so the {what} was segmented as it is.",
+                      UserWarning, stacklevel=3)
+        return model_diameter(net)
 
 
 def measure_diameter(

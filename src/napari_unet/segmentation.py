@@ -20,7 +20,7 @@ import torch
 
 from ._progress import Progress, ProgressBar, drain, with_info
 from .device import available_memory
-from .diameter import CellSizeError, measure_diameter_iter, model_diameter, zoom_for
+from .diameter import diameter_to_use, measure_diameter_iter, model_diameter, zoom_for
 from .image_checks import MIN_OBJECT_Z, MIN_OBJECT_Z_STAINED, NOTHING_HERE_WARNING
 from .instances import label_planes_iter, objects_above_noise
 from .resize import resize_image, resize_nearest, zoomed_shape
@@ -139,16 +139,7 @@ def _segment_zoomed(
     lay = parse_axes(image.shape, axes)
     net = model  # resolved by segment_iter, which also reports the pick
     target = model_diameter(net)
-    if isinstance(diameter, str):
-        if diameter != "auto":
-            raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
-        try:
-            diameter = yield from measure_diameter_iter(image, net, axes=lay.axes, device=device)
-        except CellSizeError as exc:
-            # an empty field (or a few cells) has no size to measure: segment it as it is
-            warnings.warn(f"The cell size could not be measured ({exc.reason}), so the image was segmented as it is.",
-                          UserWarning, stacklevel=2)
-            diameter = target
+    diameter = yield from diameter_to_use(image, net, diameter, axes=lay.axes, device=device)
     zoom = zoom_for(target, diameter)
     extra = {"diameter": float(diameter), "zoom": zoom}
     if zoom == 1:

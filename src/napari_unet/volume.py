@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ._progress import Progress, with_info
-from .diameter import CellSizeError, measure_diameter_iter, model_diameter, zoom_for
+from .diameter import diameter_to_use, model_diameter, zoom_for
 from .image_checks import NOTHING_HERE_WARNING, drop_faint_objects
 from .resize import nearest_axis, resize_axis, resize_image, resize_nearest, zoomed_shape
 from .tiling import Predictor, check_out, choose_channel_map, image_normalization, out_index, parse_axes
@@ -593,16 +593,7 @@ def _zoomed(image: Any, net: Any, lay: Any, diameter: float | str, given: float 
             probabilities_out: Any, **kw: Any) -> Generator[Progress, None, Any]:
     """:func:`segment_volume_iter` with a cell diameter: zoom Y and X to the model's cell size."""
     target = model_diameter(net)
-    if isinstance(diameter, str):
-        if diameter != "auto":
-            raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
-        try:
-            diameter = yield from measure_diameter_iter(image, net, axes=lay.axes, device=kw.get("device"))
-        except CellSizeError as exc:
-            # an empty stack (or a few cells) has no size to measure: segment it as it is
-            warnings.warn(f"The cell size could not be measured ({exc.reason}), so the stack was segmented as it is.",
-                          UserWarning, stacklevel=2)
-            diameter = target
+    diameter = yield from diameter_to_use(image, net, diameter, axes=lay.axes, device=kw.get("device"), what="stack")
     zoom = zoom_for(target, diameter)
     extra = {"diameter": float(diameter), "zoom": zoom}
     voxel = None if given is None else given * zoom
