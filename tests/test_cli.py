@@ -41,6 +41,21 @@ def test_segment_tiff_in_process(tif, model_file, tiny_model, tmp_path, capsys):
     assert "%" in capsys.readouterr().err  # the tqdm bar went to stderr
 
 
+def test_segment_diameter_as_is_never_zooms(tif, model_file, tiny_model, tmp_path):
+    """--diameter as-is: the image as it is, also with a model that zooms each image."""
+    path, image = tif
+    out = tmp_path / "labels.tif"
+    tiny_model.meta.update(diameter=3.0, zoom_each=True)  # would measure and zoom by default
+    zooming = str(nu.save_model(tiny_model, tmp_path / "zooming.pt"))
+    assert main(["segment", str(path), "-o", str(out), "--model", zooming, "--tile-size", "24", "--no-amp",
+                 "--diameter", "as-is", "--plane-by-plane"]) == 0
+    plain = segment(image, tiny_model, axes="ZYX", amp=False, tile_size=24, diameter="as is", plane_by_plane=True)
+    np.testing.assert_array_equal(tifffile.imread(out), plain)
+    with pytest.raises(SystemExit) as exc:  # argparse: one usage line and status 2
+        main(["segment", str(path), "-o", str(out), "--model", model_file, "--diameter", "wide"])
+    assert exc.value.code == 2
+
+
 def test_segment_several_inputs_to_zarr_directory(tif, model_file, tmp_path, rng):
     zarr = pytest.importorskip("zarr")
     path, image = tif

@@ -24,9 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--axes", metavar="AXES",
                         help="axis letters of the input, e.g. ZYX, TCYX, YXS (default: from the file or guessed)")
     parser.add_argument("--min-size", type=int, metavar="PX", help="remove objects smaller than this (pixels)")
-    parser.add_argument("--diameter", type=_diameter, metavar="PX|auto",
+    parser.add_argument("--diameter", type=_diameter, metavar="PX|auto|as-is",
                         help="the cells' diameter in pixels, or 'auto' to measure it: the image is zoomed to "
-                             "the cell size the model knows best (default: segment the image as it is)")
+                             "the cell size the model knows best; 'as-is': never zoom (default: as it is, or "
+                             "'auto' for a model that zooms each image, like the stained-tissue model)")
     parser.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
                         help="Z stacks: voxel size in any unit (default: the anisotropy is estimated from the cells)")
     parser.add_argument("--plane-by-plane", action="store_true",
@@ -54,10 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _diameter(text: str) -> float | str:
     if text.strip().lower() == "auto":
         return "auto"
+    if text.strip().lower() in ("as-is", "as is"):
+        return "as is"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'auto', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number of pixels, 'auto' or 'as-is', got {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"the diameter must be a positive number of pixels, got {text!r}")
     return value
@@ -182,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     if args.inputs and not args.output:
         raise ValueError("give the output with -o OUT")
     if args.scheduler or args.workers:
-        if args.diameter is not None:
+        if args.diameter not in (None, "as is"):  # blocks are never zoomed
             raise ValueError("--diameter is not available with --scheduler/--workers; zoom the image beforehand")
         if "Z" in (args.axes or "").upper() and not args.plane_by_plane:
             raise ValueError("3D labels are not available with --scheduler/--workers; add --plane-by-plane")
