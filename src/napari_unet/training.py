@@ -639,8 +639,10 @@ class Trainer:
 
     # -- checkpoint and resume ------------------------------------------------------------
 
-    def checkpoint(self, final: bool = False) -> None:
-        """Write ``last.pt``, ``best.pt`` (when this step is the best so far) and ``state.pt``."""
+    def checkpoint(self, final: bool = False, best: UNet | None = None) -> None:
+        """Write ``last.pt``, ``best.pt`` and ``state.pt``. ``best.pt``: ``best`` when given
+        (the finished run's returned model, :meth:`finish` applied), else the best weights
+        when they changed since the last checkpoint."""
         if self.ckpt is None:
             return
         net, run, it = self.net, self.run, self.iteration
@@ -648,12 +650,14 @@ class Trainer:
         was_training = net.training
         net.meta["checkpoint_run"] = self.run_id  # ties last.pt and best.pt to this run's state.pt
         save_model(net, self.ckpt / "last.pt")
-        if run.best_state is not None and run.best_iteration != self.best_saved:
+        if best is None and run.best_state is not None and run.best_iteration != self.best_saved:
             # also the starting model when it stays the best (its iteration is before any checkpoint)
             best = clone_model(net)
             best.load_state_dict(run.best_state)
-            self.finish(best)
+        if best is not None:
+            best.meta["checkpoint_run"] = self.run_id
             save_model(best, self.ckpt / "best.pt")
+            del best.meta["checkpoint_run"]
             self.best_saved = run.best_iteration
         del net.meta["checkpoint_run"]
         net.train(was_training)
@@ -881,15 +885,17 @@ class Trainer:
                 stop = "early stopping"
                 break
         self.entry["stopped"] = stop
-        self.checkpoint(final=True)
-        result = self.result()
+        result = self.result()  # best.pt is this model (calibrated once, for membranes)
+        self.checkpoint(final=True, best=result if self.run.best_state is not None else None)
         yield Progress(it, it, f"finished ({stop})", dict(info, phase="done", iteration=it, **self.last_val))
         return result
 
     def finish(self, model: UNet) -> None:
-        """What every model this run hands out gets last (the returned one, ``best.pt``,
-        a cancelled run's best): for membranes, the bias fitted on the validation pixels
-        (:mod:`napari_unet.calibration`)."""
+        """What every model this run hands out gets last (the returned one, which is also the
+        finished run's ``best.pt``, and a cancelled run's best): for membranes, the bias fitted
+        on the validation pixels (:mod:`napari_unet.calibration`). Not applied to the
+        ``best.pt`` of checkpoints during the run, which would repeat a validation pass at
+        every new best."""
         if self.preset == "membranes":
             from .calibration import calibrate_membranes
 
