@@ -161,3 +161,30 @@ def test_membrane_watershed_merges_tiny_fragments():
     assert probabilities_to_labels(probs, "instance2", membranes=True, min_size=1).max() >= 3
     pred = probabilities_to_labels(probs, "instance2", membranes=True, min_size=1000)
     assert pred.max() == 2 and (pred > 0).all()  # merged into its cell, not left a hole
+
+
+def test_weak_borders_merge_and_membranes_with_a_gap_do_not():
+    from napari_unet.postprocess import membrane_watershed, merge_weak_borders
+
+    # three segments in a row; the border 1|2 has no membrane, 2|3 a membrane with a 2-px gap
+    labels = np.ones((40, 60), np.int32)
+    labels[:, 20:] = 2
+    labels[:, 40:] = 3
+    p = np.full(labels.shape, 0.05, np.float32)
+    p[:, 38:42] = 0.9
+    p[18:20, 38:42] = 0.05
+    merged = merge_weak_borders(labels, p, 0.4)
+    assert (merged[:, :40] == merged[0, 0]).all() and (merged[:, 40:] == merged[0, -1]).all()
+    assert merged[0, 0] != merged[0, -1]
+    assert (merge_weak_borders(labels, p, 0.01) == labels).all()  # nothing is weak enough
+    # merges chain: a weak border to a segment that has already merged still merges
+    p[:, 38:42] = 0.05
+    assert len(np.unique(merge_weak_borders(labels, p, 0.4))) == 1
+    # a cell the distance seeds split in two at a waist (short membrane stubs) is one cell again
+    p = np.full((44, 88), 0.02, np.float32)
+    p[:2], p[-2:], p[:, :2], p[:, -2:] = 0.98, 0.98, 0.98, 0.98  # a frame of membrane
+    p[:8, 42:46], p[-8:, 42:46] = 0.98, 0.98  # the stubs: 16 of the waist's 44 px
+    split = membrane_watershed(p, h=1, merge=None, min_size=1)
+    assert split[22, 20] != split[22, 68]
+    whole = membrane_watershed(p, h=1, min_size=1)
+    assert whole[22, 20] == whole[22, 68]

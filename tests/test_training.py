@@ -379,3 +379,88 @@ def test_instance2_weights_put_the_border_term_on_carved_contacts():
     assert w[carved].min() > 1.0 + 0.8 * 10.0
     # and far inside a cell there is no border term
     assert w[20, 20] == 1.0
+
+
+# -- post-processing chosen on the validation images ----------------------------------------
+
+
+def _faint_cells(n_images, seed=0, p_cell=0.42):
+    """Instance labels of separate discs and instance2 probabilities whose cells are faint
+    (p(cell) below 0.5): the default threshold finds nothing, a lower one everything."""
+    rng = np.random.default_rng(seed)
+    probs, gts = [], []
+    for _ in range(n_images):
+        lab = np.zeros((96, 96), np.int32)
+        yy, xx = np.mgrid[:96, :96]
+        k = 0
+        for cy in range(12, 96, 24):
+            for cx in range(12, 96, 24):
+                k += 1
+                lab[(yy - cy - rng.integers(-3, 4)) ** 2 + (xx - cx - rng.integers(-3, 4)) ** 2 <= 49] = k
+        p = np.where(lab > 0, p_cell, 0.05).astype(np.float32)
+        probs.append(np.stack([1 - p, p]))
+        gts.append(lab)
+    return probs, gts, [np.ones((96, 96), bool)] * n_images
+
+
+def test_choose_postprocess_finds_the_threshold_the_defaults_miss():
+    from napari_unet.training import TUNE_MIN_CELLS, choose_postprocess
+
+    probs, gts, masks = _faint_cells(3)  # 48 cells
+    assert sum(len(np.unique(g)) - 1 for g in gts) >= TUNE_MIN_CELLS
+    options, score, base = choose_postprocess(probs, gts, masks, "instance2", {"min_size": 16})
+    assert base == 0.0 and score == 1.0
+    assert options["foreground_threshold"] < 0.42 and options["min_size"] == 16  # the caller's other options stay
+    # too few cells to choose from: nothing is chosen
+    assert choose_postprocess(probs[:1], gts[:1], masks[:1], "instance2", {}) is None
+    # defaults that already segment every cell are kept
+    probs, gts, masks = _faint_cells(3, p_cell=0.9)
+    assert choose_postprocess(probs, gts, masks, "instance2", {"foreground_threshold": 0.5}) == (
+        {"foreground_threshold": 0.5}, 1.0, 1.0)
+    # predictions outside the annotated region are not counted
+    probs, gts, masks = _faint_cells(3, p_cell=0.9)
+    masks = [np.zeros((96, 96), bool)] * 3
+    masks[0] = np.ones((96, 96), bool)
+    gts = [g * m for g, m in zip(gts, masks)]
+    assert choose_postprocess(probs, gts, masks, "instance2", {}) is None  # 16 annotated cells
+
+
+def test_fine_tuning_corrects_a_post_processing_default_its_validation_refutes():
+    """The bundled model with post-processing defaults that merge and miss cells: a run with
+    ``tune_postprocess`` (lr 0, so the weights stay) stores the options its validation
+    images prefer, and segment uses them."""
+    torch.set_num_threads(1)
+    from napari_unet.model import bundled_model_path
+
+    start = nu.load_model(bundled_model_path())
+    bad = {"foreground_threshold": 0.999, "seed_threshold": 0.999, "h": 20.0}
+    start.meta["postprocess"] = dict(bad)
+    train = [discs(seed=s) for s in range(2)]
+    val = [discs(seed=50 + s) for s in range(4)]
+    m = fine_tune([i for i, _ in train], [lab for _, lab in train], start, iterations=1, lr=0.0, batch_size=1,
+                  tile_size=32, device="cpu", amp=False, val_images=[i for i, _ in val], val_labels=[lab for _, lab in val],
+                  tune_postprocess=True)
+    tuned = m.meta["history"][-1]["postprocess_tuned"]
+    assert tuned["val_ap"] > tuned["defaults_val_ap"] + 0.2 and tuned["val_ap"] > 0.9, tuned
+    assert m.meta["postprocess"] == tuned["options"] and m.meta["postprocess"]["foreground_threshold"] <= 0.5
+    img, lab = discs(seed=99)
+    assert average_precision(lab, nu.segment(img, model=m), 0.5)[0.5] > 0.9
+    assert average_precision(lab, nu.segment(img, model=start), 0.5)[0.5] < 0.5
+    # by default (off), the starting model's defaults stay
+    m = fine_tune([i for i, _ in train], [lab for _, lab in train], start, iterations=1, lr=0.0, batch_size=1,
+                  tile_size=32, device="cpu", amp=False, val_images=[i for i, _ in val], val_labels=[lab for _, lab in val])
+    assert m.meta["postprocess"] == bad and "postprocess_tuned" not in m.meta["history"][-1]
+
+
+def test_few_images_validate_on_a_strip_of_each_many_on_whole_images():
+    from napari_unet.training_data import WHOLE_IMAGE_VALIDATION, split_for_validation
+
+    imgs = [np.full((300, 60), k, np.float32) for k in range(5)]
+    labs = [np.ones((300, 60), np.int32) for _ in range(5)]
+    tr_i, tr_l, _, va_i, va_l, _ = split_for_validation(imgs, labs, None, 0.2)
+    assert [int(i[0, 0]) for i in tr_i] == [0, 1, 2, 3, 4] and [i.shape for i in tr_i] == [(240, 60)] * 5
+    assert [i.shape for i in va_i] == [(60, 60)] * 5
+    n = WHOLE_IMAGE_VALIDATION
+    imgs = [np.full((300, 60), k, np.float32) for k in range(n)]
+    tr_i, _, _, va_i, _, _ = split_for_validation(imgs, [np.ones((300, 60), np.int32)] * n, None, 0.2)
+    assert [int(i[0, 0]) for i in va_i] == list(range(n - round(n * 0.2), n)) and va_i[0].shape == (300, 60)

@@ -305,14 +305,29 @@ def prepare_validation(
     return out
 
 
+#: from this many images on, validation holds out whole images; with fewer, a strip of each,
+#: so that every image is trained on (with five H&E slides, a held-out slide took away the
+#: second of two 40x slides, and validation saw one slide of one magnification)
+WHOLE_IMAGE_VALIDATION = 8
+
+
+def _strip_cut(shape: tuple[int, ...], val_fraction: float) -> int | None:
+    """Where a validation strip starts along an image's longer axis; None when the strip or
+    the rest would be under 48 px."""
+    length = max(shape[-2:])
+    cut = length - int(round(length * val_fraction))
+    return None if length - cut < 48 or cut < 48 else cut
+
+
 def split_for_validation(
     images: list[Any], labels: list[Any], regions: list[Any] | None, val_fraction: float
 ) -> tuple[list[Any], list[Any], list[Any] | None, list[Any], list[Any], list[Any] | None]:
-    """Hold out whole images (4 or more images) or a strip of each image (fewer)."""
+    """Hold out whole images (:data:`WHOLE_IMAGE_VALIDATION` or more images, or 4 or more
+    too small to cut) or a strip of each image (fewer)."""
     n = len(images)
     if val_fraction <= 0:
         return images, labels, regions, [], [], None
-    if n >= 4:
+    if n >= WHOLE_IMAGE_VALIDATION or (n >= 4 and not all(_strip_cut(np.shape(lab), val_fraction) for lab in labels)):
         k = max(1, int(round(n * val_fraction)))
         k = min(k, n - 1)
         tr, va = list(range(n - k)), list(range(n - k, n))
@@ -324,9 +339,8 @@ def split_for_validation(
         reg = regions[k] if regions is not None else None
         h, w = lab.shape
         axis = 0 if h >= w else 1
-        length = lab.shape[axis]
-        cut = length - int(round(length * val_fraction))
-        if length - cut < 48 or cut < 48:
+        cut = _strip_cut(lab.shape, val_fraction)
+        if cut is None:
             # too small to cut: train on all of it, validate on nothing from this image
             tr_i.append(img), tr_l.append(lab), tr_r.append(reg)
             continue

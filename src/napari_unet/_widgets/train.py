@@ -706,7 +706,7 @@ class _SettingsSection:
                                  tooltip="Edge of the output tile per sample (0 = auto: 96 on the CPU, 192 on a GPU)")
         self.batch_size = SpinBox(label="Batch size", value=4, min=1, max=256, tooltip="Tiles per step")
         self.val_fraction = FloatSpinBox(label="Validation", value=0.2, min=0.0, max=0.5, step=0.05,
-                                         tooltip="Share held out to measure progress (whole images from 4 "
+                                         tooltip="Share held out to measure progress (whole images from 8 "
                                          "images up, else a strip of each); 0 = none")
         self.val_every = SpinBox(label="Val. every (0 = auto)", value=0, min=0, max=10**6,
                                  tooltip="Steps between validations (0 = auto: 20 per run, every 50 "
