@@ -464,3 +464,41 @@ def test_few_images_validate_on_a_strip_of_each_many_on_whole_images():
     imgs = [np.full((300, 60), k, np.float32) for k in range(n)]
     tr_i, _, _, va_i, _, _ = split_for_validation(imgs, [np.ones((300, 60), np.int32)] * n, None, 0.2)
     assert [int(i[0, 0]) for i in va_i] == list(range(n - round(n * 0.2), n)) and va_i[0].shape == (300, 60)
+
+
+def test_fine_tuning_keeps_a_share_of_the_starting_weights():
+    from napari_unet.model import bundled_model_path
+    from napari_unet.training import KEEP_START
+
+    torch.set_num_threads(1)
+    start = nu.load_model(bundled_model_path())
+    train = [discs(seed=s) for s in range(2)]
+    val = [discs(seed=50 + s) for s in range(2)]
+    kw = dict(iterations=20, lr=1e-3, batch_size=2, tile_size=32, device="cpu", amp=False,
+              val_images=[i for i, _ in val], val_labels=[lab for _, lab in val], val_every=100)
+    tuned = fine_tune([i for i, _ in train], [lab for _, lab in train], start, keep_start=0.0, **kw)
+    mixed = fine_tune([i for i, _ in train], [lab for _, lab in train], start, **kw)
+    rec = mixed.meta["history"][-1]["keep_start"]
+    assert rec["share"] == KEEP_START and rec["mixed"] and "keep_start" not in tuned.meta["history"][-1]
+    s0, s1, s2 = start.state_dict(), tuned.state_dict(), mixed.state_dict()
+    changed = 0
+    for k, v in s2.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, (1 - KEEP_START) * s1[k] + KEEP_START * s0[k], atol=1e-6), k
+            changed += not torch.equal(s1[k], s0[k])
+        else:
+            assert torch.equal(v, s1[k])
+    assert changed > 10  # the run did change the weights it mixed
+
+
+def test_a_start_that_knows_nothing_is_not_mixed_in():
+    torch.set_num_threads(1)
+    train = [discs(seed=s) for s in range(6)]
+    val = [discs(seed=60 + s) for s in range(3)]
+    m = fine_tune([i for i, _ in train], [lab for _, lab in train], tiny(), iterations=100, lr=3e-3, batch_size=4,
+                  tile_size=48, device="cpu", amp=False, val_images=[i for i, _ in val],
+                  val_labels=[lab for _, lab in val], val_every=100, keep_start=0.9)
+    rec = m.meta["history"][-1]["keep_start"]
+    assert not rec["mixed"] and rec["val_ap"] < rec["fine_tuned_val_ap"] - 0.02, rec
+    img, lab = val[0]
+    assert average_precision(lab, _segment(m, img), 0.5)[0.5] > 0.3

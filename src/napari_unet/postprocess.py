@@ -29,7 +29,12 @@
   the *whole* image over the smoothed membrane probability (ties broken by the
   distance), so every pixel, membrane included, belongs to a cell and the cell borders
   follow the membranes. Segments smaller than ``min_size`` are then merged into their
-  neighbours (their seeds dropped and the flood redone), not left as holes.
+  neighbours (their seeds dropped and the flood redone), not left as holes. The seeds are
+  generous (h = 2 px: a cell with a gap in its membrane keeps both halves' seeds), so some
+  cells come out in pieces; last, neighbours whose shared border has a mean membrane
+  probability below ``MEMBRANE_MERGE`` (0.4) merge, weakest border first
+  (:func:`merge_weak_borders`): a piece border inside a cell runs over interior pixels,
+  while a true border, even one with a gap of a few pixels, runs mostly over membrane.
 * ``"semantic"``: the most probable class per pixel (label value = class index).
 
 Objects smaller than ``min_size`` pixels are removed and the rest numbered 1..N. For
@@ -273,4 +278,5 @@ def probabilities_to_labels(
     return out
 
 
-__all__ = ["DEFAULT_MIN_SIZE", "MODES", "membrane_watershed", "probabilities_to_labels", "remove_small_and_relabel"]
+__all__ = ["DEFAULT_MIN_SIZE", "MODES", "membrane_watershed", "merge_weak_borders", "probabilities_to_labels",
+           "remove_small_and_relabel"]
