@@ -294,6 +294,8 @@ def test_input_errors():
         fine_tune([img], [np.zeros_like(lab)], tiny(), iterations=2, **FAST)
     with pytest.raises(ValueError, match="mode"):
         fine_tune([img], [lab], tiny(), mode="instance2", iterations=2, **FAST)
+    with pytest.raises(ValueError, match="keep_start"):
+        fine_tune([img], [lab], tiny(), keep_start=1.5, iterations=2, **FAST)
 
 
 def test_sparse_region_only_trains_on_annotated_pixels():

@@ -398,6 +398,8 @@ def _checked_inputs(images: Sequence[Any], labels: Sequence[Any], o: SimpleNames
         raise ValueError(f"batch_size must be at least 1, got {o.batch_size}")
     if not 0 <= o.val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {o.val_fraction}")
+    if not 0 <= o.keep_start <= 1:
+        raise ValueError(f"keep_start must be in [0, 1], got {o.keep_start}")
     if any(np.ndim(lab) == 3 for lab in list(labels) + list(val_labels or [])):
         from .volume import expand_stacks  # labelled 3D stacks -> planes of all orientations
 

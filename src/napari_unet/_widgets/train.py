@@ -717,12 +717,20 @@ class _SettingsSection:
             "25%, train on copies zoomed to the model's size (what Segment's Cell size 'auto' does at "
             "inference). Off: the model learns your images' own scale",
         )
+        from ..training import KEEP_START
+
+        self.keep_start = FloatSpinBox(
+            label="Keep of start", value=KEEP_START, min=0.0, max=1.0, step=0.05,
+            tooltip="Share of the starting model's weights mixed into the fine-tuned ones, so that the "
+            "model keeps part of what it knew about images unlike yours (used only when validation says "
+            "it costs at most 0.02; 0 = the fine-tuned weights as they are)",
+        )
         self.checkpoint_dir = FileEdit(label="Checkpoints", mode="d",
                                        tooltip="Where best.pt/last.pt/state.pt are kept (empty: a "
                                        "temporary folder, shown when training ends)")
         self.advanced = Container(
             widgets=[self.lr, self.tile_size, self.batch_size, self.val_fraction, self.val_every,
-                     self.zoom_to_model, self.checkpoint_dir],
+                     self.zoom_to_model, self.keep_start, self.checkpoint_dir],
             labels=True,
         )
         return self.advanced
@@ -800,6 +808,7 @@ class _SettingsSection:
         job.device = self.device.value
         job.val_fraction = float(self.val_fraction.value)
         job.kwargs["zoom_to_model"] = bool(self.zoom_to_model.value)
+        job.kwargs["keep_start"] = float(self.keep_start.value)
         if int(self.val_every.value) > 0:
             job.kwargs["val_every"] = int(self.val_every.value)
         ck = self.checkpoint_dir.value
@@ -1148,7 +1157,7 @@ class TrainWidget(
     ``remove_pair_button``, ``folder``, ``load_folder_button``), model (``start``,
     ``model_file``, ``resume_dir``, ``mode``, ``depth``, ``width``), settings
     (``budget``, ``iterations``, ``minutes``, ``lr``, ``tile_size``, ``batch_size``,
-    ``val_fraction``, ``device``, ``checkpoint_dir``, augmentation check boxes and
+    ``val_fraction``, ``keep_start``, ``device``, ``checkpoint_dir``, augmentation check boxes and
     ``aug_strength``), run (``run_button``, ``cancel_button``, ``progress``, ``eta``,
     ``plot``, ``status``) and result (``save_button``, ``load_button``, ``export_button``,
     ``apply_image``, ``apply_button``, ``preview``). The trained model is
