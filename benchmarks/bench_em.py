@@ -190,8 +190,8 @@ def run_monai(images, cells, train, test, budgets, seed=0):
 
 
 #: (h, merge) pairs of ``--sweep-watershed``
-SWEEP = ((6.0, None), (4.0, None), (6.0, 0.4), (3.0, 0.3), (3.0, 0.4), (3.0, 0.5), (1.0, 0.4), (2.0, 0.35),
-         (2.0, 0.4), (2.0, 0.45))
+SWEEP = ((6.0, None), (4.0, None), (8.0, None), (6.0, 0.4), (3.0, 0.3), (3.0, 0.4), (3.0, 0.5), (3.0, 0.6),
+         (1.0, 0.4), (2.0, 0.35), (2.0, 0.4), (2.0, 0.45))
 
 
 def sweep_watershed(models: list[Path], images, cells, test) -> None:
@@ -201,7 +201,8 @@ def sweep_watershed(models: list[Path], images, cells, test) -> None:
     from napari_unet.metrics import adapted_rand_error
     from napari_unet.postprocess import membrane_watershed
 
-    probs = [[nu.predict(images[i], model=nu.load_model(m), device="cpu")[0] for i in test] for m in models]
+    nets = [nu.load_model(m) for m in models]
+    probs = [[nu.predict(images[i], model=net, device="cpu")[0] for i in test] for net in nets]
     print(f"{'h':>4}{'merge':>7}{'mean Rand':>11}{'worst':>8}")
     for h, merge in SWEEP:
         errs = [np.mean([adapted_rand_error(cells[i], membrane_watershed(p, h=h, merge=merge))[0]

@@ -84,7 +84,7 @@ def test_membrane_training_switches_calibration_on(tmp_path):
     torch.set_num_threads(1)
     img, cells, _ = membrane_image(seed=6)
     fast = dict(batch_size=2, tile_size=48, device="cpu", amp=False, lr=3e-3, iterations=2)
-    m = nu.fine_tune([img] * 8, [cells] * 8, _tiny2(), preset="membranes", checkpoint_dir=tmp_path, **fast)
+    m = nu.fine_tune([img] * 4, [cells] * 4, _tiny2(), preset="membranes", checkpoint_dir=tmp_path, **fast)
     assert m.meta["test_time_flips"] is MEMBRANE_TEST_TIME_FLIPS
     assert len(m.meta["class_bias"]) == 2 and np.isfinite(m.meta["class_bias"]).all()
     # the checkpoint's best model is calibrated too (what a resumed or cancelled run hands out)

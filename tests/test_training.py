@@ -419,12 +419,14 @@ def test_choose_postprocess_finds_the_threshold_the_defaults_miss():
     probs, gts, masks = _faint_cells(3, p_cell=0.9)
     assert choose_postprocess(probs, gts, masks, "instance2", {"foreground_threshold": 0.5}) == (
         {"foreground_threshold": 0.5}, 1.0, 1.0)
-    # predictions outside the annotated region are not counted
-    probs, gts, masks = _faint_cells(3, p_cell=0.9)
-    masks = [np.zeros((96, 96), bool)] * 3
-    masks[0] = np.ones((96, 96), bool)
-    gts = [g * m for g, m in zip(gts, masks)]
-    assert choose_postprocess(probs, gts, masks, "instance2", {}) is None  # 16 annotated cells
+    # cells found outside the annotated region (the left half) are not counted as false
+    probs, gts, masks = _faint_cells(6, p_cell=0.9)
+    masks = [np.zeros((96, 96), bool) for _ in range(6)]
+    for m in masks:
+        m[:, :48] = True
+    gts = [g * m for g, m in zip(gts, masks)]  # 8 annotated cells per image, 8 more predicted beside them
+    assert choose_postprocess(probs, gts, masks, "instance2", {}) == ({}, 1.0, 1.0)
+    assert choose_postprocess(probs[:4], gts[:4], masks[:4], "instance2", {}) is None  # 32 annotated cells
 
 
 def test_fine_tuning_corrects_a_post_processing_default_its_validation_refutes():
@@ -504,3 +506,21 @@ def test_a_start_that_knows_nothing_is_not_mixed_in():
     assert not rec["mixed"] and rec["val_ap"] < rec["fine_tuned_val_ap"] - 0.02, rec
     img, lab = val[0]
     assert average_precision(lab, _segment(m, img), 0.5)[0.5] > 0.3
+
+
+def test_resuming_a_finished_run_mixes_the_start_in_once(tmp_path):
+    from napari_unet.model import bundled_model_path
+
+    torch.set_num_threads(1)
+    start = nu.load_model(bundled_model_path())
+    train = [discs(seed=s) for s in range(2)]
+    val = [discs(seed=50 + s) for s in range(2)]
+    kw = dict(batch_size=2, tile_size=32, device="cpu", amp=False, val_images=[i for i, _ in val],
+              val_labels=[lab for _, lab in val], val_every=100, checkpoint_dir=tmp_path)
+    first = fine_tune([i for i, _ in train], [lab for _, lab in train], start, iterations=20, lr=1e-3, **kw)
+    assert first.meta["history"][-1]["keep_start"]["mixed"]
+    # resuming the finished run (no step left) hands out the same model: mixed once, not twice
+    again = fine_tune([i for i, _ in train], [lab for _, lab in train], start, iterations=20, lr=1e-3,
+                      resume=tmp_path, **kw)
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, first.state_dict()[k]), k

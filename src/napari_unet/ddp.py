@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                 iterations=args.iterations, max_time=args.max_time, lr=args.lr, batch_size=args.batch_size,
                 tile_size=args.tile_size, resume=args.resume, mode=args.mode,
                 augment=AugmentConfig.off() if args.no_augment else AugmentConfig(),
+                zoom_to_model=not args.native_scale, tune_postprocess=args.tune_postprocess,
+                **({} if args.keep_start is None else {"keep_start": args.keep_start}),
             )
         finally:
             if bar is not None:

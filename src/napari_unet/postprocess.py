@@ -116,13 +116,13 @@ def _instance3(probs: np.ndarray, foreground_threshold: float, seed_threshold: f
 
 
 def border_means(labels: np.ndarray, p: np.ndarray) -> dict[tuple[int, int], list[float]]:
-    """``{(a, b): [sum, count]}`` (a < b) of ``max(p)`` over the 4-neighbour pixel pairs
-    that cross the border between segments a and b."""
+    """``{(a, b): [sum, count]}`` (0 < a < b) of ``max(p)`` over the 4-neighbour pixel pairs
+    that cross the border between segments a and b (label 0 is no segment)."""
     n = int(labels.max(initial=0)) + 1
     out: dict[tuple[int, int], list[float]] = {}
     for la, lb, pa, pb in ((labels[:, :-1], labels[:, 1:], p[:, :-1], p[:, 1:]),
                            (labels[:-1], labels[1:], p[:-1], p[1:])):
-        cross = la != lb
+        cross = (la != lb) & (la > 0) & (lb > 0)
         a, b = la[cross].astype(np.int64), lb[cross].astype(np.int64)
         codes, inv = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_inverse=True)
         sums = np.bincount(inv, np.maximum(pa[cross], pb[cross]).astype(np.float64))
@@ -137,7 +137,9 @@ def border_means(labels: np.ndarray, p: np.ndarray) -> dict[tuple[int, int], lis
 def merge_weak_borders(labels: np.ndarray, p: np.ndarray, threshold: float) -> np.ndarray:
     """Merge neighbouring segments whose border's mean membrane probability ``p`` is below
     ``threshold``, the weakest border first; a merged segment's borders are the sums of its
-    parts' (so one gap of a few pixels in a long membrane keeps the border's mean high)."""
+    parts' (so one gap of a few pixels in a long membrane keeps the border's mean high).
+    Label 0 stays 0 and merges with nothing; ids are not renumbered (a merged segment keeps
+    one of its parts' ids)."""
     import heapq
 
     borders = border_means(labels, p)
@@ -147,7 +149,7 @@ def merge_weak_borders(labels: np.ndarray, p: np.ndarray, threshold: float) -> n
         nbrs.setdefault(b, {})[a] = entry
     heap = [(total / count, a, b) for (a, b), (total, count) in borders.items()]
     heapq.heapify(heap)
-    into = np.arange(int(labels.max(initial=0)) + 1)
+    into = np.arange(int(labels.max(initial=0)) + 1, dtype=labels.dtype)
     while heap:
         mean, a, b = heapq.heappop(heap)
         if mean >= threshold:

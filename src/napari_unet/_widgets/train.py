@@ -717,13 +717,13 @@ class _SettingsSection:
             "25%, train on copies zoomed to the model's size (what Segment's Cell size 'auto' does at "
             "inference). Off: the model learns your images' own scale",
         )
-        from ..training import KEEP_START
+        from ..training import KEEP_START, KEEP_START_TOLERANCE
 
         self.keep_start = FloatSpinBox(
             label="Keep of start", value=KEEP_START, min=0.0, max=1.0, step=0.05,
             tooltip="Share of the starting model's weights mixed into the fine-tuned ones, so that the "
             "model keeps part of what it knew about images unlike yours (used only when validation says "
-            "it costs at most 0.02; 0 = the fine-tuned weights as they are)",
+            f"it costs at most {KEEP_START_TOLERANCE:g}; 0 = the fine-tuned weights as they are)",
         )
         self.checkpoint_dir = FileEdit(label="Checkpoints", mode="d",
                                        tooltip="Where best.pt/last.pt/state.pt are kept (empty: a "
