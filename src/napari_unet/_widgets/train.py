@@ -508,6 +508,8 @@ class _TrainingSetSection:
         self.clear_set_button = PushButton(text="Clear set", tooltip="Stop using the loaded training set")
         self.set_info = Label(value="")
         self.set_info.native.setWordWrap(True)
+        # a wrapped label gets one line's height in the form: keep room for two (seen at 1280x800)
+        self.set_info.native.setMinimumHeight(2 * self.set_info.native.fontMetrics().lineSpacing() + 4)
         return [self.folder, row(self.load_folder_button, self.clear_set_button), self.set_info]
 
     def _connect_set(self) -> None:
@@ -720,7 +722,7 @@ class _SettingsSection:
         from ..training import KEEP_START, KEEP_START_TOLERANCE
 
         self.keep_start = FloatSpinBox(
-            label="Keep of start", value=KEEP_START, min=0.0, max=1.0, step=0.05,
+            label="Start model share", value=KEEP_START, min=0.0, max=1.0, step=0.05,
             tooltip="Share of the starting model's weights mixed into the fine-tuned ones, so that the "
             "model keeps part of what it knew about images unlike yours (used only when validation says "
             f"it costs at most {KEEP_START_TOLERANCE:g}; 0 = the fine-tuned weights as they are)",
