@@ -884,19 +884,27 @@ class Trainer:
         (``net``: another one, such as a CPU copy to hand out): each image in one forward
         pass, mirror-padded as inference pads (:func:`napari_unet.tiling.padded_logits`)."""
         net = self.net if net is None else net
+        losses, scores = [], []
+        for v, logits in self._val_logits(net):
+            tt, wt, mt = (torch.from_numpy(a)[None].to(logits.device) for a in (v.targets, v.weights, v.mask))
+            losses.append(float(weighted_cross_entropy(logits, tt, wt, mt)))
+            probs = torch.softmax(logits[0], 0).cpu().numpy()
+            scores.append(_val_score(probs, v, self.mode, self.preset == "membranes", net.meta.get("postprocess", {})))
+        return {"val_loss": float(np.mean(losses)), "val_ap": float(np.mean(scores))}
+
+    def _val_logits(self, net: UNet) -> Generator[tuple[Any, torch.Tensor], None, None]:
+        """``(item, logits)`` of each validation image: one forward pass in eval mode on the
+        network's own device (mixed precision as in training when that is the training
+        device), mirror-padded as inference pads; the network's mode is restored after."""
         dev = next(net.parameters()).device
         amp = self.use_amp and dev.type == self.dev.type
         was_training = net.training
         net.eval()
-        losses, scores = [], []
-        for v in self.val:
-            logits = padded_logits(net, v.image, dev, amp)
-            tt, wt, mt = (torch.from_numpy(a)[None].to(dev) for a in (v.targets, v.weights, v.mask))
-            losses.append(float(weighted_cross_entropy(logits, tt, wt, mt)))
-            probs = torch.softmax(logits[0], 0).cpu().numpy()
-            scores.append(_val_score(probs, v, self.mode, self.preset == "membranes", net.meta.get("postprocess", {})))
-        net.train(was_training)
-        return {"val_loss": float(np.mean(losses)), "val_ap": float(np.mean(scores))}
+        try:
+            for v in self.val:
+                yield v, padded_logits(net, v.image, dev, amp)
+        finally:
+            net.train(was_training)
 
     def keep_if_best(self, val: dict[str, float], start: bool = False) -> None:
         """Keep the weights when their score beats the best (ties: the lower loss); for
@@ -1026,10 +1034,7 @@ class Trainer:
     def _tune_postprocess(self, model: UNet) -> None:
         """Store in ``meta["postprocess"]`` the options that segment these validation images
         best (:func:`choose_postprocess`); the run's record says what was tried."""
-        model.eval()
-        dev = next(model.parameters()).device  # the returned model is a CPU copy
-        amp = self.use_amp and dev.type == self.dev.type
-        probs = [torch.softmax(padded_logits(model, v.image, dev, amp)[0], 0).cpu().numpy() for v in self.val]
+        probs = [torch.softmax(logits[0], 0).cpu().numpy() for _, logits in self._val_logits(model)]
         defaults = dict(model.meta.get("postprocess", {}))
         tuned = choose_postprocess(probs, [v.gt for v in self.val], [v.mask for v in self.val], self.mode, defaults)
         if tuned is None:
