@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export-from", type=Path, default=None, metavar="CHECKPOINT",
                    help="train nothing: write --out from this checkpoint (e.g. one chosen among a run's "
                         "best.pt files) with the final model's description and meta")
+    p.add_argument("--zoom-each", action="store_true",
+                   help="stained: zoom each pool image so that its nuclei reach the model's diameter, "
+                        "as segment and fine_tune do for the stained model (else both sizes are learnt)")
     p.add_argument("--seed-offset", type=int, default=0,
                    help="added to the pool seeds, so a second stage sees new images")
     args = p.parse_args(argv)
@@ -192,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             val_images=val_images, val_labels=val_labels, val_regions=["all"] * len(val_images),
             val_every=args.val_every, checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,
             resume=resume, seed=args.seed + r,
-            # stained pools mix 20x and 40x nuclei: learn both sizes, do not zoom to one
-            zoom_to_model=args.kind == "fluorescence",
+            # stained pools mix 20x and 40x nuclei: learn both sizes, or (--zoom-each, with an
+            # --init model whose meta says zoom_each) zoom each image to the model's size
+            zoom_to_model=args.kind == "fluorescence" or args.zoom_each,
         )
         losses: list[float] = []
         while True:

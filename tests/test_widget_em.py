@@ -69,3 +69,6 @@ def test_train_widget_trains_from_a_painted_membrane_mask(make_napari_viewer, qt
     model = w.trained_model
     assert model.meta["mode"] == "instance2" and model.config.num_classes == 2
     assert model.meta["preset"] == "membranes"
+    # the plot and the status line name the membrane score, not AP
+    assert w.plot.ax_ap.get_ylabel() == "validation 1 - Rand error"
+    assert [t.get_text() for t in w.plot._legend.get_texts()][-1] == "val. 1 - Rand error"

@@ -78,6 +78,7 @@ def test_train_from_layer_pairs_plot_save_apply(qtbot, widget, tmp_path):
     assert widget._last_info["eta"] >= 0  # an ETA was reported during the run
     assert "cpu" in widget._last_info["device"]  # the device training ran on
     assert "step 12/12" in widget.eta.value and "finished" in widget.eta.value
+    assert "val. AP@0.5" in widget.eta.value and plot.ax_ap.get_ylabel() == "validation AP@0.5"
     assert "Trained after 12 iteration" in widget.status.value
 
     model = widget.trained_model

@@ -410,6 +410,13 @@ def _checked_inputs(images: Sequence[Any], labels: Sequence[Any], o: SimpleNames
     return images, labels, regions, val_images, val_labels, val_regions
 
 
+def score_name(mode: str, membranes: bool) -> str:
+    """What the validation score (``val_ap``) of a run in this mode measures, for display."""
+    if mode == "semantic":
+        return "mean IoU"
+    return "1 - Rand error" if membranes else "AP@0.5"
+
+
 def _val_score(probs: np.ndarray, v: Any, mode: str, membranes: bool, postprocess: dict[str, Any]) -> float:
     """One validation image's score: AP at IoU 0.5 on the annotated region; the mean IoU of
     the classes in semantic mode; 1 - adapted Rand error for membrane data. ``postprocess``:
@@ -685,7 +692,8 @@ class Trainer:
         # what a widget that cancels keeps (the generator's own return is lost on quit)
         self.run.history = lambda: self.history(False, "cancelled")
         self.run.finish = self.finish
-        self.info = {"device": self.dev_text, "run": self.run, "tile_size": self.out_size, "mode": self.mode}
+        self.info = {"device": self.dev_text, "run": self.run, "tile_size": self.out_size, "mode": self.mode,
+                     "score": score_name(self.mode, self.preset == "membranes")}
         self.t0 = time.perf_counter()
         self.step_times: list[float] = []
         self.loss_ema: float | None = None
@@ -880,7 +888,7 @@ class Trainer:
             ) from exc
 
     def validate(self, net: UNet | None = None) -> dict[str, float]:
-        """Validation loss and score (``val_ap``, see :func:`_val_score`) of the network
+        """Validation loss and score (``val_ap``, see :func:`_val_score`, named by :func:`score_name`) of the network
         (``net``: another one, such as a CPU copy to hand out): each image in one forward
         pass, mirror-padded as inference pads (:func:`napari_unet.tiling.padded_logits`)."""
         net = self.net if net is None else net

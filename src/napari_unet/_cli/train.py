@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             if "train_loss_smooth" in info:
                 post["loss"] = f"{info['train_loss_smooth']:.4f}"
             if "val_ap" in info:
-                post["val_AP50"] = f"{info['val_ap']:.3f}"
+                post["val " + info.get("score", "AP@0.5")] = f"{info['val_ap']:.3f}"
             if post:
                 bar.set_postfix(post, refresh=False)
             if info.get("phase") == "start":
@@ -167,7 +167,10 @@ def run(args: argparse.Namespace) -> int:
     last = model.meta["history"][-1]
     summary = f"wrote {out} after {last['iterations']} iterations ({last['seconds']:.0f} s)"
     if "best_val_ap" in last:
-        summary += f"; best validation AP50 {last['best_val_ap']:.3f} at iteration {last['best_iteration']}"
+        from ..training import score_name
+
+        name = score_name(last.get("mode", ""), last.get("preset") == "membranes")
+        summary += f"; best validation {name} {last['best_val_ap']:.3f} at iteration {last['best_iteration']}"
     if last.get("input"):
         from ..channels import describe_input
 

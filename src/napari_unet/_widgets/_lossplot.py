@@ -60,20 +60,17 @@ class LossPlot(QWidget):
                 spine.set_color(fg)
         ax.set_xlabel("iteration", color=fg, fontsize=9)
         ax.set_ylabel("loss", color=fg, fontsize=9)
-        ax2.set_ylabel("validation AP@0.5", color=AP_COLOR, fontsize=9)
+        ax2.set_ylabel("validation AP@0.5", color=AP_COLOR, fontsize=9)  # renamed by the run's "score"
         ax2.set_ylim(0, 1)
         ax.grid(True, alpha=0.2, color=fg)
         (self._raw,) = ax.plot([], [], color=TRAIN_COLOR, lw=0.6, alpha=0.35)
         (self._smooth,) = ax.plot([], [], color=TRAIN_COLOR, lw=1.6, label="train loss")
         (self._val,) = ax.plot([], [], color=VAL_COLOR, lw=1.2, marker="o", ms=3, label="val. loss")
         (self._ap,) = ax2.plot([], [], color=AP_COLOR, lw=1.2, marker="s", ms=3, label="val. AP")
-        # above the axes, outside the data, so it never hides a curve
-        self.figure.legend(
-            handles=[self._smooth, self._val, self._ap], loc="outside upper center", fontsize=8,
-            ncol=3, frameon=False, labelcolor=fg, handlelength=1.5, columnspacing=1.0,
-        )
         self.ax, self.ax_ap = ax, ax2
         self._fg = fg
+        self.score_name = "AP@0.5"
+        self._legend = self._make_legend()
         # before the first step: a plain 0-1 frame and a word, not matplotlib's -0.04...0.04
         self._empty = ax.text(0.5, 0.5, "the loss appears here while training", transform=ax.transAxes,
                               ha="center", va="center", color=fg, alpha=0.6, fontsize=9)
@@ -101,6 +98,9 @@ class LossPlot(QWidget):
 
     def add(self, info: dict[str, Any]) -> None:
         """Take the numbers of one training record (cheap: no drawing here)."""
+        score = info.get("score")
+        if score and score != self.score_name:
+            self.set_score_name(score)
         it = info.get("iteration")
         if it is None:
             return
@@ -116,6 +116,22 @@ class LossPlot(QWidget):
             self.val_loss.append(max(float(info["val_loss"]), 1e-6))
             self.val_ap.append(float(info["val_ap"]))
             self._dirty = True
+
+    def set_score_name(self, name: str) -> None:
+        """Name the validation score's axis and legend entry (AP@0.5, 1 - Rand error, mean IoU)."""
+        self.score_name = name
+        self.ax_ap.set_ylabel(f"validation {name}", color=AP_COLOR, fontsize=9)
+        self._ap.set_label(f"val. {name}")
+        self._legend.remove()
+        self._legend = self._make_legend()
+        self._dirty = True
+
+    def _make_legend(self) -> Any:
+        # above the axes, outside the data, so it never hides a curve
+        return self.figure.legend(
+            handles=[self._smooth, self._val, self._ap], loc="outside upper center", fontsize=8,
+            ncol=3, frameon=False, labelcolor=self._fg, handlelength=1.5, columnspacing=1.0,
+        )
 
     # -- drawing ----------------------------------------------------------------------
 

@@ -911,7 +911,7 @@ class _TrainingRunSection:
         if "val_ap" in last:
             run = self._run
             best = f" (best {run.best_score:.2f})" if run is not None and run.best_state is not None else ""
-            parts.append(f"val. AP {last['val_ap']:.2f}{best}")
+            parts.append(f"val. {last.get('score', 'AP@0.5')} {last['val_ap']:.2f}{best}")
         if parts:
             self.eta.value = " · ".join(parts)
 
