@@ -95,6 +95,18 @@ def log(msg: str, fh) -> None:
     fh.flush()
 
 
+def _new_pool_next(ckpt: Path) -> None:
+    """Each round resumes the run on a new pool with its own seed. ``train_iter`` refuses
+    to resume with other images or another seed than the saved run's, so the saved state
+    forgets those two settings (written atomically)."""
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    for key in ("images", "seed"):
+        state.get("settings", {}).pop(key, None)
+    tmp = ckpt / "state.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(ckpt / "state.pt")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kind", choices=("fluorescence", "stained"), default="fluorescence",
@@ -188,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = make_pool(r + args.seed_offset, args.pool, args.size, args.kind)
         log(f"round {r}: pool of {len(images)} images generated in {time.time() - t:.1f}s", logf)
         resume = ckpt if (ckpt / "state.pt").is_file() else None
+        if resume is not None:
+            _new_pool_next(ckpt)
         gen = train_iter(
             images, labels, model if resume is None else None, regions=["all"] * len(images),
             iterations=stop, schedule_iterations=args.iterations, device=args.device, lr=args.lr,
