@@ -77,6 +77,21 @@ def test_fixed_normalisation_and_two_channels(tmp_path):
     np.testing.assert_allclose(got, nu.predict(img, model, axes="CYX", amp=False, device="cpu"), atol=1e-4)
 
 
+def test_a_membrane_models_class_bias_is_exported(tmp_path):
+    torch.manual_seed(1)
+    model = nu.UNet(in_channels=1, num_classes=2, depth=2, base_width=4, dropout=0.0).eval()
+    model.meta.update(mode="instance2", preset="membranes", class_bias=[-0.85, 0.0])
+    img = np.random.default_rng(2).normal(100, 20, (64, 72)).astype(np.float32)
+    _, net = _open(export_bioimageio(model, tmp_path / "em.zip", test_image=img))
+    with torch.no_grad():
+        got = net(torch.from_numpy(preprocess(img[None, None], model))).numpy()[0]
+    want = nu.predict(img, model, amp=False, device="cpu")
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    # the bias moved the probabilities: without it they differ from predict's
+    model.meta.pop("class_bias")
+    assert np.abs(nu.predict(img, model, amp=False, device="cpu") - want).max() > 0.05
+
+
 def test_bad_requests_say_so(tmp_path, capsys):
     from napari_unet.cli import main
 

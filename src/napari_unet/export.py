@@ -3,7 +3,9 @@ runs in other tools (bioimage.io, deepImageJ, ilastik, the bioimageio Python pac
 
 What the package holds:
 
-* ``weights.pt``: TorchScript of the network *with* softmax and mirror padding: any image
+* ``weights.pt``: TorchScript of the network *with* softmax (after the model's class bias,
+  ``meta["class_bias"]``, which membrane models fit at the end of training; test-time flips,
+  off unless ``meta["test_time_flips"]``, are not exported) and mirror padding: any image
   of at least :func:`min_input_size` pixels per side goes in, class probabilities of the
   same size come out (the padding makes every size valid; the border is mirrored like
   :func:`napari_unet.predict` does it). Consumers that tile should drop ``halo`` pixels at
@@ -76,6 +78,12 @@ class ExportedUNet(nn.Module):
         self.head = net.head
         self.grid = int(net.config.grid)
         self.halo = int(net.config.halo)
+        # softmax(log softmax(z) + b) = softmax(z + b): the bias napari_unet.calibration applies
+        bias = torch.zeros(net.config.num_classes)
+        meta = getattr(model, "meta", None) or {}
+        if meta.get("class_bias") is not None:
+            bias = torch.as_tensor(meta["class_bias"], dtype=torch.float32).reshape(-1)
+        self.register_buffer("class_bias", bias.reshape(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
@@ -95,7 +103,7 @@ class ExportedUNet(nn.Module):
         for level in self.levels:
             x = level(x, skips[n - 1 - i])
             i += 1
-        x = torch.softmax(self.head(x), dim=1)
+        x = torch.softmax(self.head(x) + self.class_bias, dim=1)
         return x[:, :, :h, :w]
 
 
