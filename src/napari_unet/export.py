@@ -39,6 +39,7 @@ from torch import nn
 
 from ._files import write_atomic
 from ._version import __version__
+from .metrics import score_name
 from .model import UNet, bundled_model_path, center_crop, clone_model
 
 FORMAT_VERSION = "0.5.4"
@@ -214,12 +215,12 @@ def _documentation(model: UNet, bundled: Path | None) -> str:
         "",
         "## Validation",
         "",
-        "Validation scores recorded during training (average precision at IoU 0.5 on held-out "
-        "images), run by run:",
+        "Validation scores recorded during training (on held-out images), run by run:",
         "",
     ]
     for rec in hist:
-        lines.append(f"- {rec.get('iterations', '?')} iterations: best validation AP@0.5 "
+        name = score_name(str(rec.get("mode", "")), rec.get("preset") == "membranes")
+        lines.append(f"- {rec.get('iterations', '?')} iterations: best validation {name} "
                      f"{rec.get('best_val_ap', 'not measured')}")
     lines += ["", "## Training history", ""]
     for rec in hist:

@@ -223,3 +223,10 @@ def em_scores(gt_labels: Any, pred_labels: Any, membrane_probability: Any = None
     if membrane_probability is not None:
         out["pixel_error"] = pixel_error(gt_labels, membrane_probability)
     return out
+
+
+def score_name(mode: str, membranes: bool) -> str:
+    """What the validation score (``val_ap``) of a training run in this mode measures, for display."""
+    if mode == "semantic":
+        return "mean IoU"
+    return "1 - Rand error" if membranes else "AP@0.5"

@@ -98,7 +98,7 @@ from ._progress import Progress, ProgressBar, drain
 from .augment import AugmentConfig, augment_batch
 from .device import autocast, describe_device, is_out_of_memory, resolve_device
 from .image_checks import modality_of
-from .metrics import adapted_rand_error, average_precision, matching, restrict_to_region
+from .metrics import adapted_rand_error, average_precision, matching, restrict_to_region, score_name
 from .model import ModelFileError, UNet, center_crop, clone_model, load_model, save_atomic, save_model
 from .modes import MODES
 from .postprocess import probabilities_to_labels
@@ -408,13 +408,6 @@ def _checked_inputs(images: Sequence[Any], labels: Sequence[Any], o: SimpleNames
         if val_images is not None and val_labels is not None:
             val_images, val_labels, val_regions = expand_stacks(val_images, val_labels, val_regions, o.voxel_size)
     return images, labels, regions, val_images, val_labels, val_regions
-
-
-def score_name(mode: str, membranes: bool) -> str:
-    """What the validation score (``val_ap``) of a run in this mode measures, for display."""
-    if mode == "semantic":
-        return "mean IoU"
-    return "1 - Rand error" if membranes else "AP@0.5"
 
 
 def _val_score(probs: np.ndarray, v: Any, mode: str, membranes: bool, postprocess: dict[str, Any]) -> float:

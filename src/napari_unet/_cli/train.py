@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     last = model.meta["history"][-1]
     summary = f"wrote {out} after {last['iterations']} iterations ({last['seconds']:.0f} s)"
     if "best_val_ap" in last:
-        from ..training import score_name
+        from ..metrics import score_name
 
         name = score_name(last.get("mode", ""), last.get("preset") == "membranes")
         summary += f"; best validation {name} {last['best_val_ap']:.3f} at iteration {last['best_iteration']}"

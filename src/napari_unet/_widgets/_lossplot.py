@@ -66,7 +66,7 @@ class LossPlot(QWidget):
         (self._raw,) = ax.plot([], [], color=TRAIN_COLOR, lw=0.6, alpha=0.35)
         (self._smooth,) = ax.plot([], [], color=TRAIN_COLOR, lw=1.6, label="train loss")
         (self._val,) = ax.plot([], [], color=VAL_COLOR, lw=1.2, marker="o", ms=3, label="val. loss")
-        (self._ap,) = ax2.plot([], [], color=AP_COLOR, lw=1.2, marker="s", ms=3, label="val. AP")
+        (self._ap,) = ax2.plot([], [], color=AP_COLOR, lw=1.2, marker="s", ms=3, label="val. AP@0.5")
         self.ax, self.ax_ap = ax, ax2
         self._fg = fg
         self.score_name = "AP@0.5"

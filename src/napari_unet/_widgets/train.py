@@ -920,7 +920,8 @@ class _TrainingRunSection:
         it = run.iteration if run is not None else self._last_info.get("iteration", 0)
         text = f"{how} after {it} iteration(s) in {_fmt_time(time.perf_counter() - self._t0)}"
         if run is not None and run.best_state is not None:
-            text += f"; kept the best model (val. AP {run.best_score:.2f} at iteration {run.best_iteration})"
+            score = self._last_info.get("score", "AP@0.5")
+            text += f"; kept the best model (val. {score} {run.best_score:.2f} at iteration {run.best_iteration})"
         else:
             text += "; kept the last model"
         hist = (model.meta.get("history") or [{}])[-1] if model is not None else {}
