@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from napari_unet.augment import AugmentConfig
-from napari_unet.model import UNet, bundled_model_path, load_model, save_model
+from napari_unet.model import UNet, bundled_model_path, load_model, save_atomic, save_model
 from napari_unet.channels import bundled_path, widen_input
 from napari_unet.synthetic import make_sample
 from napari_unet.synthetic_tissue import make_tissue_sample
@@ -102,9 +102,7 @@ def _new_pool_next(ckpt: Path) -> None:
     state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
     for key in ("images", "seed"):
         state.get("settings", {}).pop(key, None)
-    tmp = ckpt / "state.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(ckpt / "state.pt")
+    save_atomic(state, ckpt / "state.pt")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="train nothing: write --out from this checkpoint (e.g. one chosen among a run's "
                         "best.pt files) with the final model's description and meta")
     p.add_argument("--zoom-each", action="store_true",
-                   help="stained: zoom each pool image so that its nuclei reach the model's diameter, "
-                        "as segment and fine_tune do for the stained model (else both sizes are learnt)")
+                   help="stained, from an --init model that records zoom_each (models/stained.pt): zoom "
+                        "each pool image so that its nuclei reach the model's diameter, as segment and "
+                        "fine_tune do for that model (else both sizes are learnt)")
     p.add_argument("--seed-offset", type=int, default=0,
                    help="added to the pool seeds, so a second stage sees new images")
     args = p.parse_args(argv)
@@ -186,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         init_history = [dict(h, stage="first stage") for h in model.meta.get("history", [])[-1:]]
         recipe["init_recipe"] = model.meta.get("recipe", {})
         log(f"starting from {args.init} ({model.config})", logf)
+        if args.zoom_each and not (args.kind == "stained" and model.meta.get("zoom_each") and model.meta.get("diameter")):
+            log("--zoom-each needs --kind stained and an --init model whose meta records zoom_each and a diameter", logf)
+            return 2
+    elif args.zoom_each:
+        log("--zoom-each needs an --init model whose meta records zoom_each (e.g. models/stained.pt)", logf)
+        return 2
     else:
         init_history = []
         model = UNet(in_channels=3 if args.kind == "stained" else 1, num_classes=3, depth=args.depth, base_width=args.base_width, dropout=args.dropout)
@@ -200,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = make_pool(r + args.seed_offset, args.pool, args.size, args.kind)
         log(f"round {r}: pool of {len(images)} images generated in {time.time() - t:.1f}s", logf)
         resume = ckpt if (ckpt / "state.pt").is_file() else None
-        if resume is not None:
-            _new_pool_next(ckpt)
+        if resume is not None and it % args.round == 0:
+            _new_pool_next(ckpt)  # a new round; a resume inside a round is checked as usual
         gen = train_iter(
             images, labels, model if resume is None else None, regions=["all"] * len(images),
             iterations=stop, schedule_iterations=args.iterations, device=args.device, lr=args.lr,

@@ -90,6 +90,9 @@ def test_a_membrane_models_class_bias_is_exported(tmp_path):
     # the bias moved the probabilities: without it they differ from predict's
     model.meta.pop("class_bias")
     assert np.abs(nu.predict(img, model, amp=False, device="cpu") - want).max() > 0.05
+    model.meta["class_bias"] = [0.5]  # one value for two classes
+    with pytest.raises(ValueError, match="class_bias has 1 values for 2 classes"):
+        export_bioimageio(model, tmp_path / "bad.zip", test_image=img)
 
 
 def test_bad_requests_say_so(tmp_path, capsys):

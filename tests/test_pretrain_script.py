@@ -17,6 +17,7 @@ def _pretrain():
     return mod
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fluorescence", "stained"])
 def test_a_run_of_several_pools_trains_and_resumes(tmp_path, kind):
     from napari_unet import load_model
@@ -35,3 +36,26 @@ def test_a_run_of_several_pools_trains_and_resumes(tmp_path, kind):
     assert load_model(tmp_path / "model.pt").meta["history"][-1]["iterations"] == 8
     # a second start without --resume refuses to mix two runs in one folder
     assert mod.main(tiny + ["--iterations", "8"]) == 2
+
+
+@pytest.mark.slow
+def test_a_resume_inside_a_round_still_checks_the_data(tmp_path):
+    mod = _pretrain()
+    tiny = ["--round", "4", "--pool", "2", "--val", "1", "--val-size", "64", "--val-every", "2",
+            "--checkpoint-every", "1", "--depth", "2", "--base-width", "4", "--tile-size", "32", "--batch-size", "1",
+            "--checkpoint-dir", str(tmp_path / "run"), "--out", str(tmp_path / "model.pt")]
+    assert mod.main(tiny + ["--size", "64", "--iterations", "2"]) == 0  # stops inside its first round
+    with pytest.raises(ValueError, match="other images"):
+        mod.main(tiny + ["--size", "72", "--iterations", "4", "--resume"])  # another pool: refused
+
+
+def test_zoom_each_needs_a_model_that_zooms_each_image(tmp_path):
+    from napari_unet import UNet, save_model
+
+    mod = _pretrain()
+    init = tmp_path / "plain.pt"
+    save_model(UNet(in_channels=3, num_classes=3, depth=2, base_width=4), init)
+    args = ["--kind", "stained", "--zoom-each", "--checkpoint-dir", str(tmp_path / "run"), "--out", str(tmp_path / "m.pt")]
+    assert mod.main(args) == 2
+    assert mod.main(args + ["--init", str(init)]) == 2
+    assert not (tmp_path / "m.pt").exists()

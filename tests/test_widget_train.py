@@ -78,7 +78,7 @@ def test_train_from_layer_pairs_plot_save_apply(qtbot, widget, tmp_path):
     assert widget._last_info["eta"] >= 0  # an ETA was reported during the run
     assert "cpu" in widget._last_info["device"]  # the device training ran on
     assert "step 12/12" in widget.eta.value and "finished" in widget.eta.value
-    assert "val. AP@0.5" in widget.eta.value and plot.ax_ap.get_ylabel() == "validation AP@0.5"
+    assert widget._last_info["score"] == "AP@0.5" and "val. AP@0.5" in widget.eta.value
     assert "Trained after 12 iteration" in widget.status.value
 
     model = widget.trained_model
@@ -483,3 +483,17 @@ def test_file_buttons_save_export_load(qtbot, widget, tmp_path, monkeypatch):
     monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(tmp_path / "no.pt"), "")))
     widget.load_button.native.click()  # a missing file: said in the status, nothing lost
     assert "no.pt" in widget.status.value and widget.trained_model is not None
+
+
+def test_the_loss_plot_names_the_runs_score(qtbot):
+    from napari_unet._widgets._lossplot import LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    assert plot.ax_ap.get_ylabel() == "validation AP@0.5"
+    for it in (1, 2):  # a semantic run: its score is the mean IoU, renamed once
+        plot.add({"score": "mean IoU", "iteration": it, "train_loss": 0.5, "val_loss": 0.4, "val_ap": 0.7})
+    assert plot.ax_ap.get_ylabel() == "validation mean IoU"
+    assert len(plot.figure.legends) == 1
+    assert [t.get_text() for t in plot.figure.legends[0].get_texts()] == ["train loss", "val. loss", "val. mean IoU"]
+    assert plot.val_ap == [0.7, 0.7]

@@ -63,7 +63,7 @@ class _Level(nn.Module):
 
 
 class ExportedUNet(nn.Module):
-    """The network in a scriptable form: mirror padding, U-Net, softmax, crop.
+    """The network in a scriptable form: mirror padding, U-Net, class bias, softmax, crop.
 
     Same layers and weights as the :class:`~napari_unet.model.UNet` (shared modules of a
     copy), written so that ``torch.jit.script`` can compile it for any input size.
@@ -81,9 +81,11 @@ class ExportedUNet(nn.Module):
         self.halo = int(net.config.halo)
         # softmax(log softmax(z) + b) = softmax(z + b): the bias napari_unet.calibration applies
         bias = torch.zeros(net.config.num_classes)
-        meta = getattr(model, "meta", None) or {}
-        if meta.get("class_bias") is not None:
-            bias = torch.as_tensor(meta["class_bias"], dtype=torch.float32).reshape(-1)
+        if model.meta.get("class_bias") is not None:
+            bias = torch.as_tensor(model.meta["class_bias"], dtype=torch.float32).reshape(-1)
+            if bias.numel() != net.config.num_classes:
+                raise ValueError(f"the model's class_bias has {bias.numel()} values for "
+                                 f"{net.config.num_classes} classes")
         self.register_buffer("class_bias", bias.reshape(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -341,6 +343,9 @@ def export_bioimageio(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     _preprocessing(model)  # refuses, before any work, a normalisation the format cannot express
+    if model.meta.get("test_time_flips"):
+        warnings.warn("the model averages test-time flips, which the bioimage.io package does not: "
+                      "its probabilities differ a little from napari-unet's", stacklevel=2)
     with warnings.catch_warnings():  # TorchScript is deprecated in torch, but it is what consumers run
         warnings.simplefilter("ignore", DeprecationWarning)
         exported = torch.jit.script(ExportedUNet(model))

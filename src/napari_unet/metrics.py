@@ -225,8 +225,12 @@ def em_scores(gt_labels: Any, pred_labels: Any, membrane_probability: Any = None
     return out
 
 
+#: the validation score of instance modes (see :func:`score_name`)
+DEFAULT_SCORE = "AP@0.5"
+
+
 def score_name(mode: str, membranes: bool) -> str:
     """What the validation score (``val_ap``) of a training run in this mode measures, for display."""
     if mode == "semantic":
         return "mean IoU"
-    return "1 - Rand error" if membranes else "AP@0.5"
+    return "1 - Rand error" if membranes else DEFAULT_SCORE

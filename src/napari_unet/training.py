@@ -1195,7 +1195,7 @@ def train_iter(
         ``phase`` and ``run`` (a :class:`TrainingRun`).
 
     Returns:
-        The trained model (CPU, eval mode): the best by validation AP, else the last.
+        The trained model (CPU, eval mode): the best by validation (:func:`_val_score`), else the last.
     """
     options = dict(locals())  # every keyword as given (the defaults are this signature's)
     del options["images"], options["labels"], options["model"]
@@ -1231,7 +1231,7 @@ def fine_tune(
         **kwargs: further :func:`train_iter` options (lr, batch_size, tile_size, ...).
 
     Returns:
-        The trained model (best by validation AP when validation data exists).
+        The trained model (best by validation, :func:`_val_score`, when validation data exists).
     """
     gen = train_iter(
         images, labels, model, regions=regions, iterations=iterations, max_time=max_time, device=device, **kwargs

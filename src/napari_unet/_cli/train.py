@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             if "train_loss_smooth" in info:
                 post["loss"] = f"{info['train_loss_smooth']:.4f}"
             if "val_ap" in info:
-                post["val " + info.get("score", "AP@0.5")] = f"{info['val_ap']:.3f}"
+                post["val " + info["score"]] = f"{info['val_ap']:.3f}"
             if post:
                 bar.set_postfix(post, refresh=False)
             if info.get("phase") == "start":

@@ -7,7 +7,8 @@ The redraw updates the existing line artists (``set_data``) instead of re-plotti
 
 Left axis (linear, from 0): training loss per step (thin, faint), its running mean
 (solid) and the validation loss (markers).
-Right axis: validation average precision at IoU 0.5 (0-1).
+Right axis: the validation score (0-1), named by the run's ``info["score"]``: AP@0.5, or
+1 - Rand error for membranes, or mean IoU (:func:`napari_unet.metrics.score_name`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
+from ..metrics import DEFAULT_SCORE
+
 # colours that read on napari's dark and light themes
 TRAIN_COLOR = "#4c9be8"
 VAL_COLOR = "#f0883e"
@@ -27,7 +30,7 @@ AP_COLOR = "#56c271"
 
 
 class LossPlot(QWidget):
-    """Train loss, validation loss and validation AP against the iteration.
+    """Train loss, validation loss and validation score against the iteration.
 
     Args:
         parent: Qt parent.
@@ -60,16 +63,16 @@ class LossPlot(QWidget):
                 spine.set_color(fg)
         ax.set_xlabel("iteration", color=fg, fontsize=9)
         ax.set_ylabel("loss", color=fg, fontsize=9)
-        ax2.set_ylabel("validation AP@0.5", color=AP_COLOR, fontsize=9)  # renamed by the run's "score"
+        ax2.set_ylabel(f"validation {DEFAULT_SCORE}", color=AP_COLOR, fontsize=9)  # renamed by the run's "score"
         ax2.set_ylim(0, 1)
         ax.grid(True, alpha=0.2, color=fg)
         (self._raw,) = ax.plot([], [], color=TRAIN_COLOR, lw=0.6, alpha=0.35)
         (self._smooth,) = ax.plot([], [], color=TRAIN_COLOR, lw=1.6, label="train loss")
         (self._val,) = ax.plot([], [], color=VAL_COLOR, lw=1.2, marker="o", ms=3, label="val. loss")
-        (self._ap,) = ax2.plot([], [], color=AP_COLOR, lw=1.2, marker="s", ms=3, label="val. AP@0.5")
+        (self._ap,) = ax2.plot([], [], color=AP_COLOR, lw=1.2, marker="s", ms=3, label=f"val. {DEFAULT_SCORE}")
         self.ax, self.ax_ap = ax, ax2
         self._fg = fg
-        self.score_name = "AP@0.5"
+        self.score_name = DEFAULT_SCORE
         self._legend = self._make_legend()
         # before the first step: a plain 0-1 frame and a word, not matplotlib's -0.04...0.04
         self._empty = ax.text(0.5, 0.5, "the loss appears here while training", transform=ax.transAxes,

@@ -231,7 +231,7 @@ def folded(sections: list[tuple[str, Container]]) -> Container:
 
 class LossPlotSection:
     """The Train widget's live loss plot (:class:`~._lossplot.LossPlot`) and the line above
-    it (step, ETA, validation AP)."""
+    it (step, ETA, validation score)."""
 
     def __init__(self, dark: bool) -> None:
         from ._lossplot import LossPlot

@@ -51,6 +51,7 @@ from magicgui.widgets import (
 
 from .._progress import Progress, relay
 from ..annotate import count_cells
+from ..metrics import DEFAULT_SCORE
 from ..modes import MODES
 from ._common import (
     add_or_update_layer,
@@ -911,7 +912,7 @@ class _TrainingRunSection:
         if "val_ap" in last:
             run = self._run
             best = f" (best {run.best_score:.2f})" if run is not None and run.best_state is not None else ""
-            parts.append(f"val. {last.get('score', 'AP@0.5')} {last['val_ap']:.2f}{best}")
+            parts.append(f"val. {last['score']} {last['val_ap']:.2f}{best}")
         if parts:
             self.eta.value = " · ".join(parts)
 
@@ -920,7 +921,7 @@ class _TrainingRunSection:
         it = run.iteration if run is not None else self._last_info.get("iteration", 0)
         text = f"{how} after {it} iteration(s) in {_fmt_time(time.perf_counter() - self._t0)}"
         if run is not None and run.best_state is not None:
-            score = self._last_info.get("score", "AP@0.5")
+            score = self._last_info.get("score", DEFAULT_SCORE)
             text += f"; kept the best model (val. {score} {run.best_score:.2f} at iteration {run.best_iteration})"
         else:
             text += "; kept the last model"
