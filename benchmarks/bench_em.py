@@ -62,6 +62,12 @@ slices 0-14, scored on 15-19 (one seed each; differences below ~0.01 are noise):
     depth 4 width 16, 850 steps, 484 CPU-s                        0.0960 / 0.0884  Rand 0.129 / 0.088
     (depth 3 width 16 with 96-px tiles x 4, 2000 steps, 433 CPU-s: 0.0851 / 0.0826, Rand 0.086 / 0.066)
 
+Longer training (session 6): the same call with ``max_time=3600`` at 1 thread on a core
+of its own (13275 steps, about 6x the CPU of the check's 300 s on 2 cores, 2142 steps):
+pixel error 0.0782, adapted Rand error 0.042, VI 0.17 on 15-19 (the 300-s runs: 0.076-0.081 /
+0.013-0.052 / 0.10-0.19). Its lowest validation loss came at step 5150; the pixel error
+does not fall with more steps of this recipe (``--budgets 3600 --threads 1 --skip-monai``).
+
 The membrane bias and the (off by default) test-time flips are measured in
 ``napari_unet/calibration.py``'s docstring. The pixel error of the best model is mostly
 on the ground truth's membrane edges: at 0.078, 0.038 comes from the pixels touching the

@@ -6,8 +6,7 @@ module. The nuclei's geometry and chromatin come from :mod:`napari_unet.syntheti
 module turns them into light absorbed by stains on a slide:
 
 * **nuclei**: hematoxylin (blue-purple), dark and dense or pale and vesicular (a dark rim
-  and coarse chromatin), round at 20x and 40x scales or elongated spindles in stroma; the
-  stain varies from nucleus to nucleus, and some are faint (pale stromal nuclei);
+  and coarse chromatin), round at 20x and 40x scales or elongated spindles in stroma;
 * **tissue**: eosin (pink) with texture: collagen fibres along a local direction,
   cytoplasm around the nuclei, pale or white holes (fat, vacuoles, lumen, tears), red
   blood cells, a faint hematoxylin tint, unlabelled out-of-focus nuclei;
@@ -151,22 +150,11 @@ def _nuclei(rng: np.random.Generator, shape: tuple[int, int], scale: str,
     ref = float(np.median(signal[inside])) if inside.any() else 1.0
     darkness = rng.uniform(0.6, 1.6)  # OD of a typical nucleus (x the stain vector)
     h_dens = _vesicular(rng, labels, darkness, darkness * signal / max(ref, 1e-6))
-    h_dens = h_dens * _nucleus_stain(rng, int(labels.max()))[labels]
     # the stain thins out over the last pixel or two inside the outline (annotators draw
     # the outline around the whole nucleus, not around its dark core)
     d_in = ndi.distance_transform_edt(~find_boundaries(labels, mode="inner")) * inside
     h_dens = h_dens * (0.4 + 0.6 * np.clip(d_in / rng.uniform(0.8, 2.0), 0, 1))
     return labels, np.clip(h_dens, 0, 3.0), p
-
-
-def _nucleus_stain(rng: np.random.Generator, n: int) -> np.ndarray:
-    """One stain factor per nucleus (index 0 unused): a log-normal spread around the
-    image's darkness, and a share of faint nuclei (pale stromal and tangentially cut
-    nuclei, which annotators outline too)."""
-    factor = np.exp(rng.normal(0.0, rng.uniform(0.05, 0.4), n + 1))
-    faint = rng.uniform(0, 1, n + 1) < rng.choice([0.0, rng.uniform(0.05, 0.35)], p=[0.3, 0.7])
-    factor[faint] *= rng.uniform(0.25, 0.55, int(faint.sum()))
-    return factor.astype(np.float32)
 
 
 def _vesicular(rng: np.random.Generator, labels: np.ndarray, darkness: float, h_dens: np.ndarray) -> np.ndarray:
