@@ -115,12 +115,35 @@ def test_sample_prints_average_precision(model_file, capsys):
     assert "true cells" in out and "IoU threshold" in out
 
 
+def test_progress_off_a_terminal_is_a_few_whole_lines(model_file, tmp_path, rng, capsys):
+    """In a log file or a pipe (CI, scripts, nohup) the progress is whole lines: no carriage
+    returns, about one line per tenth of the work, the last one at 100%."""
+    np.save(tmp_path / "planes.npy", (rng.random((4, 120, 130)) * 4000).astype(np.uint16))
+    assert main(["segment", str(tmp_path / "planes.npy"), "-o", str(tmp_path / "out.tif"), "--model", model_file,
+                 "--tile-size", "24", "--no-amp", "--axes", "ZYX", "--plane-by-plane"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    bar = [line for line in err.splitlines() if line.startswith("planes.npy: ")]
+    steps = int(bar[-1].split("/")[1].split()[0])
+    assert steps > 50, "the test needs many more steps than lines"
+    assert 3 <= len(bar) <= 12, bar
+    assert bar[-1].split(": ")[-1].startswith(f"100% ({steps}/{steps} step, ")
+    # the weight map of a stack, plane by plane
+    np.save(tmp_path / "labels.npy", np.repeat(np.eye(40, dtype=np.int32)[None], 25, axis=0))
+    assert main(["weight-map", str(tmp_path / "labels.npy"), "-o", str(tmp_path / "w.npy"), "--per-plane"]) == 0
+    err = capsys.readouterr().err
+    bar = [line for line in err.splitlines() if line.startswith("weight map: ")]
+    assert "\r" not in err and 3 <= len(bar) <= 11 and bar[-1].startswith("weight map: 100% (25/25 plane, "), err
+
+
 def test_subprocess_segment_and_bad_input(tif, model_file, tmp_path):
     path, image = tif
     out = tmp_path / "sub.tif"
     ok = subprocess.run([sys.executable, "-m", "napari_unet.cli", "segment", str(path), "-o", str(out),
-                         "--model", model_file, "--no-amp"], capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
+                         "--model", model_file, "--no-amp"], capture_output=True, timeout=120)
+    err = ok.stderr.decode()  # bytes: text mode would turn carriage returns into newlines
+    assert ok.returncode == 0, err
+    assert "\r" not in err and "stack.tif: " in err  # a pipe gets whole lines, not a redrawn bar
     assert tifffile.imread(out).shape == image.shape
     bad = subprocess.run([sys.executable, "-m", "napari_unet.cli", "segment", str(path), "-o", str(tmp_path / "x.tif"),
                           "--model", model_file, "--axes", "QQYX"], capture_output=True, text=True, timeout=120)

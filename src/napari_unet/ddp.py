@@ -217,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         images, labels, regions = load_data(args)
         bar = None
         if rank == 0:
-            from tqdm import tqdm
+            from ._progress import progress_bar
 
-            bar = tqdm(total=0, desc=f"training ({world} processes)", unit="it", file=sys.stderr, dynamic_ncols=True)
+            bar = progress_bar(f"training ({world} processes)")
         try:
             res = ddp_train(
                 images, labels, args.model, regions=regions, device=args.device, sync_batchnorm=args.sync_bn,

@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from ._files import write_atomic
-from ._progress import Progress, ProgressBar, drain
+from ._progress import Progress, ProgressBar, drain, progress_bar
 
 #: default block edge (pixels of output) handled by one task
 DEFAULT_BLOCK_SIZE = 2048
@@ -721,8 +721,6 @@ def run_cli(args: Any) -> int:
     """
     import sys
 
-    from tqdm import tqdm
-
     if args.sample:
         raise ValueError("--sample runs in one process; drop --scheduler/--workers")
     if args.workers is not None and args.workers < 1:
@@ -736,7 +734,7 @@ def run_cli(args: Any) -> int:
     if args.min_size is not None:
         kwargs["min_size"] = args.min_size
     device = "cpu" if args.device == "auto" else args.device
-    bar = tqdm(total=0, desc="blocks", unit="block", file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar("blocks", unit="block")
     try:
         res = segment_distributed(
             source, args.model, out=args.output, client=args.scheduler, n_workers=args.workers,

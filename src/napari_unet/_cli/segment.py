@@ -73,12 +73,6 @@ def _load_model(path: str | None) -> Any:
     return None if path is None else resolve_model(path, rgb=False)[0]
 
 
-def _bar(desc: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=0, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=True)
-
-
 def _segment(image: Any, axes: str | None, model: Any, args: argparse.Namespace, out_path: Path | None,
              fmt: str, desc: str) -> Any:
     from ..tiling import parse_axes
@@ -116,7 +110,7 @@ def probabilities_path(out_path: Path) -> Path:
 def _run(image: Any, axes: str | None, model: Any, args: argparse.Namespace, labels_out: Any, probs_out: Any,
          desc: str) -> Any:
     from ..segmentation import segment_iter
-    from .._progress import drain, relay
+    from .._progress import drain, progress_bar, relay
 
     kwargs: dict[str, Any] = {}
     if args.min_size is not None:
@@ -138,7 +132,7 @@ def _run(image: Any, axes: str | None, model: Any, args: argparse.Namespace, lab
             seen3d.update(rec.info)
         return rec
 
-    bar = _bar(desc)
+    bar = progress_bar(desc, unit="step")
     try:
         labels = drain(relay(gen, watch), bar)
     finally:

@@ -104,7 +104,7 @@ def load_data(args: argparse.Namespace) -> tuple[list[Any], list[Any], list[Any]
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._progress import Progress
+    from .._progress import Progress, progress_bar
     from ..augment import AugmentConfig
     from ..model import save_model
     from ..training import train_iter
@@ -124,8 +124,6 @@ def run(args: argparse.Namespace) -> int:
             (Path(args.checkpoint_dir) / name).unlink(missing_ok=True)
     images, labels, regions = load_data(args)
 
-    from tqdm import tqdm
-
     gen = train_iter(
         images, labels, args.model, regions=regions, iterations=args.iterations, max_time=args.max_time,
         device=args.device, lr=args.lr, batch_size=args.batch_size, tile_size=args.tile_size,
@@ -134,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         zoom_to_model=not args.native_scale, tune_postprocess=args.tune_postprocess,
         **({} if args.keep_start is None else {"keep_start": args.keep_start}),
     )
-    bar = tqdm(total=0, desc="training", unit="it", file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar("training")
     shown = 0
     try:
         while True:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +40,7 @@ def _write(path: Path, w: np.ndarray) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from .._progress import progress_bar
     from ..targets import check_labels
     from ..weights import weight_map
 
@@ -66,9 +64,14 @@ def run(args: argparse.Namespace) -> int:
     if args.per_plane and labels.ndim > 2:
         planes = labels.reshape((-1,) + labels.shape[-2:])
         w = np.empty(planes.shape, np.float32)
-        for i in tqdm(range(len(planes)), desc="weight map", unit="plane", file=sys.stderr,
-                      disable=len(planes) < 2):
-            w[i] = weight_map(planes[i], **kwargs)
+        bar = progress_bar("weight map", unit="plane")
+        bar.total = len(planes)
+        try:
+            for i in range(len(planes)):
+                w[i] = weight_map(planes[i], **kwargs)
+                bar.update()
+        finally:
+            bar.close()
         w = w.reshape(labels.shape)
     else:
         w = weight_map(labels, **kwargs)
