@@ -1,4 +1,4 @@
-"""Objects found on images without cells, and AP on images with cells (issue 14, item 7).
+"""Objects found on images without cells, and AP on images with cells.
 
 Blank fields a microscope gives every day (empty wells, a closed shutter, a flat
 background), with several means, gains, read noises, bit depths and sizes, segmented by a
@@ -7,8 +7,7 @@ field without cells should give (almost) no objects. Beside them, images that do
 cells must keep their score: the bundled sample image, sparse fields with a few cells, and
 the real DSB 2018 crop (``benchmarks/real_data.py``; skipped with a line when it cannot be
 fetched). "Without the noise test" is ``min_object_z=None`` (every object the network
-finds is kept); before issue 14 the ``diameter="auto"`` path also re-normalised the zoomed
-copy, which found tens of thousands of objects in noise.
+finds is kept).
 
 Usage::
 

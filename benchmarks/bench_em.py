@@ -33,7 +33,7 @@ slices 0-14, scored on 15-19 (one seed each; differences below ~0.01 are noise):
     0, balanced                         0.091      0.158     0.48
     10, 5 px, none, tile 192 batch 1    0.116      0.290     0.89
 
-    merging across weak borders (postprocess.merge_weak_borders, session 5): the calibrated
+    merging across weak borders (postprocess.merge_weak_borders): the calibrated
     p(membrane) of seven trained models (depth 3 width 16 at 1700-2000 steps x 5, width 32,
     depth 4), adapted Rand error, mean over the models (worst model) on slices 15-19 / 12-14
     (neither trained on; 12-14 were the runs' validation slices)
@@ -62,7 +62,7 @@ slices 0-14, scored on 15-19 (one seed each; differences below ~0.01 are noise):
     depth 4 width 16, 850 steps, 484 CPU-s                        0.0960 / 0.0884  Rand 0.129 / 0.088
     (depth 3 width 16 with 96-px tiles x 4, 2000 steps, 433 CPU-s: 0.0851 / 0.0826, Rand 0.086 / 0.066)
 
-Longer training (session 6): the same call with ``max_time=3600`` at 1 thread on a core
+Longer training: the same call with ``max_time=3600`` at 1 thread on a core
 of its own (13275 steps, about 6x the CPU of the check's 300 s on 2 cores, 2142 steps):
 pixel error 0.0782, adapted Rand error 0.042, VI 0.17 on 15-19 (the 300-s runs: 0.076-0.081 /
 0.013-0.052 / 0.10-0.19). Its lowest validation loss came at step 5150; the pixel error

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks of issue 11, for one GPU in at most ~8 minutes. Run from the repository root:
+# GPU checks (CUDA paths, tiling speed, H&E fine-tuning), for one GPU in at most ~8 minutes. Run from the repository root:
 #   bash benchmarks/gpu_check.sh 2>&1 | tee gpu_check.log
 # 1. the tests that need CUDA (they skip on a CPU-only machine);
 # 2. bench_tiling.py with the default device (cuda when present): ours vs MONAI;

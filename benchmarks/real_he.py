@@ -1,4 +1,4 @@
-"""Real H&E slides: zero-shot scores and the fine-tuning protocol of issue 11 (ours vs MONAI).
+"""Real H&E slides: zero-shot scores and fine-tuning at equal CPU time (ours vs MONAI).
 
 Benchmark-only. Reads the MICCAI nuclei tiles from ``../shared/data/he_nuclei`` (relative to
 the repository root; never copied into it) and skips with one printed line when absent.
@@ -7,15 +7,15 @@ the repository root; never copied into it) and skips with one printed line when 
   on all tiles (default: the model the image picks, i.e. ``nu.segment(tile)``).
 * the protocol (default): train on three tiles, score on the other two, rotate over
   ``--folds``. **Ours**: ``nu.fine_tune(train_tiles, labels, regions=["all"]*3,
-  max_time=T, device="cpu")`` from the default model, one run per budget T. **MONAI**: the
-  issue's plain recipe (same-padded ``BasicUNet`` 16..256, 3 classes background /
+  max_time=T, device="cpu")`` from the default model, one run per budget T. **MONAI**: a
+  plain recipe (same-padded ``BasicUNet`` 16..256, 3 classes background /
   interior / boundary, 128-px crops, batch 4, flips / rot90 / intensity, Adam 1e-3,
   unweighted cross-entropy), one run of the largest budget scored at each smaller budget
   (a constant learning rate: the snapshot at T is what a T-second run gives). Both are
   normalised by each whole tile's percentiles 1 / 99.8 and post-processed by
   ``probabilities_to_labels``. Scores are pooled over the tiles: TP / (TP + FP + FN).
 
-Recipe screen (issue 11 follow-up, he11b; a /tmp runner over ``train_iter`` with
+Why stained images train without the border term (a runner over ``train_iter`` with
 ``checkpoint_dir``, fold test = 01 + 08, 120 s, 1 thread, one seed, about +-0.05; AP@0.5 of
 the returned (best-by-validation) / the last model, ``nu.segment`` with the faint-object
 check at z 2; zero-shot 0.52): w0 10 (old default) 0.43 / 0.45; BatchNorm statistics frozen
@@ -26,7 +26,7 @@ returned model, AP@0.5 / 0.75: w0 0 01 + 08 0.552 / 0.219, 03 + 10 0.615 / 0.422
 0.584 / 0.321); w0 10 0.448 / 0.153, 0.604 / 0.346 (mean 0.526 / 0.250); zero-shot 0.520 /
 0.180, 0.596 / 0.348.
 
-Scale and post-processing (issue 11, he11; runner ``/work/scratch-he/ft.py`` over
+Scale and post-processing (a runner over
 ``nu.fine_tune(3 tiles, regions=["all"] * 3, iterations=1000, device="cpu")`` from the
 stained model, 1 thread, seed 0, scored with ``nu.segment(tile, model=m)``; fold 0 = test
 01 + 08, fold 1 = 03 + 10; AP@0.5 / 0.75)::
@@ -48,11 +48,11 @@ scored on the saved probabilities at the tile's own scale).
 Zero-shot on the 5 tiles: 0.560 / 0.267 before, 0.663 / 0.320 now (chosen on them).
 1000 steps took 884-1606 s wall at 1 thread on the loaded machine.
 
-Session 5 (``OMP_NUM_THREADS=2 python benchmarks/real_he.py --folds 2``, 2 idle cores, one
+The protocol (``OMP_NUM_THREADS=2 python benchmarks/real_he.py --folds 2``, 2 idle cores, one
 run; the returned model keeps a quarter of the starting weights, ``training.KEEP_START``),
 AP@0.5 / 0.75, mean of the two folds (fold 01 + 08 | fold 03 + 10)::
 
-    budget   ours                                    MONAI (the issue's recipe)
+    budget   ours                                    MONAI (plain recipe)
     60 s     0.686 / 0.352  (0.711 | 0.661)          0.544 / 0.237  (0.556 | 0.533)
     120 s    0.656 / 0.324  (0.701 | 0.612)          0.518 / 0.238  (0.575 | 0.461)
     300 s    0.676 / 0.338  (0.690 | 0.662)          0.560 / 0.292  (0.571 | 0.548)
@@ -141,7 +141,7 @@ def _monai_predict(net, chw: np.ndarray, device: str, amp: bool) -> np.ndarray:
 
 
 def monai_run(train: list, test: list, budgets, seed: int = 0, device: str = "cpu", amp: bool = False) -> dict[int, dict[float, float]]:
-    """Train the issue's MONAI recipe for max(budgets) s; pooled AP on ``test`` at each budget."""
+    """Train the plain MONAI recipe for max(budgets) s; pooled AP on ``test`` at each budget."""
     import torch
     from monai.networks.nets import BasicUNet
 

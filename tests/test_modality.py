@@ -1,4 +1,4 @@
-"""An image unlike the model's training data gets a one-sentence warning (issue 15, core part).
+"""An image unlike the model's training data gets a one-sentence warning.
 
 Before the check the bundled fluorescence model ran silently on H&E tiles (AP 0.00) and on
 inverted (dark-on-bright) images.

@@ -1,4 +1,4 @@
-"""No cells where there are none, and the user is told (issue 14, items 7, 8, 9).
+"""No cells where there are none, and the user is told.
 
 Before the fix the bundled model found hundreds of "cells" in empty camera fields (and
 tens of thousands with ``diameter="auto"``), NaN pixels vanished without a word, and

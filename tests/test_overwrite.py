@@ -1,4 +1,4 @@
-"""Nothing the user made is replaced without asking (issue 14, item 2).
+"""Nothing the user made is replaced without asking.
 
 CLI outputs that exist are refused unless ``--overwrite``; results are written under a
 temporary name and renamed; a training set is saved atomically and only files the old

@@ -1,4 +1,4 @@
-"""Stale results are never returned as new ones (issue 14, item 3).
+"""Stale results are never returned as new ones.
 
 Every resumable artefact is keyed by its run: checkpoints by a run id and a hash of the
 data and settings, a distributed store by the model, image and settings. Before the fix a

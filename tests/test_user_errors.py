@@ -1,4 +1,4 @@
-"""Bad input ends in ONE line that names the problem (issue 14, item 10).
+"""Bad input ends in ONE line that names the problem.
 
 Each test failed before its fix: a traceback, a bare ``TypeError``, "too many values to
 unpack", PyTorch's multi-line weights-only text, or "image too small" for a channel

@@ -158,7 +158,7 @@ def test_core_warnings_stay_in_the_status_line(qtbot, widget, model_path):
         segment(img, load_model(model_path), device="cpu")
     said = [str(c.message) for c in caught if issubclass(c.category, UserWarning)]
     if not said:
-        pytest.skip("this core does not warn about NaN pixels (the check of issue 14 item 8 is not merged)")
+        pytest.skip("this core does not warn about NaN pixels")
     viewer = widget._viewer
     viewer.add_image(img, name="holes")
     widget.image.value = viewer.layers["holes"]

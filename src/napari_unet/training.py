@@ -146,7 +146,7 @@ RECIPE = {"w0": 10.0, "sigma": 5.0, "class_weights": None}
 MEMBRANE_RECIPE = dict(RECIPE)
 #: ... for stained-tissue (H&E) images: no border term. Dense nuclei touch everywhere, and
 #: w0 10 made fine-tuning the stained model score *below* the model itself on unseen tiles
-#: (issue 11, he11b: 3 tiles, 120 s, tiles 01 + 08, AP@0.5: zero-shot 0.52; w0 10 0.43,
+#: (3 tiles, 120 s, tiles 01 + 08, AP@0.5: zero-shot 0.52; w0 10 0.43,
 #: 3 0.49, 0 0.54; the table is in benchmarks/real_he.py's docstring)
 STAINED_RECIPE = dict(RECIPE, w0=0.0)
 
