@@ -16,7 +16,7 @@
    bundled architecture (depth 3, width 16, batch 4, 128-px output tiles) with
    augmentation on vs off, through the real ``train_iter`` loop, alternately.
 
-Targets (SPEC): ours >= 7x faster than the scipy reference on CPU; a step with
+Targets: ours >= 7x faster than the scipy reference on CPU; a step with
 augmentation costs <= 1.15x one without.
 """
 

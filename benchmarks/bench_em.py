@@ -37,7 +37,7 @@ slices 0-14, scored on 15-19 (one seed each; differences below ~0.01 are noise):
     p(membrane) of seven trained models (depth 3 width 16 at 1700-2000 steps x 5, width 32,
     depth 4), adapted Rand error, mean over the models (worst model) on slices 15-19 / 12-14
     (neither trained on; 12-14 were the runs' validation slices)
-    h 6, no merging (the previous default)   0.086 (0.114) / 0.141 (0.183)
+    h 6, no merging                          0.086 (0.114) / 0.141 (0.183)
     h 4 / h 8, no merging                    0.100 / 0.114 on 15-19
     h 6, merge below 0.4                     0.068 (0.096) / 0.063 (0.106)
     h 3, merge below 0.3 / 0.4 / 0.5 / 0.6   0.052 / 0.050 / 0.062 / 0.094 on 15-19
@@ -49,11 +49,6 @@ slices 0-14, scored on 15-19 (one seed each; differences below ~0.01 are noise):
     Command: ``python benchmarks/bench_em.py --sweep-watershed MODEL.pt [MODEL.pt ...]``
     (models trained on 0-14, e.g. saved from ``fine_tune``; ``--test 12 15`` for 12-14).
 
-    watershed before merging existed (h-maxima height h, smoothing s), after 500 / 2000 steps
-    h 2 s 2: 0.140 / -      h 4 s 1: 0.098 / 0.104   h 5 s 1: 0.107 / 0.096
-    h 6 s 1: 0.111 / 0.086 (chosen: the held-back check trains about 2000 steps)
-    h 6 s 0.5: 0.113 / 0.082   h 8 s 1: 0.122 / 0.103   connected components: 0.465 / 0.163
-
     fresh network at about equal CPU time (1 thread, 192-px tiles x 2, seed 0; pixel error
     raw / with the fitted membrane bias of napari_unet.calibration)
     depth 3 width 16 (FRESH_ARCHITECTURE), 2000 steps, 600 CPU-s  0.0879 / 0.0779  Rand 0.051 / 0.064
@@ -63,7 +58,7 @@ slices 0-14, scored on 15-19 (one seed each; differences below ~0.01 are noise):
     (depth 3 width 16 with 96-px tiles x 4, 2000 steps, 433 CPU-s: 0.0851 / 0.0826, Rand 0.086 / 0.066)
 
 Longer training: the same call with ``max_time=3600`` at 1 thread on a core
-of its own (13275 steps, about 6x the CPU of the check's 300 s on 2 cores, 2142 steps):
+of its own (13275 steps, about 6x the CPU of a 300-s run on 2 cores, 2142 steps):
 pixel error 0.0782, adapted Rand error 0.042, VI 0.17 on 15-19 (the 300-s runs: 0.076-0.081 /
 0.013-0.052 / 0.10-0.19). Its lowest validation loss came at step 5150; the pixel error
 does not fall with more steps of this recipe (``--budgets 3600 --threads 1 --skip-monai``).

@@ -1,4 +1,4 @@
-"""Tiled inference throughput and memory (SPEC targets), measured in one run.
+"""Tiled inference throughput and memory against the targets, measured in one run.
 
     python benchmarks/bench_tiling.py            # speed, precision, 16k zarr memory
     python benchmarks/bench_tiling.py --sweep    # also: throughput per tile size

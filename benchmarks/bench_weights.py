@@ -6,11 +6,11 @@
    (one whole-image distance transform per cell, keeping the two smallest distances):
    speed ratio, max |difference|, peak memory (tracemalloc) of both.
 2. 2048x2048 with ~2000 touching cells: ours vs ONE scipy
-   ``distance_transform_edt`` of the whole background (the SPEC's floor), timed
+   ``distance_transform_edt`` of the whole background (the practical floor), timed
    alternately so both see the same machine load.
 3. 64x256x256 with ~400 touching cells: ours vs one scipy EDT of the whole background.
 
-Targets (SPEC): >= 250x faster than the reference; no slower than one EDT; difference
+Targets: >= 250x faster than the reference; no slower than one EDT; difference
 <= 1e-3; memory proportional to pixels.
 """
 

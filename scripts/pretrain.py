@@ -7,7 +7,7 @@ Recipe (recorded in the model's ``meta["recipe"]``):
   a mix of difficulties (easy/normal/hard) and kinds (nuclei, some whole cells). A pool of
   ``--pool`` images is generated, trained on for ``--round`` iterations, and regenerated
   with new seeds, so the network sees thousands of different images;
-* network: the SPEC U-Net with ``--depth`` 3 (half the cost of depth 4 per step on this
+* network: the paper's U-Net with ``--depth`` 3 (half the cost of depth 4 per step on this
   CPU, measured) and base width 16, mode ``instance3`` (background / interior / boundary);
 * training: :func:`napari_unet.training.train_iter` (AdamW, warm-up + cosine schedule over
   the whole run, weighted cross-entropy with the paper's eq. 2 weights, all augmentations

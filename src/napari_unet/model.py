@@ -126,7 +126,7 @@ class UNetConfig:
 
 
 def _double_conv(c_in: int, c_out: int, dropout: float = 0.0) -> nn.Sequential:
-    # The paper's order as given in our SPEC: conv -> ReLU -> BatchNorm, twice.
+    # conv -> ReLU -> BatchNorm, twice (the paper's block, with BatchNorm added after each ReLU)
     layers: list[nn.Module] = [
         nn.Conv2d(c_in, c_out, 3),
         nn.ReLU(inplace=True),
