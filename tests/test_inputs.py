@@ -125,3 +125,26 @@ def test_channel_mismatch_carries_its_facts(model):
     assert caught.value.model_channels == 1 and caught.value.layout.channels == 2
     assert inputs.each_channel_alone("CYX", two.shape, 1)[0] == "QYX"
     assert inputs.each_channel_alone("CYX", two.shape, 2) == ("CYX", "")
+
+
+def test_cli_a_two_channel_tiff_is_segmented_channel_by_channel(model, tmp_path, capsys):
+    """A (2, Y, X) TIFF whose metadata says CYX, for a 1-channel model: each channel on its
+    own (said on the way), never a 2-plane Z stack; named axes it cannot read: one line in
+    the command line's words."""
+    import tifffile
+
+    from napari_unet.cli import main
+
+    path, out = tmp_path / "two.tif", tmp_path / "two_labels.tif"
+    tifffile.imwrite(path, np.stack([blobs(seed=4), blobs(seed=5)]), metadata={"axes": "CYX"})
+    model_file = nu.save_model(model, tmp_path / "m.pt")
+    assert main(["segment", str(path), "-o", str(out), "--model", str(model_file), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "axes CYX from the file" in err and "each of the 2 is segmented on its own" in err
+    labels = tifffile.imread(out)
+    assert labels.shape == (2, 96, 110) and labels[0].max() > 0 and labels[1].max() > 0
+    assert not set(np.unique(labels[0])[1:]) & set(np.unique(labels[1])[1:])
+    assert main(["segment", str(path), "-o", str(tmp_path / "x.tif"), "--model", str(model_file),
+                 "--axes", "CYX"]) == 2
+    err = capsys.readouterr().err
+    assert "--axes" in err and "image[" not in err

@@ -217,7 +217,7 @@ def measure_iter(image: Any, facts: ImageInput, *, device: Any = None,
             found.append((d, d / z))
     if not found:
         most = max(counts, default=0)
-        raise CellSizeError("no cells found: nothing stands out from the image's noise" if most == 0 else
+        raise CellSizeError("no cells found: the image looks like noise" if most == 0 else
                             f"too few cells to measure their size (at most {most} at any zoom)", tried)
     return _pick(found, target)
 
