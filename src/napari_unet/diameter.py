@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from ._progress import Progress, drain
+from .inputs import ImageInput, SegmentOptions, parse_axes
 from .instances import drop_lost_objects, label_planes_iter
 from .resize import resize_image, resize_nearest, zoomed_shape  # also importable from here (old import path)
-from .inputs import ImageInput, SegmentOptions, parse_axes
 
 #: zooms tried by :func:`measure_diameter` (cells 4x too large to 2x too small)
 ZOOMS = (2.0, 1.4, 1.0, 0.7, 0.5, 0.35, 0.25)
@@ -168,7 +168,7 @@ def measure_diameter_iter(
     """
     from .inputs import describe_input
 
-    facts = describe_input(image, model, axes=axes)
+    facts = describe_input(image, "fluorescence" if model is None else model, axes=axes)
     return (yield from measure_iter(image, facts, device=device, zooms=zooms))
 
 
@@ -217,8 +217,10 @@ def measure_iter(image: Any, facts: ImageInput, *, device: Any = None,
             found.append((d, d / z))
     if not found:
         most = max(counts, default=0)
-        raise CellSizeError("no cells found: the image looks like noise" if most == 0 else
-                            f"too few cells to measure their size (at most {most} at any zoom)", tried)
+        reason = ("the image is too small to measure its cells" if not counts else
+                  "no cells found: the image looks like noise" if most == 0 else
+                  f"too few cells to measure their size (at most {most} at any zoom)")
+        raise CellSizeError(reason, tried)
     return _pick(found, target)
 
 

@@ -85,19 +85,27 @@ class SegmentResult:
     model_name: str = "bundled"  # the model that segmented (its file's name): names the output layers
 
 
-def layer_axes(layer: Any, text: str, model_channels: int = 1) -> str | None:
-    """The ``axes`` string for the core: the person's entry, or what the layer implies
-    (:func:`auto_axes`).
+def layer_axes(layer: Any, text: str) -> str | None:
+    """The ``axes`` string for the core: the person's entry, or as napari shows the layer.
 
     Args:
         layer: a napari Image layer.
         text: the widget's axes entry; "" or "auto" means "as napari shows it".
-        model_channels: the input channels of the model that will run.
+
+    Returns:
+        axis letters for ``inputs.parse_axes``: the entry, or for "auto" ``...YXS`` for an
+        RGB layer, ``ZYX`` for a 3D layer and ``TZYX`` for a 4D one, and ``...YX`` (planes
+        over the leading axes) otherwise (the Annotate widget's rule; the Segment widget
+        also reads the file and takes a short first axis as channels: :func:`auto_axes`).
     """
+    data = layer_data(layer)
+    ndim = len(data.shape)
     text = text.strip().upper()
     if text and text != "AUTO":
         return text
-    return auto_axes(layer, model_channels)[0]
+    if layer.rgb:
+        return "Q" * (ndim - 3) + "YXS"
+    return {3: "ZYX", 4: "TZYX"}.get(ndim, "Q" * (ndim - 2) + "YX")
 
 
 def file_axes(layer: Any) -> str | None:
@@ -131,17 +139,16 @@ def auto_axes(layer: Any, model_channels: int = 1) -> tuple[str, str]:
     """
     from ..inputs import SHORT_AXIS, each_channel_alone
 
-    data = layer_data(layer)
-    ndim = len(data.shape)
     if layer.rgb:
-        return "Q" * (ndim - 3) + "YXS", ""
+        return layer_axes(layer, "auto"), ""
+    data = layer_data(layer)
     axes, note = file_axes(layer), ""
     if axes:
         note = f"axes {axes} from the file"
-    elif ndim == 3 and data.shape[0] <= SHORT_AXIS:
+    elif len(data.shape) == 3 and data.shape[0] <= SHORT_AXIS:
         axes, note = "CYX", f"its first axis ({data.shape[0]}) is short, so it was taken as channels"
     else:
-        return {3: "ZYX", 4: "TZYX"}.get(ndim, "Q" * (ndim - 2) + "YX"), ""
+        return layer_axes(layer, "auto"), ""
     axes, alone = each_channel_alone(axes, data.shape, model_channels)
     return axes, f"{note}; {alone}" if alone else note
 
@@ -305,8 +312,10 @@ class SegmentWidget(Container):
             value="auto",
             tooltip="What the image's dimensions are, one letter each: T (time, segmented one by "
             "one), Z (a stack: 3D cells), C (channels fed to the network together), "
-            "S (RGB colour), Y, X; e.g. 'ZYX', 'CYX', 'TZYX'. 'auto': as napari shows the "
-            "layer (the last axis of an RGB layer is colour; a 3D layer is ZYX, a 4D one TZYX)",
+            "S (RGB colour), Q (any other axis: planes segmented one by one), Y, X; e.g. 'ZYX', 'CYX', 'TZYX'. "
+            "'auto': the axes the image's file records; else as napari shows the layer (the last axis "
+            "of an RGB layer is colour; a 3D layer with a first axis of up to 4 is channels, a longer one "
+            "ZYX; a 4D one TZYX). Channels the model does not read together are segmented one by one",
         )
         self.as_z_stack = PushButton(
             text="Treat as a Z stack instead",
