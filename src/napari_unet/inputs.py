@@ -153,11 +153,11 @@ def parse_axes(shape: Sequence[int], axes: str | None = None) -> Layout:
     return Layout(axes, shape, axes.index("Y"), axes.index("X"), channel, planes, rgb)
 
 
-
 # -- channels and normalisation --------------------------------------------------------------
 
 
 def map_channels(x: np.ndarray, channel_map: str, axis: int = 0) -> np.ndarray:
+    """``x`` with its channels (on ``axis``) as the model reads them (see :func:`choose_channel_map`)."""
     if channel_map == "gray":
         return np.take(x, [0, 1, 2], axis=axis).astype(np.float32).mean(axis=axis, keepdims=True)
     if channel_map == "rgb":
@@ -166,6 +166,9 @@ def map_channels(x: np.ndarray, channel_map: str, axis: int = 0) -> np.ndarray:
 
 
 def choose_channel_map(layout: Layout, in_channels: int) -> str:
+    """How an image's channels meet a model's ``in_channels``: ``"keep"`` (as they are),
+    ``"gray"`` (RGB(A) averaged for a 1-channel model) or ``"rgb"`` (alpha dropped);
+    :class:`ChannelMismatch` when they cannot."""
     c = layout.channels
     if c == in_channels:
         return "keep"
@@ -227,12 +230,6 @@ def out_index(layout: Layout, plane: tuple[int, ...], ys: slice, xs: slice) -> t
     return layout.out_index(plane, ys, xs)
 
 
-def check_out(out: Any, shape: tuple[int, ...], what: str) -> None:
-    """Refuse an output array of another shape than the ``what`` need."""
-    if tuple(out.shape) != tuple(shape):
-        raise ValueError(f"out has shape {tuple(out.shape)} but the {what} need shape {tuple(shape)}")
-
-
 # -- the description -------------------------------------------------------------------------
 
 
@@ -251,7 +248,8 @@ class ImageInput:
         layout: the image's axes.
         channel_map: how its channels meet the model's inputs: ``"keep"``, ``"gray"``
             (RGB averaged for a 1-channel model) or ``"rgb"`` (alpha dropped).
-        lo, hi: the image-wide normalisation, per model input channel.
+        lo, hi: the image-wide normalisation, per model input channel (empty for a zoomed
+            Z stack, which the 3D path normalises by its own percentiles, as it always has).
         model: the network that segments it.
         model_name: how the result layers name the model: its file's name (``"bundled"``
             and ``"stained"`` for the bundled ones, however they were picked), or the
@@ -457,7 +455,6 @@ __all__ = [
     "ImageInput",
     "Layout",
     "SegmentOptions",
-    "check_out",
     "choose_channel_map",
     "describe_input",
     "each_channel_alone",

@@ -60,7 +60,6 @@ from .inputs import (  # the image's axes, channels and normalisation live there
     AXIS_LETTERS,
     ChannelMismatch,
     Layout,
-    check_out,
     choose_channel_map,
     image_normalization,
     map_channels,
@@ -441,7 +440,7 @@ def predict_iter(
     shape = (pred.config.num_classes, *lay.out_shape)
     if out is None:
         out = np.zeros(shape, np.float32)
-    check_out(out, shape, "probabilities")
+    lay.check_out(out, "probabilities", pred.config.num_classes)
 
     def write(plane: tuple[int, ...], oy: int, ox: int, probs: np.ndarray) -> None:
         idx, transpose = out_index(lay, plane, slice(oy, oy + probs.shape[1]), slice(ox, ox + probs.shape[2]))
@@ -549,7 +548,6 @@ __all__ = [
     "TileTooLarge",
     "auto_tile_size",
     "balanced_tile",
-    "check_out",
     "checked_model",
     "choose_channel_map",
     "forward_batch",

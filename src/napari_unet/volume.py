@@ -46,7 +46,6 @@ from .inputs import (
     ImageInput,
     Layout,
     SegmentOptions,
-    check_out,
     choose_channel_map,
     image_normalization,
     out_index,
@@ -395,9 +394,9 @@ def volume_iter(image: Any, facts: ImageInput, options: SegmentOptions, *, out: 
     k = net.config.num_classes
     if out is None:
         out = np.zeros(lay.out_shape, np.int32)
-    check_out(out, lay.out_shape, "labels")
+    lay.check_out(out, "labels")
     if probabilities_out is not None:
-        check_out(probabilities_out, (k, *lay.out_shape), "probabilities")
+        lay.check_out(probabilities_out, "probabilities", k)
     zi = lay.axes.index("Z")
     outer = [a for a in lay.planes if a != zi]
     vol_axes = "".join(lay.axes[i] for i in range(len(lay.shape)) if i not in outer)
@@ -642,7 +641,7 @@ def _zoomed(image: Any, facts: ImageInput, options: SegmentOptions, given: float
                             probabilities_out=probabilities_out)
         return (yield from with_info(inner, extra))
     if out is not None:
-        check_out(out, lay.out_shape, "labels")
+        lay.check_out(out, "labels")
     zoomed = resize_image(np.asarray(image), lay.axes, zoomed_shape(lay.yx_shape, zoom))
     if options.min_size is not None:
         options = options.replace(min_size=max(1, round(options.min_size * zoom * zoom)))
