@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import inspect
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,8 +100,9 @@ def returns(walk: list[str]) -> list[tuple[str, str]]:
 
 
 def _bundled() -> bool:
-    return (Path(__file__).parents[1] / "src" / PACKAGE / "models" / "bundled.pt").is_file() or __import__(
-        "importlib.resources").resources.files(PACKAGE).joinpath("models", "bundled.pt").is_file()
+    from napari_unet.channels import bundled_path
+
+    return bundled_path("fluorescence").is_file()
 
 
 @pytest.mark.slow
@@ -115,7 +115,10 @@ def test_a_segment_click_climbs_back_to_few_rooms():
 
 
 if __name__ == "__main__":
-    back = returns(record_walk())
+    walk = record_walk()
+    print("the walk:", " > ".join(m.removeprefix(PACKAGE + ".") for m in walk))
+    back = returns(walk)
+    print("returns to a room already left:")
     for a, b in back:
         print(f"  {a} -> {b}")
     print(f"{len(back)} returns to a room already left (at most {MAX_RETURNS} allowed)")
