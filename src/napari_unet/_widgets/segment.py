@@ -1,13 +1,16 @@
 """The Segment dock widget: run a U-Net on an image layer, get a Labels layer back.
 
-The work is the core's ``tiling.predict_iter`` (overlap-tile inference, one progress step
-per tile) followed by ``postprocess.probabilities_to_labels``, run in a napari
-``thread_worker`` so the viewer stays responsive; Cancel stops at the next tile and leaves
-every layer as it was. The result goes to a Labels layer ``"<image> labels (<model>)"``
-(``bundled`` or the model file's name, so results of different models sit side by side),
-updated in place on a re-run unless the person painted on it or the layer is not ours (see
-``_common``), placed with the image layer's scale and translation, and optionally to an
-Image layer ``"<image> probabilities (<model>)"`` whose first axis is the class.
+The widget decides the image's axes (the file's, or as napari shows the layer; a short
+first axis is taken as channels, with a button to treat it as a Z stack) and the job
+describes the image once (``inputs.describe_input``: axes, model and why, normalisation)
+and runs ``segmentation.segment_input_iter`` in a napari ``thread_worker`` so the viewer
+stays responsive; Cancel stops at the next tile and leaves every layer as it was. The
+result goes to a Labels layer ``"<image> labels (<model>)"`` (``bundled``, ``stained`` or
+the model file's name, however the model was chosen, so results of different models sit
+side by side; a Z stack labelled plane by plane goes to ``"<image> labels, plane by plane
+(<model>)"``), updated in place on a re-run unless the person painted on it or the layer
+is not ours (see ``_common``), placed with the image layer's scale and translation, and
+optionally to an Image layer ``"<image> probabilities (<model>)"`` whose first axis is the class.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class SegmentJob:
     model_tag: str = "bundled"  # names the output layers: "<image> labels (<model_tag>)"
     voxel_size: tuple[float, ...] | None = None  # Z stacks: the layer's (z, y, x) scale; None = estimate
     plane_by_plane: bool = False
-    layout: Any = None  # the axes parsed at the door (tiling.Layout); None: parsed from ``axes``
+    layout: Any = None  # the axes parsed at the door (inputs.Layout); None: parsed from ``axes``
 
     @property
     def labels_what(self) -> str:
@@ -108,6 +111,10 @@ def layer_axes(layer: Any, text: str) -> str | None:
     return {3: "ZYX", 4: "TZYX"}.get(ndim, "Q" * (ndim - 2) + "YX")
 
 
+#: how the status line says that a short first axis was taken as channels (the Z stack button shows then)
+TAKEN_AS_CHANNELS = "taken as channels"
+
+
 def file_axes(layer: Any) -> str | None:
     """The axes a TIFF layer's file records (OME, ImageJ or tifffile metadata), when they
     fit the layer; None otherwise (napari's reader does not keep them)."""
@@ -146,7 +153,7 @@ def auto_axes(layer: Any, model_channels: int = 1) -> tuple[str, str]:
     if axes:
         note = f"axes {axes} from the file"
     elif len(data.shape) == 3 and data.shape[0] <= SHORT_AXIS:
-        axes, note = "CYX", f"its first axis ({data.shape[0]}) is short, so it was taken as channels"
+        axes, note = "CYX", f"its first axis ({data.shape[0]}) is short, so it was {TAKEN_AS_CHANNELS}"
     else:
         return layer_axes(layer, "auto"), ""
     axes, alone = each_channel_alone(axes, data.shape, model_channels)
@@ -154,7 +161,7 @@ def auto_axes(layer: Any, model_channels: int = 1) -> tuple[str, str]:
 
 
 def channel_mismatch_text(exc: Any, image_name: str) -> str:
-    """The channel-mismatch error (:class:`napari_unet.tiling.ChannelMismatch`) in the
+    """The channel-mismatch error (:class:`napari_unet.inputs.ChannelMismatch`) in the
     widget's words: its fields and napari's menus, not Python."""
     lay, m = exc.layout, exc.model_channels
     if lay.channel is None:
@@ -198,11 +205,12 @@ def output_geometry(layer: Any, channel_axis: int | None, out_ndim: int) -> tupl
 
 
 def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
-    """The worker's generator: load the model, predict tile by tile, post-process.
+    """The worker's generator: describe the image once (axes, model, normalisation), then
+    segment it with those facts.
 
-    Runs ``segmentation.segment_iter`` (plane by plane: memory is bounded by one plane plus the
-    outputs), which yields at least every 0.2 s, so Cancel acts within a fraction of a
-    second.
+    Runs ``segmentation.segment_input_iter`` (or ``segment_at_model_size`` for Cell size
+    "auto"; plane by plane: memory is bounded by one plane plus the outputs), which yields
+    at least every 0.2 s, so Cancel acts within a fraction of a second.
     """
     import time
 
@@ -413,7 +421,7 @@ class SegmentWidget(Container):
             z = anisotropy_text(layer, axes)
         except (ValueError, IndexError):
             axes, how, z = "", "", ""
-        self.as_z_stack.visible = "taken as channels" in how
+        self.as_z_stack.visible = TAKEN_AS_CHANNELS in how
         how = f"; {how}" if how else ""
         set_status(self.status, f"{kind}image {tuple(data.shape)} {data.dtype}{lazy}{ms}{z}{how}")
 
