@@ -43,11 +43,12 @@ def test_z_stack_from_layer_scale_gets_3d_ids(qtbot, widget):  # noqa: F811
     # one id per ball through all its planes
     assert len(np.unique(labels)) == 3
     assert labels[2, 20, 20] == labels[7, 20, 20] != labels[5, 44, 42] > 0
-    # plane by plane, as before: every plane gets its own ids
+    # plane by plane: every plane gets its own ids, in a layer of its own beside the 3D one
     widget.plane_by_plane.value = True
     assert run_and_wait(qtbot, widget) == "done", widget.status.value
-    flat = _result(viewer, "stack labels").data
+    flat = _result(viewer, "stack labels, plane by plane").data
     assert len(np.unique(flat)) > 10 and flat[2, 20, 20] != flat[7, 20, 20]
+    np.testing.assert_array_equal(_result(viewer, "stack labels").data, labels)
 
 
 def test_unset_scale_means_estimated(qtbot, widget):  # noqa: F811

@@ -108,11 +108,14 @@ def _looks_stained(image: Any) -> bool:
     return s.ndim >= 2 and s.shape[-1] >= 3 and looks_stained(s.reshape(-1, s.shape[-1])[:, :3].astype(np.float32))
 
 
-def pick_bundled(rgb: bool, image: Any = None) -> str:
+def pick_bundled(rgb: bool, image: Any = None, stained: bool | None = None) -> str:
     """The bundled model's name for an image: ``"stained"`` for a brightfield RGB(A) image
     (dark nuclei on a bright slide; when that model is installed), else ``"fluorescence"``.
-    ``image`` None: judge by ``rgb`` alone."""
-    if rgb and bundled_path("stained").is_file() and (image is None or looks_brightfield(image) or _looks_stained(image)):
+    ``image`` None: judge by ``rgb`` alone. ``stained``: whether the image's colours were
+    found H&E-like already (None: looked at here)."""
+    if not (rgb and bundled_path("stained").is_file()):
+        return "fluorescence"
+    if image is None or looks_brightfield(image) or (_looks_stained(image) if stained is None else stained):
         return "stained"
     return "fluorescence"
 

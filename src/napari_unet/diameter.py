@@ -22,15 +22,15 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from ._progress import Progress, drain
-from .instances import label_planes_iter, objects_above_noise
+from .inputs import ImageInput, SegmentOptions, parse_axes
+from .instances import drop_lost_objects, label_planes_iter
 from .resize import resize_image, resize_nearest, zoomed_shape  # also importable from here (old import path)
-from .tiling import parse_axes, with_normalization_of
 
 #: zooms tried by :func:`measure_diameter` (cells 4x too large to 2x too small)
 ZOOMS = (2.0, 1.4, 1.0, 0.7, 0.5, 0.35, 0.25)
@@ -52,12 +52,15 @@ class CellSizeError(ValueError):
     """No cell size can be measured: too few cells at every zoom (an empty field, a few cells).
 
     Attributes:
-        reason: what was found, for a message.
+        reason: what was found, in a few words (for a status line).
+        tried: the cells found at each zoom tried (``"2x: 0 cells"``...), for the message.
     """
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"{reason}; give the cell diameter instead")
+    def __init__(self, reason: str, tried: Sequence[str] = ()) -> None:
+        detail = f" (fewer than {MIN_CELLS} at every zoom: {'; '.join(tried) or 'image too small'})"
+        super().__init__(f"{reason}{detail}; give the cell diameter instead")
         self.reason = reason
+        self.tried = tuple(tried)
 
 
 def label_diameter(labels: Any | Iterable[Any]) -> float:
@@ -163,49 +166,79 @@ def measure_diameter_iter(
             stand out from the image's noise do not count).
         ValueError: the model records no diameter.
     """
-    from .model import load_model
+    from .inputs import describe_input
 
-    net = load_model() if model is None else model
+    facts = describe_input(image, "fluorescence" if model is None else model, axes=axes)
+    return (yield from measure_iter(image, facts, device=device, zooms=zooms))
+
+
+def measure_iter(image: Any, facts: ImageInput, *, device: Any = None,
+                 zooms: Iterable[float] = ZOOMS) -> Generator[Progress, None, float]:
+    """:func:`measure_diameter_iter` of an image described at the door (``facts``: its
+    axes, model and normalisation): every zoomed crop is normalised as the image is (its
+    own percentiles would stretch the noise)."""
+    net = facts.model
     target = model_diameter(net)
     zooms = tuple(zooms)
-    plane, plane_axes = middle_plane(image, axes, max_side=int(round(CROP / min(zooms))) + 1)
-    # every zoomed crop is normalised like the image (its own percentiles would stretch the noise)
-    net = with_normalization_of(net, image, parse_axes(np.shape(image), axes))
-    H, W = plane.shape[plane_axes.index("Y")], plane.shape[plane_axes.index("X")]
+    plane, plane_facts = _middle_plane(image, facts, max_side=int(round(CROP / min(zooms))) + 1)
+    lay = plane_facts.layout
+    options = SegmentOptions(device=device, min_object_z=None)
     found: list[tuple[float, float]] = []  # (diameter seen at zoom z, that diameter / z)
-    tried = []
+    tried: list[str] = []
+    counts: list[int] = []
     for k, z in enumerate(zooms):
         yield Progress(k, len(zooms), f"measuring the cell size ({z:g}x)")
         side = int(round(CROP / z))
+        H, W = lay.yx_shape
         y0, x0 = max(0, (H - side) // 2), max(0, (W - side) // 2)
         index = [slice(None)] * plane.ndim
-        index[plane_axes.index("Y")] = slice(y0, y0 + side)
-        index[plane_axes.index("X")] = slice(x0, x0 + side)
+        index[lay.y] = slice(y0, y0 + side)
+        index[lay.x] = slice(x0, x0 + side)
         crop = plane[tuple(index)]
-        yx = crop.shape[plane_axes.index("Y")], crop.shape[plane_axes.index("X")]
+        yx = crop.shape[lay.y], crop.shape[lay.x]
         if min(yx) * z < 32:
             continue  # too small to hold cells at this zoom
-        zoomed = resize_image(crop, plane_axes, zoomed_shape(yx, z)) if z != 1 else crop
-        # no try/except: any error here (a channel mismatch, a bad device) is the user's to see
-        lab = drain(label_planes_iter(zoomed, net, axes=plane_axes, device=device, min_object_z=None))
+        zoomed = resize_image(crop, lay.axes, zoomed_shape(yx, z)) if z != 1 else crop
+        # no try/except: any error here (a bad device) is the user's to see
+        lab = drain(label_planes_iter(zoomed, plane_facts.plane(zoomed.shape), options))
+        # objects lost in the noise do not count: tested on the crop itself, whose noise is the camera's
+        crop_facts = plane_facts.plane(crop.shape)
         if z != 1:
-            # objects lost in the noise do not count: tested on the crop itself, whose noise is the camera's
-            out_axes = plane_axes.replace("C", "").replace("S", "")
-            real = objects_above_noise(crop, resize_nearest(lab, out_axes, yx), net, plane_axes)
+            out_axes = lay.axes.replace("C", "").replace("S", "")
+            real = drop_lost_objects(crop, resize_nearest(lab, out_axes, yx), crop_facts)
             lab = np.where(np.isin(lab, np.unique(lab[resize_nearest(real, out_axes, lab.shape) > 0])), lab, 0)
         else:
-            lab = objects_above_noise(crop, lab, net, plane_axes)
+            lab = drop_lost_objects(crop, lab, crop_facts)
         n = len(np.unique(lab)) - 1
         tried.append(f"{z:g}x: {n} cells")
+        counts.append(n)
         if n >= MIN_CELLS:
             d = label_diameter(lab)
             found.append((d, d / z))
     if not found:
-        raise CellSizeError(f"found fewer than {MIN_CELLS} cells at every zoom ({'; '.join(tried) or 'image too small'})")
+        most = max(counts, default=0)
+        reason = ("the image is too small to measure its cells" if not counts else
+                  "no cells found: the image looks like noise" if most == 0 else
+                  f"too few cells to measure their size (at most {most} at any zoom)")
+        raise CellSizeError(reason, tried)
     return _pick(found, target)
 
 
-def diameter_to_use(image: Any, net: Any, diameter: float | str, *, axes: str, device: Any = None,
+def _middle_plane(image: Any, facts: ImageInput, max_side: int | None = None) -> tuple[np.ndarray, ImageInput]:
+    """:func:`middle_plane` with the image's facts: the plane and its facts."""
+    lay = facts.layout
+    index: list[Any] = [slice(None)] * len(lay.shape)
+    for a in lay.planes:
+        index[a] = lay.shape[a] // 2
+    if max_side is not None:
+        for a in (lay.y, lay.x):
+            start = max(0, (lay.shape[a] - max_side) // 2)
+            index[a] = slice(start, start + max_side)
+    plane = np.asarray(image[tuple(index)])
+    return plane, facts.plane(plane.shape)
+
+
+def diameter_to_use(image: Any, facts: ImageInput, diameter: float | str, *, device: Any = None,
                     what: str = "image") -> Generator[Progress, None, float]:
     """The cell diameter to zoom by: ``diameter`` in pixels, or for ``"auto"`` the measured
     one; when it cannot be measured (an empty field, a few cells), the model's own (no
@@ -215,11 +248,11 @@ def diameter_to_use(image: Any, net: Any, diameter: float | str, *, axes: str, d
     if diameter != "auto":
         raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
     try:
-        return (yield from measure_diameter_iter(image, net, axes=axes, device=device))
+        return (yield from measure_iter(image, facts, device=device))
     except CellSizeError as exc:
         warnings.warn(f"The cell size could not be measured ({exc.reason}), so the {what} was segmented as it is.",
                       UserWarning, stacklevel=3)
-        return model_diameter(net)
+        return model_diameter(facts.model)
 
 
 def measure_diameter(

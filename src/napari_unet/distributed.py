@@ -63,6 +63,7 @@ import numpy as np
 
 from ._files import write_atomic
 from ._progress import Progress, ProgressBar, drain, progress_bar
+from .inputs import SegmentOptions
 
 #: default block edge (pixels of output) handled by one task
 DEFAULT_BLOCK_SIZE = 2048
@@ -632,11 +633,28 @@ def segment_distributed_iter(
     Returns:
         a :class:`DistributedResult`.
     """
+    options = SegmentOptions(tile_size=tile_size, device=device, batch_size=batch_size, amp=amp,
+                             channels_last=channels_last, mode=mode, postprocess=postprocess)
+    return (yield from distributed_iter(image_or_paths, model, options, out=out, client=client, n_workers=n_workers,
+                                        block_size=block_size, overlap=overlap, axes=axes,
+                                        torch_threads=torch_threads, overwrite=overwrite))
+
+
+def distributed_iter(image_or_paths: Any, model: Any, options: SegmentOptions, *, out: str | os.PathLike,
+                     client: Any = None, n_workers: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
+                     overlap: int = DEFAULT_OVERLAP, axes: str | None = None, torch_threads: int | None = None,
+                     overwrite: bool = False) -> Generator[Progress, None, DistributedResult]:
+    """:func:`segment_distributed_iter` with the segmentation settings as one
+    :class:`~napari_unet.inputs.SegmentOptions` (tile, device, batch, precision, mode,
+    post-processing), as the 2D and 3D paths take them; the rest are the cluster's and the
+    store's. Each image is described on the workers that read it (its axes here, its
+    normalisation once per image in the first pass), so the client reads no image data."""
     import zarr
 
-    model, mode, amp, channels_last = _checked_settings(model, mode, device, amp, channels_last, block_size, overlap,
-                                                       batch_size)
-    postprocess = {**model.meta.get("postprocess", {}), **postprocess}  # the model's own defaults, as segment
+    tile_size, device, batch_size = options.tile_size, options.device or "cpu", options.batch_size or 1
+    model, mode, amp, channels_last = _checked_settings(model, options.mode, device, options.amp,
+                                                       options.channels_last, block_size, overlap, batch_size)
+    postprocess = {**model.meta.get("postprocess", {}), **options.postprocess}  # the model's own defaults, as segment
     inputs = _inputs(image_or_paths, axes)
     root = Path(out)
     if root.exists() and not (root / "zarr.json").is_file() and not (root / ".zgroup").is_file():
@@ -754,4 +772,12 @@ def run_cli(args: Any) -> int:
     return 0
 
 
-__all__ = ["DistributedResult", "model_from_bytes", "model_to_bytes", "run_cli", "segment_distributed", "segment_distributed_iter"]
+__all__ = [
+    "DistributedResult",
+    "distributed_iter",
+    "model_from_bytes",
+    "model_to_bytes",
+    "run_cli",
+    "segment_distributed",
+    "segment_distributed_iter",
+]

@@ -194,7 +194,7 @@ def drop_faint_objects(x: np.ndarray, labels: np.ndarray, min_z: float = MIN_OBJ
     return out
 
 
-def modality_warning(image: Any, layout: Any, meta: dict[str, Any]) -> str | None:
+def modality_warning(image: Any, layout: Any, meta: dict[str, Any], stained: bool | None = None) -> str | None:
     """One sentence when ``image`` looks unlike what the model was trained on, else None.
 
     (A channel count the model cannot take is an error, raised by the tiling itself.)
@@ -204,6 +204,8 @@ def modality_warning(image: Any, layout: Any, meta: dict[str, Any]) -> str | Non
             values is read).
         layout: its :class:`napari_unet.tiling.Layout`.
         meta: the model's ``meta`` (``meta.get("modality", "fluorescence")``).
+        stained: whether an RGB image's colours were found H&E-like already
+            (:func:`looks_stained`; None: looked at here).
     """
     from .normalize import strided_sample
 
@@ -218,8 +220,10 @@ def modality_warning(image: Any, layout: Any, meta: dict[str, Any]) -> str | Non
     sample = sample[np.isfinite(sample).all(axis=1)]
     if sample.size == 0:
         return None
+    if layout.rgb and stained is None:
+        stained = looks_stained(sample[:, :3])
     if modality == "fluorescence":
-        if layout.rgb and looks_stained(sample[:, :3]):
+        if layout.rgb and stained:
             return ("This colour image looks like stained tissue (brightfield), but the model was trained on "
                     "fluorescence images, so expect poor results; fine-tune it on a few labelled tiles of "
                     "these images, or use a model for stained tissue.")
@@ -228,7 +232,7 @@ def modality_warning(image: Any, layout: Any, meta: dict[str, Any]) -> str | Non
             return ("The background of this image is bright and the objects dark, but the model was trained on "
                     "bright cells on a dark background (fluorescence); invert the image (e.g. image.max() - image) "
                     "or fine-tune the model on these images.")
-    elif modality == "stained" and not (layout.rgb and looks_stained(sample[:, :3])):
+    elif modality == "stained" and not (layout.rgb and stained):
         return ("The model was trained on colour images of stained tissue (brightfield), and this image does not "
                 "look like one; use a fluorescence model, or fine-tune this one on these images.")
     return None

@@ -21,51 +21,43 @@ import torch
 from ._progress import Progress
 from .device import available_memory
 from .image_checks import MIN_OBJECT_Z, NOTHING_HERE_WARNING, drop_faint_objects
-from .normalize import apply_normalization
-from .tiling import Layout, Predictor, Source, check_out, choose_channel_map, image_normalization, out_index, parse_axes
+from .inputs import ImageInput, Layout, SegmentOptions, describe_input
+from .tiling import Predictor, Source, plane_writer
 
 
 def label_planes_iter(
     image: Any,
-    model: Any,
+    facts: ImageInput,
+    options: SegmentOptions,
     *,
-    tile_size: int | None = None,
-    device: Any = None,
-    axes: str | None = None,
-    min_size: int | None = None,
-    mode: str | None = None,
-    batch_size: int | None = None,
     out: Any = None,
     probabilities_out: Any = None,
-    amp: bool | None = None,
-    channels_last: bool = True,
-    min_object_z: float | None = MIN_OBJECT_Z,
-    picked: str | None = None,
-    **postprocess: Any,
 ) -> Generator[Progress, None, Any]:
-    """Labels of every plane of ``image`` with ``model`` (already chosen and checked:
-    :func:`napari_unet.tiling.checked_model`), ids unique across the planes.
+    """Labels of every plane of ``image`` (described by ``facts``: its axes, model and
+    normalisation, decided at the door) with ids unique across the planes.
 
-    Arguments as for :func:`napari_unet.segmentation.segment_iter` (without the zoom and the
-    3D path); ``picked``: the line naming an automatically picked model, shown in the
-    progress ``info``.
+    ``options`` as for :func:`napari_unet.segmentation.segment_iter` (without the zoom and
+    the 3D path); ``options.postprocess``: further options of the post-processing.
     """
+    from skimage.segmentation import relabel_sequential
+
     from .postprocess import probabilities_to_labels
 
-    pred = Predictor(image, model, tile_size, device, axes, batch_size, amp, channels_last)
-    pred.picked = picked
-    lay = pred.layout
-    mode = mode or pred.meta.get("mode", "instance3")
-    check_plane_memory(lay, pred.config.num_classes, out is None)
+    lay = facts.layout
+    check_plane_memory(lay, facts.model.config.num_classes, out is None)
+    pred = Predictor(image, facts.model, axes=facts.axes, normalization=facts.normalization, layout=lay,
+                     channel_map=facts.channel_map, **options.predict_kw)
+    mode = options.mode or pred.meta.get("mode", "instance3")
+    min_size, min_object_z = options.min_size, options.min_object_z
     if out is None:
         out = np.zeros(lay.out_shape, np.int32)
-    check_out(out, lay.out_shape, "labels")
+    lay.check_out(out, "labels")
     k = pred.config.num_classes
     if probabilities_out is not None:
-        check_out(probabilities_out, (k, *lay.out_shape), "probabilities")
+        lay.check_out(probabilities_out, "probabilities", k)
     planes = lay.plane_indices()
     H, W = lay.yx_shape
-    kwargs = dict(postprocess)
+    kwargs = dict(options.postprocess)
     if mode == "instance2" and pred.meta.get("preset") == "membranes":
         kwargs.setdefault("membranes", True)  # cells between membranes: the membrane watershed
     if min_size is not None:
@@ -76,18 +68,15 @@ def label_planes_iter(
     found = 0
     for plane in planes:
         buf = np.zeros((k, H, W), np.float32)
-
-        def write(_p: tuple[int, ...], oy: int, ox: int, probs: np.ndarray, buf: np.ndarray = buf) -> None:
-            buf[:, oy : oy + probs.shape[1], ox : ox + probs.shape[2]] = probs
-
-        done += yield from pred.run([plane], write, done, total)
-        idx, transpose = out_index(lay, plane, slice(None), slice(None))
+        done += yield from pred.run([plane], plane_writer(buf), done, total)
+        idx, transpose = lay.out_index(plane, slice(None), slice(None))
         if probabilities_out is not None:
             probabilities_out[(slice(None),) + idx] = buf.transpose(0, 2, 1) if transpose else buf
         yield Progress(done, total, "post-processing", {"plane": plane})
         labels = probabilities_to_labels(buf, mode, **kwargs).astype(np.int64)
         if mode != "semantic" and min_object_z is not None:
-            labels = _drop_faint(pred.source, pred.lo, pred.hi, plane, labels, min_object_z)
+            kept = drop_faint_objects(pred.source.seen(plane, pred.lo, pred.hi), labels, min_object_z)
+            labels = kept if kept is labels else relabel_sequential(kept)[0]  # 1..N if any was dropped
             found += int(labels.max(initial=0))
         if mode != "semantic" and next_id:
             labels[labels > 0] += next_id
@@ -104,17 +93,6 @@ def label_planes_iter(
     return out
 
 
-def _drop_faint(source: Source, lo: np.ndarray, hi: np.ndarray, plane: tuple[int, ...], labels: np.ndarray,
-                min_z: float) -> np.ndarray:
-    """One plane's labels without the objects lost in its noise, renumbered 1..N if any was dropped."""
-    from skimage.segmentation import relabel_sequential
-
-    H, W = source.layout.yx_shape
-    seen = apply_normalization(source.read(plane, 0, H, 0, W), lo, hi, channel_axis=0)
-    kept = drop_faint_objects(seen, labels, min_z)
-    return kept if kept is labels else relabel_sequential(kept)[0]
-
-
 def objects_above_noise(image: Any, labels: np.ndarray, model: Any, axes: str | None = None,
                         min_z: float = MIN_OBJECT_Z) -> np.ndarray:
     """``labels`` of ``image`` (same resolution) without the objects that do not stand out
@@ -127,19 +105,24 @@ def objects_above_noise(image: Any, labels: np.ndarray, model: Any, axes: str | 
         axes: as for :func:`napari_unet.segment`.
         min_z: see :data:`napari_unet.image_checks.MIN_OBJECT_Z`.
     """
+    return drop_lost_objects(image, labels, describe_input(image, model, axes=axes), min_z)
+
+
+def drop_lost_objects(image: Any, labels: np.ndarray, facts: ImageInput, min_z: float = MIN_OBJECT_Z) -> np.ndarray:
+    """:func:`objects_above_noise` of an image described at the door (``facts``: its
+    axes, channels and normalisation)."""
     from skimage.segmentation import relabel_sequential
 
-    lay = parse_axes(np.shape(image), axes)
-    cmap = choose_channel_map(lay, model.config.in_channels)
-    lo, hi = image_normalization(image, lay, model.meta.get("normalization", {"kind": "percentile"}), cmap)
-    source = Source(image, lay, cmap)
+    lay = facts.layout
+    lo, hi = facts.normalization
+    source = Source(image, lay, facts.channel_map)
     out = np.array(labels, copy=True)
     next_id = 0
     for plane in lay.plane_indices():
-        idx, transpose = out_index(lay, plane, slice(None), slice(None))
+        idx, transpose = lay.out_index(plane, slice(None), slice(None))
         lab = out[idx].T if transpose else out[idx]
         # renumbered in any case: shrinking zoomed labels back can lose a speck
-        lab = relabel_sequential(_drop_faint(source, lo, hi, plane, lab, min_z))[0].astype(np.int64)
+        lab = relabel_sequential(drop_faint_objects(source.seen(plane, lo, hi), lab, min_z))[0].astype(np.int64)
         lab[lab > 0] += next_id  # ids unique across the stack, as segment gives them
         next_id = max(next_id, int(lab.max(initial=0)))
         out[idx] = lab.T if transpose else lab
@@ -172,4 +155,4 @@ def check_plane_memory(lay: Layout, num_classes: int, labels_in_memory: bool) ->
         )
 
 
-__all__ = ["POSTPROCESS_BYTES_PER_PIXEL", "check_plane_memory", "label_planes_iter", "objects_above_noise"]
+__all__ = ["POSTPROCESS_BYTES_PER_PIXEL", "check_plane_memory", "drop_lost_objects", "label_planes_iter", "objects_above_noise"]

@@ -20,12 +20,12 @@ import torch
 
 from ._progress import Progress, ProgressBar, drain, with_info
 from .device import available_memory
-from .diameter import diameter_to_use, measure_diameter_iter, model_diameter, zoom_for
-from .image_checks import MIN_OBJECT_Z, MIN_OBJECT_Z_STAINED, NOTHING_HERE_WARNING
-from .instances import label_planes_iter, objects_above_noise
+from .diameter import CellSizeError, diameter_to_use, measure_iter, model_diameter, zoom_for
+from .image_checks import MIN_OBJECT_Z, NOTHING_HERE_WARNING
+from .inputs import ImageInput, SegmentOptions, describe_input, options_from
+from .instances import drop_lost_objects, label_planes_iter
 from .resize import resize_image, resize_nearest, zoomed_shape
-from .tiling import INNER_KEY, check_out, checked_model, inner_model, parse_axes, with_normalization_of
-from .volume import segment_volume_iter
+from .volume import volume_iter
 
 
 #: ``diameter=AS_IS``: segment the image unchanged, also with a model that zooms each image
@@ -99,58 +99,51 @@ def segment_iter(
     Returns:
         int32 labels shaped like the image without its channel axis (or ``out``).
     """
-    model, picked = checked_model(image, model, axes)
-    said = {"model": picked} if picked else {}
-    if min_object_z == MIN_OBJECT_Z and getattr(model, "meta", {}).get("modality") == "stained":
-        min_object_z = MIN_OBJECT_Z_STAINED  # the default, for stained tissue
-    meta = getattr(model, "meta", {})
-    if isinstance(diameter, str) and diameter == AS_IS:
-        diameter = None
-    elif diameter is None and meta.get("zoom_each") and not meta.get(INNER_KEY):
-        diameter = "auto"  # a model trained with each image zoomed to its cell size (stained tissue)
-    if not plane_by_plane and "Z" in str(axes or "").upper():
-        return (yield from with_info(segment_volume_iter(
-            image, model, axes=axes, voxel_size=voxel_size, diameter=diameter, tile_size=tile_size, device=device,
-            min_size=min_size, mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out,
-            amp=amp, channels_last=channels_last, min_object_z=min_object_z, **postprocess,
-        ), said))
-    # the model's own post-processing defaults (stained tissue: models/stained.md); the caller's win
-    postprocess = {**meta.get("postprocess", {}), **postprocess}
-    if diameter is not None:
-        return (yield from with_info(_segment_zoomed(
-            image, model, diameter, tile_size=tile_size, device=device, axes=axes, min_size=min_size,
-            mode=mode, batch_size=batch_size, out=out, probabilities_out=probabilities_out, amp=amp,
-            channels_last=channels_last, min_object_z=min_object_z, plane_by_plane=plane_by_plane, **postprocess,
-        ), said))
-    return (yield from label_planes_iter(
-        image, model, tile_size=tile_size, device=device, axes=axes, min_size=min_size, mode=mode,
-        batch_size=batch_size, out=out, probabilities_out=probabilities_out, amp=amp, channels_last=channels_last,
-        min_object_z=min_object_z, picked=picked, **postprocess,
-    ))
-
-
-def _segment_zoomed(
-    image: Any, model: Any, diameter: float | str, *, axes: str | None, device: Any, min_size: int | None,
-    out: Any, probabilities_out: Any, min_object_z: float | None, **kwargs: Any,
-) -> Generator[Progress, None, Any]:
-    """:func:`segment_iter` with ``diameter``: segment a copy zoomed to the model's cell size."""
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
-    lay = parse_axes(image.shape, axes)
-    net = model  # resolved by segment_iter, which also reports the pick
+    facts = describe_input(image, model, axes=axes, voxel_size=voxel_size)
+    facts.say_warnings()
+    options = options_from(facts.model, tile_size=tile_size, device=device, min_size=min_size, mode=mode,
+                           batch_size=batch_size, amp=amp, channels_last=channels_last, diameter=diameter,
+                           min_object_z=min_object_z, plane_by_plane=plane_by_plane, **postprocess)
+    return (yield from segment_input_iter(image, facts, options, out=out, probabilities_out=probabilities_out))
+
+
+def segment_input_iter(image: Any, facts: ImageInput, options: SegmentOptions, *, out: Any = None,
+                       probabilities_out: Any = None) -> Generator[Progress, None, Any]:
+    """:func:`segment_iter` of an image described at the door (``facts``, see
+    :mod:`napari_unet.inputs`) with ``options``: the 3D path, the zoom to the model's cell
+    size, or the image as it is. Every record's ``info`` says what was done (the axes, the
+    model and why it was picked)."""
+    said = facts.info()
+    if not options.plane_by_plane and "Z" in facts.axes:
+        return (yield from with_info(volume_iter(image, facts, options, out=out, probabilities_out=probabilities_out),
+                                     said))
+    # the model's own post-processing defaults (stained tissue: models/stained.md); the caller's win
+    options = options.replace(postprocess={**facts.model.meta.get("postprocess", {}), **options.postprocess})
+    if options.diameter is not None:
+        gen = _segment_zoomed(image, facts, options, out, probabilities_out)
+    else:
+        gen = label_planes_iter(image, facts, options, out=out, probabilities_out=probabilities_out)
+    return (yield from with_info(gen, said))
+
+
+def _segment_zoomed(image: Any, facts: ImageInput, options: SegmentOptions, out: Any,
+                    probabilities_out: Any) -> Generator[Progress, None, Any]:
+    """:func:`segment_input_iter` with a diameter: segment a copy zoomed to the model's cell size."""
+    lay, net = facts.layout, facts.model
     target = model_diameter(net)
-    diameter = yield from diameter_to_use(image, net, diameter, axes=lay.axes, device=device)
+    diameter = yield from diameter_to_use(image, facts, options.diameter, device=options.device)
     zoom = zoom_for(target, diameter)
     extra = {"diameter": float(diameter), "zoom": zoom}
     if zoom == 1:
-        inner = segment_iter(image, inner_model(net), axes=lay.axes, device=device, min_size=min_size, out=out,
-                             probabilities_out=probabilities_out, min_object_z=min_object_z, **kwargs)
+        inner = label_planes_iter(image, facts, options, out=out, probabilities_out=probabilities_out)
         return (yield from with_info(inner, extra))
     out_axes = "".join(a for i, a in enumerate(lay.axes) if i != lay.channel)
     if out is not None:
-        check_out(out, lay.out_shape, "labels")
+        lay.check_out(out, "labels")
     if probabilities_out is not None:
-        check_out(probabilities_out, (net.config.num_classes, *lay.out_shape), "probabilities")
+        lay.check_out(probabilities_out, "probabilities", net.config.num_classes)
     # the image and its zoomed copy are held in memory (a lazy image is read here, once)
     zh, zw = zoomed_shape(lay.yx_shape, zoom)
     planes = math.prod(lay.shape) // (lay.yx_shape[0] * lay.yx_shape[1])  # planes x channels
@@ -162,22 +155,26 @@ def _segment_zoomed(
             "(or segment it as it is)"
         )
     zoomed = resize_image(np.asarray(image), lay.axes, (zh, zw))
+    min_size = options.min_size
     if min_size is not None:
         min_size = max(1, round(min_size * zoom * zoom))
     probs = None
     if probabilities_out is not None:
         probs = np.zeros((net.config.num_classes, *(s for i, s in enumerate(zoomed.shape) if i != lay.channel)),
                          np.float32)
+    # the zoomed copy is normalised as the image: zooming smooths the noise, so its own
+    # percentiles would stretch it further and show cells where there is only noise
     small = yield from with_info(
-        segment_iter(zoomed, with_normalization_of(net, image, lay), axes=lay.axes, device=device, min_size=min_size,
-                     probabilities_out=probs, min_object_z=None, **kwargs),
+        label_planes_iter(zoomed, facts.reshaped(zoomed.shape), options.replace(min_size=min_size, min_object_z=None),
+                          probabilities_out=probs),
         extra,
     )
     labels = resize_nearest(small, out_axes, lay.yx_shape)
-    mode = kwargs.get("mode") or net.meta.get("mode", "instance3")
-    if mode != "semantic" and min_object_z is not None:
+    mode = options.mode or net.meta.get("mode", "instance3")
+    if mode != "semantic" and options.min_object_z is not None:
         # tested at the image's own resolution, where its noise is the camera's, not smoothed
-        labels = objects_above_noise(image, labels, net, lay.axes, min_object_z).astype(np.int32, copy=False)
+        labels = drop_lost_objects(image, labels, facts, options.min_object_z)
+        labels = labels.astype(np.int32, copy=False)
         if not labels.any():
             warnings.warn(NOTHING_HERE_WARNING, UserWarning, stacklevel=2)
     elif zoom > 1 and mode != "semantic":
@@ -208,23 +205,37 @@ def segment(image: Any, model: Any = None, *, tile_size: int | None = None, devi
 
 
 def segment_at_model_size(
-    image: Any, model: Any, *, device: Any, axes: str | None, notes: list[str] | None = None, **kwargs: Any
+    image: Any, model: Any = None, *, device: Any, axes: str | None = None, notes: list[str] | None = None,
+    facts: ImageInput | None = None, **kwargs: Any
 ) -> Generator[Progress, None, Any]:
     """``segment_iter`` on ``image``, zoomed to the model's cell size when the model records
     one and enough cells are in view to measure them; as it is otherwise, saying why in
     ``notes`` (Cell size "auto" in the Segment widget; predict-to-annotate, scoring and
-    apply after training)."""
+    apply after training).
+
+    ``facts``: the image described at the door (:func:`napari_unet.inputs.describe_input`);
+    None: described here from ``model``, ``axes`` and ``kwargs["voxel_size"]``.
+    """
+    voxel_size = kwargs.pop("voxel_size", None)
+    if facts is None:
+        facts = describe_input(image, model, axes=axes, voxel_size=voxel_size)
+        facts.say_warnings()
+    out, probabilities_out = kwargs.pop("out", None), kwargs.pop("probabilities_out", None)
     diameter: float | str = AS_IS
-    if not model.meta.get("diameter"):
+    if not facts.model.meta.get("diameter"):
         if notes is not None:
             notes.append("the model records no cell diameter, so the image was segmented as it is")
     else:
         try:
-            diameter = yield from measure_diameter_iter(image, model, axes=axes, device=device)
+            diameter = yield from measure_iter(image, facts, device=device)
+        except CellSizeError as exc:
+            if notes is not None:
+                notes.append(f"{exc.reason}; the cell size was not measured, so the image was segmented as it is")
         except ValueError as exc:
             if notes is not None:
                 notes.append(f"cell size not measured ({exc}), so the image was segmented as it is")
-    return (yield from segment_iter(image, model, device=device, axes=axes, diameter=diameter, **kwargs))
+    options = options_from(facts.model, device=device, diameter=diameter, **kwargs)
+    return (yield from segment_input_iter(image, facts, options, out=out, probabilities_out=probabilities_out))
 
 
-__all__ = ["AS_IS", "segment", "segment_at_model_size", "segment_iter"]
+__all__ = ["AS_IS", "segment", "segment_at_model_size", "segment_input_iter", "segment_iter"]

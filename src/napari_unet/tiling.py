@@ -43,7 +43,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -56,7 +56,17 @@ from ._progress import Progress, ProgressBar, drain
 from .calibration import class_probabilities
 from .device import autocast, available_memory, cpu_supports_bf16, describe_device, is_out_of_memory, resolve_device
 from .image_checks import NONFINITE_WARNING, modality_warning
-from .normalize import SUBSAMPLE_PIXELS, apply_normalization, normalization_params, strided_sample
+from .inputs import (  # the image's axes, channels and normalisation live there (also importable from here)
+    AXIS_LETTERS,
+    ChannelMismatch,
+    Layout,
+    choose_channel_map,
+    image_normalization,
+    map_channels,
+    out_index,
+    parse_axes,
+)
+from .normalize import apply_normalization
 
 #: seconds between progress records while a batch is on the device (cancel latency)
 HEARTBEAT_S = 0.2
@@ -73,98 +83,6 @@ CPU_MAX_TILE = 512
 #: share of free memory a prediction may use
 MEMORY_SHARE = {"cuda": 0.6, "mps": 0.5, "cpu": 0.25}
 MAX_BATCH = 16
-
-AXIS_LETTERS = "TZCSYXQ"
-
-
-# -- axes ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the image's planes, channels and Y/X live.
-
-    ``out_shape`` is the image shape without its channel axis (the shape of the labels and,
-    after the class axis, of the probabilities).
-    """
-
-    axes: str
-    shape: tuple[int, ...]
-    y: int
-    x: int
-    channel: int | None
-    planes: tuple[int, ...]
-    rgb: bool
-
-    @property
-    def plane_shape(self) -> tuple[int, ...]:
-        return tuple(self.shape[a] for a in self.planes)
-
-    @property
-    def yx_shape(self) -> tuple[int, int]:
-        return self.shape[self.y], self.shape[self.x]
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        return tuple(s for i, s in enumerate(self.shape) if i != self.channel)
-
-    @property
-    def channels(self) -> int:
-        return 1 if self.channel is None else self.shape[self.channel]
-
-    def plane_indices(self) -> list[tuple[int, ...]]:
-        return list(np.ndindex(*self.plane_shape)) if self.planes else [()]
-
-
-def parse_axes(shape: Sequence[int], axes: str | None = None) -> Layout:
-    """Interpret an image's axes.
-
-    Args:
-        shape: the image shape.
-        axes: one letter per axis (``"YX"``, ``"ZYX"``, ``"TZCYX"``, ``"YXS"``...): ``Y``
-            and ``X`` are the image plane, ``C`` a channel axis, ``S`` RGB(A) samples (a
-            channel axis whose 3 or 4 values are red, green, blue, alpha), every other
-            letter (``T``, ``Z``, ``Q``...) an axis of planes processed one by one.
-            ``None`` guesses: 2D = YX; a last axis of 3 or 4 on 3D or more = RGB(A);
-            otherwise the leading axes are planes (ZYX, TZYX...).
-
-    Returns:
-        a :class:`Layout`.
-    """
-    shape = tuple(int(s) for s in shape)
-    nd = len(shape)
-    if axes is None:
-        if nd < 2:
-            raise ValueError(f"an image needs at least 2 dimensions (Y, X), got shape {shape}")
-        if nd >= 3 and shape[-1] in (3, 4):
-            axes = "Q" * (nd - 3) + "YXS"
-        else:
-            axes = "Q" * (nd - 2) + "YX"
-    axes = str(axes).upper()
-    if len(axes) != nd:
-        raise ValueError(
-            f"axes {axes!r} name {len(axes)} axes but the image has {nd} (shape {shape}); "
-            "give one letter per axis, e.g. 'ZYX'"
-        )
-    bad = sorted(set(axes) - set(AXIS_LETTERS))
-    if bad:
-        raise ValueError(f"unknown axis letter(s) {bad} in {axes!r}; use T, Z, C, S (RGB), Y, X")
-    for letter in "YX":
-        if axes.count(letter) != 1:
-            raise ValueError(f"axes {axes!r} must contain exactly one {letter}")
-    chan = [i for i, a in enumerate(axes) if a in "CS"]
-    if len(chan) > 1:
-        raise ValueError(f"axes {axes!r} have more than one channel axis (C/S); select one channel first")
-    planes = tuple(i for i, a in enumerate(axes) if a not in "CSYX")
-    for a in planes:
-        if axes[a] != "Q" and axes.count(axes[a]) > 1:
-            raise ValueError(f"axis {axes[a]!r} appears twice in {axes!r}")
-    channel = chan[0] if chan else None
-    rgb = channel is not None and axes[channel] == "S"
-    if any(s == 0 for s in shape):
-        raise ValueError(f"the image is empty (shape {shape})")
-    return Layout(axes, shape, axes.index("Y"), axes.index("X"), channel, planes, rgb)
-
 
 # -- reading tiles ---------------------------------------------------------------------------
 
@@ -215,58 +133,22 @@ class Source:
             block = block[:, rows - rlo]
         if cols[0] != clo or (chi - clo) != w or not np.array_equal(cols, np.arange(clo, chi)):
             block = block[:, :, cols - clo]
-        return _map_channels(block.astype(np.float32, copy=False), self.channel_map)
+        block = block.astype(np.float32, copy=False)
+        return block if self.channel_map == "keep" else map_channels(block, self.channel_map)
+
+    def seen(self, plane: tuple[int, ...], lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """One whole plane as the network sees it: ``(C, H, W)``, normalised by ``(lo, hi)``."""
+        H, W = self.layout.yx_shape
+        return apply_normalization(self.read(plane, 0, H, 0, W), lo, hi, channel_axis=0)
 
 
-def _map_channels(x: np.ndarray, channel_map: str, axis: int = 0) -> np.ndarray:
-    if channel_map == "gray":
-        return np.take(x, [0, 1, 2], axis=axis).astype(np.float32).mean(axis=axis, keepdims=True)
-    if channel_map == "rgb":
-        return np.take(x, [0, 1, 2], axis=axis)
-    return x
+def plane_writer(buf: np.ndarray) -> Callable[[tuple[int, ...], int, int, np.ndarray], None]:
+    """A ``write`` for :meth:`Predictor.run` that stores one plane's tiles in ``buf`` ``(K, H, W)``."""
 
+    def write(_plane: tuple[int, ...], oy: int, ox: int, probs: np.ndarray) -> None:
+        buf[:, oy : oy + probs.shape[1], ox : ox + probs.shape[2]] = probs
 
-def choose_channel_map(layout: Layout, in_channels: int) -> str:
-    c = layout.channels
-    if c == in_channels:
-        return "keep"
-    if layout.rgb and c in (3, 4):
-        # RGB(A) into a gray model: the mean of R, G and B (alpha ignored)
-        if in_channels == 1:
-            return "gray"
-        if in_channels == 3 and c == 4:
-            return "rgb"
-    what = "no channel axis" if layout.channel is None else f"{c} channels on axis {layout.channel} ({layout.axes!r})"
-    raise ValueError(
-        f"the model takes {in_channels} input channel(s) but the image has {what}; "
-        + (
-            "pick one channel (e.g. image[..., 0]) or pass axes= naming the channel axis 'C'"
-            if in_channels == 1
-            else f"give an image with {in_channels} channels and name its channel axis with axes="
-        )
-    )
-
-
-def image_normalization(image: Any, layout: Layout, rule: dict[str, Any], channel_map: str = "keep") -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) per network input channel, computed once over the whole image.
-
-    For RGB(A) into a 1-channel model (``channel_map="gray"``) the image is first turned
-    into gray by averaging R, G and B, and the percentiles are those of that gray image.
-    Lazy and large images are sampled on an even stride (at most a few million pixels
-    per channel are read), so this never loads a huge image.
-    """
-    eager = isinstance(image, np.ndarray)
-    if channel_map == "keep" and (eager or rule.get("kind", "percentile") != "percentile"):
-        return normalization_params(image, rule, layout.channel)
-    sample = strided_sample(image, SUBSAMPLE_PIXELS * layout.channels)
-    if sample.dtype == bool:
-        sample = sample.astype(np.uint8)
-    axis = layout.channel
-    if axis is not None and channel_map != "keep":
-        sample = _map_channels(sample, channel_map, axis)
-        if channel_map == "gray":
-            sample, axis = np.take(sample, 0, axis=axis), None
-    return normalization_params(sample, rule, axis)
+    return write
 
 
 # -- plan ------------------------------------------------------------------------------------
@@ -389,7 +271,8 @@ def prepare_network(model: torch.nn.Module, device: torch.device, channels_last:
 class Predictor:
     def __init__(self, image: Any, model: Any, tile_size: int | None, device: Any, axes: str | None,
                  batch_size: int | None, amp: bool | None, channels_last: bool,
-                 normalization: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 normalization: tuple[np.ndarray, np.ndarray] | None = None, layout: Layout | None = None,
+                 channel_map: str | None = None) -> None:
         # the model is resolved by the caller (``checked_model``), which also sets ``picked``
         self.picked: str | None = None
         if not hasattr(model, "config") or not hasattr(model, "meta"):
@@ -402,8 +285,9 @@ class Predictor:
         self.image = image
         self.config = model.config
         self.meta = model.meta
-        self.layout = parse_axes(image.shape, axes)
-        self.channel_map = choose_channel_map(self.layout, self.config.in_channels)
+        # a given layout: the image's axes, parsed once at the door (napari_unet.inputs)
+        self.layout = parse_axes(image.shape, axes) if layout is None else layout
+        self.channel_map = choose_channel_map(self.layout, self.config.in_channels) if channel_map is None else channel_map
         self.device = resolve_device(device)
         if amp is None:
             amp = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_supports_bf16())
@@ -508,22 +392,6 @@ class Predictor:
         return done
 
 
-def out_index(layout: Layout, plane: tuple[int, ...], ys: slice, xs: slice) -> tuple[tuple[Any, ...], bool]:
-    """Index into an array shaped like the image without its channel axis (+ leading axes)."""
-    idx: list[Any] = []
-    pl = dict(zip(layout.planes, plane))
-    for a in range(len(layout.shape)):
-        if a == layout.channel:
-            continue
-        idx.append(ys if a == layout.y else xs if a == layout.x else pl[a])
-    return tuple(idx), layout.x < layout.y
-
-
-def check_out(out: Any, shape: tuple[int, ...], what: str) -> None:
-    if tuple(out.shape) != tuple(shape):
-        raise ValueError(f"out has shape {tuple(out.shape)} but the {what} need shape {tuple(shape)}")
-
-
 # -- public API ----------------------------------------------------------------------------------
 
 
@@ -572,7 +440,7 @@ def predict_iter(
     shape = (pred.config.num_classes, *lay.out_shape)
     if out is None:
         out = np.zeros(shape, np.float32)
-    check_out(out, shape, "probabilities")
+    lay.check_out(out, "probabilities", pred.config.num_classes)
 
     def write(plane: tuple[int, ...], oy: int, ox: int, probs: np.ndarray) -> None:
         idx, transpose = out_index(lay, plane, slice(oy, oy + probs.shape[1]), slice(ox, ox + probs.shape[2]))
@@ -602,44 +470,20 @@ def predict(image: Any, model: Any = None, *, tile_size: int | None = None, devi
 def checked_model(image: Any, model: Any, axes: str | None) -> tuple[Any, str | None]:
     """The model to run (None: the bundled one that suits the image, see
     :func:`napari_unet.channels.resolve_model`) and the line saying which was picked, after
-    warning when ``image`` looks unlike the model's training data.
-
-    Inner calls (a zoomed copy, the crops of a cell-size measurement) are not checked again.
+    warning when ``image`` looks unlike the model's training data (``predict``; ``segment``
+    decides all this once in :func:`napari_unet.inputs.describe_input`).
     """
     from .channels import resolve_model
 
-    rgb = hasattr(image, "shape") and parse_axes(np.shape(image), axes).rgb
-    model, picked = resolve_model(model, rgb, image if hasattr(image, "shape") else None)
+    layout = parse_axes(np.shape(image), axes) if hasattr(image, "shape") else None
+    model, picked = resolve_model(model, layout is not None and layout.rgb, image if layout is not None else None)
     meta = getattr(model, "meta", None)
-    if not isinstance(meta, dict) or meta.get(INNER_KEY) or not hasattr(image, "shape"):
+    if not isinstance(meta, dict) or layout is None:
         return model, picked
-    message = modality_warning(image, parse_axes(np.shape(image), axes), meta)
+    message = modality_warning(image, layout, meta)
     if message:
         warnings.warn(message, UserWarning, stacklevel=3)
     return model, picked
-
-
-#: meta key of the model copies made by :func:`with_normalization_of` for inner calls
-INNER_KEY = "_napari_unet_inner"
-
-
-def with_normalization_of(model: Any, image: Any, layout: Layout) -> Any:
-    """``model`` (a shallow copy sharing its weights) that normalises any image as ``image`` is normalised.
-
-    A zoomed copy of an image must be normalised by the image's own percentiles:
-    zooming smooths the noise, so the copy's percentiles would stretch it further and
-    show cells where there is only noise.
-    """
-    rule = model.meta.get("normalization", {"kind": "percentile"})
-    lo, hi = image_normalization(image, layout, rule, choose_channel_map(layout, model.config.in_channels))
-    return inner_model(model, normalization={"kind": "fixed", "lo": lo.tolist(), "hi": hi.tolist()})
-
-
-def inner_model(model: Any, **meta: Any) -> Any:
-    """A shallow copy of ``model`` (same weights) for an inner call: its image is not checked again."""
-    inner = copy.copy(model)
-    inner.meta = {**model.meta, **meta, INNER_KEY: True}
-    return inner
 
 
 def mirror_pad(image: np.ndarray, config: Any) -> np.ndarray:
@@ -696,30 +540,29 @@ def padded_single_pass(image: np.ndarray, model: Any, amp: bool = False, *, norm
 
 
 __all__ = [
-    "INNER_KEY",
+    "AXIS_LETTERS",
+    "ChannelMismatch",
     "Layout",
     "Predictor",
     "Source",
     "TileTooLarge",
     "auto_tile_size",
     "balanced_tile",
-    "check_out",
     "checked_model",
     "choose_channel_map",
     "forward_batch",
     "image_normalization",
-    "inner_model",
     "out_index",
     "mirror_pad",
     "padded_logits",
     "padded_single_pass",
+    "plane_writer",
     "parse_axes",
     "predict",
     "predict_iter",
     "prepare_network",
     "reflect_indices",
     "round_tile_size",
-    "with_normalization_of",
 ]
 
 #: names that moved out of this module, still importable from here (old import paths);

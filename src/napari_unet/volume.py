@@ -29,6 +29,7 @@ training planes of all three orientations.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Generator, Sequence
@@ -41,7 +42,16 @@ from ._progress import Progress, with_info
 from .diameter import diameter_to_use, model_diameter, zoom_for
 from .image_checks import NOTHING_HERE_WARNING, drop_faint_objects
 from .resize import nearest_axis, resize_axis, resize_image, resize_nearest, zoomed_shape
-from .tiling import Predictor, check_out, choose_channel_map, image_normalization, out_index, parse_axes
+from .inputs import (
+    ImageInput,
+    Layout,
+    SegmentOptions,
+    choose_channel_map,
+    image_normalization,
+    out_index,
+    parse_axes,
+)
+from .tiling import Predictor
 
 #: multi-view prediction (XY + XZ + YZ) up to this anisotropy; beyond, XY only. Measured
 #: on synthetic stacks (radius 10 px), 3D AP@0.5 with the Z step given, XY only -> three
@@ -261,14 +271,19 @@ def side_views(image: np.ndarray, anisotropy: float, predict: Any) -> Generator[
 class _Views:
     """Predicts arrays with the network, all normalised as one image (the whole volume)."""
 
-    def __init__(self, net: Any, norm: tuple[np.ndarray, np.ndarray], predict_kw: dict[str, Any]) -> None:
-        self.net, self.norm, self.kw = net, norm, predict_kw
+    def __init__(self, net: Any, norm: tuple[np.ndarray, np.ndarray], predict_kw: dict[str, Any],
+                 vlay: Layout) -> None:
+        self.net, self.norm, self.kw, self.vlay = net, norm, predict_kw, vlay
 
     def __call__(self, x: Any, view: str, axes: str = "QYX") -> Generator[Progress, None, np.ndarray]:
         """Probabilities ``(k, *x's shape without channels)`` of ``x`` (axes ``axes``)."""
         kw = self.kw
+        # the volume's axes (a block of it) or a stack of gray planes (a side view): known, not parsed again
+        known = self.vlay.axes if axes == self.vlay.axes else "QYX" if axes == "QYX" else None
+        layout = None if known is None else (dataclasses.replace(self.vlay, shape=tuple(x.shape)) if known != "QYX"
+                                             else Layout("QYX", tuple(x.shape), 1, 2, None, (0,), False))
         pred = Predictor(x, self.net, kw.get("tile_size"), kw.get("device"), axes, kw.get("batch_size"),
-                          kw.get("amp"), kw.get("channels_last", True), normalization=self.norm)
+                          kw.get("amp"), kw.get("channels_last", True), normalization=self.norm, layout=layout)
         lay = pred.layout
         out = np.zeros((pred.config.num_classes, *lay.out_shape), np.float32)
 
@@ -345,29 +360,43 @@ def segment_volume_iter(
         int32 labels shaped like the image without its channel axis (ids unique over the
         whole array), or ``out``.
     """
-    from .model import load_model
+    from .inputs import describe_input
 
-    net = load_model() if model is None else model
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
-    lay = parse_axes(image.shape, axes)
+    facts = describe_input(image, "fluorescence" if model is None else model, axes=axes, voxel_size=voxel_size)
+    options = SegmentOptions(diameter=diameter, min_size=min_size, mode=mode, min_object_z=min_object_z,
+                             postprocess=dict(views=views, block_voxels=block_voxels, h=h,
+                                              foreground_threshold=foreground_threshold, seed_threshold=seed_threshold),
+                             **predict_kw)
+    return (yield from volume_iter(image, facts, options, out=out, probabilities_out=probabilities_out))
+
+
+def volume_iter(image: Any, facts: ImageInput, options: SegmentOptions, *, out: Any = None,
+                probabilities_out: Any = None) -> Generator[Progress, None, Any]:
+    """:func:`segment_volume_iter` of a stack described at the door (``facts``: its axes,
+    model, normalisation and voxel size) with ``options`` (``options.postprocess``: ``views``,
+    ``block_voxels``, ``h``, ``foreground_threshold``, ``seed_threshold``)."""
+    net, lay = facts.model, facts.layout
     if "Z" not in lay.axes:
         raise ValueError(f"3D segmentation needs a Z axis in axes, got {lay.axes!r}")
+    post = dict(options.postprocess)
+    views, block_voxels = post.get("views", "auto"), post.get("block_voxels")
     if views not in ("auto", "xy", "xyz"):
         raise ValueError(f"views must be 'auto', 'xy' or 'xyz', got {views!r}")
-    mode = mode or net.meta.get("mode", "instance3")
-    given = check_voxel_size(voxel_size)
-    ws = dict(h=h, foreground_threshold=foreground_threshold, seed_threshold=seed_threshold)
-    if diameter is not None:
-        return (yield from _zoomed(image, net, lay, diameter, given, out, probabilities_out, views=views,
-                                   min_size=min_size, mode=mode, block_voxels=block_voxels,
-                                   min_object_z=min_object_z, **ws, **predict_kw))
+    mode = options.mode or net.meta.get("mode", "instance3")
+    min_size, min_object_z, predict_kw = options.min_size, options.min_object_z, options.predict_kw
+    given = check_voxel_size(facts.voxel_size)
+    ws = dict(h=post.get("h", H_3D), foreground_threshold=post.get("foreground_threshold", 0.5),
+              seed_threshold=post.get("seed_threshold", 0.5))
+    if options.diameter is not None:
+        return (yield from _zoomed(image, facts, options, given, out, probabilities_out))
     k = net.config.num_classes
     if out is None:
         out = np.zeros(lay.out_shape, np.int32)
-    check_out(out, lay.out_shape, "labels")
+    lay.check_out(out, "labels")
     if probabilities_out is not None:
-        check_out(probabilities_out, (k, *lay.out_shape), "probabilities")
+        lay.check_out(probabilities_out, "probabilities", k)
     zi = lay.axes.index("Z")
     outer = [a for a in lay.planes if a != zi]
     vol_axes = "".join(lay.axes[i] for i in range(len(lay.shape)) if i not in outer)
@@ -381,8 +410,11 @@ def segment_volume_iter(
         oidx = tuple(i for j, i in enumerate(index) if j != lay.channel)
         sink = _Sink(out, oidx, out_axes)
         psink = None if probabilities_out is None else _Sink(probabilities_out, oidx, out_axes, classes=True)
+        # one stack: normalised as described at the door; a time point of several: on its own
+        norm = facts.normalization if not outer and facts.lo else None
         n = yield from _segment_volume(vol, vol_axes, net, given, views, mode, min_size, ws, predict_kw,
-                                       block_voxels or default_block_voxels(), sink, psink, offset, min_object_z)
+                                       block_voxels or default_block_voxels(), sink, psink, offset, min_object_z,
+                                       norm, None if outer else lay)
         if mode != "semantic":
             offset += n
             if offset > np.iinfo(np.int32).max:
@@ -453,13 +485,18 @@ def _read(vol: Any, vol_axes: str, ys: slice, xs: slice) -> np.ndarray:
 def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, views: str, mode: str,
                     min_size: int | None, ws: dict[str, Any], predict_kw: dict[str, Any], block_voxels: int,
                     sink: _Sink, psink: _Sink | None, offset: int,
-                    min_object_z: float | None = None) -> Generator[Progress, None, int]:
-    """Segment one volume into ``sink`` with ids from ``offset + 1``; returns how many."""
+                    min_object_z: float | None = None,
+                    norm: tuple[np.ndarray, np.ndarray] | None = None,
+                    vlay: Any = None) -> Generator[Progress, None, int]:
+    """Segment one volume into ``sink`` with ids from ``offset + 1``; returns how many.
+    ``norm``, ``vlay``: the volume's ``(lo, hi)`` and layout (None: found here)."""
     from .postprocess import probabilities_to_labels
 
-    vlay = parse_axes(vol.shape, vol_axes)
-    rule = net.meta.get("normalization", {"kind": "percentile"})
-    run = _Views(net, image_normalization(vol, vlay, rule, choose_channel_map(vlay, net.config.in_channels)), predict_kw)
+    vlay = parse_axes(vol.shape, vol_axes) if vlay is None else vlay
+    if norm is None:
+        rule = net.meta.get("normalization", {"kind": "percentile"})
+        norm = image_normalization(vol, vlay, rule, choose_channel_map(vlay, net.config.in_channels))
+    run = _Views(net, norm, predict_kw, vlay)
     spatial = [c for c in vol_axes if c not in "CS"]
     order = [spatial.index(c) for c in "ZYX"]
     Z, H, W = (vlay.out_shape[o] for o in order)
@@ -589,32 +626,35 @@ def _block_labels(vol: np.ndarray, vol_axes: str, order: list[int], p: np.ndarra
     return watershed_3d(p, a, min_size=min_size, **ws), p, {**info, "method": "3D watershed"}
 
 
-def _zoomed(image: Any, net: Any, lay: Any, diameter: float | str, given: float | None, out: Any,
-            probabilities_out: Any, **kw: Any) -> Generator[Progress, None, Any]:
-    """:func:`segment_volume_iter` with a cell diameter: zoom Y and X to the model's cell size."""
+def _zoomed(image: Any, facts: ImageInput, options: SegmentOptions, given: float | None, out: Any,
+            probabilities_out: Any) -> Generator[Progress, None, Any]:
+    """:func:`volume_iter` with a cell diameter: zoom Y and X to the model's cell size."""
+    net, lay = facts.model, facts.layout
     target = model_diameter(net)
-    diameter = yield from diameter_to_use(image, net, diameter, axes=lay.axes, device=kw.get("device"), what="stack")
+    diameter = yield from diameter_to_use(image, facts, options.diameter, device=options.device, what="stack")
     zoom = zoom_for(target, diameter)
     extra = {"diameter": float(diameter), "zoom": zoom}
     voxel = None if given is None else given * zoom
+    options = options.replace(diameter=None)
     if zoom == 1:
-        inner = segment_volume_iter(image, net, axes=lay.axes, voxel_size=voxel, out=out,
-                                    probabilities_out=probabilities_out, **kw)
+        inner = volume_iter(image, dataclasses.replace(facts, voxel_size=voxel), options, out=out,
+                            probabilities_out=probabilities_out)
         return (yield from with_info(inner, extra))
     if out is not None:
-        check_out(out, lay.out_shape, "labels")
+        lay.check_out(out, "labels")
     zoomed = resize_image(np.asarray(image), lay.axes, zoomed_shape(lay.yx_shape, zoom))
-    if kw.get("min_size") is not None:
-        kw["min_size"] = max(1, round(kw["min_size"] * zoom * zoom))
+    if options.min_size is not None:
+        options = options.replace(min_size=max(1, round(options.min_size * zoom * zoom)))
     probs = None
     if probabilities_out is not None:
         probs = np.zeros((net.config.num_classes, *(s for i, s in enumerate(zoomed.shape) if i != lay.channel)),
                          np.float32)
-    small = yield from with_info(
-        segment_volume_iter(zoomed, net, axes=lay.axes, voxel_size=voxel, probabilities_out=probs, **kw), extra)
+    # the zoomed stack is normalised by its own percentiles (lo, hi unset)
+    small_facts = dataclasses.replace(facts.reshaped(zoomed.shape), voxel_size=voxel, lo=(), hi=())
+    small = yield from with_info(volume_iter(zoomed, small_facts, options, probabilities_out=probs), extra)
     out_axes = "".join(a for i, a in enumerate(lay.axes) if i != lay.channel)
     labels = resize_nearest(small, out_axes, lay.yx_shape)
-    if kw.get("mode") != "semantic":
+    if (options.mode or net.meta.get("mode", "instance3")) != "semantic":
         labels = _relabel(labels)
     if probabilities_out is not None:
         probabilities_out[...] = resize_image(probs, "C" + out_axes, lay.yx_shape)

@@ -74,22 +74,34 @@ def _load_model(path: str | None) -> Any:
 
 
 def _segment(image: Any, axes: str | None, model: Any, args: argparse.Namespace, out_path: Path | None,
-             fmt: str, desc: str) -> Any:
-    from ..tiling import parse_axes
+             fmt: str, desc: str, file_axes: str | None = None) -> Any:
+    from ..inputs import ChannelMismatch, describe_input, each_channel_alone
 
-    from ..channels import resolve_model
-
-    layout = parse_axes(image.shape, axes)
-    model, picked = resolve_model(model, layout.rgb, image)
-    if picked:
-        print(f"{desc}: segmenting with {picked}", file=sys.stderr)
+    if axes is None and file_axes is not None:  # the file's channels, which the model may not read together
+        in_channels = 1 if model is None else model.config.in_channels
+        axes, note = each_channel_alone(file_axes, image.shape, in_channels)
+        if note:
+            print(f"{desc}: axes {file_axes} from the file; {note}", file=sys.stderr)
+    try:  # the image's facts, decided once: axes, model, normalisation, warnings
+        facts = describe_input(image, model, axes=axes, voxel_size=tuple(args.voxel_size) if getattr(args, "voxel_size", None) else None)
+    except ChannelMismatch as exc:
+        lay = exc.layout
+        raise ValueError(
+            f"{desc}: the model reads {exc.model_channels} channel(s) but the image has {lay.channels} "
+            f"(axes {lay.axes}); give --axes with Q for that axis to segment each channel on its own, or a model "
+            f"trained on {lay.channels} channels"
+        ) from None
+    facts.say_warnings()
+    if facts.model_line:
+        print(f"{desc}: segmenting with {facts.model_line}", file=sys.stderr)
+    layout = facts.layout
     labels_out = create_output(out_path, layout.out_shape, "int32", fmt) if out_path is not None else None
     probs_out = probs_path = None
     if args.probabilities and out_path is not None:
         probs_path = probabilities_path(out_path)
-        probs_out = create_output(probs_path, (model.config.num_classes, *layout.out_shape), "float32", fmt)
+        probs_out = create_output(probs_path, (facts.model.config.num_classes, *layout.out_shape), "float32", fmt)
     try:
-        labels = _run(image, axes, model, args, labels_out, probs_out, desc)
+        labels = _run(image, facts, args, labels_out, probs_out, desc)
     except BaseException:
         for p in (out_path, probs_path):
             if p is not None:
@@ -107,21 +119,15 @@ def probabilities_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.stem + "_probabilities" + out_path.suffix)
 
 
-def _run(image: Any, axes: str | None, model: Any, args: argparse.Namespace, labels_out: Any, probs_out: Any,
-         desc: str) -> Any:
-    from ..segmentation import segment_iter
+def _run(image: Any, facts: Any, args: argparse.Namespace, labels_out: Any, probs_out: Any, desc: str) -> Any:
+    from ..inputs import options_from
+    from ..segmentation import segment_input_iter
     from .._progress import drain, progress_bar, relay
 
-    kwargs: dict[str, Any] = {}
-    if args.min_size is not None:
-        kwargs["min_size"] = args.min_size
-    if getattr(args, "voxel_size", None):
-        kwargs["voxel_size"] = tuple(args.voxel_size)
-    if getattr(args, "plane_by_plane", False):
-        kwargs["plane_by_plane"] = True
-    gen = segment_iter(image, model, tile_size=args.tile_size, device=args.device, axes=axes,
-                       batch_size=args.batch_size, out=labels_out, probabilities_out=probs_out,
-                       amp=False if args.no_amp else None, diameter=args.diameter, **kwargs)
+    options = options_from(facts.model, tile_size=args.tile_size, device=args.device, batch_size=args.batch_size,
+                           amp=False if args.no_amp else None, diameter=args.diameter, min_size=args.min_size,
+                           plane_by_plane=bool(getattr(args, "plane_by_plane", False)))
+    gen = segment_input_iter(image, facts, options, out=labels_out, probabilities_out=probs_out)
     seen: dict[str, float] = {}
     seen3d: dict[str, Any] = {}
 
@@ -223,6 +229,6 @@ def run(args: argparse.Namespace) -> int:
     if several:
         out.mkdir(parents=True, exist_ok=True)
     for path, image, file_axes, target, fmt in jobs:
-        _segment(image, args.axes or file_axes, model, args, target, fmt, path.name)
+        _segment(image, args.axes, model, args, target, fmt, path.name, file_axes)
         print(f"{path} -> {target}", file=sys.stderr)
     return 0

@@ -1,13 +1,16 @@
 """The Segment dock widget: run a U-Net on an image layer, get a Labels layer back.
 
-The work is the core's ``tiling.predict_iter`` (overlap-tile inference, one progress step
-per tile) followed by ``postprocess.probabilities_to_labels``, run in a napari
-``thread_worker`` so the viewer stays responsive; Cancel stops at the next tile and leaves
-every layer as it was. The result goes to a Labels layer ``"<image> labels (<model>)"``
-(``bundled`` or the model file's name, so results of different models sit side by side),
-updated in place on a re-run unless the person painted on it or the layer is not ours (see
-``_common``), placed with the image layer's scale and translation, and optionally to an
-Image layer ``"<image> probabilities (<model>)"`` whose first axis is the class.
+The widget decides the image's axes (the file's, or as napari shows the layer; a short
+first axis is taken as channels, with a button to treat it as a Z stack) and the job
+describes the image once (``inputs.describe_input``: axes, model and why, normalisation)
+and runs ``segmentation.segment_input_iter`` in a napari ``thread_worker`` so the viewer
+stays responsive; Cancel stops at the next tile and leaves every layer as it was. The
+result goes to a Labels layer ``"<image> labels (<model>)"`` (``bundled``, ``stained`` or
+the model file's name, however the model was chosen, so results of different models sit
+side by side; a Z stack labelled plane by plane goes to ``"<image> labels, plane by plane
+(<model>)"``), updated in place on a re-run unless the person painted on it or the layer
+is not ours (see ``_common``), placed with the image layer's scale and translation, and
+optionally to an Image layer ``"<image> probabilities (<model>)"`` whose first axis is the class.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, PushButton, SpinBox
 
-from .._progress import Progress, relay
+from .._progress import Progress
 from ..annotate import count_cells as count_objects
 from ._common import (
     add_or_update_layer,
@@ -30,7 +33,6 @@ from ._common import (
     model_tag,
     result_name,
     scroll_form,
-    segment_at_model_size,
     set_status,
 )
 from ._sections import DevicePicker, ModelPicker, RunControls, layer_picker
@@ -60,6 +62,13 @@ class SegmentJob:
     model_tag: str = "bundled"  # names the output layers: "<image> labels (<model_tag>)"
     voxel_size: tuple[float, ...] | None = None  # Z stacks: the layer's (z, y, x) scale; None = estimate
     plane_by_plane: bool = False
+    layout: Any = None  # the axes parsed at the door (inputs.Layout); None: parsed from ``axes``
+
+    @property
+    def labels_what(self) -> str:
+        """What the labels layer is called after the image: a Z stack labelled plane by
+        plane gets its own layer, beside the 3D result of the same image."""
+        return "labels, plane by plane" if self.plane_by_plane and "Z" in (self.axes or "") else "labels"
 
 
 @dataclass
@@ -76,22 +85,21 @@ class SegmentResult:
     zoom: float = 1.0
     notes: list[str] = field(default_factory=list)
     volume: dict[str, Any] = field(default_factory=dict)  # Z stacks: anisotropy and method
+    model_name: str = "bundled"  # the model that segmented (its file's name): names the output layers
 
 
 def layer_axes(layer: Any, text: str) -> str | None:
-    """The ``axes`` string for the core: the person's entry, or what the layer implies.
+    """The ``axes`` string for the core: the person's entry, or as napari shows the layer.
 
     Args:
         layer: a napari Image layer.
         text: the widget's axes entry; "" or "auto" means "as napari shows it".
 
     Returns:
-        axis letters for ``tiling.parse_axes`` (T, Z, Q: planes; C: channels; S: RGB
-        samples; Y, X): the entry, or for "auto" ``...YXS`` for an RGB layer, ``ZYX``
-        for a 3D layer and ``TZYX`` for a 4D one (segmented as 3D cells), and ``...YX``
-        (planes over the leading axes) otherwise. napari already decided
-        whether the last axis is colour (the layer's ``rgb`` flag), so the core is told
-        rather than left to guess from the shape.
+        axis letters for ``inputs.parse_axes``: the entry, or for "auto" ``...YXS`` for an
+        RGB layer, ``ZYX`` for a 3D layer and ``TZYX`` for a 4D one, and ``...YX`` (planes
+        over the leading axes) otherwise (the Annotate widget's rule; the Segment widget
+        also reads the file and takes a short first axis as channels: :func:`auto_axes`).
     """
     data = layer_data(layer)
     ndim = len(data.shape)
@@ -101,6 +109,69 @@ def layer_axes(layer: Any, text: str) -> str | None:
     if layer.rgb:
         return "Q" * (ndim - 3) + "YXS"
     return {3: "ZYX", 4: "TZYX"}.get(ndim, "Q" * (ndim - 2) + "YX")
+
+
+#: how the status line says that a short first axis was taken as channels (the Z stack button shows then)
+TAKEN_AS_CHANNELS = "taken as channels"
+
+
+def file_axes(layer: Any) -> str | None:
+    """The axes a TIFF layer's file records (OME, ImageJ or tifffile metadata), when they
+    fit the layer; None otherwise (napari's reader does not keep them)."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path or not str(path).lower().endswith((".tif", ".tiff")) or layer.multiscale:
+        return None
+    try:
+        import tifffile
+
+        from .._cli._io import _tiff_axes
+
+        with tifffile.TiffFile(path) as tif:
+            axes = _tiff_axes(tif)
+            shape = tuple(tif.series[0].shape)
+    except Exception:  # noqa: BLE001 - a file that cannot be read says nothing about its axes
+        return None
+    return axes if axes and shape == tuple(layer_data(layer).shape) else None
+
+
+def auto_axes(layer: Any, model_channels: int = 1) -> tuple[str, str]:
+    """The axes of a layer for "auto", and a note saying how they were decided ("" when
+    there is nothing to say).
+
+    In order: the last axis of an RGB layer is colour; the file's axes metadata; a short
+    first axis (at most :data:`SHORT_AXIS`) of a 3D layer is taken as channels (a 2-channel
+    image is no 2-plane Z stack); otherwise a 3D layer is ``ZYX`` and a 4D one ``TZYX``
+    (3D cells), and more axes are planes. Channels the model does not read together are
+    segmented one by one (axis ``Q``).
+    """
+    from ..inputs import SHORT_AXIS, each_channel_alone
+
+    if layer.rgb:
+        return layer_axes(layer, "auto"), ""
+    data = layer_data(layer)
+    axes, note = file_axes(layer), ""
+    if axes:
+        note = f"axes {axes} from the file"
+    elif len(data.shape) == 3 and data.shape[0] <= SHORT_AXIS:
+        axes, note = "CYX", f"its first axis ({data.shape[0]}) is short, so it was {TAKEN_AS_CHANNELS}"
+    else:
+        return layer_axes(layer, "auto"), ""
+    axes, alone = each_channel_alone(axes, data.shape, model_channels)
+    return axes, f"{note}; {alone}" if alone else note
+
+
+def channel_mismatch_text(exc: Any, image_name: str) -> str:
+    """The channel-mismatch error (:class:`napari_unet.inputs.ChannelMismatch`) in the
+    widget's words: its fields and napari's menus, not Python."""
+    lay, m = exc.layout, exc.model_channels
+    if lay.channel is None:
+        return (f"The model reads {m} channels but '{image_name}' has none: choose an image with {m} channels "
+                "(and C for its channel axis in Axes), or a model for one channel")
+    c, axes = lay.channels, lay.axes
+    return (f"The model reads {m} channel(s) but '{image_name}' has {c} along its axis {lay.channel} "
+            f"(Axes '{axes}'): set Axes to '{axes.replace('C', 'Q')}' to segment each channel on its own, "
+            f"split the layer into its channels (right-click it ▸ Split Stack) and pick one, or choose a "
+            f"model trained on {c} channels")
 
 
 def layer_voxel_size(layer: Any, axes: str) -> tuple[float, float, float] | None:
@@ -134,43 +205,55 @@ def output_geometry(layer: Any, channel_axis: int | None, out_ndim: int) -> tupl
 
 
 def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
-    """The worker's generator: load the model, predict tile by tile, post-process.
+    """The worker's generator: describe the image once (axes, model, normalisation), then
+    segment it with those facts.
 
-    Runs ``segmentation.segment_iter`` (plane by plane: memory is bounded by one plane plus the
-    outputs), which yields at least every 0.2 s, so Cancel acts within a fraction of a
-    second.
+    Runs ``segmentation.segment_input_iter`` (or ``segment_at_model_size`` for Cell size
+    "auto"; plane by plane: memory is bounded by one plane plus the outputs), which yields
+    at least every 0.2 s, so Cancel acts within a fraction of a second.
     """
     import time
 
     from ..device import describe_device, resolve_device
-    from ..segmentation import segment_iter
-    from ..tiling import parse_axes
+    from ..inputs import ChannelMismatch, describe_input, options_from
+    from ..segmentation import segment_at_model_size, segment_input_iter
 
     t0 = time.perf_counter()
-    from ..channels import bundled_path, pick_bundled
-
     yield Progress(0, 0, "Loading the model...")
-    layout = parse_axes(job.data.shape, job.axes)
+    try:  # the image's facts, decided once: axes, model, normalisation, warnings
+        facts = describe_input(job.data, job.model_path, axes=job.layout or job.axes, voxel_size=job.voxel_size,
+                               model_name=job.model_tag, load=load_model_cached)
+    except ChannelMismatch as exc:
+        raise ValueError(channel_mismatch_text(exc, job.image_name)) from exc
+    facts.say_warnings()
+    model = facts.model
     notes: list[str] = []
-    path = job.model_path
-    if path is None and pick_bundled(layout.rgb, job.data) == "stained":  # "bundled" on a slide: stained
-        path = bundled_path("stained")
-        notes.append("used the stained bundled model (picked for a brightfield RGB image)")
-    model = load_model_cached(path)
+    if facts.why == "stained":
+        notes.append(f"used {facts.model_line}")
     device = resolve_device(job.device)
     yield Progress(0, 0, f"Reading the image, preparing {describe_device(device)}...")
     probs = None
     if job.want_probabilities:
-        probs = np.zeros((model.config.num_classes, *layout.out_shape), np.float32)
-    info: dict[str, Any] = {}
-    kwargs = dict(tile_size=job.tile_size, min_size=job.min_size, probabilities_out=probs)
-    if "Z" in layout.axes:
-        kwargs.update(voxel_size=job.voxel_size, plane_by_plane=job.plane_by_plane)
+        probs = np.zeros((model.config.num_classes, *facts.layout.out_shape), np.float32)
+    settings = dict(tile_size=job.tile_size, min_size=job.min_size, plane_by_plane=job.plane_by_plane)
     if job.diameter == "auto":
-        gen = segment_at_model_size(job.data, model, device=device, axes=job.axes, notes=notes, **kwargs)
+        gen = segment_at_model_size(job.data, facts=facts, device=device, notes=notes, probabilities_out=probs,
+                                    **settings)
     else:
-        gen = segment_iter(job.data, model, device=device, axes=job.axes, diameter=job.diameter, **kwargs)
-    labels = np.asarray((yield from relay(gen, lambda rec: info.update(rec.info) or rec)))
+        options = options_from(model, device=device, diameter=job.diameter, **settings)
+        gen = segment_input_iter(job.data, facts, options, probabilities_out=probs)
+    info: dict[str, Any] = {}
+    try:
+        while True:  # the records pass through; what they say of the run is kept
+            try:
+                rec = next(gen)
+            except StopIteration as stop:
+                labels = np.asarray(stop.value)
+                break
+            info.update(rec.info)
+            yield rec
+    finally:
+        gen.close()
     return SegmentResult(
         labels=labels,
         probabilities=probs,
@@ -184,6 +267,7 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
         zoom=float(info.get("zoom", 1.0)),
         notes=notes,
         volume={k: info[k] for k in ("anisotropy", "anisotropy_source", "method") if k in info},
+        model_name=facts.model_name,
     )
 
 
@@ -215,7 +299,11 @@ class SegmentWidget(Container):
         super().__init__(widgets=[self.form], labels=False)
         self.runner = controls.make_runner()
         self.run_button.changed.connect(self.run)
-        self.image.changed.connect(self._describe_image)
+        self.image.changed.connect(self._image_changed)
+        self.axes.changed.connect(self._describe_image)
+        self.model.source.changed.connect(self._describe_image)
+        self.model.file.changed.connect(self._describe_image)
+        self.as_z_stack.changed.connect(lambda *_: setattr(self.axes, "value", "ZYX"))
         self.form.native.setMinimumWidth(320)
         self.scroll = scroll_form(self, self.form)
         self._describe_image()
@@ -232,8 +320,16 @@ class SegmentWidget(Container):
             value="auto",
             tooltip="What the image's dimensions are, one letter each: T (time, segmented one by "
             "one), Z (a stack: 3D cells), C (channels fed to the network together), "
-            "S (RGB colour), Y, X; e.g. 'ZYX', 'CYX', 'TZYX'. 'auto': as napari shows the "
-            "layer (the last axis of an RGB layer is colour; a 3D layer is ZYX, a 4D one TZYX)",
+            "S (RGB colour), Q (any other axis: planes segmented one by one), Y, X; e.g. 'ZYX', 'CYX', 'TZYX'. "
+            "'auto': the axes the image's file records; else as napari shows the layer (the last axis "
+            "of an RGB layer is colour; a 3D layer with a first axis of up to 4 is channels, a longer one "
+            "ZYX; a 4D one TZYX). Channels the model does not read together are segmented one by one",
+        )
+        self.as_z_stack = PushButton(
+            text="Treat as a Z stack instead",
+            visible=False,
+            tooltip="The image's first axis was taken as channels because it is short; press this if it is a Z "
+            "stack (sets Axes to ZYX: 3D cells)",
         )
         self.cell_size = ComboBox(
             label="Cell size",
@@ -248,7 +344,7 @@ class SegmentWidget(Container):
             tooltip="The cells' typical diameter in pixels (used when Cell size is 'diameter')",
         )
         self.cell_size.changed.connect(lambda v: setattr(self.diameter, "enabled", v == "diameter"))
-        return [self.image, self.axes, self.cell_size, self.diameter]
+        return [self.image, self.axes, self.as_z_stack, self.cell_size, self.diameter]
 
     def _tile_row(self) -> SpinBox:
         self.tile_size = SpinBox(
@@ -286,8 +382,33 @@ class SegmentWidget(Container):
         )
         return [self.min_size, self.probabilities, self.plane_by_plane]
 
+    def _image_changed(self, *_: Any) -> None:
+        """Another image: the Axes typed for the last one do not carry over."""
+        if self.axes.value.strip().lower() != "auto":
+            self.axes.value = "auto"  # describes the image (axes.changed)
+        else:
+            self._describe_image()
+
+    def _model_channels(self) -> int:
+        """Input channels of the chosen model (the bundled fluorescence model: 1)."""
+        path = self.model.path
+        if path is None:
+            return 1
+        try:
+            return int(load_model_cached(path).config.in_channels)
+        except Exception:  # noqa: BLE001 - a bad file is reported when Segment is pressed
+            return 1
+
+    def _axes(self, layer: Any) -> tuple[str, str]:
+        """The axes to segment ``layer`` with, and how "auto" decided them ("" when typed)."""
+        text = self.axes.value.strip().upper()
+        if text and text != "AUTO":
+            return text, ""
+        return auto_axes(layer, self._model_channels())
+
     def _describe_image(self, *_: Any) -> None:
         layer = self.image.value
+        self.as_z_stack.visible = False
         if layer is None:
             set_status(self.status, "Open an image (File ▸ Open Sample ▸ Synthetic nuclei for a demo)")
             return
@@ -296,10 +417,13 @@ class SegmentWidget(Container):
         lazy = "" if isinstance(data, np.ndarray) else f", lazy ({type(data).__module__.split('.')[0]})"
         ms = f", multiscale: level 0 of {len(layer.data)}" if layer.multiscale else ""
         try:
-            z = anisotropy_text(layer, layer_axes(layer, self.axes.value))
+            axes, how = self._axes(layer)
+            z = anisotropy_text(layer, axes)
         except (ValueError, IndexError):
-            z = ""
-        set_status(self.status, f"{kind}image {tuple(data.shape)} {data.dtype}{lazy}{ms}{z}")
+            axes, how, z = "", "", ""
+        self.as_z_stack.visible = TAKEN_AS_CHANNELS in how
+        how = f"; {how}" if how else ""
+        set_status(self.status, f"{kind}image {tuple(data.shape)} {data.dtype}{lazy}{ms}{z}{how}")
 
     def _make_job(self) -> SegmentJob:
         layer = self.image.value
@@ -310,13 +434,17 @@ class SegmentWidget(Container):
         data = layer_data(layer)  # highest resolution
         if len(data.shape) < 2 or min(data.shape[-2:]) < 1:
             raise ValueError(f"Image '{layer.name}' has shape {tuple(data.shape)}; a 2D image or a stack of them is needed")
-        from ..tiling import parse_axes  # checks the axes here, before any work starts
+        from ..inputs import ChannelMismatch, choose_channel_map, parse_axes
 
-        axes = layer_axes(layer, self.axes.value)
-        layout = parse_axes(data.shape, axes)
+        axes, how = self._axes(layer)
+        layout = parse_axes(data.shape, axes)  # checked here, before any work starts; parsed once
+        try:  # a channel count the model cannot take is said before any work starts
+            choose_channel_map(layout, self._model_channels())
+        except ChannelMismatch as exc:
+            raise ValueError(channel_mismatch_text(exc, layer.name)) from None
         tile = int(self.tile_size.value) or None
         scale, translate = output_geometry(layer, layout.channel, len(layout.out_shape))
-        notes = []
+        notes = [how] if how else []
         if layer.multiscale:
             notes.append(f"used the full-resolution level of {len(layer.data)}")
         return SegmentJob(
@@ -335,6 +463,7 @@ class SegmentWidget(Container):
             model_tag=model_tag(self.model.path),
             voxel_size=layer_voxel_size(layer, layout.axes),
             plane_by_plane=bool(self.plane_by_plane.value),
+            layout=layout,
         )
 
     def run(self, *_: Any) -> Any:
@@ -368,15 +497,18 @@ class SegmentWidget(Container):
                 self.diameter.value = round(float(result.diameter), 1)
         v = result.volume
         if v.get("method"):
-            a = v.get("anisotropy")
-            notes.append(f"3D: {v['method']}" + (f", Z step {a:.2g}x pixel ({v['anisotropy_source']})" if a else ""))
+            # in the image's pixels, as before the run (the core reports it in the zoomed copy's)
+            a = v.get("anisotropy") and v["anisotropy"] / result.zoom
+            source = "voxel size from the layer scale" if v.get("anisotropy_source") == "voxel size" else \
+                v.get("anisotropy_source")
+            notes.append(f"3D: {v['method']}" + (f", Z step {a:.2g}x the pixel ({source})" if a else ""))
         if result.probabilities is not None:
             p = result.probabilities
             pgeo = {} if scale is None else {"scale": (1.0, *scale), "translate": (0.0, *translate)}
             w = add_or_update_layer(
                 viewer,
                 p,
-                result_name(job.image_name, "probabilities", job.model_tag),
+                result_name(job.image_name, "probabilities", result.model_name),
                 "image",
                 writer="segment",
                 colormap="magma",
@@ -389,7 +521,7 @@ class SegmentWidget(Container):
             if w.note:
                 kept.append(w.note)
         w = add_or_update_layer(
-            viewer, result.labels, result_name(job.image_name, "labels", job.model_tag), "labels",
+            viewer, result.labels, result_name(job.image_name, job.labels_what, result.model_name), "labels",
             writer="segment", **geo,
         )
         if w.note:
