@@ -190,12 +190,13 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 
 #: settings outside :data:`RANGES` in at least one value (never drawn for training), each
-#: ``(name, shape, settings)``: a dim, blurred, packed stack of small nuclei; coarse Z
-#: steps; large, very blurred nuclei
+#: ``(name, shape, settings)``: a dim (nuclei 1.4x the background, signal / noise about 3),
+#: noisy (read noise 10), blurred, packed stack of nuclei 13 px across at Z step 2; a coarse
+#: Z step; large, very blurred nuclei
 HELD_OUT: list[tuple[str, tuple[int, int, int], dict[str, float]]] = [
-    ("dim small packed, Z step 2", (20, 64, 64),
-     dict(anisotropy=2.0, radius=6.5, psf_sigma=1.5, axial_blur=3.5, photons=20.0, read_noise=4.0,
-          background=0.5, uneven=0.2, coverage=0.45, touching=0.75)),
+    ("dim small packed, Z step 2", (28, 64, 64),
+     dict(anisotropy=2.0, radius=6.5, psf_sigma=1.3, axial_blur=3.5, photons=120.0, read_noise=10.0,
+          background=0.45, uneven=0.2, coverage=0.35, touching=0.8)),
     ("Z step 5", (12, 96, 96), dict(anisotropy=5.0, radius=9.0, psf_sigma=1.2, axial_blur=3.0, photons=80.0,
                                     background=0.3, coverage=0.35, touching=0.8)),
     ("large very blurred", (24, 128, 128), dict(anisotropy=2.5, radius=14.0, psf_sigma=2.4, axial_blur=4.0,
