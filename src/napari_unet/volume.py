@@ -219,6 +219,10 @@ def _ratios(labels: np.ndarray, blur_correction: float | None) -> np.ndarray | N
     return np.sqrt(lateral / vz[ok]) * blur_correction
 
 
+#: fewer cells spanning 3 planes than this make the Z step uncertain
+MIN_CELLS_Z = 8
+
+
 def anisotropy_from_cells(labels: np.ndarray) -> tuple[float | None, str | None]:
     """The Z step from linked per-plane labels of the network, and why it is uncertain.
 
@@ -232,16 +236,12 @@ def anisotropy_from_cells(labels: np.ndarray) -> tuple[float | None, str | None]
         return None, None
     a = float(np.median(ratios))
     if a < ANISOTROPY_RANGE[0]:
-        return FALLBACK_ANISOTROPY, (f"the cells look taller than wide even allowing for blur; Z step "
-                                     f"{FALLBACK_ANISOTROPY:g} assumed")
+        return FALLBACK_ANISOTROPY, ("the cells look taller than wide even allowing for blur, so a usual "
+                                     "confocal Z step is assumed; give the voxel size")
     a = float(np.clip(a, *ANISOTROPY_RANGE))
     if len(ratios) < MIN_CELLS_Z:
-        return a, f"only {len(ratios)} cells span 3 planes"
+        return a, f"only {len(ratios)} cells span 3 planes; give the voxel size"
     return a, None
-
-
-#: fewer cells spanning 3 planes than this make the Z step uncertain
-MIN_CELLS_Z = 8
 
 
 # -- 3D watershed ----------------------------------------------------------------------------
