@@ -97,7 +97,7 @@ def part_ap(quick: bool, model: str | None) -> None:
             calls["Z step given"] = {"voxel_size": (a, 1, 1)}
         for call, kw in calls.items():
             info: dict = {}
-            lab = drain(relay(segment_iter(img, net, axes="ZYX", **kw), lambda rec: info.update(rec.info) or rec))
+            lab = drain(relay(segment_iter(img, net, axes="ZYX", **kw), lambda rec, info=info: info.update(rec.info) or rec))
             ap = nu.average_precision(truth, lab, (0.5, 0.7))
             n = len(np.unique(lab)) - 1
             rows.setdefault(call, []).append((ap[0.5], ap[0.7], abs(n - n_true) <= 0.1 * n_true))
@@ -174,7 +174,8 @@ def part_memory(quick: bool, model: str | None) -> None:
             z[i : i + 8] = rng.integers(100, 4000, (min(8, shape[0] - i), *shape[1:]), dtype=np.uint16)
         peaks = {}
         for run in ("", "2D", "3D"):
-            code = CHILD.format(src=str(Path(__import__("napari_unet").__file__).parents[1]), path=path, out=out, run=run)
+            tested = str(Path(__import__("napari_unet").__file__).parents[1])
+            code = CHILD.format(src=tested, path=path, out=out, run=run)
             t = time.perf_counter()
             res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                  env={**os.environ, "OMP_NUM_THREADS": "1"})

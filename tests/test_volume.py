@@ -7,7 +7,12 @@ import pytest
 
 from napari_unet import average_precision, segment
 from napari_unet.synthetic_3d import HELD_OUT, make_stack
-from napari_unet.volume import FALLBACK_ANISOTROPY, anisotropy_from_cells, estimate_anisotropy, link_planes
+from napari_unet.volume import (
+    FALLBACK_ANISOTROPY,
+    anisotropy_from_cells,
+    estimate_anisotropy,
+    link_planes,
+)
 
 #: 3D AP@0.5 of the bundled model's default 3D path on make_stack((16, 96, 96), seed,
 #: anisotropy=3): measured 0.97, 1.0, 0.88, 1.0, 1.0, 0.83 for seeds 0-5 (the Z step

@@ -195,16 +195,19 @@ RANGES: dict[str, tuple[float, float]] = {
 #: Z step; large, very blurred nuclei
 HELD_OUT: list[tuple[str, tuple[int, int, int], dict[str, float]]] = [
     ("dim small packed, Z step 2", (28, 64, 64),
-     dict(anisotropy=2.0, radius=6.5, psf_sigma=1.3, axial_blur=3.5, photons=120.0, read_noise=10.0,
-          background=0.45, uneven=0.2, coverage=0.35, touching=0.8)),
-    ("Z step 5", (12, 96, 96), dict(anisotropy=5.0, radius=9.0, psf_sigma=1.2, axial_blur=3.0, photons=80.0,
-                                    background=0.3, coverage=0.35, touching=0.8)),
-    ("large very blurred", (24, 128, 128), dict(anisotropy=2.5, radius=14.0, psf_sigma=2.4, axial_blur=4.0,
-                                                photons=60.0, background=0.4, uneven=0.3, coverage=0.45)),
+     {"anisotropy": 2.0, "radius": 6.5, "psf_sigma": 1.3, "axial_blur": 3.5, "photons": 120.0,
+      "read_noise": 10.0, "background": 0.45, "uneven": 0.2, "coverage": 0.35, "touching": 0.8}),
+    ("Z step 5", (12, 96, 96),
+     {"anisotropy": 5.0, "radius": 9.0, "psf_sigma": 1.2, "axial_blur": 3.0, "photons": 80.0,
+      "background": 0.3, "coverage": 0.35, "touching": 0.8}),
+    ("large very blurred", (24, 128, 128),
+     {"anisotropy": 2.5, "radius": 14.0, "psf_sigma": 2.4, "axial_blur": 4.0, "photons": 60.0,
+      "background": 0.4, "uneven": 0.3, "coverage": 0.45}),
 ]
 
 
-def sample_settings(rng: np.random.Generator, side: int = 96, depth: float = 64.0) -> tuple[tuple[int, int, int], dict[str, float]]:
+def sample_settings(rng: np.random.Generator, side: int = 96,
+                    depth: float = 64.0) -> tuple[tuple[int, int, int], dict[str, float]]:
     """A stack shape and random :func:`make_stack` settings from :data:`RANGES`: nuclei of
     8-30 px, Z steps 1-4, dim to bright, sharp to blurred, sparse to packed.
 

@@ -529,7 +529,7 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
     order = [spatial.index(c) for c in "ZYX"]
     Z, H, W = (vlay.out_shape[o] for o in order)
     halo = int(net.config.halo + round(net.meta.get("diameter") or 20))
-    info: dict[str, Any] = {"anisotropy": given, "anisotropy_source": "voxel size"}
+    info: dict[str, Any] = {"anisotropy": given, "anisotropy_source": "voxel size", "anisotropy_uncertain": False}
     a = given
     if a is None and mode != "semantic":
         # from a central crop: cells linked across planes, lateral vs axial spread
