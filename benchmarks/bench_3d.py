@@ -3,19 +3,25 @@
     python benchmarks/bench_3d.py            # all three parts
     python benchmarks/bench_3d.py --quick    # smaller stacks, for a smoke test
     python benchmarks/bench_3d.py --part ap  # one part: ap, time or memory
+    python benchmarks/bench_3d.py --part ap --src ../main/src   # the same stacks, another version's code
 
-* ap: 3D AP@0.5 of the bundled model on synthetic confocal stacks
-  (``napari_unet.synthetic_3d.make_stack``, axial blur 3x) at anisotropies 1, 2, 4 and
-  nucleus radii 7, 10, 14 px: plane by plane (the behaviour before 3D: ids per plane),
-  the default 3D path (Z step estimated), and with the Z step given.
+* ap: 3D AP@0.5 and AP@0.7 and the object count, with default settings and with the Z step
+  given, on
+  - the stardist wheel's synthetic 3D stack (another group's simulator: 51 dim, blurred,
+    packed nuclei 12-15 px across, Z step about 2; ``benchmarks/real_data.py``), when it
+    can be fetched;
+  - stacks of the settings ``synthetic_3d.HELD_OUT`` (never drawn in training: dim small
+    packed nuclei at Z step 2 like the stack above, Z step 5, large very blurred nuclei);
+  - stacks of random settings (``synthetic_3d.sample_settings``) of seeds never trained on;
+  - the bright, well separated stacks of the first 3D benchmark (radius 7-10, blur 3x).
+  The stacks are made by this repository's generator in a child process and saved, so
+  ``--src`` scores another version's code (e.g. the main branch's) on the very same stacks.
 * time: seconds per megavoxel of the 3D path (XY + XZ + YZ views, Z step 3) and of XY
   only, against plane-by-plane 2D segmentation (seconds per megapixel) of the same stack,
   in one run (the machine is shared: ratios, not absolute times).
 * memory: peak resident memory (VmHWM) of a child process segmenting a lazy zarr stack
   into a zarr store (a small random network: memory is what is measured), against the
   same child only opening the stack, and the stack's own size.
-
-There is no real 3D data in ../shared/data; the part that would use it says so.
 """
 
 from __future__ import annotations
@@ -32,31 +38,76 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+SRC = ROOT / "src"
+
+MAKE = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {src!r})
+    import numpy as np
+    from napari_unet.synthetic_3d import HELD_OUT, make_stack, sample_settings
+    quick = {quick!r}
+    out = {{}}
+    for name, shape, kw in HELD_OUT:
+        for seed in ((10000,) if quick or name != HELD_OUT[0][0] else (10000, 10001)):
+            out[f"held out: {{name}} (seed {{seed}})"] = (*make_stack(shape, seed=seed, **kw), kw["anisotropy"])
+    for seed in ((9000,) if quick else (9000, 9001, 9002, 9003)):
+        shape, kw = sample_settings(np.random.default_rng(seed))
+        out[f"random settings {{seed}}: r {{kw['radius']:.0f}}, Z step {{kw['anisotropy']:.1f}}"] = (
+            *make_stack(shape, seed=seed, **kw), kw["anisotropy"])
+    for a, r in ((2.0, 7.0), (4.0, 10.0)):
+        out[f"bright, r {{r:.0f}}, Z step {{a:.0f}}"] = (*make_stack((round(72 / a), 128, 128), seed=int(a * 10 + r),
+                                                                  anisotropy=a, radius=r), a)
+    np.savez({path!r}, **{{f"{{i}}_{{k}}": v for i, (name, vals) in enumerate(out.items())
+                         for k, v in zip(("image", "labels", "a"), vals)}}, names=np.array(list(out)))
+""")
 
 
-def part_ap(quick: bool) -> None:
+def stacks(quick: bool) -> list[tuple[str, np.ndarray, np.ndarray, float | None]]:
+    """(name, image, labels, Z step or None) of every stack scored by ``part_ap``."""
+    out: list[tuple[str, np.ndarray, np.ndarray, float | None]] = []
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from real_data import load_real_stacks
+
+    for name, img, lab in load_real_stacks():
+        out.append((f"outside: {name}", img, lab, None))
+    if not out:
+        print("outside 3D data: the stardist wheel could not be fetched (skipped)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "stacks.npz")
+        subprocess.run([sys.executable, "-c", MAKE.format(src=str(SRC), quick=quick, path=path)], check=True)
+        z = np.load(path)
+        for i, name in enumerate(z["names"]):
+            out.append((str(name), z[f"{i}_image"], z[f"{i}_labels"], float(z[f"{i}_a"])))
+    return out
+
+
+def part_ap(quick: bool, model: str | None) -> None:
     import napari_unet as nu
-    from napari_unet.synthetic_3d import make_stack
+    from napari_unet._progress import drain, relay
+    from napari_unet.segmentation import segment_iter
 
-    net = nu.load_model()
-    ap = lambda t, p: nu.average_precision(t, p, 0.5)[0.5]  # noqa: E731
-    side = 96 if quick else 128
-    print(f"\n3D AP@0.5, bundled model, synthetic stacks {int(72)}/a x {side} x {side} px (axial blur 3x)")
-    print(f"{'aniso':>5} {'radius':>6} {'cells':>5} | {'per plane':>9} {'3D est.':>8} {'(Z step)':>8} {'3D given':>8}")
-    for a in (1.0, 2.0, 4.0):
-        for r in ((10.0,) if quick else (7.0, 10.0, 14.0)):
-            img, truth = make_stack((int(round(72 / a)), side, side), seed=int(a * 10 + r), anisotropy=a, radius=r)
-            flat = nu.segment(img, net, axes="ZYX", plane_by_plane=True)
+    net = None if model is None else nu.load_model(model)
+    print(f"\n3D accuracy, {'model ' + model if model else 'default model'}, code from {nu.__file__}")
+    print(f"{'stack':<52} {'call':<18} {'truth':>5} {'objects':>7} {'AP@0.5':>6} {'AP@0.7':>6} {'Z step':>6}")
+    rows: dict[str, list[tuple[float, float, bool]]] = {}
+    for name, img, truth, a in stacks(quick):
+        n_true = len(np.unique(truth)) - 1
+        calls = {"default": {}}
+        if a is not None:
+            calls["Z step given"] = {"voxel_size": (a, 1, 1)}
+        for call, kw in calls.items():
             info: dict = {}
-            from napari_unet._progress import drain, relay
-            from napari_unet.segmentation import segment_iter
-
-            est = drain(relay(segment_iter(img, net, axes="ZYX"), lambda rec: info.update(rec.info) or rec))
-            given = nu.segment(img, net, axes="ZYX", voxel_size=(a, 1, 1))
-            print(f"{a:>5.0f} {r:>6.0f} {int(truth.max()):>5} | {ap(truth, flat):>9.3f} {ap(truth, est):>8.3f} "
-                  f"{info['anisotropy']:>8.2f} {ap(truth, given):>8.3f}", flush=True)
-    print("real 3D data: none in ../shared/data (skipped)")
+            lab = drain(relay(segment_iter(img, net, axes="ZYX", **kw), lambda rec, info=info: info.update(rec.info) or rec))
+            ap = nu.average_precision(truth, lab, (0.5, 0.7))
+            n = len(np.unique(lab)) - 1
+            rows.setdefault(call, []).append((ap[0.5], ap[0.7], abs(n - n_true) <= 0.1 * n_true))
+            est = info.get("anisotropy")
+            print(f"{name:<52} {call:<18} {n_true:>5} {n:>7} {ap[0.5]:>6.3f} {ap[0.7]:>6.3f} "
+                  f"{'-' if est is None else f'{est:.2f}':>6}", flush=True)
+    for call, r in rows.items():
+        a5, a7, ok = np.array(r).T
+        print(f"mean over {len(r)} stacks, {call}: AP@0.5 {a5.mean():.3f}, AP@0.7 {a7.mean():.3f}, "
+              f"count within 10% on {int(ok.sum())}")
 
 
 def _best(fn, repeats: int) -> float:
@@ -68,11 +119,11 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def part_time(quick: bool) -> None:
+def part_time(quick: bool, model: str | None) -> None:
     import napari_unet as nu
     from napari_unet.synthetic_3d import make_stack
 
-    net = nu.load_model()
+    net = nu.load_model(model)
     shape = (12, 128, 128) if quick else (24, 256, 256)
     img, _ = make_stack(shape, seed=1, anisotropy=3.0)
     mvox = img.size / 1e6
@@ -112,7 +163,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def part_memory(quick: bool) -> None:
+def part_memory(quick: bool, model: str | None) -> None:
     zarr = __import__("zarr")
     shape = (16, 768, 768) if quick else (16, 1536, 1536)
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +174,8 @@ def part_memory(quick: bool) -> None:
             z[i : i + 8] = rng.integers(100, 4000, (min(8, shape[0] - i), *shape[1:]), dtype=np.uint16)
         peaks = {}
         for run in ("", "2D", "3D"):
-            code = CHILD.format(src=str(ROOT / "src"), path=path, out=out, run=run)
+            tested = str(Path(__import__("napari_unet").__file__).parents[1])
+            code = CHILD.format(src=tested, path=path, out=out, run=run)
             t = time.perf_counter()
             res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -145,13 +197,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--part", choices=("ap", "time", "memory"))
+    ap.add_argument("--src", type=Path, default=SRC, help="the napari_unet source folder to score")
+    ap.add_argument("--model", default=None, help="a model file (default: what segment picks)")
     args = ap.parse_args()
+    sys.path.insert(0, str(args.src.resolve()))
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     for name, fn in (("ap", part_ap), ("time", part_time), ("memory", part_memory)):
         if args.part in (None, name):
-            fn(args.quick)
+            fn(args.quick, args.model)
 
 
 if __name__ == "__main__":

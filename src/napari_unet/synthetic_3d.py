@@ -31,7 +31,7 @@ from scipy import ndimage as ndi
 
 from .synthetic import _smooth_noise
 
-__all__ = ["make_stack"]
+__all__ = ["HELD_OUT", "make_stack", "sample_settings"]
 
 
 def _rotation(rng: np.random.Generator) -> np.ndarray:
@@ -81,6 +81,9 @@ def make_stack(
     attenuation: float = 0.3,
     photons: float = 300.0,
     read_noise: float = 3.0,
+    background: float = 0.06,
+    uneven: float = 0.0,
+    brightness_cv: float = 0.25,
     return_isotropic: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """A synthetic confocal stack of nuclei and its 3D instance labels.
@@ -99,6 +102,11 @@ def make_stack(
         attenuation: fraction of the brightness lost from the first to the last plane.
         photons: photons at a typical nucleus' brightness (lower = noisier).
         read_noise: camera read noise (electrons).
+        background: background level relative to a typical nucleus (dim stacks: 0.3-0.6,
+            nuclei only 2-3x brighter than the space between them).
+        uneven: amplitude of a smooth background field across the stack (uneven
+            illumination, out-of-focus haze), relative to a typical nucleus.
+        brightness_cv: spread of the nuclei's brightness (log-normal sigma).
         return_isotropic: also return the isotropic labels (``Z * anisotropy`` planes).
 
     Returns:
@@ -135,11 +143,14 @@ def make_stack(
         win = (rho < 1) & (rho < best[box])
         best[box][win] = rho[win]
         labels[box][win] = i
-        level = math.exp(rng.standard_normal() * 0.25)
+        level = math.exp(rng.standard_normal() * brightness_cv)
         bright[box][win] = level * (1 - 0.25 * rho[win] ** 2) * (1 + 0.2 * grain[box][win])
 
     z = np.linspace(0, 1, nz, dtype=np.float32)[:, None, None]
-    signal = bright * (1 - attenuation * z) + 0.06
+    signal = bright * (1 - attenuation * z) + background
+    if uneven > 0:
+        field = _smooth_noise(rng, iso, max(8.0, min(iso[1:]) / 3))
+        signal += uneven * (field - field.min()) / max(float(np.ptp(field)), 1e-6)
     sz = psf_sigma * axial_blur
     signal = ndi.gaussian_filter(signal, (sz, psf_sigma, psf_sigma)) + 0.08 * ndi.gaussian_filter(signal, 4 * sz)
     # optical sections: one every `anisotropy` isotropic planes, at the centre of its slab
@@ -159,3 +170,51 @@ def make_stack(
         return image, lut[lab], keep[labels]
     return image, lut[lab]
 
+
+
+#: ranges that :func:`sample_settings` draws from (uniform; ``photons`` log-uniform)
+RANGES: dict[str, tuple[float, float]] = {
+    "radius": (4.0, 15.0),  # nuclei 8-30 px across
+    "anisotropy": (1.0, 4.0),
+    "psf_sigma": (0.7, 2.0),
+    "axial_blur": (2.0, 4.5),
+    "photons": (30.0, 600.0),
+    "read_noise": (2.0, 8.0),
+    "background": (0.02, 0.6),
+    "uneven": (0.0, 0.4),
+    "brightness_cv": (0.1, 0.45),
+    "coverage": (0.2, 0.45),
+    "touching": (0.75, 0.95),
+    "attenuation": (0.0, 0.4),
+    "irregularity": (0.03, 0.12),
+}
+
+#: settings outside :data:`RANGES` in at least one value (never drawn for training), each
+#: ``(name, shape, settings)``: a dim (nuclei 1.4x the background, signal / noise about 3),
+#: noisy (read noise 10), blurred, packed stack of nuclei 13 px across at Z step 2; a coarse
+#: Z step; large, very blurred nuclei
+HELD_OUT: list[tuple[str, tuple[int, int, int], dict[str, float]]] = [
+    ("dim small packed, Z step 2", (28, 64, 64),
+     {"anisotropy": 2.0, "radius": 6.5, "psf_sigma": 1.3, "axial_blur": 3.5, "photons": 120.0,
+      "read_noise": 10.0, "background": 0.45, "uneven": 0.2, "coverage": 0.35, "touching": 0.8}),
+    ("Z step 5", (12, 96, 96),
+     {"anisotropy": 5.0, "radius": 9.0, "psf_sigma": 1.2, "axial_blur": 3.0, "photons": 80.0,
+      "background": 0.3, "coverage": 0.35, "touching": 0.8}),
+    ("large very blurred", (24, 128, 128),
+     {"anisotropy": 2.5, "radius": 14.0, "psf_sigma": 2.4, "axial_blur": 4.0, "photons": 60.0,
+      "background": 0.4, "uneven": 0.3, "coverage": 0.45}),
+]
+
+
+def sample_settings(rng: np.random.Generator, side: int = 96,
+                    depth: float = 64.0) -> tuple[tuple[int, int, int], dict[str, float]]:
+    """A stack shape and random :func:`make_stack` settings from :data:`RANGES`: nuclei of
+    8-30 px, Z steps 1-4, dim to bright, sharp to blurred, sparse to packed.
+
+    ``side``: Y and X of the stack; ``depth``: its depth in pixels (planes times the Z step).
+    """
+    kw = {k: float(rng.uniform(lo, hi)) for k, (lo, hi) in RANGES.items()}
+    lo, hi = RANGES["photons"]
+    kw["photons"] = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    shape = (max(4, round(depth / kw["anisotropy"])), side, side)
+    return shape, kw

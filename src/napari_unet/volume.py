@@ -11,7 +11,8 @@ How a ZYX volume is segmented:
    voxels and predicted in its XZ and YZ planes; the three probability volumes are
    averaged on the stack's own grid.
 3. One seeded 3D watershed: seeds are the h-maxima of the anisotropic distance transform
-   of the interior (voxels ``a`` times longer in Z), flooding the foreground.
+   of the interior (voxels ``a`` times longer in Z) plus the interior-minus-boundary
+   probability, flooding the foreground.
 4. Strongly anisotropic stacks (``a`` above :data:`MAX_WATERSHED_ANISOTROPY`, where a
    cell spans only a couple of planes and distances along Z mean little) fall back to
    2D labels per plane linked to the next plane's by overlap.
@@ -19,7 +20,8 @@ How a ZYX volume is segmented:
 The anisotropy comes from ``voxel_size`` (Z, Y, X in any unit, e.g. a napari layer's
 ``scale``); without it, it is estimated from the cells themselves
 (:func:`estimate_anisotropy`: nuclei are about as deep as they are wide, so the ratio of
-their lateral to axial spread, in pixels and planes, is the Z step in pixels).
+their lateral to axial spread, in pixels and planes, allowing for the microscope's axial
+blur, is the Z step in pixels; the result's info says when that estimate is uncertain).
 
 Large stacks are cut into blocks of the full depth with a halo in Y and X (bounded
 memory; lazy zarr/dask stacks are read block by block); a cell cut by a block edge is
@@ -62,15 +64,36 @@ MAX_MULTIVIEW_ANISOTROPY = 6.0
 MAX_WATERSHED_ANISOTROPY = 6.0
 #: estimated anisotropies are clipped to this range
 ANISOTROPY_RANGE = (1.0, 10.0)
-#: seeds: h-maxima height of the distance transform (pixels); measured 3D AP@0.5 with h =
-#: 1 / 2 / 3 px: 0.94 / 0.93 / 0.74 (a = 1), 0.96 / 0.93 / 0.66 (2), 0.96 / 0.87 / 0.64 (4)
-H_3D = 1.0
+#: seeds: h-maxima height of the seed map (:func:`watershed_3d`, pixels of distance).
+#: Small, blurred, touching nuclei need a low one and the probabilities in the map: with the
+#: Z step given, the bundled model, 3D AP@0.5 of the distance alone at h = 1 -> the map at
+#: h = 0.5: the stardist wheel's synthetic stack 0.52 -> 0.68, dim packed 13 px nuclei
+#: (``synthetic_3d.HELD_OUT``, two seeds) 0.30 -> 0.73 and 0.47 -> 0.67, Z step 5 0.70 ->
+#: 0.97 and 0.91 -> 0.96, large very blurred nuclei 0.56 -> 0.71 and 0.71 -> 0.64, packed
+#: 7 px nuclei 0.32 -> 0.66; bright separated nuclei 1.0 either way
+H_3D = 0.5
+#: weight of ``p(interior) - p(boundary)`` in the seed map (pixels of distance): 2 / 4 / 8
+#: gave mean AP@0.5 0.80 / 0.81 / 0.81 on those stacks and four of random settings, 8
+#: over-splitting (64 objects for 51 on the stardist stack, 58 at 4)
+SEED_WEIGHT = 4.0
+#: objects whose mean foreground probability is under this are dropped (faint blobs of an
+#: uneven background the network is unsure of): on the stacks above, 3D AP@0.5 unchanged
+#: or better with 0.7 (large very blurred nuclei 0.64 -> 0.69, 13 px nuclei at Z step 1.7
+#: 0.84 -> 1.0, the stardist stack 0.68 -> 0.73); 0.75 cost the dim packed stacks 0.01-0.03
+MIN_MEAN_FOREGROUND = 0.7
 #: the axial blur of a microscope stretches every cell along Z in the image, and in the
-#: network's labels: the ratio of spreads underestimates the Z step. Measured on
-#: ``synthetic_3d`` stacks (axial blur 1.5-4.5x the lateral one, radii 7-12 px, anisotropy
-#: 2 and 4), the raw estimate was 0.43-0.99 of the truth, 0.75 for confocal-like blur
-#: (3x) and medium nuclei; this factor undoes that typical bias
-BLUR_CORRECTION = 1.3
+#: network's labels: the ratio of spreads underestimates the Z step, the more so the
+#: smaller the cells. :func:`estimate_anisotropy` allows for a Gaussian blur of this sigma
+#: (pixels) along Z: measured with the bundled model on ``synthetic_3d`` stacks (nuclei
+#: 12-28 px, Z steps 1.2-5, axial blur 2-4.5x), 8 of 9 estimates within 25% of the truth
+#: (3.0 / 4.5 px: 6 / 9 of 9, but 4.5 px overestimates 1.3x on sharper stacks of axial
+#: blur 3 px; the constant factor 1.3 used before: 7 of 9, 0.6x the truth for the two of
+#: nuclei 12-14 px across)
+AXIAL_BLUR = 3.7
+#: Z step used when the cells give none that makes sense (they look taller than wide even
+#: allowing for :data:`AXIAL_BLUR`: a stronger blur than that, whose Z step cannot be told
+#: from the cells): a common confocal sampling, said in the result's info
+FALLBACK_ANISOTROPY = 2.0
 #: linking: a 2D object joins the object of the previous plane it overlaps most when the
 #: overlap covers at least this fraction of the smaller of the two
 LINK_OVERLAP = 0.5
@@ -157,16 +180,25 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
 # -- anisotropy from the cells ---------------------------------------------------------------
 
 
-def estimate_anisotropy(labels: np.ndarray, blur_correction: float = BLUR_CORRECTION) -> float | None:
+def estimate_anisotropy(labels: np.ndarray, blur_correction: float | None = None) -> float | None:
     """The Z step in pixels, from 3D objects (Z, Y, X) assumed about as deep as wide.
 
-    For each object spanning at least 3 planes: the ratio of its lateral spread (square
-    root of the mean variance of its voxels' Y and X, in pixels) to its axial one (in
-    planes); the median over objects, times ``blur_correction`` (see
-    :data:`BLUR_CORRECTION`; 1 for labels without axial blur, e.g. ground truth). A round
-    nucleus gives the Z step; elongated or flattened ones average out over many cells.
-    None when fewer than 3 objects qualify.
+    For each object spanning at least 3 planes: its lateral spread (the mean variance of
+    its voxels' Y and X, in pixels squared) against its axial one (in planes squared). With
+    ``blur_correction`` None (labels of a blurred image), the axial spread is taken as the
+    object's own plus a blur of :data:`AXIAL_BLUR` pixels, so the Z step is
+    ``sqrt((lateral + AXIAL_BLUR**2) / axial)``; with a number (1 for unblurred labels,
+    e.g. ground truth), ``sqrt(lateral / axial)`` times that number. The median over
+    objects, clipped to :data:`ANISOTROPY_RANGE`; None when fewer than 3 objects qualify.
     """
+    ratios = _ratios(labels, blur_correction)
+    if ratios is None:
+        return None
+    return float(np.clip(np.median(ratios), *ANISOTROPY_RANGE))
+
+
+def _ratios(labels: np.ndarray, blur_correction: float | None) -> np.ndarray | None:
+    """Per-object Z step estimates of :func:`estimate_anisotropy` (None: fewer than 3)."""
     labels = np.asarray(labels)
     n = int(labels.max(initial=0))
     if n == 0:
@@ -191,8 +223,35 @@ def estimate_anisotropy(labels: np.ndarray, blur_correction: float = BLUR_CORREC
     ok = deep & (vz > 0)
     if ok.sum() < 3:
         return None
-    ratios = np.sqrt((vy[ok] + vx[ok]) / 2 / vz[ok])
-    return float(np.clip(np.median(ratios) * blur_correction, *ANISOTROPY_RANGE))
+    lateral = (vy[ok] + vx[ok]) / 2
+    if blur_correction is None:
+        return np.sqrt((lateral + AXIAL_BLUR**2) / vz[ok])
+    return np.sqrt(lateral / vz[ok]) * blur_correction
+
+
+#: fewer cells spanning 3 planes than this make the Z step uncertain
+MIN_CELLS_Z = 8
+
+
+def anisotropy_from_cells(labels: np.ndarray) -> tuple[float | None, str | None]:
+    """The Z step from linked per-plane labels of the network, and why it is uncertain.
+
+    Returns:
+        ``(anisotropy, doubt)``: ``doubt`` None when the estimate can be trusted, else a
+        few words saying why not. When the cells look taller than wide even allowing for
+        the axial blur, the estimate is :data:`FALLBACK_ANISOTROPY`.
+    """
+    ratios = _ratios(labels, None)
+    if ratios is None:
+        return None, None
+    a = float(np.median(ratios))
+    if a < ANISOTROPY_RANGE[0]:
+        return FALLBACK_ANISOTROPY, ("the cells look taller than wide even allowing for blur, so a usual "
+                                     "confocal Z step is assumed; give the voxel size")
+    a = float(np.clip(a, *ANISOTROPY_RANGE))
+    if len(ratios) < MIN_CELLS_Z:
+        return a, f"only {len(ratios)} cells span 3 planes; give the voxel size"
+    return a, None
 
 
 # -- 3D watershed ----------------------------------------------------------------------------
@@ -202,10 +261,12 @@ def watershed_3d(probs: np.ndarray, anisotropy: float, *, min_size: int, foregro
                  seed_threshold: float = 0.5, h: float = H_3D) -> np.ndarray:
     """3D instances from background / interior / boundary probabilities ``(3, Z, Y, X)``.
 
-    Seeds are the h-maxima (height ``h`` pixels) of the distance transform of the interior
-    with voxels ``anisotropy`` pixels deep; a watershed of the negated distance floods the
-    foreground; foreground no seed reaches becomes objects of its own; objects under
-    ``min_size`` voxels are dropped.
+    The seed map is the distance transform of the interior (voxels ``anisotropy`` pixels
+    deep) plus :data:`SEED_WEIGHT` times ``p(interior) - p(boundary)``, smoothed over about
+    a pixel; its h-maxima (height ``h``) seed a watershed of the negated map that floods
+    the foreground; foreground no seed reaches becomes objects of its own; objects under
+    ``min_size`` voxels, or whose mean foreground probability is under
+    :data:`MIN_MEAN_FOREGROUND`, are dropped.
     """
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
@@ -214,15 +275,17 @@ def watershed_3d(probs: np.ndarray, anisotropy: float, *, min_size: int, foregro
     interior = (probs[1] > seed_threshold) & foreground
     if not interior.any():
         return np.zeros(probs.shape[1:], np.int32)
-    sampling = (anisotropy, 1.0, 1.0)
-    dist = ndi.distance_transform_edt(interior, sampling=sampling).astype(np.float32)
-    dist = ndi.gaussian_filter(dist, (1.0 / anisotropy, 1.0, 1.0))
-    peaks = (h_maxima(dist, h) > 0) & interior
-    seeds, _ = ndi.label(peaks, structure=_SIX)
-    labels = watershed(-dist, markers=seeds, mask=foreground, connectivity=1)
+    dist = ndi.distance_transform_edt(interior, sampling=(anisotropy, 1.0, 1.0)).astype(np.float32)
+    score = ndi.gaussian_filter(dist + SEED_WEIGHT * (probs[1] - probs[2]), (1.0 / anisotropy, 1.0, 1.0))
+    seeds, _ = ndi.label((h_maxima(score, h) > 0) & foreground, structure=_SIX)
+    labels = watershed(-score, markers=seeds, mask=foreground, connectivity=1)
     orphans, m = ndi.label(foreground & (labels == 0), structure=_SIX)
     if m:
         labels = np.where(orphans > 0, orphans + int(labels.max(initial=0)), labels)
+    ids = np.arange(1, int(labels.max(initial=0)) + 1)
+    if len(ids):
+        sure = ndi.mean(1.0 - probs[0], labels, ids) >= MIN_MEAN_FOREGROUND
+        labels = np.concatenate([[0], np.where(sure, ids, 0)])[labels]
     from .postprocess import remove_small_and_relabel
 
     return remove_small_and_relabel(labels, min_size)
@@ -353,8 +416,10 @@ def segment_volume_iter(
         **predict_kw: ``tile_size``, ``device``, ``batch_size``, ``amp``, ``channels_last``.
 
     Yields:
-        Progress; ``info`` holds ``anisotropy``, ``anisotropy_source``, ``method``,
-        ``views`` and ``blocks``.
+        Progress; ``info`` holds ``anisotropy``, ``anisotropy_source`` (``"voxel size"``,
+        ``"estimated"``, ``"uncertain: <why>"`` or ``"unknown"``), ``anisotropy_uncertain``
+        (True when the Z step was estimated and is not to be trusted: give ``voxel_size``),
+        ``method``, ``views`` and ``blocks``.
 
     Returns:
         int32 labels shaped like the image without its channel axis (ids unique over the
@@ -501,7 +566,7 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
     order = [spatial.index(c) for c in "ZYX"]
     Z, H, W = (vlay.out_shape[o] for o in order)
     halo = int(net.config.halo + round(net.meta.get("diameter") or 20))
-    info: dict[str, Any] = {"anisotropy": given, "anisotropy_source": "voxel size"}
+    info: dict[str, Any] = {"anisotropy": given, "anisotropy_source": "voxel size", "anisotropy_uncertain": False}
     a = given
     if a is None and mode != "semantic":
         # from a central crop: cells linked across planes, lateral vs axial spread
@@ -510,8 +575,9 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
         crop = _read(vol, vol_axes, slice(y0, y0 + side), slice(x0, x0 + side))
         p = yield from run(crop, "XY (Z step)", vol_axes)
         p = p.transpose([0] + [1 + o for o in order])
-        a = estimate_anisotropy(link_planes(probabilities_to_labels(p, mode)))
-        info.update(anisotropy=a, anisotropy_source="estimated" if a else "unknown")
+        a, doubt = anisotropy_from_cells(link_planes(probabilities_to_labels(p, mode)))
+        info.update(anisotropy=a, anisotropy_source="unknown" if a is None else f"uncertain: {doubt}" if doubt
+                    else "estimated", anisotropy_uncertain=a is None or doubt is not None)
     core = max(64, int(math.sqrt(block_voxels / Z)) - 2 * halo)
     by, bx = _blocks(H, core, halo), _blocks(W, core, halo)
     info["blocks"] = len(by) * len(bx)
