@@ -343,23 +343,12 @@ class LiveRun:
     def propose(self, image: Any, axes: str | None = None, key: Any = None) -> Proposal:
         """Cells of ``image`` as the model sees them now, with their confidence (in the
         caller's thread)."""
-        from ._progress import drain
-        from .segmentation import AS_IS, segment_iter
-
         img = np.asarray(image)
-        model = self.current_model() if self._trainer is not None else self.start_model(img)
-        diameter: Any = AS_IS
-        if self._trainer is not None and math.isfinite(self._trainer.data_diameter):
-            diameter = float(self._trainer.data_diameter)  # the scale the annotations trained at
-        elif model.meta.get("zoom_each"):
-            diameter = None  # measured by the model
-        lead = img.shape[:-1] if (img.ndim == 3 and img.shape[-1] in (3, 4)) else img.shape[-2:]
-        probs = np.zeros((model.config.num_classes, *lead[-2:]), np.float32)
-        it = self.iteration
-        labels = drain(segment_iter(img, model, device=self.device, axes=axes, diameter=diameter,
-                                    probabilities_out=probs))
-        labels = np.asarray(labels)
-        return Proposal(labels, probs, cell_confidence(probs, labels), it, key)
+        if self._trainer is None:
+            return propose(self.start_model(img), img, device=self.device, axes=axes, key=key)
+        diameter = self._trainer.data_diameter  # the scale the annotations train at
+        return propose(self.current_model(), img, device=self.device, axes=axes, key=key, iteration=self.iteration,
+                       diameter=float(diameter) if math.isfinite(diameter) else None)
 
     def request_proposal(self, image: Any, axes: str | None = None, key: Any = None) -> None:
         """Ask the background run for a proposal of ``image`` (it replaces an unserved
@@ -384,10 +373,28 @@ class LiveRun:
             self._proposal = p
 
 
+def propose(model: Any, image: Any, *, device: Any = None, axes: str | None = None, diameter: float | None = None,
+            iteration: int = 0, key: Any = None) -> Proposal:
+    """A model's cells in ``image`` with their confidence: ``segment`` as predict-to-annotate
+    runs it (``diameter``: the cells' size in pixels; None: as the model segments by
+    default), keeping the class probabilities."""
+    from ._progress import drain
+    from .segmentation import AS_IS, segment_iter
+
+    img = np.asarray(image)
+    if diameter is None and not model.meta.get("zoom_each"):
+        diameter = AS_IS  # type: ignore[assignment]
+    yx = img.shape[:2] if (img.ndim == 3 and img.shape[-1] in (3, 4)) else img.shape[-2:]
+    probs = np.zeros((model.config.num_classes, *yx), np.float32)
+    labels = np.asarray(drain(segment_iter(img, model, device=device, axes=axes, diameter=diameter,
+                                           probabilities_out=probs)))
+    return Proposal(labels, probs, cell_confidence(probs, labels), iteration, key)
+
+
 def window_cost(truth: np.ndarray, proposal: np.ndarray, area: np.ndarray, iou: float = 0.5) -> int:
     """Cells a person draws or fixes to make ``area`` right, starting from ``proposal``:
-    the true cells in the area (counted by their centre) that no proposed cell matches at
-    ``iou``, plus the proposed cells there that match no true cell (deleted). Cells the
+    the true cells with pixels in the area that no proposed cell matches at ``iou`` (both
+    cut to the area), plus the proposed cells there that match no true cell (deleted). Cells the
     proposal already has right are accepted and cost nothing."""
     from .metrics import matching
 
@@ -415,6 +422,7 @@ __all__ = [
     "LiveRun",
     "Proposal",
     "cell_confidence",
+    "propose",
     "region_for_cells",
     "uncertain_order",
     "uncertainty_image",
