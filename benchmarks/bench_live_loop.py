@@ -7,7 +7,7 @@ had right (matched at IoU 0.5) is merely accepted and costs nothing -- and the l
 trains. Three arms, in one run, from the same starting model:
 
 * **(a) today's batch loop**: pick a window (``--window`` px) at random in a pool image,
-  make every cell in it right, then *Train on this*: ``fine_tune`` on everything
+  make every cell in it (or cut by its edge) right, then *Train on this*: ``fine_tune`` on everything
   annotated so far, from the previous round's model, for ``--steps`` steps (its own
   warm-up and cosine schedule each time);
 * **(b) the live loop, random windows**: the same windows, one :class:`LiveRun` learning
@@ -27,8 +27,9 @@ of (b) and (c) scores the weights as they are after the round (what the proposal
 each arm's final AP is the model it hands out: (a) the last ``fine_tune``, (b) and (c) the
 model :meth:`LiveRun.stop` keeps. Validation is off in every arm (``val_fraction=0``):
 annotated windows are too small to cut a validation strip from, so the kept model is the
-last. The annotations are cut to the corrected area (region masks): cells cut by a
-window's edge stay cut, as a rectangle drawn in the Annotate widget cuts them.
+last. The annotations are the corrected area (region masks): the window and the whole of
+every cell it touches (a person paints a cell at the edge whole; cut cells would also
+skew the cell size that the stained model's per-image zoom is measured from).
 
 Last line: ``RESULT a_cells=N a_ap=X b_cells_to_a=N b_ap=X c_cells_to_a=N c_ap=X``, where
 ``*_cells_to_a`` is the cells drawn or fixed before an arm first reached (a)'s final
@@ -149,8 +150,10 @@ def proposal_in(propose, image: np.ndarray, box: tuple[slice, slice], context: i
 def window_round(person: Person, k: int, box, propose) -> int:
     from napari_unet.live import window_cost
 
-    area = np.zeros(person.truth[k].shape, bool)
+    truth = person.truth[k]
+    area = np.zeros(truth.shape, bool)
     area[box] = True
+    area |= np.isin(truth, truth[box][truth[box] > 0])  # a person paints a cell at the edge whole
     cost = window_cost(person.truth[k], proposal_in(propose, person.images[k], box), area)
     person.area[k] |= area
     return cost

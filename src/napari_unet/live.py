@@ -163,6 +163,7 @@ class LiveRun:
         self._request: tuple[np.ndarray, str | None, Any] | None = None
         self._proposal: Proposal | None = None
         self.result: Any = None  # the kept model, once stopped
+        self.kept_path: Any = None  # ... and its file, with a checkpoint folder
         self.error: BaseException | None = None
         self.last: dict[str, Any] = {}  # the last progress record's info
 
@@ -314,8 +315,8 @@ class LiveRun:
     def stop(self) -> Any:
         """End the run and return the kept model: the best by validation on the current
         annotations (the last weights when never validated), finished as a training run
-        finishes (``best.pt`` written when there is a checkpoint folder); None when it
-        never trained. Safe to call twice."""
+        finishes (written as ``best.pt`` in the checkpoint folder, or ``last.pt`` when never
+        validated: :attr:`kept_path`); None when it never trained. Safe to call twice."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -326,6 +327,9 @@ class LiveRun:
                 self._gen.close()
             with self._net_lock:
                 self.result = self._trainer.end("stopped")
+            ckpt = self._trainer.ckpt
+            if ckpt is not None:  # never validated: the last weights are the kept ones
+                self.kept_path = ckpt / "best.pt" if (ckpt / "best.pt").is_file() else ckpt / "last.pt"
         return self.result
 
     # -- proposals ----------------------------------------------------------------------------
