@@ -65,7 +65,6 @@ shared tiles are in the commit that last changed this docstring.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -92,7 +91,7 @@ def load(args: argparse.Namespace) -> tuple | None:
         return _read(args.images), _read(args.labels), _read(args.test_images), _read(args.test_labels)
     if not DATA.is_dir():
         return None
-    files = lambda names, kind: [str(DATA / f"{n}_{kind}.tif") for n in names]  # noqa: E731
+    files = lambda names, kind: [str(DATA / f"{n}_{kind}.tif") for n in names]
     return (_read(files(POOL, "image")), _read(files(POOL, "labels")),
             _read(files(TEST, "image")), _read(files(TEST, "labels")))
 
@@ -166,7 +165,7 @@ def arm_batch(data, wins, args, start, test) -> list[dict]:
     person, model, curve = Person(data[0], data[1]), start, []
     curve.append(dict(round=0, cells=0, wall=0.0, ap=pooled_ap(model, *test)))
     for r, (k, box) in enumerate(wins, start=1):
-        cost = window_round(person, k, box, lambda im: propose(model, im, device="cpu").labels)
+        cost = window_round(person, k, box, lambda im, m=model: propose(m, im, device="cpu").labels)
         person.cells += cost
         person.wall += cost * args.seconds_per_cell
         t0 = time.perf_counter()

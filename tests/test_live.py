@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.live import LiveRun, cell_confidence, region_for_cells, uncertain_order, uncertainty_image, window_cost
+from napari_unet.live import (
+    STEPS_PER_CHANGE,
+    LiveRun,
+    cell_confidence,
+    region_for_cells,
+    uncertain_order,
+    uncertainty_image,
+    window_cost,
+)
 from napari_unet.model import UNet, load_model
 from napari_unet.synthetic import make_sample
 
@@ -94,6 +102,13 @@ def test_live_run_learns_from_the_set_as_it_changes(tmp_path):
     run.set_annotation("b", *_data(1), region="all")  # and a second image
     run.train(3)
     assert len(run._trainer.data) == 2 and run._trainer.data.items[0].counted > first_counted
+    # a person who keeps painting: the next version waits until the run made a few steps on this one
+    data = run._trainer.data
+    run.set_annotation("b", *_data(2), region="all")
+    run._apply_changes()
+    assert run._trainer.data is data
+    run.train(STEPS_PER_CHANGE)
+    assert run._trainer.data is not data
     p = run.propose(img, key="view")
     assert p.labels.shape == img.shape and p.probabilities.shape == (3, *img.shape) and p.key == "view"
     assert set(p.confidence) == set(np.unique(p.labels)) - {0}

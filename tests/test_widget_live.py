@@ -3,7 +3,6 @@ paints, proposals beside their labels, accept / reject / next, stop and close.""
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -87,7 +86,7 @@ def test_live_trains_while_painting_and_refreshes_the_proposal(qtbot, widget):
 
 def test_the_loop_never_writes_the_persons_labels(qtbot, widget):
     w = widget
-    labels, run = live_with_two_cells(qtbot, w)
+    labels, _ = live_with_two_cells(qtbot, w)
     before, undo = labels.data.copy(), len(labels._undo_history)
     seen = w.live.proposal.iteration
     qtbot.waitUntil(lambda: w.live.proposal.iteration > seen + 2, timeout=WAIT_MS)

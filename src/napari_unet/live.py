@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +45,9 @@ DEFAULT_THREADS = 1
 VAL_EVERY = 25
 #: the ring (pixels) around a cell whose probability margin counts in its confidence
 RING = 2
+#: steps a run makes on one version of the annotations before it takes the next (preparing
+#: the data and scoring the best weights again take a few steps' time)
+STEPS_PER_CHANGE = 5
 #: a live run never ends by itself: its step count is this (the Trainer's "no end")
 ENDLESS = 10**9
 
@@ -155,6 +157,7 @@ class LiveRun:
         self._lock = threading.Lock()  # annotations, requests, results
         self._net_lock = threading.Lock()  # the weights: a step, or a copy of them
         self._trainer: Any = None
+        self._data_step = 0  # the step from which the run learns from the data it has
         self._gen: Any = None
         self._start_model: Any = None
         self._thread: threading.Thread | None = None
@@ -204,6 +207,8 @@ class LiveRun:
         """Hand the annotations to the trainer when they changed (the first: make it); False
         while there is nothing to learn from."""
         with self._lock:
+            if self._trainer is not None and self.iteration - self._data_step < STEPS_PER_CHANGE:
+                return True  # a person who keeps painting must not keep the run preparing data
             changed, self._changed = self._changed, False
             usable = self._usable()
         if not changed:
@@ -218,11 +223,13 @@ class LiveRun:
 
             self._trainer = Trainer(images, labels, self.start_model(images[0]), regions=regions, **self.options)
             self._gen = self._trainer.fit()
+            self._data_step = 0
             return True
         t = self._trainer
         with self._net_lock:
             t.set_data(images, labels, regions)
             self._rescore_best()
+        self._data_step = self.iteration
         return True
 
     def _rescore_best(self) -> None:
@@ -309,7 +316,7 @@ class LiveRun:
                 if not self._advance():
                     self._wake.wait(0.1)
                     self._wake.clear()
-        except BaseException as exc:  # shown by the caller (the widget's status line)
+        except BaseException as exc:  # noqa: BLE001 -- shown by the caller (the widget's status line)
             self.error = exc
 
     def stop(self) -> Any:

@@ -33,6 +33,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, Label, PushButton
 
 from ..annotate import Edit, bounding_box, next_free_id
+from ..live import DEFAULT_THREADS
 from ._common import add_or_update_layer, on_close, row, set_status, show_error_in
 
 #: how often the view is predicted again (ms) and how often results are picked up
@@ -71,6 +72,7 @@ class LiveSection:
                         self.info]
         self.run: Any = None
         self.folder: Path | None = None
+        self.threads = DEFAULT_THREADS
         self.kept_path: Path | None = None
         self.proposal: Any = None  # the Proposal shown
         self._shown: tuple | None = None  # (plane, box) of the proposal shown
@@ -125,7 +127,7 @@ class LiveSection:
             self.switch.value = False
             return False
         folder = self.folder or Path(tempfile.mkdtemp(prefix="napari-unet-live-"))
-        self.run = LiveRun(model, device=w.device.value, checkpoint_dir=folder)
+        self.run = LiveRun(model, device=w.device.value, threads=self.threads, checkpoint_dir=folder)
         self.run.start()
         self._dirty, self._set_names, self._visited = True, [], []
         self._rejected = None
