@@ -96,6 +96,12 @@ def load(args: argparse.Namespace) -> tuple | None:
             _read(files(TEST, "image")), _read(files(TEST, "labels")))
 
 
+#: post-processing options of the scoring (``--thresholds``): the model's own (what
+#: ``segment`` uses), or the package defaults for every model
+THRESHOLDS = {"model": {}, "standard": {"foreground_threshold": 0.5, "seed_threshold": 0.5, "h": 1.0}}
+SCORING: dict = {}
+
+
 def pooled_ap(model, images, labels) -> float:
     """AP@0.5 pooled over the test images: TP / (TP + FP + FN)."""
     from napari_unet import segment
@@ -103,7 +109,7 @@ def pooled_ap(model, images, labels) -> float:
 
     tp = fp = fn = 0
     for img, gt in zip(images, labels):
-        r = matching(gt, segment(img, model, device="cpu"), 0.5)
+        r = matching(gt, segment(img, model, device="cpu", **SCORING), 0.5)
         tp, fp, fn = tp + r["tp"], fp + r["fp"], fn + r["fn"]
     return tp / max(tp + fp + fn, 1)
 
@@ -243,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=None, help="starting model (default: the bundled model the images pick)")
+    ap.add_argument("--thresholds", choices=sorted(THRESHOLDS), default="model",
+                    help="score with the model's own post-processing thresholds (as segment does) or the "
+                    "package defaults (fg 0.5, seed 0.5, h 1)")
     args = ap.parse_args(argv)
+    SCORING.update(THRESHOLDS[args.thresholds])
     data = load(args)
     if data is None:
         print(f"[bench_live_loop] skipped: {DATA} not found and no --images given")
