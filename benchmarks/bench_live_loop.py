@@ -146,7 +146,7 @@ def proposal_in(propose, image: np.ndarray, box: tuple[slice, slice], context: i
     """The model's cells in ``box`` of ``image`` (predicted with ``context`` pixels around)."""
     h, w = image.shape[:2]
     ctx = tuple(slice(max(s.start - context, 0), min(s.stop + context, n)) for s, n in zip(box, (h, w)))
-    labels = propose(image[ctx])
+    labels = propose(image[ctx], image)
     out = np.zeros((h, w), np.int32)
     out[ctx] = labels
     return out
@@ -171,7 +171,7 @@ def arm_batch(data, wins, args, start, test) -> list[dict]:
     person, model, curve = Person(data[0], data[1]), start, []
     curve.append(dict(round=0, cells=0, wall=0.0, ap=pooled_ap(model, *test)))
     for r, (k, box) in enumerate(wins, start=1):
-        cost = window_round(person, k, box, lambda im, m=model: propose(m, im, device="cpu").labels)
+        cost = window_round(person, k, box, lambda im, ref, m=model: propose(m, im, device="cpu", reference=ref).labels)
         person.cells += cost
         person.wall += cost * args.seconds_per_cell
         t0 = time.perf_counter()
@@ -217,7 +217,7 @@ def arm_live(data, wins, args, start, test, by_confidence: bool, cell_budget: in
             cost = spent
         else:
             k, box = wins[r - 1]
-            cost = window_round(person, k, box, lambda im: run.propose(im).labels)
+            cost = window_round(person, k, box, lambda im, ref: run.propose(im, reference=ref).labels)
         person.cells += cost
         person.wall += cost * args.seconds_per_cell  # training runs meanwhile
         run.set_annotation(k, *person.annotation(k))

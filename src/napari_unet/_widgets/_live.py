@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, Label, PushButton
 
-from ..annotate import Edit, bounding_box, next_free_id
+from ..annotate import Edit, next_free_id
 from ..live import DEFAULT_THREADS
 from ._common import add_or_update_layer, on_close, row, set_status, show_error_in
 
@@ -209,10 +209,10 @@ class LiveSection:
         if not area.any():
             run.remove_annotation("in view")
             return
-        box = tuple(slice(max(s.start - CONTEXT, 0), s.stop + CONTEXT) for s in bounding_box(area))
-        image = np.asarray(self._image_data()[plane + box])
-        region = "all" if (w.complete.value and w.region.value is None) else area[box]
-        run.set_annotation("in view", image, lab[box], region)
+        # the whole plane (normalised as a whole, as proposals of the view are), the rest ignored
+        image = np.asarray(self._image_data()[plane])
+        region = "all" if (w.complete.value and w.region.value is None) else area
+        run.set_annotation("in view", image, lab, region)
 
     def _image_data(self) -> Any:
         from ._common import layer_data
@@ -244,7 +244,8 @@ class LiveSection:
         H, W = labels.data.shape[-2:]
         ctx = tuple(slice(max(s.start - CONTEXT, 0), min(s.stop + CONTEXT, n)) for s, n in zip(box, (H, W)))
         axes = layer_axes(image, "auto")[-3 if image.rgb else -2:]
-        run.request_proposal(np.asarray(self._image_data()[plane + ctx]), axes=axes, key=(plane, ctx, box))
+        whole = self._image_data()[plane]
+        run.request_proposal(np.asarray(whole[ctx]), axes=axes, key=(plane, ctx, box), reference=whole)
         self._asked = time.perf_counter()
         self._show_info()
 
