@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     w.live.refresh()
     wait(lambda: w.live.proposal is not None and w.live.proposal.iteration >= asked)
     w.live.next_uncertain()
+    asked = w.live.run.iteration
+    w.live.refresh()  # the view moved: its proposal
+    wait(lambda: w.live.proposal.iteration > asked)
     for width, height in ((1280, 800), (1920, 1080)):
         viewer.window.resize(width, height)
         wait(lambda: True)

@@ -162,9 +162,8 @@ class LiveSection:
             return None
         w.model.source.value = w.model.FILE
         w.model.file.value = self.kept_path
-        score = run.best_score
-        scored = f" (validation score {score:.2f})" if score is not None else ""
-        set_status(w.status, f"Live learning stopped after {run.iteration} steps: the best model{scored} is kept in "
+        what = "best model" if self.kept_path.name == "best.pt" else "model (too few cells to validate: the last)"
+        set_status(w.status, f"Live learning stopped after {run.iteration} steps: the {what} is kept in "
                    f"{self.kept_path}; 'Predict to annotate' now uses it")
         self.info.value = "Off."
         return kept
@@ -256,8 +255,7 @@ class LiveSection:
         if not run.iteration:
             text = "Live: waiting for cells to learn from" if not run.annotations else "Live: starting..."
         else:
-            score = run.best_score
-            text = f"Live: step {run.iteration}" + (f", best validation score {score:.2f}" if score is not None else "")
+            text = f"Live: step {run.iteration}"
         if self.proposal is not None:
             text += f"; proposal from step {self.proposal.iteration}, {len(self.proposal.confidence)} cells"
         self.info.value = text
@@ -301,9 +299,9 @@ class LiveSection:
         doubt[box] = uncertainty_image(cells, kept)
         self.proposal, self._shown = p, (plane, box)
         self.proposal.confidence = kept
-        self._proposal_layer = self._layer(full, "live proposal", "labels", opacity=0.5)
         self._doubt_layer = self._layer(doubt, "live uncertainty", "image", colormap="magma", blending="additive",
-                                        contrast_limits=(0.0, 1.0), opacity=0.8)
+                                        contrast_limits=(0.0, 0.6), opacity=0.7)
+        self._proposal_layer = self._layer(full, "live proposal", "labels", opacity=0.9)
         self._doubt_layer.visible = bool(self.show_uncertainty.value)
         self._show_info()
 
@@ -321,6 +319,7 @@ class LiveSection:
         layer = done.layer
         if done.created:
             if kind == "labels":
+                layer.contour = 2  # outlines: the person's own cells stay the filled ones
                 layer.mouse_drag_callbacks.append(self._clicked)
             layers.selection.clear()  # a new layer must not take the person's brush
             layers.selection.update(selected)
