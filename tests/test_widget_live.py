@@ -147,6 +147,11 @@ def test_stopping_keeps_the_best_model_for_predict(qtbot, widget):
     on_disk = load_model(w.live.kept_path).state_dict()
     assert all(torch.equal(v, on_disk[k]) for k, v in kept.state_dict().items())
     assert "kept" in w.status.value
+    w.live.switch.value = True  # again: a new run, from the kept model, in a folder of its own
+    again = w.live.run
+    qtbot.waitUntil(lambda: again.iteration >= 1 or again.error is not None, timeout=WAIT_MS)
+    assert again.error is None and again._trainer.ckpt != run._trainer.ckpt
+    w.live.switch.value = False
 
 
 def test_closing_the_dock_ends_the_run(qtbot, widget):

@@ -51,7 +51,8 @@ class LiveSection:
 
     Attributes for scripts and tests: ``switch``, ``show_uncertainty``, ``next_button``,
     ``accept_region_button``, ``info``, ``run`` (the :class:`LiveRun`, None when off),
-    ``folder`` (where the kept model goes; None: a temporary folder), ``kept_path``.
+    ``folder`` (where each run's folder with its kept model goes; None: the temporary
+    folder), ``kept_path``.
     """
 
     def __init__(self, widget: Any) -> None:
@@ -126,7 +127,8 @@ class LiveSection:
             show_error_in(w.status, exc)
             self.switch.value = False
             return False
-        folder = self.folder or Path(tempfile.mkdtemp(prefix="napari-unet-live-"))
+        # a folder of its own for each run (a checkpoint folder holds one run)
+        folder = Path(tempfile.mkdtemp(prefix="napari-unet-live-", dir=self.folder))
         self.run = LiveRun(model, device=w.device.value, threads=self.threads, checkpoint_dir=folder)
         self.run.start()
         self._dirty, self._set_names, self._visited = True, [], []
