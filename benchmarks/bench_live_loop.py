@@ -68,6 +68,19 @@ each round, cells drawn or fixed so far in brackets; the stained model starts at
     (c) ranked   0.669 (6)   0.633 (12)  0.729 (18)  0.715 (24)  0.615 (31)  0.611 (38)  0.335 (51)   0.257 (102)
     RESULT a_cells=102 a_ap=0.487 b_cells_to_a=0 b_ap=0.548 c_cells_to_a=0 c_ap=0.257
 
+The same with ``--thresholds standard`` (every arm scored with the package's default
+post-processing; 485 s; the start scores 0.722 so)::
+
+    round        1           2           3           4           6           7           8     kept
+    (a) batch    0.693 (17)  0.663 (49)  0.697 (59)  0.662 (74)  0.671 (98)  0.673 (100) 0.687 (102)  0.687
+    (b) live     0.711 (17)  0.700 (35)  0.688 (47)  0.721 (66)  0.709 (99)  0.726 (101) 0.702 (105)  0.702
+    (c) ranked   0.727 (6)   0.735 (12)  0.728 (18)  0.757 (24)  0.758 (38)  0.608 (45)  0.485 (51)   0.408 (102)
+    RESULT a_cells=102 a_ap=0.687 b_cells_to_a=0 b_ap=0.702 c_cells_to_a=0 c_ap=0.408
+
+Scored so, the ranked arm passes (a)'s final AP after its first 6 cells and stays above
+it, and above the start, up to 38 cells (0.758), then collapses from round 7 on -- in
+both runs, at its third pass over tile 01 (the rounds cycle over the pool images).
+
 What it says: on these tiles every arm ends *below* the model it started from, so
 ``*_cells_to_a`` is 0 (the start is already above (a)'s end) and the comparison the
 benchmark was built for cannot be read off yet. The live loop loses less than the batch
