@@ -91,10 +91,15 @@ h 2) were chosen zero-shot on these very tiles, and fine-tuning moves the probab
 away from them (one window, 60 steps: 0.50 with the model's thresholds, 0.69 with the
 package defaults; ``--thresholds standard`` scores every arm with the defaults); (2) the
 rate: 3e-4 (``fine_tune``'s default, arm (a)) pulls the model away fast on a few cells
-(the same window: 1e-4 gave 0.64; live runs use 1e-4). A suspect for (c)'s collapse, not
-yet checked: the stained model zooms each image by the median diameter of its labelled
-cells, and the cells the ranking picks (fragments, merged pairs, faint nuclei) are not a
-fair sample of sizes.
+(the same window: 1e-4 gave 0.64; live runs use 1e-4). (3) For (c)'s collapse, the scale:
+the stained model zooms each training image by the median diameter of its *labelled*
+cells (``training_data.zoom_to_model``), and the cells the ranking picks are the large,
+merged ones: on tile 01 (median nucleus 9.8 px) the labelled cells measured 23.5 px after
+round 1, 16.9 after round 4 and 14.2 after round 7, so tile 01 was trained at 0.77x, then
+1x, then 1.27x, where ``segment`` zooms it 1.84x; the collapse starts at round 7. The 20
+least sure proposed cells of each pool tile measure 12.8 / 18.3 / 20.7 px against 9.8 /
+15.8 / 15.1 for all cells. Zooming each annotated image by the diameter the model
+measures on the whole image (as ``segment`` does) would remove that bias.
 """
 
 from __future__ import annotations
