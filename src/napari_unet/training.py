@@ -610,12 +610,19 @@ class Trainer:
         return labels
 
     def _setup_data(self, images: Sequence[Any], labels: Sequence[Any], regions: Sequence[Any] | None) -> None:
-        """Seeds, then the training and validation data: normalised once with each whole
-        image's statistics (before strips and crops are cut), split, zoomed to the model."""
-        o, in_ch, rule = self.options, self.in_ch, self.norm_rule
+        """Seeds, then the training and validation data (:meth:`set_data`)."""
+        o = self.options
         self.rng = np.random.default_rng(o.seed)
         self.gen = torch.Generator().manual_seed(o.seed)
         torch.manual_seed(o.seed)
+        self.set_data(images, labels, regions)
+
+    def set_data(self, images: Sequence[Any], labels: Sequence[Any], regions: Sequence[Any] | None) -> None:
+        """The training and validation data: normalised once with each whole image's
+        statistics (before strips and crops are cut), split, zoomed to the model. Called
+        again between steps, the next step learns from the new data (live learning,
+        :mod:`napari_unet.live`); the best score so far is then the caller's to renew."""
+        o, in_ch, rule = self.options, self.in_ch, self.norm_rule
         imgs = [normalised_whole(img, in_ch, k, rule) for k, img in enumerate(images)]
         labs = list(labels)
         regs = list(regions) if regions is not None else None
@@ -638,6 +645,8 @@ class Trainer:
                                  rng=self.rng, **recipe)
         max_edge = MAX_VAL_EDGE_MEMBRANES if self.preset == "membranes" else MAX_VAL_EDGE
         self.val = prepare_validation(va_i, va_l, va_r, self.mode, done, in_ch, **recipe, max_edge=max_edge)
+        if hasattr(self, "entry"):  # data changed during the run
+            self.entry.update(images=len(self.data), val_images=len(self.val))
 
     def _setup_optimiser(self) -> None:
         """The network on its device, mixed precision, the (wrapped) forward network and the optimiser."""
@@ -988,10 +997,16 @@ class Trainer:
             if o.early_stopping is not None and self.stale >= o.early_stopping:
                 stop = "early stopping"
                 break
+        result = self.end(stop)
+        yield Progress(it, it, f"finished ({stop})", dict(info, phase="done", iteration=it, **self.last_val))
+        return result
+
+    def end(self, stop: str) -> UNet:
+        """Close the run (``stop`` says why): the returned model (:meth:`result`), which is
+        also the final checkpoint's ``best.pt``."""
         self.entry["stopped"] = stop
         result = self.result()  # best.pt is this model (calibrated once, for membranes)
         self.checkpoint(final=True, best=result if self.run.best_state is not None else None)
-        yield Progress(it, it, f"finished ({stop})", dict(info, phase="done", iteration=it, **self.last_val))
         return result
 
     def finish(self, model: UNet) -> None:

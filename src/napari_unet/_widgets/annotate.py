@@ -77,6 +77,7 @@ from ._common import (
     status_kind,
     unique_name,
 )
+from ._live import LiveSection
 from ._sections import DevicePicker, ModelPicker, RunControls, layer_picker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -1123,11 +1124,13 @@ class AnnotateWidget(
         controls = RunControls("Predict to annotate", "Pre-fill the annotation layer from the model, then correct it",
                                "Stop; nothing is changed")
         self.progress, self.status = controls.progress, controls.status
+        self.live = LiveSection(self)
         # the form scrolls inside the dock: it is taller than a 1280x800 screen
         self.form = Container(
             widgets=[
                 header("Layers"), *self._layers_section(), *self._region_section(),
                 header("Predict to annotate"), *self._predict_section(controls),
+                header("Live learning (the model learns as you annotate)"), *self.live.widgets,
                 header("Helpers (current plane or 3D stack, undo: Ctrl+Z)"), *self._helpers_section(),
                 header("Training set"), *self._set_section(), *self._train_section(),
                 self.progress, self.status,
@@ -1142,6 +1145,7 @@ class AnnotateWidget(
         self._connect_helpers()
         self._connect_set()
         self.train_button.changed.connect(self.train_on_this)
+        self.live.connect()
         self.form.native.setMinimumWidth(320)
         self.scroll = scroll_form(self, self.form)
         self.reset_choices()

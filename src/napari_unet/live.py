@@ -1,0 +1,458 @@
+"""Live learning: a fine-tuning run that keeps going while the person annotates.
+
+:class:`LiveRun` holds the run. The person (or a script) adds or replaces annotations --
+an image with its labels and the annotated region, or complete labels -- at any time;
+the run learns from the set as it stands from its next step on, asks for proposals
+(the model's cells in an image, with a confidence per cell) and stops, keeping the best
+model. It drives the same :class:`~napari_unet.training.Trainer` as a training run (the
+same steps, validation, best-model choice and checkpoints, :meth:`Trainer.fit`), with a
+constant learning rate and no end: :meth:`Trainer.set_data` swaps the data between two
+steps, and the best weights so far are scored again on the new validation strips (so
+"best" always means best on what the person has annotated now).
+
+Two ways to drive it, with the same code underneath:
+
+* :meth:`LiveRun.start` trains in a background thread (``threads`` torch threads, 1 by
+  default: on a 2-core machine the other core stays with the viewer) and serves proposal
+  requests (:meth:`LiveRun.request_proposal`) between two steps, so only one computation
+  runs at a time and the caller's thread never runs torch;
+* :meth:`LiveRun.train` runs a number of steps in the caller's thread and
+  :meth:`LiveRun.propose` predicts there (scripts, the benchmark
+  ``benchmarks/bench_live_loop.py``).
+
+Where to look next: :func:`cell_confidence` scores each proposed cell by the model's own
+class-probability margin (most likely minus second most likely class) over the cell and a
+thin ring around it -- where a wrong cell shows itself: a missing boundary between two
+merged nuclei, a faint or half-seen nucleus, a cut-off outline. :func:`uncertain_order`
+ranks the cells, least confident first.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+#: torch threads of the background run: one leaves the other core of a 2-core machine to
+#: the viewer (measured: ``tests/test_widget_live.py``, event latency while training)
+DEFAULT_THREADS = 1
+#: steps between validations (and checkpoints) of a live run
+VAL_EVERY = 25
+#: the ring (pixels) around a cell whose probability margin counts in its confidence
+RING = 2
+#: learning rate of a live run (constant: it has no end to decay towards). Fine-tuning the
+#: stained model on one 128-px window of H&E tile 01 (its 25 cells, whole) for 60 steps,
+#: AP@0.5 on tiles 08 + 10 (0.755 before): 3e-4 (the training default) 0.50, 1e-4 0.64;
+#: a few cells pull a model away fast
+LR_LIVE = 1e-4
+#: steps a run makes on one version of the annotations before it takes the next (preparing
+#: the data and scoring the best weights again take a few steps' time)
+STEPS_PER_CHANGE = 5
+#: a live run never ends by itself: its step count is this (the Trainer's "no end")
+ENDLESS = 10**9
+
+
+@dataclass
+class Proposal:
+    """The model's cells in an image, as a live run predicted them.
+
+    Attributes:
+        labels: (H, W) cell ids.
+        probabilities: (K, H, W) class probabilities.
+        confidence: cell id -> confidence in [0, 1] (:func:`cell_confidence`).
+        iteration: the training step whose weights predicted it.
+        key: what the request named (a view, an image...), returned as given.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    confidence: dict[int, float]
+    iteration: int
+    key: Any = None
+
+    def uncertain(self) -> list[int]:
+        """Cell ids, least confident first."""
+        return uncertain_order(self.confidence)
+
+
+def cell_confidence(probabilities: np.ndarray, labels: np.ndarray, ring: int = RING) -> dict[int, float]:
+    """Per cell, the mean margin between the two most likely classes over the cell and a
+    ``ring``-pixel band around it (1: the model is sure of every pixel, 0: it hesitates
+    between two classes everywhere).
+
+    Args:
+        probabilities: (K, H, W) class probabilities.
+        labels: (H, W) cell ids (0 = background).
+        ring: width of the band around each cell.
+
+    Returns:
+        ``{cell id: confidence}``.
+    """
+    p = np.asarray(probabilities, np.float32)
+    lab = np.asarray(labels)
+    if p.ndim != 3 or p.shape[1:] != lab.shape:
+        raise ValueError(f"probabilities {p.shape} do not match labels {lab.shape}: expected (K, H, W) and (H, W)")
+    top2 = np.partition(p, p.shape[0] - 2, axis=0)[-2:] if p.shape[0] > 1 else np.stack([np.zeros_like(p[0]), p[0]])
+    margin = top2[1] - top2[0]
+    out: dict[int, float] = {}
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        grown = tuple(slice(max(s.start - ring, 0), s.stop + ring) for s in sl)
+        cell = lab[grown] == i
+        band = ndi.binary_dilation(cell, iterations=ring) if ring > 0 else cell
+        # the ring takes no pixel of another cell: their margins are theirs
+        band &= (lab[grown] == 0) | cell
+        out[i] = float(margin[grown][band].mean())
+    return out
+
+
+def uncertain_order(confidence: dict[int, float]) -> list[int]:
+    """Cell ids, least confident first (ties: the lower id first)."""
+    return sorted(confidence, key=lambda i: (confidence[i], i))
+
+
+def uncertainty_image(labels: np.ndarray, confidence: dict[int, float]) -> np.ndarray:
+    """(H, W) float32: each cell's pixels hold 1 - its confidence, the rest 0 (the overlay)."""
+    lab = np.asarray(labels)
+    lut = np.zeros(int(lab.max()) + 1 if lab.size else 1, np.float32)
+    for i, c in confidence.items():
+        if i < len(lut):
+            lut[i] = 1.0 - c
+    return lut[lab]
+
+
+@dataclass
+class _Annotation:
+    image: np.ndarray
+    labels: np.ndarray
+    region: Any  # a bool mask or "all"
+
+
+class LiveRun:
+    """A fine-tuning run that keeps learning from annotations as they change.
+
+    Args:
+        model: the starting model: a :class:`~napari_unet.model.UNet`, a model file, a
+            bundled model's name, or None (the bundled model the first image picks).
+        device: ``None``/``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``.
+        threads: torch threads of the background run (:meth:`start`).
+        checkpoint_dir: where ``last.pt``, ``best.pt`` and ``state.pt`` go (at every
+            validation, and ``best.pt`` the kept model when the run stops); None: none.
+        val_every: steps between validations.
+        **options: further :func:`napari_unet.training.train_iter` keywords (``lr``,
+            ``batch_size``, ``tile_size``, ``seed``, ``augment``...).
+    """
+
+    def __init__(self, model: Any = None, *, device: Any = None, threads: int = DEFAULT_THREADS,
+                 checkpoint_dir: Any = None, val_every: int = VAL_EVERY, **options: Any) -> None:
+        for k in ("iterations", "max_time", "schedule", "val_images", "resume", "regions"):
+            if k in options:
+                raise TypeError(f"a live run sets {k!r} itself")
+        self.model_spec, self.device, self.threads = model, device, int(threads)
+        options.setdefault("lr", LR_LIVE)
+        self.options = dict(options, device=device, checkpoint_dir=checkpoint_dir, val_every=int(val_every),
+                            iterations=ENDLESS, schedule="constant")
+        self._annotations: dict[Hashable, _Annotation] = {}
+        self._changed = False
+        self._lock = threading.Lock()  # annotations, requests, results
+        self._net_lock = threading.Lock()  # the weights: a step, or a copy of them
+        self._trainer: Any = None
+        self._data_step = 0  # the step from which the run learns from the data it has
+        self._gen: Any = None
+        self._start_model: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._request: tuple[np.ndarray, str | None, Any, Any] | None = None
+        self._proposal: Proposal | None = None
+        self.result: Any = None  # the kept model, once stopped
+        self.kept_path: Any = None  # ... and its file, with a checkpoint folder
+        self.error: BaseException | None = None
+        self.last: dict[str, Any] = {}  # the last progress record's info
+
+    # -- annotations ------------------------------------------------------------------------
+
+    def set_annotation(self, key: Hashable, image: Any, labels: Any, region: Any = None) -> None:
+        """Add (or replace, for a known ``key``) an annotated image; the run learns from it from
+        its next step on. ``region``: a bool mask of the annotated area, ``"all"`` (complete
+        labels) or None (the labelled cells and a margin). Labels with no cell and no region
+        are left out until they have one (nothing to learn)."""
+        img, lab = np.asarray(image), np.asarray(labels)
+        if lab.ndim != 2 or img.shape[:2] != lab.shape and img.shape[-2:] != lab.shape:
+            raise ValueError(f"annotation {key!r}: labels {lab.shape} must be 2D and match the image {img.shape}")
+        if isinstance(region, np.ndarray) and region.shape != lab.shape:
+            raise ValueError(f"annotation {key!r}: region {region.shape} does not match labels {lab.shape}")
+        with self._lock:
+            self._annotations[key] = _Annotation(img, lab.copy(), region.copy() if isinstance(region, np.ndarray) else region)
+            self._changed = True
+        self._wake.set()
+
+    def remove_annotation(self, key: Hashable) -> None:
+        """Forget an annotated image (no error when unknown)."""
+        with self._lock:
+            self._changed = self._annotations.pop(key, None) is not None or self._changed
+        self._wake.set()
+
+    @property
+    def annotations(self) -> list[Hashable]:
+        with self._lock:
+            return list(self._annotations)
+
+    def _usable(self) -> list[_Annotation]:
+        return [a for a in self._annotations.values()
+                if (isinstance(a.region, str) and a.region == "all") or (isinstance(a.region, np.ndarray) and a.region.any())
+                or a.labels.any()]
+
+    def _apply_changes(self) -> bool:
+        """Hand the annotations to the trainer when they changed (the first: make it); False
+        while there is nothing to learn from."""
+        with self._lock:
+            if self._trainer is not None and self.iteration - self._data_step < STEPS_PER_CHANGE:
+                return True  # a person who keeps painting must not keep the run preparing data
+            changed, self._changed = self._changed, False
+            usable = self._usable()
+        if not changed:
+            return self._trainer is not None
+        if not usable:
+            return self._trainer is not None
+        images = [a.image for a in usable]
+        labels = [a.labels for a in usable]
+        regions = [a.region for a in usable]
+        if self._trainer is None:
+            from .training import Trainer
+
+            self._trainer = Trainer(images, labels, self.start_model(images[0]), regions=regions, **self.options)
+            self._gen = self._trainer.fit()
+            self._data_step = 0
+            return True
+        t = self._trainer
+        with self._net_lock:
+            t.set_data(images, labels, regions)
+            self._rescore_best()
+        self._data_step = self.iteration
+        return True
+
+    def _rescore_best(self) -> None:
+        """The best weights so far, scored on the new validation strips (the old score was
+        on other data); without validation data the last weights are kept."""
+        from .model import clone_model
+
+        t = self._trainer
+        run = t.run
+        if run.best_state is None or not t.val:
+            return
+        probe = clone_model(t.net)
+        probe.load_state_dict(run.best_state)
+        val = t.validate(probe.to(t.dev))
+        run.best_score, run.best_loss, t.stale = val["val_ap"], val["val_loss"], 0
+
+    def start_model(self, image: Any = None) -> Any:
+        """The starting model (resolved once: the bundled model is picked by ``image``)."""
+        if self._start_model is None:
+            from .channels import resolve_model
+
+            img = None if image is None else np.asarray(image)
+            rgb = img is not None and img.ndim == 3 and img.shape[-1] in (3, 4)
+            self._start_model = resolve_model(self.model_spec, rgb, img)[0]
+        return self._start_model
+
+    # -- training -----------------------------------------------------------------------------
+
+    def _advance(self) -> bool:
+        """One record of the trainer's loop (a step or a validation) on the current
+        annotations; False when there is nothing to learn from yet."""
+        if not self._apply_changes():
+            return False
+        with self._net_lock:
+            rec = next(self._gen)
+        self.last = dict(rec.info)
+        self.last.pop("run", None)
+        return True
+
+    def train(self, steps: int) -> int:
+        """Run ``steps`` training steps in the caller's thread (validations come on top);
+        returns the step count of the run."""
+        if self.running:
+            raise RuntimeError("the live run trains in its thread: stop it before calling train()")
+        t0 = self.iteration
+        while self.iteration < t0 + steps:
+            if not self._advance():
+                raise ValueError("nothing to learn from yet: add an annotation with at least one cell")
+        return self.iteration
+
+    @property
+    def iteration(self) -> int:
+        return 0 if self._trainer is None else int(self._trainer.iteration)
+
+    @property
+    def best_score(self) -> float | None:
+        """The best validation score so far (None before the first validation)."""
+        if self._trainer is None or not math.isfinite(self._trainer.run.best_score):
+            return None
+        return float(self._trainer.run.best_score)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> LiveRun:
+        """Train in a background thread until :meth:`stop`."""
+        if self.running:
+            return self
+        if self.result is not None:
+            raise RuntimeError("this live run was stopped; start a new one (from its kept model)")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="napari-unet live run", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, self.threads))
+        try:
+            while not self._stop.is_set():
+                self._serve_request()
+                if not self._advance():
+                    self._wake.wait(0.1)
+                    self._wake.clear()
+        except BaseException as exc:  # noqa: BLE001 -- shown by the caller (the widget's status line)
+            self.error = exc
+
+    def stop(self) -> Any:
+        """End the run and return the kept model: the best by validation on the current
+        annotations (the last weights when never validated), finished as a training run
+        finishes (written as ``best.pt`` in the checkpoint folder, or ``last.pt`` when never
+        validated: :attr:`kept_path`); None when it never trained. Safe to call twice."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.result is None and self._trainer is not None:
+            if self._gen is not None:
+                self._gen.close()
+            with self._net_lock:
+                self.result = self._trainer.end("stopped")
+            ckpt = self._trainer.ckpt
+            if ckpt is not None:  # never validated: the last weights are the kept ones
+                self.kept_path = ckpt / "best.pt" if (ckpt / "best.pt").is_file() else ckpt / "last.pt"
+        return self.result
+
+    # -- proposals ----------------------------------------------------------------------------
+
+    def current_model(self) -> Any:
+        """A CPU copy of the weights as they are now (the starting model before any step)."""
+        from .model import clone_model
+
+        if self._trainer is None:
+            return self._start_model
+        with self._net_lock:
+            model = clone_model(self._trainer.net)
+        return model.eval()
+
+    def propose(self, image: Any, axes: str | None = None, key: Any = None, reference: Any = None) -> Proposal:
+        """Cells of ``image`` (cut from ``reference``, see :func:`propose`) as the model sees
+        them now, with their confidence (in the caller's thread)."""
+        img = np.asarray(image)
+        if self._trainer is None:
+            return propose(self.start_model(img), img, device=self.device, axes=axes, key=key, reference=reference)
+        diameter = self._trainer.data_diameter  # the scale the annotations train at
+        return propose(self.current_model(), img, device=self.device, axes=axes, key=key, iteration=self.iteration,
+                       diameter=float(diameter) if math.isfinite(diameter) else None, reference=reference)
+
+    def request_proposal(self, image: Any, axes: str | None = None, key: Any = None, reference: Any = None) -> None:
+        """Ask the background run for a proposal of ``image`` (it replaces an unserved
+        request); :meth:`take_proposal` returns it once made."""
+        with self._lock:
+            self._request = (np.asarray(image), axes, key, reference)
+        self._wake.set()
+
+    def take_proposal(self) -> Proposal | None:
+        """The proposal made since the last call, or None."""
+        with self._lock:
+            p, self._proposal = self._proposal, None
+        return p
+
+    def _serve_request(self) -> None:
+        with self._lock:
+            req, self._request = self._request, None
+        if req is None:
+            return
+        p = self.propose(*req)
+        with self._lock:
+            self._proposal = p
+
+
+def propose(model: Any, image: Any, *, device: Any = None, axes: str | None = None, diameter: float | None = None,
+            reference: Any = None, iteration: int = 0, key: Any = None) -> Proposal:
+    """A model's cells in ``image`` with their confidence: ``segment`` as predict-to-annotate
+    runs it (``diameter``: the cells' size in pixels; None: as the model segments by
+    default), keeping the class probabilities. ``reference``: the whole image that
+    ``image`` is cut from, whose statistics normalise it (as training normalises the
+    whole annotated image), so a view of a few bright cells is not stretched otherwise."""
+    import copy
+
+    from ._progress import drain
+    from .segmentation import AS_IS, segment_iter
+
+    img = np.asarray(image)
+    if reference is not None:
+        from .tiling import parse_axes, with_normalization_of
+
+        ref = np.asarray(reference)
+        fixed = with_normalization_of(model, ref, parse_axes(ref.shape, axes)).meta["normalization"]
+        model = copy.copy(model)
+        model.meta = {**model.meta, "normalization": fixed}
+    if diameter is None and not model.meta.get("zoom_each"):
+        diameter = AS_IS  # type: ignore[assignment]
+    yx = img.shape[:2] if (img.ndim == 3 and img.shape[-1] in (3, 4)) else img.shape[-2:]
+    probs = np.zeros((model.config.num_classes, *yx), np.float32)
+    labels = np.asarray(drain(segment_iter(img, model, device=device, axes=axes, diameter=diameter,
+                                           probabilities_out=probs)))
+    return Proposal(labels, probs, cell_confidence(probs, labels), iteration, key)
+
+
+def window_cost(truth: np.ndarray, proposal: np.ndarray, area: np.ndarray, iou: float = 0.5) -> int:
+    """Cells a person draws or fixes to make ``area`` right, starting from ``proposal``:
+    the true cells with pixels in the area that no proposed cell matches at ``iou`` (both
+    cut to the area), plus the proposed cells there that match no true cell (deleted). Cells the
+    proposal already has right are accepted and cost nothing."""
+    from .metrics import matching
+
+    t = np.where(area, truth, 0)
+    p = np.where(area, proposal, 0)
+    r = matching(t, p, iou)
+    return int(r["fn"] + r["fp"])
+
+
+def region_for_cells(truth: np.ndarray, proposal: np.ndarray, cells: Sequence[int], margin: int = 3) -> np.ndarray:
+    """The area a person makes right when they fix the proposed ``cells``: those cells and
+    every true cell they touch, grown by ``margin`` pixels, without the pixels of other
+    true cells that the grown area only clips."""
+    chosen = np.isin(proposal, list(cells))
+    touched = np.unique(truth[chosen])
+    touched = touched[touched > 0]
+    area = chosen | np.isin(truth, touched)
+    grown = ndi.binary_dilation(area, iterations=margin) if margin > 0 else area
+    clipped = (truth > 0) & ~np.isin(truth, touched) & grown
+    return grown & ~clipped
+
+
+__all__ = [
+    "DEFAULT_THREADS",
+    "LiveRun",
+    "Proposal",
+    "cell_confidence",
+    "propose",
+    "region_for_cells",
+    "uncertain_order",
+    "uncertainty_image",
+    "window_cost",
+]
