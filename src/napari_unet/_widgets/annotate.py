@@ -61,6 +61,7 @@ from ..annotate import (
 )
 from ..targets import DEFAULT_MARGIN
 from ._common import (
+    AP_HELP,
     META_KEY,
     add_or_update_layer,
     header,
@@ -76,6 +77,7 @@ from ._common import (
     show_error_in,
     status_kind,
     unique_name,
+    wrapped,
 )
 from ._sections import DevicePicker, ModelPicker, RunControls, layer_picker
 
@@ -181,6 +183,12 @@ def run_scores(job: ScoreJob) -> Generator[Progress, None, ScoreResult]:
         )
     score = float(np.mean(scores)) if scores else None
     return ScoreResult(score, scores, labels)
+
+
+def _improved(model: Any) -> bool:
+    """False when the training run that made ``model`` did not improve on its starting model."""
+    history = model.meta.get("history") if model is not None else None
+    return not history or history[-1].get("improved") is not False
 
 
 def _painted_max(event: Any) -> int:
@@ -643,8 +651,11 @@ class _HelpersSection:
         self.cut_line_button = PushButton(text="Draw cut line", tooltip="Draw a line across a cell in "
                                           "'<image> cut lines', then press Split")
         self.split_button = PushButton(text="Split", tooltip="Split the cell under the last cut line in two")
-        self.merge_a = SpinBox(label="Merge id", value=0, min=0, max=2**31 - 1)
-        self.merge_b = SpinBox(label="with id", value=0, min=0, max=2**31 - 1)
+        self.merge_a = SpinBox(label="Merge id", value=0, min=0, max=2**31 - 1,
+                               tooltip="The id of the first cell (hover over a cell in the viewer: napari "
+                               "shows its id in the status bar); the merged cell keeps this id")
+        self.merge_b = SpinBox(label="with id", value=0, min=0, max=2**31 - 1,
+                               tooltip="The id of the cell to join to the first one")
         self.merge_button = PushButton(text="Merge", tooltip="Give both cells the first id (undoable)")
         return [row(self.next_id_button, self.fill_holes_button), self.min_size, self.remove_small_button,
                 row(self.cut_line_button, self.split_button), self.merge_a, self.merge_b, self.merge_button]
@@ -968,11 +979,11 @@ class _TrainOnThisSection:
     def _train_section(self) -> list[Any]:
         self.last_scores: dict[str, Any] = {}
         self._train_widget: Any = None
+        self._model_before: Any = None  # the Train widget's model when "Train on this" started it
         self.train_button = PushButton(text="Train on this", tooltip="Open the Train widget with this set and "
                                        "start training; the open image is segmented again when it ends")
-        self.score = Label(value="", label="Score")
-        self.score.tooltip = "AP@0.5 (TP / (TP+FP+FN) at IoU 0.5) against your annotations"
-        self.score.native.setWordWrap(True)
+        self.score = wrapped(Label(value="", label="Score"))
+        self.score.tooltip = AP_HELP
         return [self.train_button, self.score]
 
     def train_widget(self) -> Any:
@@ -1026,6 +1037,7 @@ class _TrainOnThisSection:
         except ValueError as exc:
             show_error_in(self.status, exc)
             return
+        self._model_before = train.trained_model  # what a cancelled run may replace (the Train widget keeps its best)
         worker = train.run()
         if worker is None:
             show_error_in(self.status, f"The Train widget did not start: {train.status.value}")
@@ -1038,9 +1050,15 @@ class _TrainOnThisSection:
         model = getattr(train, "trained_model", None)
         outcome = getattr(train.runner, "last_outcome", None)
         if outcome == "cancelled":
-            # the person stopped it: no new predictions, and Predict to annotate keeps its model
-            set_status(self.status, "Training was cancelled (see the Train widget); the image was not "
-                       "segmented again and 'Predict to annotate' keeps its model", "warning")
+            # no new predictions; say which model 'Predict to annotate' uses now
+            text = "Training was cancelled (see the Train widget); the image was not segmented again"
+            if model is self._model_before or self.model.source.value != self.TRAINED:
+                text += " and 'Predict to annotate' keeps its model"
+            elif _improved(model):
+                text += ". 'Predict to annotate' uses the Train widget's model, which is now the best model of the cancelled run"
+            else:
+                text += ". 'Predict to annotate' keeps the same weights: the cancelled run did not improve on its starting model"
+            set_status(self.status, text, "warning")
             return None
         if model is None or outcome != "done":
             show_error_in(self.status, "Training did not produce a model (see the Train widget)")
@@ -1071,8 +1089,12 @@ class _TrainOnThisSection:
             self.last_scores["layer"] = w.layer.name
             where = f" The new model's predictions are in '{w.layer.name}'" + (f" ({w.note})" if w.note else "") + ";"
         self._show_score()
+        if _improved(self._train_widget.trained_model):
+            set_status(self.status, f"Trained. {self.score.value}.{where} 'Predict to annotate' now uses the new model")
+        else:
+            set_status(self.status, f"Training did not improve on the starting model (see the Train widget), so it "
+                       f"is kept. {self.score.value}.{where} 'Predict to annotate' uses it", "warning")
         self._raise_dock()
-        set_status(self.status, f"Trained. {self.score.value}.{where} 'Predict to annotate' now uses the new model")
 
     def _raise_dock(self) -> None:
         """Bring this dock to the front (the Train dock may be tabbed over it)."""
@@ -1084,6 +1106,16 @@ class _TrainOnThisSection:
         if parent is not None:
             parent.show()
             parent.raise_()
+        # the score and the status line sit low in the form: scroll them into view
+        from qtpy.QtCore import QTimer
+
+        self._show_result()
+        QTimer.singleShot(0, self._show_result)  # again once the new texts are laid out
+
+    def _show_result(self) -> None:
+        self.form.native.layout().activate()
+        for w in (self.status, self.score):  # the score last: it is above the status line
+            self.scroll.ensureWidgetVisible(w.native, 0, 8)
 
     def _show_score(self) -> None:
         s = self.last_scores
@@ -1098,7 +1130,7 @@ class _TrainOnThisSection:
         if s.get("on") == "training entries":
             text += " (no held-out entry: optimistic)"
         self.score.value = text
-        self.score.tooltip = text
+        self.score.tooltip = f"{text}. {AP_HELP}"
 
 
 class AnnotateWidget(
