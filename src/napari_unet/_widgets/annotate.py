@@ -35,6 +35,7 @@ layer's scale, as 3D training does (``volume.stack_planes``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -980,6 +981,7 @@ class _TrainOnThisSection:
         self.last_scores: dict[str, Any] = {}
         self._train_widget: Any = None
         self._model_before: Any = None  # the Train widget's model when "Train on this" started it
+        self._follow_result_until = 0.0  # keep the result in view while the form settles (monotonic time)
         self.train_button = PushButton(text="Train on this", tooltip="Open the Train widget with this set and "
                                        "start training; the open image is segmented again when it ends")
         self.score = wrapped(Label(value="", label="Score"))
@@ -1055,7 +1057,7 @@ class _TrainOnThisSection:
             if model is self._model_before or self.model.source.value != self.TRAINED:
                 text += " and 'Predict to annotate' keeps its model"
             elif _improved(model):
-                text += ". 'Predict to annotate' uses the Train widget's model, which is now the best model of the cancelled run"
+                text += ". 'Predict to annotate' uses the Train widget's model, which is now the one the cancelled run kept"
             else:
                 text += ". 'Predict to annotate' keeps the same weights: the cancelled run did not improve on its starting model"
             set_status(self.status, text, "warning")
@@ -1106,16 +1108,19 @@ class _TrainOnThisSection:
         if parent is not None:
             parent.show()
             parent.raise_()
-        # the score and the status line sit low in the form: scroll them into view
-        from qtpy.QtCore import QTimer
-
+        # the score and the status line sit low in the form: scroll them into view, now and while
+        # the form settles (a dock shown for the first time fits its texts, and rows move)
+        self._follow_result_until = time.monotonic() + 1.0
         self._show_result()
-        QTimer.singleShot(0, self._show_result)  # again once the new texts are laid out
+
+    def _form_range_changed(self, *_: Any) -> None:
+        if time.monotonic() < self._follow_result_until:
+            self._show_result()
 
     def _show_result(self) -> None:
-        self.form.native.layout().activate()
-        for w in (self.status, self.score):  # the score last: it is above the status line
-            self.scroll.ensureWidgetVisible(w.native, 0, 8)
+        self.scroll.ensureWidgetVisible(self.status.native, 0, 8)
+        if self.score.native.visibleRegion().isEmpty():  # a long status: its start and the score
+            self.scroll.ensureWidgetVisible(self.score.native, 0, 8)
 
     def _show_score(self) -> None:
         s = self.last_scores
@@ -1176,6 +1181,7 @@ class AnnotateWidget(
         self.train_button.changed.connect(self.train_on_this)
         self.form.native.setMinimumWidth(320)
         self.scroll = scroll_form(self, self.form)
+        self.scroll.verticalScrollBar().rangeChanged.connect(self._form_range_changed)
         self.reset_choices()
         self._image_changed()
         self._refresh_entries()
