@@ -220,6 +220,7 @@ COLLAPSED_ARROW, EXPANDED_ARROW = "▶", "▼"
 
 def folded(sections: list[tuple[str, Container]]) -> Container:
     """A magicgui row holding folded-away (superqt ``QCollapsible``) sections."""
+    from qtpy.QtGui import QIcon
     from superqt import QCollapsible
 
     holder = Container(widgets=[], labels=False)
@@ -229,9 +230,12 @@ def folded(sections: list[tuple[str, Container]]) -> Container:
     holder.sections = []  # the QCollapsibles (tests and the screenshot script expand them)
     for title, inner in sections:
         inner.margins = (0, 0, 0, 0)
-        # ▶ folded, ▼ open (superqt's ▲ for folded reads as open)
-        box = QCollapsible(title, expandedIcon=EXPANDED_ARROW, collapsedIcon=COLLAPSED_ARROW)
-        box.toggleButton().setToolTip(f"Show or hide: {title}")
+        # the arrow in the title's text, in the title's font: ▶ folded, ▼ open (superqt draws
+        # a small ▲ icon for folded, which reads as open)
+        box = QCollapsible(title, expandedIcon=QIcon(), collapsedIcon=QIcon())
+        button = box.toggleButton()
+        button.setToolTip(f"Show or hide: {title}")
+        box.toggled.connect(lambda open_, b=button, t=title: b.setText(f"{EXPANDED_ARROW if open_ else COLLAPSED_ARROW} {t}"))
         box.addWidget(inner.native)
         box.collapse(animate=False)
         layout.addWidget(box)

@@ -765,6 +765,7 @@ class _SettingsSection:
         self.aug_noise = CheckBox(text="noise", value=True, tooltip="Additive Gaussian noise")
         self.aug_strength = FloatSlider(label="Aug. strength", value=1.0, min=0.0, max=2.0, step=0.1,
                                         tooltip="Scales every augmentation's range (1 = defaults)")
+        self.aug_strength.native.setToolTip(self.aug_strength.tooltip)  # also over its number box
         self.augmentation = Container(
             widgets=[row(self.aug_elastic, self.aug_rotate, self.aug_flip),
                      row(self.aug_gray, self.aug_noise), self.aug_strength],

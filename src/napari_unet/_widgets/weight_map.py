@@ -154,6 +154,7 @@ class WeightMapWidget(Container):
             tooltip="Whether rare classes weigh more. none: every pixel counts the same; balanced: each class "
             "(background, cell) counts as much in total, so the rarer one's pixels weigh more (mean 1 over the image)",
         )
+        self.sigma.native.setToolTip(self.sigma.tooltip)  # also over its number box
         return [self.labels_layer, self.w0, self.sigma, self.class_weights]
 
     def _settings_section(self) -> list[Any]:
