@@ -377,6 +377,26 @@ def test_cli_train_writes_a_model(tmp_path, capsys):
     assert "same number of files" in capsys.readouterr().err
 
 
+def test_cli_train_says_when_training_did_not_improve_on_the_start(tmp_path, capsys):
+    """The summary read "best validation AP@0.5 ... at iteration 0" for a file holding the
+    starting model unchanged."""
+    import tifffile
+
+    from napari_unet.cli import main
+
+    img, lab = discs()
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    tifffile.imwrite(tmp_path / "a_lab.tif", lab)
+    nu.save_model(tiny(), tmp_path / "start.pt")
+    out = tmp_path / "out.pt"
+    assert main(["train", "--images", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_lab.tif"), "-o",
+                 str(out), "--model", str(tmp_path / "start.pt"), "--iterations", "3", "--lr", "0", "--device", "cpu",
+                 "--tile-size", "32", "--batch-size", "2", "--val-fraction", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "training did not improve on the starting model (validation AP@0.5" in text, text
+    assert "the starting model is kept (the file holds its weights)" in text and "iteration 0" not in text
+
+
 def test_early_stopping_stops_after_patience():
     data = [discs(seed=s) for s in range(4)]
     model = fine_tune([d[0] for d in data], [d[1] for d in data], tiny(), iterations=400, val_every=2,

@@ -1093,7 +1093,8 @@ def describe_outcome(record: dict[str, Any]) -> str:
                 "after); the starting model is kept")
     if record.get("improved") and start is not None:
         digits = 2 if f"{start:.2f}" != f"{best:.2f}" else 3
-        return f"validation {name} {start:.{digits}f} at the start, {best:.{digits}f} after training (best at iteration {step})"
+        return (f"validation {name} {start:.{digits}f} at the start, {best:.{digits}f} after training "
+                f"(best at iteration {step})")
     return f"best validation {name} {best:.2f} at iteration {step}"
 
 

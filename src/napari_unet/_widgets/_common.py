@@ -30,7 +30,10 @@ of ours is updated in place. Result layers are named after the model that made t
 training data) are shown as a notification and stay in the status line after the
 result line (:class:`TaskRunner`).
 
-**Forms scroll** (:func:`scroll_form`): every widget fits a 1280x800 screen.
+**Forms scroll** (:func:`scroll_form`): every widget fits a 1280x800 screen. **Docks share
+one tab group** (:func:`tab_when_docked`): a napari-unet dock opened beside another one
+becomes a tab next to it, so each widget has the full height of the window (stacked, four
+docks left about 150 px each and every Run button out of sight).
 
 torch is imported lazily (when a widget is created or a job runs), never when this module
 is imported, so napari's start-up stays fast.
@@ -705,7 +708,8 @@ def tab_when_docked(outer: Container) -> None:
     outer.native.installEventFilter(_DockWatch(outer.native))  # a child: lives as long
 
 
-def _dock_of(widget: Any) -> QDockWidget | None:
+def dock_of(widget: Any) -> QDockWidget | None:
+    """The dock holding the Qt widget ``widget`` (None when it is not docked)."""
     parent = widget.parentWidget()
     while parent is not None and not isinstance(parent, QDockWidget):
         parent = parent.parentWidget()
@@ -719,7 +723,7 @@ def _holds_unet_widget(dock: QDockWidget) -> bool:
 def join_unet_tabs(native: Any) -> None:
     """Tab the dock holding the Qt widget ``native`` with the napari-unet docks on its side."""
     try:
-        dock = _dock_of(native)
+        dock = dock_of(native)
     except RuntimeError:  # deleted meanwhile (the viewer closed)
         return
     main = dock.parentWidget() if dock is not None else None

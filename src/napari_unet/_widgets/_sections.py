@@ -235,7 +235,8 @@ def folded(sections: list[tuple[str, Container]]) -> Container:
         box = QCollapsible(title, expandedIcon=QIcon(), collapsedIcon=QIcon())
         button = box.toggleButton()
         button.setToolTip(f"Show or hide: {title}")
-        box.toggled.connect(lambda open_, b=button, t=title: b.setText(f"{EXPANDED_ARROW if open_ else COLLAPSED_ARROW} {t}"))
+        box.toggled.connect(
+            lambda open_, b=button, t=title: b.setText(f"{EXPANDED_ARROW if open_ else COLLAPSED_ARROW} {t}"))
         box.addWidget(inner.native)
         box.collapse(animate=False)
         layout.addWidget(box)

@@ -65,6 +65,7 @@ from ._common import (
     AP_HELP,
     META_KEY,
     add_or_update_layer,
+    dock_of,
     header,
     is_ours,
     layer_data,
@@ -991,7 +992,7 @@ class _TrainOnThisSection:
     def train_widget(self) -> Any:
         """The Train dock widget (opened if needed)."""
         if self._train_widget is None or self._train_widget.native is None:
-            # tabbed with the other docks: a second tall dock would not fit beside this one
+            # a tab beside this dock (tab_when_docked does the same for a widget opened from the menu)
             _, widget = self._viewer.window.add_plugin_dock_widget("napari-unet", "Train", tabify=True)
             self._train_widget = widget
         return self._train_widget
@@ -1039,7 +1040,7 @@ class _TrainOnThisSection:
         except ValueError as exc:
             show_error_in(self.status, exc)
             return
-        self._model_before = train.trained_model  # what a cancelled run may replace (the Train widget keeps its best)
+        self._model_before = train.trained_model  # a cancelled run replaces it with the run's best
         worker = train.run()
         if worker is None:
             show_error_in(self.status, f"The Train widget did not start: {train.status.value}")
@@ -1057,9 +1058,11 @@ class _TrainOnThisSection:
             if model is self._model_before or self.model.source.value != self.TRAINED:
                 text += " and 'Predict to annotate' keeps its model"
             elif _improved(model):
-                text += ". 'Predict to annotate' uses the Train widget's model, which is now the one the cancelled run kept"
+                text += (". 'Predict to annotate' uses the Train widget's model, which is now the one the cancelled "
+                         "run kept")
             else:
-                text += ". 'Predict to annotate' keeps the same weights: the cancelled run did not improve on its starting model"
+                text += (". 'Predict to annotate' keeps the same weights: the cancelled run did not improve on "
+                         "its starting model")
             set_status(self.status, text, "warning")
             return None
         if model is None or outcome != "done":
@@ -1100,14 +1103,10 @@ class _TrainOnThisSection:
 
     def _raise_dock(self) -> None:
         """Bring this dock to the front (the Train dock may be tabbed over it)."""
-        from qtpy.QtWidgets import QDockWidget
-
-        parent = self.native.parentWidget()
-        while parent is not None and not isinstance(parent, QDockWidget):
-            parent = parent.parentWidget()
-        if parent is not None:
-            parent.show()
-            parent.raise_()
+        dock = dock_of(self.native)
+        if dock is not None:
+            dock.show()
+            dock.raise_()
         # the score and the status line sit low in the form: scroll them into view, now and while
         # the form settles (a dock shown for the first time fits its texts, and rows move)
         self._follow_result_until = time.monotonic() + 1.0

@@ -44,6 +44,7 @@ DEFAULT_MIN_SIZE = 16
 #: the 3D methods of ``volume.py`` in a biologist's words
 _METHOD_WORDS = {"linked planes": "each plane segmented, cells joined to the overlapping cells of the next plane"}
 
+
 @dataclass
 class SegmentJob:
     """Everything the worker needs, read from the widgets in the GUI thread."""
@@ -372,7 +373,8 @@ class SegmentWidget(Container):
         v = result.volume
         if v.get("method"):
             a = v.get("anisotropy")
-            notes.append(f"3D: {_METHOD_WORDS.get(v['method'], v['method'])}" + (f", Z step {a:.2g}x pixel ({v['anisotropy_source']})" if a else ""))
+            method = _METHOD_WORDS.get(v["method"], v["method"])
+            notes.append(f"3D: {method}" + (f", Z step {a:.2g}x pixel ({v['anisotropy_source']})" if a else ""))
         if result.probabilities is not None:
             p = result.probabilities
             pgeo = {} if scale is None else {"scale": (1.0, *scale), "translate": (0.0, *translate)}

@@ -75,10 +75,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..model import UNet
 
 WRITER = "train"
-#: Mode choices for EM-like data: instance2 with a training preset (see training.PRESETS)
 #: the modes in a biologist's words (the name the CLI and the model file use in brackets)
 MODE_WORDS = {"instance3": "touching cells (instance3)", "instance2": "separate cells (instance2)",
               "semantic": "classes (semantic)"}
+#: Mode choices for EM-like data: instance2 with a training preset (see training.PRESETS)
 MEMBRANE_MODES = {"membranes (EM cells)": "membranes", "membrane mask (EM)": "membrane-mask"}
 
 
@@ -950,7 +950,7 @@ class _TrainingRunSection:
                 text += f" (as '{self.model_tag}')"
         else:
             text = f"{how} after {took}; "
-            text += describe_outcome(hist) if "best_val_ap" in hist else "no validation images, so the last model is kept"
+            text += describe_outcome(hist)
         if hist.get("start_model"):
             text += f"; started from {hist['start_model']}"
         if model is not None and model.meta.get("input"):
@@ -1242,9 +1242,8 @@ class TrainWidget(
         self.scroll = scroll_form(self, self.form, self.advanced, self.augmentation)
         self._sync()
         self.reset_choices()
-        self._update_set_info()
+        self._update_set_info()  # also the first status line: what to do with what is chosen
         self._labels_chosen()
-        self._update_set_info()  # says what to do first (the status line starts empty)
 
     def _connect_close(self) -> None:
         on_close(self, self._closed)
