@@ -73,7 +73,7 @@ def test_train_from_layer_pairs_plot_save_apply(qtbot, widget, tmp_path):
     plot = widget.plot
     assert plot.train_x == list(range(1, 13))
     assert all(np.isfinite(plot.train_y)) and min(plot.train_y) > 0
-    assert plot.val_x == [4, 8, 12]
+    assert plot.val_x == [4, 8, 12]  # from scratch: no starting model to score
     assert all(0.0 <= ap <= 1.0 for ap in plot.val_ap)
     assert widget._last_info["eta"] >= 0  # an ETA was reported during the run
     assert "cpu" in widget._last_info["device"]  # the device training ran on

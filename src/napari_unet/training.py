@@ -211,13 +211,16 @@ def fresh_model(in_channels: int, mode: str, labels: Sequence[Any], **architectu
         **architecture: overrides of :data:`FRESH_ARCHITECTURE` (``depth``, ``base_width``...).
 
     Returns:
-        The network, with its mode (and, semantic, its class names) in ``meta``.
+        The network, with its mode (and, semantic, its class names) in ``meta``, marked as
+        untrained: :func:`train_iter` trains it as from ``"scratch"`` (its random weights are
+        no starting model to validate, compare with or mix in).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     k = num_classes_for(mode, labels)
     net = UNet(in_channels=in_channels, num_classes=k, **{**FRESH_ARCHITECTURE, **architecture})
     net.meta["mode"] = mode
+    net.meta["untrained"] = True
     if mode == "semantic":
         net.meta["class_names"] = [f"class {i}" for i in range(k)]
     return net
@@ -227,7 +230,8 @@ def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Seque
                    first_image: Any = None) -> tuple[UNet, bool]:
     """The starting model (a copy) and whether it is freshly initialised."""
     if isinstance(model, UNet):
-        return clone_model(model), False
+        net = clone_model(model)
+        return net, bool(net.meta.pop("untrained", False))
     from .channels import bundled_path, pick_bundled
 
     if model is None and in_channels == 3 and pick_bundled(True, first_image) == "stained":
@@ -248,7 +252,9 @@ def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Seque
             )
             model = "scratch"
     if isinstance(model, str) and model == "scratch":
-        return fresh_model(in_channels, mode or "instance3", labels), True
+        net = fresh_model(in_channels, mode or "instance3", labels)
+        del net.meta["untrained"]
+        return net, True
     if isinstance(model, (str, os.PathLike)):
         return load_model(model), False
     raise ValueError(f"model must be a UNet, a model file path, 'bundled', 'scratch' or None, got {type(model).__name__}")
@@ -1093,9 +1099,9 @@ def describe_outcome(record: dict[str, Any]) -> str:
                 "after); the starting model is kept")
     if record.get("improved") and start is not None:
         digits = 2 if f"{start:.2f}" != f"{best:.2f}" else 3
-        return (f"validation {name} {start:.{digits}f} at the start, {best:.{digits}f} after training "
-                f"(best at iteration {step})")
-    return f"best validation {name} {best:.2f} at iteration {step}"
+        return (f"the best model is kept (validation {name} {start:.{digits}f} at the start, {best:.{digits}f} at "
+                f"iteration {step})")
+    return f"the best model is kept (validation {name} {best:.2f} at iteration {step})"
 
 
 # -- the generator ------------------------------------------------------------------------
