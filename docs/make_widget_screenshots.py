@@ -9,8 +9,7 @@ Writes ``docs/images/<widget>_<W>x<H>.png`` with ``viewer.screenshot(canvas_only
 All four widgets are open in every picture (they share the right side as tabs), the one
 shown in front. The states: Segment after segmenting the sample with the bundled model;
 Weight map of the sample's ground truth; Train while training a small fresh U-Net (loss plot
-filling); Annotate after *Predict to annotate* in the field of view. The PNGs are written
-with a reduced palette, to stay a few hundred KB each.
+filling); Annotate after *Predict to annotate* in the field of view.
 """
 
 from __future__ import annotations
@@ -51,7 +50,8 @@ def shoot(kind: str, size: tuple[int, int], out: Path) -> None:
     names = {"segment": "Segment", "weight_map": "Weight map", "train": "Train", "annotate": "Annotate"}
     opened = {k: viewer.window.add_plugin_dock_widget("napari-unet", n) for k, n in names.items()}  # Plugins ▸ U-Net
     dock, w = opened[kind]
-    dock.raise_()  # its tab in front
+    pump(0.3)
+    dock.raise_()  # its tab in front (the person clicks it)
     pump(0.3)
     if kind == "segment":
         truth.visible = False
@@ -86,20 +86,12 @@ def shoot(kind: str, size: tuple[int, int], out: Path) -> None:
     viewer.reset_view()
     pump(0.5)
     out.parent.mkdir(parents=True, exist_ok=True)
-    shot = viewer.screenshot(canvas_only=False, flash=False)
-    save_small(shot, out)
+    shot = viewer.screenshot(path=str(out), canvas_only=False, flash=False)
     print(f"wrote {out} {shot.shape[1]}x{shot.shape[0]} ({out.stat().st_size // 1024} KB): {w.status.value}")
     if kind == "train":
         w.cancel_button.native.click()
         wait(lambda: not w.runner.running)
     viewer.close()
-
-
-def save_small(rgba, out: Path, colors: int = 256) -> None:
-    """Write a screenshot as a palette PNG (a quarter of the size of RGBA, no visible change)."""
-    from PIL import Image
-
-    Image.fromarray(rgba[..., :3]).quantize(colors, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ is imported, so napari's start-up stays fast.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -686,6 +687,8 @@ def scroll_form(outer: Container, form: Container, *forms: Container, min_height
     return scroll
 
 
+#: what napari appends to a plugin dock's title (the Plugins menu: display name; add_plugin_dock_widget: package)
+_PLUGIN_SUFFIX = re.compile(r" \((U-Net|napari-unet)\)$")
 #: Qt property marking the outer widget of a napari-unet dock (see :func:`tab_when_docked`)
 _DOCK_PROPERTY = "napari_unet_dock"
 
@@ -738,7 +741,7 @@ def join_unet_tabs(native: Any) -> None:
         return
     main.tabifyDockWidget(others[-1], dock)
     for d in (*others, dock):  # short tab titles: "Segment", not "Segment (U-...", in a narrow dock
-        d.setWindowTitle(d.windowTitle().removesuffix(" (U-Net)"))
+        d.setWindowTitle(_PLUGIN_SUFFIX.sub("", d.windowTitle()))
     dock.show()
     dock.raise_()
 

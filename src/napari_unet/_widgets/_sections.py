@@ -233,6 +233,7 @@ def folded(sections: list[tuple[str, Container]]) -> Container:
         # the arrow in the title's text, in the title's font: ▶ folded, ▼ open (superqt draws
         # a small ▲ icon for folded, which reads as open)
         box = QCollapsible(title, expandedIcon=QIcon(), collapsedIcon=QIcon())
+        box.layout().setContentsMargins(0, 2, 0, 2)  # a folded section is one row high, like the others
         button = box.toggleButton()
         button.setToolTip(f"Show or hide: {title}")
         box.toggled.connect(

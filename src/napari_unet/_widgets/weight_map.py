@@ -141,12 +141,12 @@ class WeightMapWidget(Container):
     def _input_section(self) -> list[Any]:
         self.labels_layer = layer_picker("Labels", "Labels", "Instance labels: 0 is background, each other id one cell")
         self.w0 = FloatSpinBox(
-            label="w0", value=10.0, min=0.0, max=1000.0, step=1.0,
+            label="Border weight w0", value=10.0, min=0.0, max=1000.0, step=1.0,
             tooltip="w0: how much more the thin gaps between touching cells count in training than other "
             "pixels (the paper: 10; 0 = no extra weight)",
         )
         self.sigma = FloatSlider(
-            label="sigma (px)", value=5.0, min=0.5, max=30.0, step=0.5,
+            label="Border width σ (px)", value=5.0, min=0.5, max=30.0, step=0.5,
             tooltip="How far from the gap between two cells the extra weight reaches, in pixels (the paper: about 5)",
         )
         self.class_weights = ComboBox(
@@ -299,7 +299,7 @@ class WeightMapWidget(Container):
         note = f"; {out.note}" if out.note else ""
         set_status(
             self.status,
-            f"w0 {params.w0:g}, sigma {params.sigma:g} px, class balance {params.class_weights}"
+            f"border weight w0 {params.w0:g}, width σ {params.sigma:g} px, class balance {params.class_weights}"
             + ("" if params.spacing is None else
                ", pixel spacing " + " x ".join(f"{v:g}" for v in params.spacing) + " (layer scale)")
             + f": weights {lo:.2f} to {hi:.2f}{note}",
