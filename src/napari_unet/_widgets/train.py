@@ -31,7 +31,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -317,10 +317,16 @@ def run_training(job: TrainJob) -> Generator[Progress, None, Any]:
             rec = next(gen)
         except StopIteration as stop:
             return stop.value
-        yield rec
         info = rec.info or {}
+        words = _STATUS_WORDS.get(info.get("phase", ""))  # the step and loss are on the line above the plot
+        yield rec if words is None or rec.message.startswith("out of memory") else replace(rec, message=words)
         if job.preview is not None and "val_ap" in info and info.get("phase") == "train" and "run" in info:
             yield _preview(job, info["run"].model, rec)
+
+
+#: the status line while training (the core's "iteration 52: loss 0.4127" repeats the line above the plot)
+_STATUS_WORDS = {"train": "Training: the plot shows how it goes. Cancel stops it and keeps the best model so far",
+                 "validate": "Scoring the model on the held-out validation images..."}
 
 
 def _warn_if_mostly_ignored(labels: list[Any], regions: list[Any], threshold: float = 0.5) -> float:
