@@ -54,7 +54,7 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.layers import Image, Labels
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import notification_manager, show_error, show_warning
-from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
+from qtpy.QtCore import QEvent, QObject, QRect, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractButton,
     QDockWidget,
@@ -139,6 +139,7 @@ def set_status(status: Label, text: str, kind: str = "ok") -> None:
     """Write ``text`` to a status label; ``kind`` is "ok", "warning" or "error"."""
     status.value = text
     status.tooltip = text  # long messages are elided by the layout; the tooltip keeps all
+    _fit_height(status.native)
     style = {"error": _ERROR_STYLE, "warning": _WARN_STYLE}.get(kind, _OK_STYLE)
     status.native.setStyleSheet(style)
     status.native.setProperty("napari_unet_kind", kind)
@@ -590,18 +591,32 @@ def header(text: str, rule: bool = True) -> Label:
 
 
 class _FitHeight(QObject):
-    """Event filter behind :func:`wrapped`: a new width, a new height."""
+    """Event filter behind :func:`wrapped`: a new width or a new text (seen when it is painted:
+    QLabel has no signal for it), a new height."""
 
     def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
-        if event.type() == QEvent.Type.Resize:
+        kind = event.type()
+        if kind == QEvent.Type.Resize:
             _fit_height(obj)
+        elif kind == QEvent.Type.Paint and obj.width() > 0 and _text_height(obj) != obj.height():
+            QTimer.singleShot(0, lambda: _fit_height(obj))  # not while it paints
         return False
 
 
+def _text_height(label: QLabel) -> int:
+    """The height of the label's text wrapped at its width (``QLabel.heightForWidth`` is never
+    less than the label's minimum height, so it cannot tell when a shorter text came)."""
+    m, pad = label.contentsMargins(), 2 * label.margin()
+    width = max(1, label.width() - m.left() - m.right() - pad)
+    flags = int(Qt.TextFlag.TextWordWrap.value) | int(label.alignment().value)
+    text = label.fontMetrics().boundingRect(QRect(0, 0, width, 1 << 20), flags, label.text())
+    return text.height() + m.top() + m.bottom() + pad
+
+
 def _fit_height(label: QLabel) -> None:
-    height = label.heightForWidth(label.width()) if label.width() > 0 else -1
-    if height > 0 and height != label.minimumHeight():
-        label.setMinimumHeight(height)
+    height = _text_height(label) if label.width() > 0 else -1
+    if height > 0 and (height != label.minimumHeight() or height != label.maximumHeight()):
+        label.setFixedHeight(height)  # not less (half lines), not more (a one-line row as tall as two)
 
 
 def wrapped(label: Label) -> Label:
@@ -609,7 +624,6 @@ def wrapped(label: Label) -> Label:
     gives a wrapping label one line's height, so a two-line message showed half of each line."""
     label.native.setWordWrap(True)
     label.native.installEventFilter(_FitHeight(label.native))  # a child: lives as long
-    label.changed.connect(lambda *_: _fit_height(label.native))
     return label
 
 
