@@ -247,6 +247,29 @@ def test_a_starting_model_that_stays_best_is_written_to_best_pt(tmp_path):
     assert run.best_state is not None and run.best_iteration == 0
     best = nu.load_model(tmp_path / "best.pt")
     assert all(torch.equal(x, y) for x, y in zip(best.state_dict().values(), start.state_dict().values()))
+    # the run says so plainly, and its starting score reaches a plot (it was never yielded)
+    starts = [r.info for r in recs if r.info.get("phase") == "start_score"]
+    assert len(starts) == 1 and starts[0]["iteration"] == 0 and starts[0]["val_ap"] == run.start_score
+    assert run.improved is False
+    rec = model.meta["history"][-1]
+    assert rec["improved"] is False and rec["start_val_ap"] == round(run.start_score, 5)
+    assert training.describe_outcome(rec) == (
+        f"training did not improve on the starting model (validation AP@0.5 {run.start_score:.2f} before and "
+        "after); the starting model is kept")
+
+
+def test_a_time_budget_validates_at_its_last_step():
+    """On a time budget validation ran only every 50 steps, so a short run's last steps
+    were never weighed against the starting model."""
+    (img, lab), (vimg, vlab) = discs(seed=0), discs(seed=1)
+    gen = train_iter([img], [lab], tiny(), max_time=0.4, val_images=[vimg], val_labels=[vlab],
+                     **dict(FAST, val_fraction=0.2))
+    model, recs = run_to_end(gen)
+    last = max(r.info["iteration"] for r in recs if r.info.get("phase") == "train")
+    assert last % 50 != 0, "the run happened to end at a multiple of 50 steps: lengthen it"
+    validated = [r.info["iteration"] for r in recs if r.info.get("phase") == "train" and "val_ap" in r.info]
+    assert validated and validated[-1] == last, (validated, last)
+    assert model.meta["history"][-1]["stopped"] == "time"
 
 
 def test_resumed_time_limited_run_keeps_its_budget_and_schedule(tmp_path):
@@ -352,6 +375,26 @@ def test_cli_train_writes_a_model(tmp_path, capsys):
     rc = main(["train", "--images", str(tmp_path / "a.tif"), "-o", str(out), "--model", str(start), "--overwrite"])
     assert rc == 2
     assert "same number of files" in capsys.readouterr().err
+
+
+def test_cli_train_says_when_training_did_not_improve_on_the_start(tmp_path, capsys):
+    """The summary read "best validation AP@0.5 ... at iteration 0" for a file holding the
+    starting model unchanged."""
+    import tifffile
+
+    from napari_unet.cli import main
+
+    img, lab = discs()
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    tifffile.imwrite(tmp_path / "a_lab.tif", lab)
+    nu.save_model(tiny(), tmp_path / "start.pt")
+    out = tmp_path / "out.pt"
+    assert main(["train", "--images", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_lab.tif"), "-o",
+                 str(out), "--model", str(tmp_path / "start.pt"), "--iterations", "3", "--lr", "0", "--device", "cpu",
+                 "--tile-size", "32", "--batch-size", "2", "--val-fraction", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "training did not improve on the starting model (validation AP@0.5" in text, text
+    assert "the starting model is kept (the file holds its weights)" in text and "iteration 0" not in text
 
 
 def test_early_stopping_stops_after_patience():

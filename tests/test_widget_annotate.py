@@ -494,3 +494,69 @@ def test_end_to_end_annotate_train_segment(make_napari_viewer, model_path, tmp_p
     assert out.data.shape == (192, 192) and out.data.dtype.kind in "iu"
     assert w.model.source.value == w.TRAINED  # predict-to-annotate now uses the new model
     shot(viewer, "4_after_training")
+
+
+
+def _train_on_this_in_a_window(make_napari_viewer, qtbot):
+    """Annotate opened from the plugin list in a 1280x800 window, one entry in its set, and a
+    Train on this of a tiny network run to its end."""
+    from napari_unet.synthetic import make_sample
+
+    img, gt = make_sample((96, 96), 3)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 800)
+    viewer.add_image(img, name="img")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate")
+    w.device.value = "cpu"
+    layer = w.new_labels_layer()
+    layer.data = gt.astype(np.int32)
+    w.complete.value = True
+    assert w.add_to_set() == 1
+    train = w.train_widget()
+    train.start.value = train.SCRATCH
+    train.depth.value, train.base_width.value = 2, 4
+    train.tile_size.value, train.batch_size.value = 32, 1
+    train.val_fraction.value = 0.0
+    train.iterations.value = 3
+    train.device.value = "cpu"
+    w.scroll.verticalScrollBar().setValue(0)  # the person looks at the top of the form
+    w.train_on_this()
+    qtbot.waitUntil(lambda: w.last_scores.get("after") is not None and not w.runner.running, timeout=WAIT_MS)
+    return w, train
+
+
+def test_train_on_this_scrolls_its_score_into_view(make_napari_viewer, qtbot):
+    """The Annotate dock was raised after Train on this but stayed scrolled to the top: the
+    before/after score and the status line were below the fold."""
+    from qtpy.QtCore import QPoint, QRect
+    from qtpy.QtWidgets import QApplication
+
+    w, _ = _train_on_this_in_a_window(make_napari_viewer, qtbot)
+    qtbot.wait(200)  # a moment for the person to look
+    QApplication.processEvents()
+    viewport = w.scroll.viewport()
+    for label in (w.score, w.status):
+        rect = QRect(label.native.mapTo(viewport, QPoint(0, 0)), label.native.size())
+        assert viewport.rect().contains(rect), f"{label.value!r} at {rect} is outside {viewport.rect()}"
+        assert label.native.isVisible() and not label.native.visibleRegion().isEmpty()
+
+
+def test_a_cancelled_train_on_this_names_the_model_predict_uses(make_napari_viewer, qtbot):
+    """After a second, cancelled Train on this, Annotate said "'Predict to annotate' keeps its
+    model" while the Train widget had replaced the model it reads with the cancelled run's."""
+    w, train = _train_on_this_in_a_window(make_napari_viewer, qtbot)
+    first = train.trained_model
+    assert w.model.source.value == w.TRAINED and w.model_spec() is first
+    train.budget.value = train.MINUTES
+    train.minutes.value = 30.0
+    train.start.value = train.SCRATCH
+    w.train_on_this()
+    qtbot.waitUntil(lambda: train.runner.running and len(train.plot.train_x) >= 3, timeout=WAIT_MS)
+    train.cancel_button.native.click()
+    qtbot.waitUntil(lambda: not train.runner.running and not w.runner.running, timeout=WAIT_MS)
+    qtbot.wait(100)
+    assert w.model.source.value == w.TRAINED and w.model_spec() is train.trained_model
+    assert train.trained_model is not first  # the Train widget keeps the cancelled run's model
+    assert "cancelled" in w.status.value and "keeps its model" not in w.status.value, w.status.value
+    assert "'Predict to annotate' uses the Train widget's model, which is now the one the cancelled run kept" \
+        in w.status.value

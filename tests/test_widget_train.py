@@ -73,7 +73,7 @@ def test_train_from_layer_pairs_plot_save_apply(qtbot, widget, tmp_path):
     plot = widget.plot
     assert plot.train_x == list(range(1, 13))
     assert all(np.isfinite(plot.train_y)) and min(plot.train_y) > 0
-    assert plot.val_x == [4, 8, 12]
+    assert plot.val_x == [4, 8, 12]  # from scratch: no starting model to score
     assert all(0.0 <= ap <= 1.0 for ap in plot.val_ap)
     assert widget._last_info["eta"] >= 0  # an ETA was reported during the run
     assert "cpu" in widget._last_info["device"]  # the device training ran on
@@ -497,3 +497,75 @@ def test_the_loss_plot_names_the_runs_score(qtbot):
     assert len(plot.figure.legends) == 1
     assert [t.get_text() for t in plot.figure.legends[0].get_texts()] == ["train loss", "val. loss", "val. mean IoU"]
     assert plot.val_ap == [0.7, 0.7]
+
+
+def test_a_run_that_does_not_beat_its_starting_model_says_so(qtbot, widget, model_path):
+    """A run whose every step scored below its starting model was reported "Trained ..., kept
+    the best model (... at iteration 0)", and Apply/Save/Export named the unchanged model
+    "trained"; the plot never showed the starting score."""
+    from napari_unet import load_model
+
+    add_pairs(widget, [1, 2, 3, 4])
+    widget.start.value = widget.FILE
+    widget.model_file.value = model_path
+    widget.lr.value = 1.0  # steps this large wreck a working model: no step beats the start
+    widget.iterations.value = 6
+    widget.val_every.value = 3
+    assert train_and_wait(qtbot, widget) == "done", widget.status.value
+    text = widget.status.value
+    rec = widget.trained_model.meta["history"][-1]
+    assert rec["improved"] is False, rec
+    start = rec["start_val_ap"]
+    assert text.startswith(f"Training did not improve on the starting model (validation AP@0.5 {start:.2f} "
+                           "before and after); the starting model is kept"), text
+    assert "Trained" not in text and "iteration 0" not in text
+    assert "Save, Export and Apply use it unchanged (as 'threshold')" in text
+    from napari_unet._widgets._common import status_kind
+
+    assert status_kind(widget.status) == "warning"
+    # the weights are the starting model's, and they keep its name
+    start_model = load_model(model_path)
+    for k, v in widget.trained_model.state_dict().items():
+        assert np.array_equal(v.numpy(), start_model.state_dict()[k].numpy()), k
+    assert widget.model_tag == "threshold" and "'threshold'" in widget.save_button.tooltip
+    # the plot shows the starting score, at the start
+    assert widget.plot.val_x[0] == 0 and widget.plot.val_ap[0] == pytest.approx(start, abs=1e-5)
+
+
+def test_empty_labels_marked_complete_are_refused(qtbot, widget):
+    """Empty labels with "labels are complete" trained silently: every pixel taught as background."""
+    viewer = widget._viewer
+    img, _ = sample(1)
+    widget.image.value = viewer.add_image(img, name="img")
+    widget.labels_layer.value = viewer.add_labels(np.zeros(img.shape, np.int32), name="nothing yet")
+    widget.complete.value = True
+    assert widget.run() is None and not widget.runner.running
+    assert "Labels 'nothing yet' are empty, yet 'labels are complete' is ticked" in widget.status.value
+    assert widget.add_pair() is None and "are empty" in widget.status.value
+
+
+def test_status_line_shows_its_whole_text_and_a_true_first_message(make_napari_viewer, qtbot):
+    """The first status asked for an image and labels already chosen, and a two-line status
+    showed half of each line (a wrapping label got one line's height)."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet._widgets._common import set_status
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 800)
+    img, lab = sample(1)
+    viewer.add_image(img, name="img")
+    viewer.add_labels(lab, name="img labels")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+    assert w.image.value is not None and w.labels_layer.value is not None
+    assert "Choose an image" not in w.status.value and w.status.value.startswith("Ready"), w.status.value
+    long = ("Training did not improve on the starting model (validation AP@0.5 0.98 before and after); the "
+            "starting model is kept (108 iteration(s) in 30 s). Save, Export and Apply use it unchanged")
+    for text in (long, "short", long + ". " + long):
+        set_status(w.status, text)
+        for _ in range(5):
+            QApplication.processEvents()
+        label = w.status.native
+        need = label.heightForWidth(label.width())
+        assert need > label.fontMetrics().lineSpacing() or text == "short"
+        assert label.height() >= need, f"{label.height()} px shown of {need} px of text"

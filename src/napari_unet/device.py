@@ -81,7 +81,8 @@ def describe_device(device: torch.device) -> str:
     if device.type == "mps":
         return "mps (Apple GPU)"
     extra = ", bfloat16" if cpu_supports_bf16() else ""
-    return f"cpu ({torch.get_num_threads()} threads{extra})"
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' if n != 1 else ''}{extra})"
 
 
 def available_memory(device: torch.device) -> int:

@@ -211,13 +211,16 @@ def fresh_model(in_channels: int, mode: str, labels: Sequence[Any], **architectu
         **architecture: overrides of :data:`FRESH_ARCHITECTURE` (``depth``, ``base_width``...).
 
     Returns:
-        The network, with its mode (and, semantic, its class names) in ``meta``.
+        The network, with its mode (and, semantic, its class names) in ``meta``, marked as
+        untrained: :func:`train_iter` trains it as from ``"scratch"`` (its random weights are
+        no starting model to validate, compare with or mix in).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     k = num_classes_for(mode, labels)
     net = UNet(in_channels=in_channels, num_classes=k, **{**FRESH_ARCHITECTURE, **architecture})
     net.meta["mode"] = mode
+    net.meta["untrained"] = True
     if mode == "semantic":
         net.meta["class_names"] = [f"class {i}" for i in range(k)]
     return net
@@ -227,7 +230,8 @@ def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Seque
                    first_image: Any = None) -> tuple[UNet, bool]:
     """The starting model (a copy) and whether it is freshly initialised."""
     if isinstance(model, UNet):
-        return clone_model(model), False
+        net = clone_model(model)
+        return net, bool(net.meta.pop("untrained", False))
     from .channels import bundled_path, pick_bundled
 
     if model is None and in_channels == 3 and pick_bundled(True, first_image) == "stained":
@@ -248,7 +252,9 @@ def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Seque
             )
             model = "scratch"
     if isinstance(model, str) and model == "scratch":
-        return fresh_model(in_channels, mode or "instance3", labels), True
+        net = fresh_model(in_channels, mode or "instance3", labels)
+        del net.meta["untrained"]
+        return net, True
     if isinstance(model, (str, os.PathLike)):
         return load_model(model), False
     raise ValueError(f"model must be a UNet, a model file path, 'bundled', 'scratch' or None, got {type(model).__name__}")
@@ -311,6 +317,9 @@ class TrainingRun:
     best_loss: float = math.inf
     best_iteration: int = 0
     best_state: dict[str, torch.Tensor] | None = None
+    #: the starting model's validation score (None: not validated -- from scratch, resumed, no validation data)
+    start_score: float | None = None
+    start_iteration: int = 0
     curve: list[dict[str, float]] = field(default_factory=list)
     #: the model's history with this run's record so far (set by ``train_iter``)
     history: Callable[[], list[dict[str, Any]]] | None = None
@@ -318,6 +327,15 @@ class TrainingRun:
     data: TrainingData | None = None
     #: what every model the run hands out gets last (membranes: the fitted bias; set by ``train_iter``)
     finish: Callable[[UNet], None] | None = None
+
+    @property
+    def improved(self) -> bool | None:
+        """True when a training step beat the starting model on validation (its weights are
+        the ones kept), False when the starting model stayed the best (the run hands it back
+        unchanged), None when the starting model was not validated."""
+        if self.start_score is None:
+            return None
+        return self.best_state is not None and self.best_iteration > self.start_iteration
 
     def best_model(self) -> UNet:
         """A CPU copy of the best model so far (the current one when never validated),
@@ -365,6 +383,8 @@ def _summary(run: TrainingRun) -> dict[str, Any]:
         out["best_val_ap"] = run.best_score
         out["best_val_loss"] = run.best_loss
         out["best_iteration"] = run.best_iteration
+    if run.improved is not None:
+        out["improved"] = run.improved
     losses = [c["train_loss"] for c in run.curve[-50:]]
     if losses:
         out["final_train_loss"] = float(np.mean(losses))
@@ -763,6 +783,8 @@ class Trainer:
             "best_score": run.best_score,
             "best_loss": run.best_loss,
             "best_iteration": run.best_iteration,
+            "start_score": run.start_score,
+            "start_iteration": run.start_iteration,
             "curve": run.curve,
             "stale": self.stale,
             "base_history_len": len(self.base_history),
@@ -788,6 +810,7 @@ class Trainer:
         run.best_score = float(state.get("best_score", -math.inf))
         run.best_loss = float(state.get("best_loss", math.inf))
         run.best_iteration = int(state.get("best_iteration", 0))
+        run.start_score, run.start_iteration = state.get("start_score"), int(state.get("start_iteration", 0))
         run.curve = [dict(c) for c in state.get("curve", [])]
         self.stale = int(state.get("stale", 0))
         self.base_history = self.base_history[: int(state.get("base_history_len", len(self.base_history)))]
@@ -967,8 +990,14 @@ class Trainer:
         shown = self.total if self.total < 10**9 else 0  # a time budget: no step count to show yet
         yield Progress(it, shown, msg, dict(info, phase="start", iteration=it, start_model=self.picked))
         if self.val and self.start_it == 0 and not self.fresh:
-            self.keep_if_best(self.validate(), start=True)
-            self.entry["start_val_ap"] = round(self.run.best_score, 5)
+            yield Progress(it, shown, "validating the starting model", dict(info, phase="validate", iteration=it))
+            val = self.validate()
+            self.keep_if_best(val, start=True)
+            self.run.start_score, self.run.start_iteration = val["val_ap"], it
+            self.entry["start_val_ap"] = round(val["val_ap"], 5)
+            # the starting score, so that a plot and a summary can show what training had to beat
+            yield Progress(it, shown, f"the starting model scores {info['score']} {val['val_ap']:.2f}",
+                           dict(info, phase="start_score", iteration=it, **val))
         stop = "done"
         while self.iteration < self.total:
             elapsed = self.elapsed()  # a resumed run's time budget counts the time it trained before
@@ -983,7 +1012,9 @@ class Trainer:
                 continue
             point: dict[str, float] = {"iteration": it, "train_loss": loss}
             rec = dict(info, phase="train", iteration=it, train_loss=loss, train_loss_smooth=self.loss_ema, lr=self.cur_lr)
-            if self.val and (it % self.val_every == 0 or it == self.total):
+            # validate at the last step of a time budget too: its best model must not be older than it
+            last = it == self.total or (o.max_time is not None and self.elapsed() >= o.max_time)
+            if self.val and (it % self.val_every == 0 or last):
                 yield Progress(it, self._shown_total(), "validating", dict(info, phase="validate", iteration=it))
                 self.last_val = self.validate()
                 point.update(self.last_val)
@@ -1070,6 +1101,24 @@ class Trainer:
         return result.eval()
 
 
+def describe_outcome(record: dict[str, Any]) -> str:
+    """What validation said of a run, in one sentence, from its record in a model's history
+    (the Train widget's and the CLI's words): whether training improved on the starting
+    model, the scores before and after, or the best score of a run from scratch."""
+    name = score_name(str(record.get("mode", "")), record.get("preset") == "membranes")
+    start, best, step = record.get("start_val_ap"), record.get("best_val_ap"), record.get("best_iteration")
+    if best is None:
+        return "no validation images, so the last model is kept"
+    if record.get("improved") is False:
+        return (f"training did not improve on the starting model (validation {name} {best:.2f} before and "
+                "after); the starting model is kept")
+    if record.get("improved") and start is not None:
+        digits = 2 if f"{start:.2f}" != f"{best:.2f}" else 3
+        return (f"the best model is kept (validation {name} {start:.{digits}f} at the start, {best:.{digits}f} at "
+                f"iteration {step})")
+    return f"the best model is kept (validation {name} {best:.2f} at iteration {step})"
+
+
 # -- the generator ------------------------------------------------------------------------
 
 
@@ -1139,7 +1188,8 @@ def train_iter(
         val_fraction: share held out for validation when no ``val_images`` are given
             (whole images from 8 images up, else a strip of each image); 0 = none.
         val_images, val_labels, val_regions: explicit validation data.
-        val_every: validate every this many steps (default: 20 times per run).
+        val_every: validate every this many steps (default: 20 times per run; 50 steps on a
+            time budget, and at its last step).
         checkpoint_dir: where ``last.pt``, ``best.pt`` and ``state.pt`` are written.
         checkpoint_every: steps between checkpoints (default: at every validation).
         resume: a checkpoint directory to continue from (its model replaces ``model``).
@@ -1207,7 +1257,9 @@ def train_iter(
     Yields:
         :class:`Progress` after every step; ``info`` holds ``iteration``, ``train_loss``,
         ``val_loss``/``val_ap`` (when computed), ``eta`` (s), ``lr``, ``device``,
-        ``phase`` and ``run`` (a :class:`TrainingRun`).
+        ``phase`` and ``run`` (a :class:`TrainingRun`). A fine-tuning run validates its
+        starting model first (a ``"start_score"`` record at the starting iteration); the
+        finished model's last history record says whether training ``improved`` on it.
 
     Returns:
         The trained model (CPU, eval mode): the best by validation (:func:`_val_score`), else the last.
@@ -1260,6 +1312,7 @@ __all__ = [
     "Trainer",
     "TrainingData",
     "TrainingRun",
+    "describe_outcome",
     "fine_tune",
     "fresh_model",
     "lr_factor",

@@ -165,10 +165,11 @@ def run(args: argparse.Namespace) -> int:
     last = model.meta["history"][-1]
     summary = f"wrote {out} after {last['iterations']} iterations ({last['seconds']:.0f} s)"
     if "best_val_ap" in last:
-        from ..metrics import score_name
+        from ..training import describe_outcome
 
-        name = score_name(last.get("mode", ""), last.get("preset") == "membranes")
-        summary += f"; best validation {name} {last['best_val_ap']:.3f} at iteration {last['best_iteration']}"
+        summary += "; " + describe_outcome(last)
+        if last.get("improved") is False:
+            summary += " (the file holds its weights)"
     if last.get("input"):
         from ..channels import describe_input
 

@@ -30,7 +30,10 @@ of ours is updated in place. Result layers are named after the model that made t
 training data) are shown as a notification and stay in the status line after the
 result line (:class:`TaskRunner`).
 
-**Forms scroll** (:func:`scroll_form`): every widget fits a 1280x800 screen.
+**Forms scroll** (:func:`scroll_form`): every widget fits a 1280x800 screen. **Docks share
+one tab group** (:func:`tab_when_docked`): a napari-unet dock opened beside another one
+becomes a tab next to it, so each widget has the full height of the window (stacked, four
+docks left about 150 px each and every Run button out of sight).
 
 torch is imported lazily (when a widget is created or a job runs), never when this module
 is imported, so napari's start-up stays fast.
@@ -38,6 +41,7 @@ is imported, so napari's start-up stays fast.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -50,8 +54,17 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from napari.layers import Image, Labels
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import notification_manager, show_error, show_warning
-from qtpy.QtCore import QEvent, QObject, QSize, Qt
-from qtpy.QtWidgets import QAbstractButton, QFrame, QLabel, QScrollArea, QStyle
+from qtpy.QtCore import QEvent, QObject, QRect, QSize, Qt, QTimer
+from qtpy.QtWidgets import (
+    QAbstractButton,
+    QDockWidget,
+    QFrame,
+    QLabel,
+    QMainWindow,
+    QScrollArea,
+    QStyle,
+    QWidget,
+)
 
 from .._progress import Progress
 from ._adapters import row_label
@@ -65,6 +78,11 @@ T = TypeVar("T")
 
 #: key under which napari-unet keeps its bookkeeping in a layer's ``metadata``
 META_KEY = "napari_unet"
+
+#: what the validation score AP@0.5 means, for tooltips
+AP_HELP = ("AP@0.5: the share of cells found right, from 0 to 1. A predicted cell counts as found when it overlaps "
+           "an annotated cell by at least half (intersection over union 0.5); "
+           "AP@0.5 = found / (found + false cells + missed cells)")
 
 # colours for the status line (readable on napari's dark and light themes)
 _ERROR_STYLE = "color: #ff6b6b;"
@@ -121,6 +139,7 @@ def set_status(status: Label, text: str, kind: str = "ok") -> None:
     """Write ``text`` to a status label; ``kind`` is "ok", "warning" or "error"."""
     status.value = text
     status.tooltip = text  # long messages are elided by the layout; the tooltip keeps all
+    _fit_height(status.native)
     style = {"error": _ERROR_STYLE, "warning": _WARN_STYLE}.get(kind, _OK_STYLE)
     status.native.setStyleSheet(style)
     status.native.setProperty("napari_unet_kind", kind)
@@ -571,10 +590,46 @@ def header(text: str, rule: bool = True) -> Label:
     return head
 
 
+class _FitHeight(QObject):
+    """Event filter behind :func:`wrapped`: a new width or a new text (seen when it is painted:
+    QLabel has no signal for it), a new height."""
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+        kind = event.type()
+        if kind == QEvent.Type.Resize:
+            _fit_height(obj)
+        elif kind == QEvent.Type.Paint and obj.width() > 0 and _text_height(obj) != obj.height():
+            QTimer.singleShot(0, lambda: _fit_height(obj))  # not while it paints
+        return False
+
+
+def _text_height(label: QLabel) -> int:
+    """The height of the label's text wrapped at its width (``QLabel.heightForWidth`` is never
+    less than the label's minimum height, so it cannot tell when a shorter text came)."""
+    m, pad = label.contentsMargins(), 2 * label.margin()
+    width = max(1, label.width() - m.left() - m.right() - pad)
+    flags = int(Qt.TextFlag.TextWordWrap.value) | int(label.alignment().value)
+    text = label.fontMetrics().boundingRect(QRect(0, 0, width, 1 << 20), flags, label.text())
+    return text.height() + m.top() + m.bottom() + pad
+
+
+def _fit_height(label: QLabel) -> None:
+    height = _text_height(label) if label.width() > 0 else -1
+    if height > 0 and (height != label.minimumHeight() or height != label.maximumHeight()):
+        label.setFixedHeight(height)  # not less (half lines), not more (a one-line row as tall as two)
+
+
+def wrapped(label: Label) -> Label:
+    """Let ``label`` wrap long texts and keep it as tall as its wrapped text: a form row
+    gives a wrapping label one line's height, so a two-line message showed half of each line."""
+    label.native.setWordWrap(True)
+    label.native.installEventFilter(_FitHeight(label.native))  # a child: lives as long
+    return label
+
+
 def status_label(label: str = "Status") -> Label:
     """The status line of a widget: wraps long messages instead of widening the dock."""
-    status = Label(value="", label=label)
-    status.native.setWordWrap(True)
+    status = wrapped(Label(value="", label=label))
     status.native.setMinimumWidth(200)
     return status
 
@@ -635,6 +690,7 @@ def scroll_form(outer: Container, form: Container, *forms: Container, min_height
     never reaches the dock; hence the scroll area lives inside ``outer`` here.
     """
     fit_texts(form, *forms)  # now, for widgets that are never shown; again when shown
+    tab_when_docked(outer)
     scroll = _FormScrollArea(min_height, lambda: fit_texts(form, *forms))
     form.native.layout().addStretch(1)  # rows stay packed at the top of a tall dock
     layout = outer.native.layout()
@@ -643,6 +699,65 @@ def scroll_form(outer: Container, form: Container, *forms: Container, min_height
     layout.addWidget(scroll)
     outer.margins = (0, 0, 0, 0)
     return scroll
+
+
+#: what napari appends to a plugin dock's title (the Plugins menu: display name; add_plugin_dock_widget: package)
+_PLUGIN_SUFFIX = re.compile(r" \((U-Net|napari-unet)\)$")
+#: Qt property marking the outer widget of a napari-unet dock (see :func:`tab_when_docked`)
+_DOCK_PROPERTY = "napari_unet_dock"
+
+
+class _DockWatch(QObject):
+    """Event filter behind :func:`tab_when_docked`."""
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.ParentChange and obj.parentWidget() is not None:
+            # napari adds the dock to the window after wrapping the widget: join the tabs then
+            QTimer.singleShot(0, lambda: join_unet_tabs(obj))
+        return False
+
+
+def tab_when_docked(outer: Container) -> None:
+    """Show the dock of ``outer`` as a tab beside the other napari-unet docks of its side of
+    the window (when it is docked there), instead of stacking it under them: four docks
+    stacked on a 1280x800 screen leave each about 150 px, every Run button out of sight."""
+    outer.native.setProperty(_DOCK_PROPERTY, True)
+    outer.native.installEventFilter(_DockWatch(outer.native))  # a child: lives as long
+
+
+def dock_of(widget: Any) -> QDockWidget | None:
+    """The dock holding the Qt widget ``widget`` (None when it is not docked)."""
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parentWidget()
+    return parent
+
+
+def _holds_unet_widget(dock: QDockWidget) -> bool:
+    return any(w.property(_DOCK_PROPERTY) for w in dock.findChildren(QWidget))
+
+
+def join_unet_tabs(native: Any) -> None:
+    """Tab the dock holding the Qt widget ``native`` with the napari-unet docks on its side."""
+    try:
+        dock = dock_of(native)
+    except RuntimeError:  # deleted meanwhile (the viewer closed)
+        return
+    main = dock.parentWidget() if dock is not None else None
+    if not isinstance(main, QMainWindow) or dock.isFloating():
+        return
+    area = main.dockWidgetArea(dock)
+    others = [d for d in main.findChildren(QDockWidget)
+              if d is not dock and not d.isFloating() and d.isVisibleTo(main) and main.dockWidgetArea(d) == area
+              and _holds_unet_widget(d)]
+    tabbed = main.tabifiedDockWidgets(dock)
+    if not others or any(d in tabbed for d in others):
+        return
+    main.tabifyDockWidget(others[-1], dock)
+    for d in (*others, dock):  # short tab titles: "Segment", not "Segment (U-...", in a narrow dock
+        d.setWindowTitle(_PLUGIN_SUFFIX.sub("", d.windowTitle()))
+    dock.show()
+    dock.raise_()
 
 
 def align_form(container: Any) -> None:

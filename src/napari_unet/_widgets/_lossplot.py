@@ -79,6 +79,11 @@ class LossPlot(QWidget):
                               ha="center", va="center", color=fg, alpha=0.6, fontsize=9)
         self._set_empty_limits()
 
+        from ._common import AP_HELP
+
+        self.setToolTip("Blue: the training loss (its running mean solid), orange: the loss on the held-out "
+                        "validation images; both should fall. Green (right axis): the validation score, "
+                        f"higher is better; the first point is the starting model's. {AP_HELP}")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)

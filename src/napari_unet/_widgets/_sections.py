@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, create_widget
 
-from ._common import TaskRunner, bundled_model_available, row, set_status, status_label
+from ._common import AP_HELP, TaskRunner, bundled_model_available, row, set_status, status_label, wrapped
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -139,8 +139,7 @@ class DevicePicker:
             tooltip="Where the network runs. 'auto' picks a CUDA GPU, then Apple MPS, "
             "then the CPU",
         )
-        self.info = Label(label="Runs on", value="")
-        self.info.native.setWordWrap(True)
+        self.info = wrapped(Label(label="Runs on", value=""))
         self.device.changed.connect(self.refresh)
         self.refresh()
 
@@ -179,6 +178,11 @@ class DevicePicker:
             set_status(self.info, f"{text}. Warning: {warn}", "warning")
         else:
             set_status(self.info, text)
+        self.info.tooltip = f"{self.info.value}. {self.HELP}"
+
+    HELP = ("What the network runs on: 'cpu' (the processor; threads: how many of its cores are used), 'cuda' "
+            "(an NVIDIA graphics card) or 'mps' (an Apple GPU). bfloat16: a shorter number format the "
+            "processor computes faster in, with no loss that matters for segmentation")
 
 
 class RunControls:
@@ -210,8 +214,13 @@ class RunControls:
                           cancel_button=self.cancel_button, status=self.status)
 
 
+#: the arrows of a folded and an open section (:func:`folded`)
+COLLAPSED_ARROW, EXPANDED_ARROW = "▶", "▼"
+
+
 def folded(sections: list[tuple[str, Container]]) -> Container:
     """A magicgui row holding folded-away (superqt ``QCollapsible``) sections."""
+    from qtpy.QtGui import QIcon
     from superqt import QCollapsible
 
     holder = Container(widgets=[], labels=False)
@@ -221,7 +230,14 @@ def folded(sections: list[tuple[str, Container]]) -> Container:
     holder.sections = []  # the QCollapsibles (tests and the screenshot script expand them)
     for title, inner in sections:
         inner.margins = (0, 0, 0, 0)
-        box = QCollapsible(title)
+        # the arrow in the title's text, in the title's font: ▶ folded, ▼ open (superqt draws
+        # a small ▲ icon for folded, which reads as open)
+        box = QCollapsible(title, expandedIcon=QIcon(), collapsedIcon=QIcon())
+        box.layout().setContentsMargins(0, 2, 0, 2)  # a folded section is one row high, like the others
+        button = box.toggleButton()
+        button.setToolTip(f"Show or hide: {title}")
+        box.toggled.connect(
+            lambda open_, b=button, t=title: b.setText(f"{EXPANDED_ARROW if open_ else COLLAPSED_ARROW} {t}"))
         box.addWidget(inner.native)
         box.collapse(animate=False)
         layout.addWidget(box)
@@ -236,8 +252,9 @@ class LossPlotSection:
     def __init__(self, dark: bool) -> None:
         from ._lossplot import LossPlot
 
-        self.eta = Label(value="", label="")
-        self.eta.native.setWordWrap(True)
+        self.eta = wrapped(Label(value="", label=""))
+        self.eta.native.setToolTip("Training steps done, time left, and the validation score (the best so "
+                                   f"far in brackets). {AP_HELP}")
         self.plot = LossPlot(dark=dark)
         self.box = Container(widgets=[], labels=False)
         self.box.margins = (0, 0, 0, 0)

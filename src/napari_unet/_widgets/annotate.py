@@ -35,6 +35,7 @@ layer's scale, as 3D training does (``volume.stack_planes``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +62,10 @@ from ..annotate import (
 )
 from ..targets import DEFAULT_MARGIN
 from ._common import (
+    AP_HELP,
     META_KEY,
     add_or_update_layer,
+    dock_of,
     header,
     is_ours,
     layer_data,
@@ -76,6 +79,7 @@ from ._common import (
     show_error_in,
     status_kind,
     unique_name,
+    wrapped,
 )
 from ._live import LiveSection
 from ._sections import DevicePicker, ModelPicker, RunControls, layer_picker
@@ -182,6 +186,12 @@ def run_scores(job: ScoreJob) -> Generator[Progress, None, ScoreResult]:
         )
     score = float(np.mean(scores)) if scores else None
     return ScoreResult(score, scores, labels)
+
+
+def _improved(model: Any) -> bool:
+    """False when the training run that made ``model`` did not improve on its starting model."""
+    history = model.meta.get("history") if model is not None else None
+    return not history or history[-1].get("improved") is not False
 
 
 def _painted_max(event: Any) -> int:
@@ -644,8 +654,11 @@ class _HelpersSection:
         self.cut_line_button = PushButton(text="Draw cut line", tooltip="Draw a line across a cell in "
                                           "'<image> cut lines', then press Split")
         self.split_button = PushButton(text="Split", tooltip="Split the cell under the last cut line in two")
-        self.merge_a = SpinBox(label="Merge id", value=0, min=0, max=2**31 - 1)
-        self.merge_b = SpinBox(label="with id", value=0, min=0, max=2**31 - 1)
+        self.merge_a = SpinBox(label="Merge id", value=0, min=0, max=2**31 - 1,
+                               tooltip="The id of the first cell (hover over a cell in the viewer: napari "
+                               "shows its id in the status bar); the merged cell keeps this id")
+        self.merge_b = SpinBox(label="with id", value=0, min=0, max=2**31 - 1,
+                               tooltip="The id of the cell to join to the first one")
         self.merge_button = PushButton(text="Merge", tooltip="Give both cells the first id (undoable)")
         return [row(self.next_id_button, self.fill_holes_button), self.min_size, self.remove_small_button,
                 row(self.cut_line_button, self.split_button), self.merge_a, self.merge_b, self.merge_button]
@@ -969,17 +982,18 @@ class _TrainOnThisSection:
     def _train_section(self) -> list[Any]:
         self.last_scores: dict[str, Any] = {}
         self._train_widget: Any = None
+        self._model_before: Any = None  # the Train widget's model when "Train on this" started it
+        self._follow_result_until = 0.0  # keep the result in view while the form settles (monotonic time)
         self.train_button = PushButton(text="Train on this", tooltip="Open the Train widget with this set and "
                                        "start training; the open image is segmented again when it ends")
-        self.score = Label(value="", label="Score")
-        self.score.tooltip = "AP@0.5 (TP / (TP+FP+FN) at IoU 0.5) against your annotations"
-        self.score.native.setWordWrap(True)
+        self.score = wrapped(Label(value="", label="Score"))
+        self.score.tooltip = AP_HELP
         return [self.train_button, self.score]
 
     def train_widget(self) -> Any:
         """The Train dock widget (opened if needed)."""
         if self._train_widget is None or self._train_widget.native is None:
-            # tabbed with the other docks: a second tall dock would not fit beside this one
+            # a tab beside this dock (tab_when_docked does the same for a widget opened from the menu)
             _, widget = self._viewer.window.add_plugin_dock_widget("napari-unet", "Train", tabify=True)
             self._train_widget = widget
         return self._train_widget
@@ -1027,6 +1041,7 @@ class _TrainOnThisSection:
         except ValueError as exc:
             show_error_in(self.status, exc)
             return
+        self._model_before = train.trained_model  # a cancelled run replaces it with the run's best
         worker = train.run()
         if worker is None:
             show_error_in(self.status, f"The Train widget did not start: {train.status.value}")
@@ -1039,9 +1054,17 @@ class _TrainOnThisSection:
         model = getattr(train, "trained_model", None)
         outcome = getattr(train.runner, "last_outcome", None)
         if outcome == "cancelled":
-            # the person stopped it: no new predictions, and Predict to annotate keeps its model
-            set_status(self.status, "Training was cancelled (see the Train widget); the image was not "
-                       "segmented again and 'Predict to annotate' keeps its model", "warning")
+            # no new predictions; say which model 'Predict to annotate' uses now
+            text = "Training was cancelled (see the Train widget); the image was not segmented again"
+            if model is self._model_before or self.model.source.value != self.TRAINED:
+                text += " and 'Predict to annotate' keeps its model"
+            elif _improved(model):
+                text += (". 'Predict to annotate' uses the Train widget's model, which is now the one the cancelled "
+                         "run kept")
+            else:
+                text += (". 'Predict to annotate' keeps the same weights: the cancelled run did not improve on "
+                         "its starting model")
+            set_status(self.status, text, "warning")
             return None
         if model is None or outcome != "done":
             show_error_in(self.status, "Training did not produce a model (see the Train widget)")
@@ -1072,19 +1095,32 @@ class _TrainOnThisSection:
             self.last_scores["layer"] = w.layer.name
             where = f" The new model's predictions are in '{w.layer.name}'" + (f" ({w.note})" if w.note else "") + ";"
         self._show_score()
+        if _improved(self._train_widget.trained_model):
+            set_status(self.status, f"Trained. {self.score.value}.{where} 'Predict to annotate' now uses the new model")
+        else:
+            set_status(self.status, f"Training did not improve on the starting model (see the Train widget), so it "
+                       f"is kept. {self.score.value}.{where} 'Predict to annotate' uses it", "warning")
         self._raise_dock()
-        set_status(self.status, f"Trained. {self.score.value}.{where} 'Predict to annotate' now uses the new model")
 
     def _raise_dock(self) -> None:
         """Bring this dock to the front (the Train dock may be tabbed over it)."""
-        from qtpy.QtWidgets import QDockWidget
+        dock = dock_of(self.native)
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+        # the score and the status line sit low in the form: scroll them into view, now and while
+        # the form settles (a dock shown for the first time fits its texts, and rows move)
+        self._follow_result_until = time.monotonic() + 1.0
+        self._show_result()
 
-        parent = self.native.parentWidget()
-        while parent is not None and not isinstance(parent, QDockWidget):
-            parent = parent.parentWidget()
-        if parent is not None:
-            parent.show()
-            parent.raise_()
+    def _form_range_changed(self, *_: Any) -> None:
+        if time.monotonic() < self._follow_result_until:
+            self._show_result()
+
+    def _show_result(self) -> None:
+        self.scroll.ensureWidgetVisible(self.status.native, 0, 8)
+        if self.score.native.visibleRegion().isEmpty():  # a long status: its start and the score
+            self.scroll.ensureWidgetVisible(self.score.native, 0, 8)
 
     def _show_score(self) -> None:
         s = self.last_scores
@@ -1099,7 +1135,7 @@ class _TrainOnThisSection:
         if s.get("on") == "training entries":
             text += " (no held-out entry: optimistic)"
         self.score.value = text
-        self.score.tooltip = text
+        self.score.tooltip = f"{text}. {AP_HELP}"
 
 
 class AnnotateWidget(
@@ -1148,6 +1184,7 @@ class AnnotateWidget(
         self.live.connect()
         self.form.native.setMinimumWidth(320)
         self.scroll = scroll_form(self, self.form)
+        self.scroll.verticalScrollBar().rangeChanged.connect(self._form_range_changed)
         self.reset_choices()
         self._image_changed()
         self._refresh_entries()

@@ -43,6 +43,10 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_MIN_SIZE = 16
 
 
+#: the 3D methods of ``volume.py`` in a biologist's words
+_METHOD_WORDS = {"linked planes": "each plane segmented, cells joined to the overlapping cells of the next plane"}
+
+
 @dataclass
 class SegmentJob:
     """Everything the worker needs, read from the widgets in the GUI thread."""
@@ -501,7 +505,8 @@ class SegmentWidget(Container):
             a = v.get("anisotropy") and v["anisotropy"] / result.zoom
             source = "voxel size from the layer scale" if v.get("anisotropy_source") == "voxel size" else \
                 v.get("anisotropy_source")
-            notes.append(f"3D: {v['method']}" + (f", Z step {a:.2g}x the pixel ({source})" if a else ""))
+            method = _METHOD_WORDS.get(v["method"], v["method"])
+            notes.append(f"3D: {method}" + (f", Z step {a:.2g}x the pixel ({source})" if a else ""))
         if result.probabilities is not None:
             p = result.probabilities
             pgeo = {} if scale is None else {"scale": (1.0, *scale), "translate": (0.0, *translate)}

@@ -31,7 +31,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +51,6 @@ from magicgui.widgets import (
 
 from .._progress import Progress, relay
 from ..annotate import count_cells
-from ..metrics import DEFAULT_SCORE
 from ..modes import MODES
 from ._common import (
     add_or_update_layer,
@@ -66,6 +65,7 @@ from ._common import (
     segment_at_model_size,
     set_status,
     show_error_in,
+    wrapped,
 )
 from ._sections import DevicePicker, LossPlotSection, RunControls, folded, layer_picker
 
@@ -75,6 +75,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..model import UNet
 
 WRITER = "train"
+#: the modes in a biologist's words (the name the CLI and the model file use in brackets)
+MODE_WORDS = {"instance3": "touching cells (instance3)", "instance2": "separate cells (instance2)",
+              "semantic": "classes (semantic)"}
 #: Mode choices for EM-like data: instance2 with a training preset (see training.PRESETS)
 MEMBRANE_MODES = {"membranes (EM cells)": "membranes", "membrane mask (EM)": "membrane-mask"}
 
@@ -156,6 +159,12 @@ def pair_arrays(pair: LayerPair) -> tuple[list[np.ndarray], list[np.ndarray], li
         planes = [(img, lab)]
     else:  # a stack: one training image per plane with annotations
         planes = [(img[z], lab[z]) for z in range(lab.shape[0])]
+    if pair.complete and pair.region is None and not np.any(lab):
+        raise ValueError(
+            f"Labels '{name_l}' are empty, yet 'labels are complete' is ticked: training would teach that "
+            f"'{name_i}' holds no cells at all. Paint the cells, or untick it and draw a Region around truly "
+            "empty background"
+        )
     region_all = np.ones(tuple(lab.shape[-2:]), bool) if pair.complete else None
     if pair.region is not None:
         region_all = shapes_to_mask(pair.region, pair.labels, tuple(lab.shape[-2:]))
@@ -308,10 +317,16 @@ def run_training(job: TrainJob) -> Generator[Progress, None, Any]:
             rec = next(gen)
         except StopIteration as stop:
             return stop.value
-        yield rec
         info = rec.info or {}
+        words = _STATUS_WORDS.get(info.get("phase", ""))  # the step and loss are on the line above the plot
+        yield rec if words is None or rec.message.startswith("out of memory") else replace(rec, message=words)
         if job.preview is not None and "val_ap" in info and info.get("phase") == "train" and "run" in info:
             yield _preview(job, info["run"].model, rec)
+
+
+#: the status line while training (the core's "iteration 52: loss 0.4127" repeats the line above the plot)
+_STATUS_WORDS = {"train": "Training: the plot shows how it goes. Cancel stops it and keeps the best model so far",
+                 "validate": "Scoring the model on the held-out validation images..."}
 
 
 def _warn_if_mostly_ignored(labels: list[Any], regions: list[Any], threshold: float = 0.5) -> float:
@@ -500,6 +515,9 @@ class _TrainingSetSection:
     """Training data, second part: a training set read from a folder or handed over by the
     Annotate widget, and the line saying exactly what Train will train on."""
 
+    HINT_CHOOSE = "Choose an image and its Labels layer (or load a training set), then press Train"
+    HINT_READY = "Ready: press Train to train on what 'Trains on' says"
+
     def _set_section(self) -> list[Any]:
         self.training_set: Any = None
         self.training_set_source = ""
@@ -507,10 +525,7 @@ class _TrainingSetSection:
                                tooltip="A training-set folder (saved by the Annotate widget)")
         self.load_folder_button = PushButton(text="Load folder", tooltip="Read the training-set folder")
         self.clear_set_button = PushButton(text="Clear set", tooltip="Stop using the loaded training set")
-        self.set_info = Label(value="")
-        self.set_info.native.setWordWrap(True)
-        # a wrapped label gets one line's height in the form: keep room for two (seen at 1280x800)
-        self.set_info.native.setMinimumHeight(2 * self.set_info.native.fontMetrics().lineSpacing() + 4)
+        self.set_info = wrapped(Label(value=""))
         return [self.folder, row(self.load_folder_button, self.clear_set_button), self.set_info]
 
     def _connect_set(self) -> None:
@@ -568,13 +583,16 @@ class _TrainingSetSection:
             image, labels = self.image.value, self.labels_layer.value
             if image is None or labels is None:
                 self.set_info.value = "Trains on: nothing yet (choose an image and its labels, or load a set)"
-                return
-            self.set_info.value = f"Trains on: {self._current_pair().describe()} (the pair above)"
-            return
-        text = "Trains on: " + " + ".join(parts)
-        if self._pairs or self.training_set is not None:
-            text += " (not the pair above unless listed: Add pair to list)"
-        self.set_info.value = text
+            else:
+                self.set_info.value = f"Trains on: {self._current_pair().describe()} (the pair above)"
+        else:
+            text = "Trains on: " + " + ".join(parts)
+            if self._pairs or self.training_set is not None:
+                text += " (not the pair above unless listed: Add pair to list)"
+            self.set_info.value = text
+        hint = self.HINT_CHOOSE if self.set_info.value.startswith("Trains on: nothing") else self.HINT_READY
+        if self.status.value in ("", self.HINT_CHOOSE, self.HINT_READY):  # the status line says nothing else yet
+            set_status(self.status, hint)
 
     def collect_data(self) -> tuple[list[Any], list[Any], list[Any], list[str]]:
         """(images, labels, regions, sources) from the pair list (or the chosen pair) and the set."""
@@ -623,14 +641,17 @@ class _StartModelSection:
                               value=self.BUNDLED if bundled_model_available() else self.SCRATCH,
                               tooltip="Fine-tune the bundled model or a model file, train a fresh "
                               "network, continue the model trained here, or resume a checkpoint")
-        self.model_file = FileEdit(label="Model file", mode="r", filter="napari-unet models (*.pt);;All files (*)")
+        self.model_file = FileEdit(label="Model file", mode="r", filter="napari-unet models (*.pt);;All files (*)",
+                                   tooltip="The napari-unet model file (.pt) to fine-tune; it is not changed")
         self.resume_dir = FileEdit(label="Checkpoint", mode="d",
                                    tooltip="A folder with last.pt and state.pt from an earlier run")
-        self.mode = ComboBox(label="Mode", choices=[*MODES, *MEMBRANE_MODES], value="instance3",
-                             tooltip="instance3: background/interior/boundary (separates touching "
-                             "cells); instance2: background/cell; semantic: one class per label value; "
-                             "membranes: EM cells labelled, 0 = membrane between them; membrane mask: "
-                             "the membranes painted (nonzero), cells are what they enclose")
+        choices = [*((MODE_WORDS[m], m) for m in MODES), *((m, m) for m in MEMBRANE_MODES)]
+        self.mode = ComboBox(label="Mode", choices=choices, value="instance3",
+                             tooltip="What the network learns. touching cells: background, cell interior and "
+                             "the border between touching cells, so touching cells come out apart (instance3); "
+                             "separate cells: background or cell (instance2); classes: one class per label "
+                             "value (semantic); membranes: EM cells labelled, 0 = the membrane between them; "
+                             "membrane mask: the membranes painted (nonzero), cells are what they enclose")
         arch = training.FRESH_ARCHITECTURE
         self.depth = SpinBox(label="Depth", value=int(arch["depth"]), min=1, max=5,
                              tooltip="Poolings of a fresh network (the paper: 4)")
@@ -690,7 +711,8 @@ class _SettingsSection:
     def _budget_section(self) -> list[Any]:
         from .. import training
 
-        self.budget = ComboBox(label="Stop after", choices=[self.ITERATIONS, self.MINUTES], value=self.ITERATIONS)
+        self.budget = ComboBox(label="Stop after", choices=[self.ITERATIONS, self.MINUTES], value=self.ITERATIONS,
+                               tooltip="How long to train: a number of training steps, or a time")
         self.iterations = SpinBox(label="Iterations", value=training.DEFAULT_ITERATIONS, min=1, max=10**7,
                                   tooltip="Training steps (one batch of tiles each)")
         self.minutes = FloatSpinBox(label="Minutes", value=10.0, min=0.1, max=10**5, step=1.0,
@@ -709,11 +731,14 @@ class _SettingsSection:
                                  tooltip="Edge of the output tile per sample (0 = auto: 96 on the CPU, 192 on a GPU)")
         self.batch_size = SpinBox(label="Batch size", value=4, min=1, max=256, tooltip="Tiles per step")
         self.val_fraction = FloatSpinBox(label="Validation", value=0.2, min=0.0, max=0.5, step=0.05,
-                                         tooltip="Share held out to measure progress (whole images from 8 "
-                                         "images up, else a strip of each); 0 = none")
-        self.val_every = SpinBox(label="Val. every (0 = auto)", value=0, min=0, max=10**6,
-                                 tooltip="Steps between validations (0 = auto: 20 per run, every 50 "
-                                 "steps on a time budget). The best model is chosen at validations")
+                                         tooltip="Share of the annotated data held out (never trained on) to "
+                                         "score the model as it trains, so that the best model is kept: whole "
+                                         "images from 8 images up, else a strip of each; 0 = none")
+        self.val_every = SpinBox(label="Validate every", value=0, min=0, max=10**6,
+                                 tooltip="How often, in training steps, the model is scored on the held-out "
+                                 "validation images (0 = auto: 20 times per run; every 50 steps and at the end "
+                                 "on a time budget). The best-scoring model is the one kept")
+        self.val_every.native.setSpecialValueText("auto")
         self.zoom_to_model = CheckBox(
             text="train at the model's cell size", value=True,
             tooltip="When your cells' size differs from the size the starting model knows by more than "
@@ -723,7 +748,7 @@ class _SettingsSection:
         from ..training import KEEP_START, KEEP_START_TOLERANCE
 
         self.keep_start = FloatSpinBox(
-            label="Start model share", value=KEEP_START, min=0.0, max=1.0, step=0.05,
+            label="Starting model kept", value=KEEP_START, min=0.0, max=1.0, step=0.05,
             tooltip="Share of the starting model's weights mixed into the fine-tuned ones, so that the "
             "model keeps part of what it knew about images unlike yours (used only when validation says "
             f"it costs at most {KEEP_START_TOLERANCE:g}; 0 = the fine-tuned weights as they are)",
@@ -746,6 +771,7 @@ class _SettingsSection:
         self.aug_noise = CheckBox(text="noise", value=True, tooltip="Additive Gaussian noise")
         self.aug_strength = FloatSlider(label="Aug. strength", value=1.0, min=0.0, max=2.0, step=0.1,
                                         tooltip="Scales every augmentation's range (1 = defaults)")
+        self.aug_strength.native.setToolTip(self.aug_strength.tooltip)  # also over its number box
         self.augmentation = Container(
             widgets=[row(self.aug_elastic, self.aug_rotate, self.aug_flip),
                      row(self.aug_gray, self.aug_noise), self.aug_strength],
@@ -917,15 +943,20 @@ class _TrainingRunSection:
             self.eta.value = " · ".join(parts)
 
     def _finish_text(self, model: Any, how: str) -> str:
+        from ..training import describe_outcome
+
         run = self._run
         it = run.iteration if run is not None else self._last_info.get("iteration", 0)
-        text = f"{how} after {it} iteration(s) in {_fmt_time(time.perf_counter() - self._t0)}"
-        if run is not None and run.best_state is not None:
-            score = self._last_info.get("score", DEFAULT_SCORE)
-            text += f"; kept the best model (val. {score} {run.best_score:.2f} at iteration {run.best_iteration})"
-        else:
-            text += "; kept the last model"
+        took = f"{it} iteration(s) in {_fmt_time(time.perf_counter() - self._t0)}"
         hist = (model.meta.get("history") or [{}])[-1] if model is not None else {}
+        if hist.get("improved") is False:
+            outcome = describe_outcome(hist)
+            text = f"{outcome[0].upper()}{outcome[1:]} ({took}). Save, Export and Apply use it unchanged"
+            if self.model_tag != "trained":
+                text += f" (as '{self.model_tag}')"
+        else:
+            text = f"{how} after {took}; "
+            text += describe_outcome(hist)
         if hist.get("start_model"):
             text += f"; started from {hist['start_model']}"
         if model is not None and model.meta.get("input"):
@@ -939,12 +970,26 @@ class _TrainingRunSection:
             text += f". Checkpoints: {folder}{temporary}"
         return text
 
-    def _training_done(self, model: Any) -> None:
+    def _keep_result(self, model: Any) -> bool:
+        """Make ``model`` (a finished or cancelled run's) the current model; False when the run
+        did not improve on its starting model, which then keeps its own name."""
+        improved = (model.meta.get("history") or [{}])[-1].get("improved") is not False
+        job = self._job
+        if improved or job is None:
+            self.model_tag = "trained"
+        elif job.start == "file" and job.model_path is not None:
+            self.model_tag = Path(job.model_path).stem
+        elif job.start == "bundled":
+            self.model_tag = "bundled"
+        # "current": the model continued from keeps the name it had
         self.trained_model = model
-        self.model_tag = "trained"
         self.start.value = self.CURRENT
         self._sync()
-        set_status(self.status, self._finish_text(model, "Trained"))
+        return improved
+
+    def _training_done(self, model: Any) -> None:
+        improved = self._keep_result(model)
+        set_status(self.status, self._finish_text(model, "Trained"), "ok" if improved else "warning")
         self.plot.redraw()
 
     def _training_cancelled(self) -> None:
@@ -958,11 +1003,9 @@ class _TrainingRunSection:
             return
         self.eta.value = f"stopped at step {run.iteration}"  # no ETA left on screen
         # the generator's return value is lost on quit: take the best weights from the run
-        self.trained_model = run.best_model()
-        self.model_tag = "trained"
-        self.start.value = self.CURRENT
-        self._sync()
-        set_status(self.status, "Cancelled. " + self._finish_text(self.trained_model, "Stopped"), "warning")
+        model = run.best_model()
+        self._keep_result(model)
+        set_status(self.status, "Cancelled. " + self._finish_text(model, "Stopped"), "warning")
         self.plot.redraw()
 
     def _closed(self) -> None:
@@ -1027,6 +1070,12 @@ class _ResultSection:
         for b in (self.save_button, self.apply_button, self.export_button):
             b.enabled = has_model and not busy
         self.load_button.enabled = not busy
+        # name the model they write ("trained": the model trained here; else the one kept unchanged or loaded)
+        what = f"the current model ('{self.model_tag}')" if has_model else "the current model (none yet)"
+        self.save_button.tooltip = f"Write {what} to a .pt file"
+        self.export_button.tooltip = (f"Write {what} as a bioimage.io model package (.zip), to run it in other "
+                                      "tools (deepImageJ, ilastik, bioimage.io)")
+        self.apply_button.tooltip = f"Segment the 'Apply to' image with {what} → '<image> labels ({self.model_tag})'"
 
     def _preview_job(self, job: TrainJob) -> None:
         if self.preview.value and self.apply_image.value is not None:
@@ -1199,9 +1248,8 @@ class TrainWidget(
         self.scroll = scroll_form(self, self.form, self.advanced, self.augmentation)
         self._sync()
         self.reset_choices()
-        self._update_set_info()
+        self._update_set_info()  # also the first status line: what to do with what is chosen
         self._labels_chosen()
-        set_status(self.status, "Choose an image and its Labels layer, then press Train")
 
     def _connect_close(self) -> None:
         on_close(self, self._closed)

@@ -141,17 +141,20 @@ class WeightMapWidget(Container):
     def _input_section(self) -> list[Any]:
         self.labels_layer = layer_picker("Labels", "Labels", "Instance labels: 0 is background, each other id one cell")
         self.w0 = FloatSpinBox(
-            label="w0", value=10.0, min=0.0, max=1000.0, step=1.0,
-            tooltip="Weight of the border term (paper: 10)",
+            label="Border weight w0", value=10.0, min=0.0, max=1000.0, step=1.0,
+            tooltip="w0: how much more the thin gaps between touching cells count in training than other "
+            "pixels (the paper: 10; 0 = no extra weight)",
         )
         self.sigma = FloatSlider(
-            label="sigma (px)", value=5.0, min=0.5, max=30.0, step=0.5,
-            tooltip="Width of the border term in pixels (paper: about 5)",
+            label="Border width σ (px)", value=5.0, min=0.5, max=30.0, step=0.5,
+            tooltip="How far from the gap between two cells the extra weight reaches, in pixels (the paper: about 5)",
         )
         self.class_weights = ComboBox(
             label="Class balance", choices=["none", "balanced"], value="none",
-            tooltip="none: w_c = 1; balanced: inverse class frequency (mean 1 over the image)",
+            tooltip="Whether rare classes weigh more. none: every pixel counts the same; balanced: each class "
+            "(background, cell) counts as much in total, so the rarer one's pixels weigh more (mean 1 over the image)",
         )
+        self.sigma.native.setToolTip(self.sigma.tooltip)  # also over its number box
         return [self.labels_layer, self.w0, self.sigma, self.class_weights]
 
     def _settings_section(self) -> list[Any]:
@@ -160,8 +163,11 @@ class WeightMapWidget(Container):
             tooltip="For a layer with more than 2 dimensions: one 2D map per plane instead of "
             "one 3D map (always on beyond 3D)",
         )
-        self.live = CheckBox(text="live (recompute when a value changes)", value=True)
-        self.compute_button = PushButton(text="Compute")
+        self.live = CheckBox(text="live (recompute when a value changes)", value=True,
+                             tooltip="On: the map is computed again shortly after you change a value or "
+                             "paint on the labels. Off: only when you press Compute")
+        self.compute_button = PushButton(text="Compute", tooltip="Compute the weight map of the chosen "
+                                         "Labels layer into an Image layer '<labels> weight map'")
         return [self.per_plane, self.live, self.compute_button]
 
     def _connect_live(self) -> None:
@@ -293,7 +299,7 @@ class WeightMapWidget(Container):
         note = f"; {out.note}" if out.note else ""
         set_status(
             self.status,
-            f"w0 {params.w0:g}, sigma {params.sigma:g} px, class balance {params.class_weights}"
+            f"border weight w0 {params.w0:g}, width σ {params.sigma:g} px, class balance {params.class_weights}"
             + ("" if params.spacing is None else
                ", pixel spacing " + " x ".join(f"{v:g}" for v in params.spacing) + " (layer scale)")
             + f": weights {lo:.2f} to {hi:.2f}{note}",
