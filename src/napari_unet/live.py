@@ -404,12 +404,11 @@ def propose(model: Any, image: Any, *, device: Any = None, axes: str | None = No
 
     img = np.asarray(image)
     if reference is not None:
-        from .tiling import parse_axes, with_normalization_of
+        from .inputs import describe_input
 
-        ref = np.asarray(reference)
-        fixed = with_normalization_of(model, ref, parse_axes(ref.shape, axes)).meta["normalization"]
+        lo, hi = describe_input(np.asarray(reference), model, axes=axes).normalization
         model = copy.copy(model)
-        model.meta = {**model.meta, "normalization": fixed}
+        model.meta = {**model.meta, "normalization": {"kind": "fixed", "lo": lo.tolist(), "hi": hi.tolist()}}
     if diameter is None and not model.meta.get("zoom_each"):
         diameter = AS_IS  # type: ignore[assignment]
     yx = img.shape[:2] if (img.ndim == 3 and img.shape[-1] in (3, 4)) else img.shape[-2:]
