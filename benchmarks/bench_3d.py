@@ -2,7 +2,7 @@
 
     python benchmarks/bench_3d.py            # all three parts
     python benchmarks/bench_3d.py --quick    # smaller stacks, for a smoke test
-    python benchmarks/bench_3d.py --part ap  # one part: ap, time or memory
+    python benchmarks/bench_3d.py --part ap  # one part: ap, time, memory or finetune
     python benchmarks/bench_3d.py --part ap --src ../main/src   # the same stacks, another version's code
 
 * ap: 3D AP@0.5 and AP@0.7 and the object count, with default settings and with the Z step
@@ -16,6 +16,14 @@
   - the bright, well separated stacks of the first 3D benchmark (radius 7-10, blur 3x).
   The stacks are made by this repository's generator in a child process and saved, so
   ``--src`` scores another version's code (e.g. the main branch's) on the very same stacks.
+* finetune: the bundled model (or ``--model``) fine-tuned on ONE labelled stack of the first held-out kind
+  (dim small packed nuclei, Z step 2; seed 10002, never scored) for ``--max-time`` seconds
+  (default 180), ``nu.fine_tune([stack], [labels], voxel_size=(2, 1, 1), max_time=...)``
+  as is, with ``zoom_to_model=False``, and with that and ``val_fraction=0`` (the last
+  weights, not the best by validation); then the object count, 3D AP@0.5 and AP@0.7 of
+  ``segment(stack, model, axes="ZYX")`` with each model on three other seeds of that kind
+  and on the stardist stack (of a similar kind), when it can be fetched. Not part of the
+  default run (it trains).
 * time: seconds per megavoxel of the 3D path (XY + XZ + YZ views, Z step 3) and of XY
   only, against plane-by-plane 2D segmentation (seconds per megapixel) of the same stack,
   in one run (the machine is shared: ratios, not absolute times).
@@ -177,7 +185,7 @@ def part_memory(quick: bool, model: str | None) -> None:
             tested = str(Path(__import__("napari_unet").__file__).parents[1])
             code = CHILD.format(src=tested, path=path, out=out, run=run)
             t = time.perf_counter()
-            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+            res = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
             if res.returncode:
                 print(res.stderr[-2000:])
@@ -193,12 +201,62 @@ def part_memory(quick: bool, model: str | None) -> None:
           f"in {peaks['3D'][1]:.0f} s")
 
 
+FINETUNE_TRAIN_SEED = 10002
+FINETUNE_TEST_SEEDS = (10000, 10001, 10003)
+
+
+def part_finetune(quick: bool, model: str | None, max_time: float) -> None:
+    import torch
+
+    import napari_unet as nu
+    from napari_unet.synthetic_3d import HELD_OUT, make_stack
+
+    name, shape, kw = HELD_OUT[0]
+    a = kw["anisotropy"]
+    img, lab = make_stack(shape, seed=FINETUNE_TRAIN_SEED, **kw)
+    tests = [(f"{name} (seed {s})", *make_stack(shape, seed=s, **kw), (a, 1, 1))
+             for s in FINETUNE_TEST_SEEDS[: 1 if quick else None]]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from real_data import load_real_stacks
+
+    tests += [(f"outside: {n}", im, lb, None) for n, im, lb in load_real_stacks()]
+    start = nu.load_model(model)
+    nets = {"before": start}
+    for call, kw_ft in (("fine_tune", {}), ("zoom_to_model=False", {"zoom_to_model": False}),
+                        ("no zoom, last", {"zoom_to_model": False, "val_fraction": 0})):
+        t = time.perf_counter()
+        nets[call] = nu.fine_tune([img], [lab], start, voxel_size=(a, 1, 1), max_time=20 if quick else max_time,
+                                  seed=0, **kw_ft)
+        run = nets[call].meta["history"][-1]
+        val = (f"validation AP {run['start_val_ap']} -> best {run['best_val_ap']:.3f} at step {run['best_iteration']}"
+               if run.get("best_val_ap") is not None else "no validation: the last weights")
+        print(f"{call}: {time.perf_counter() - t:.0f} s, {run['iterations']} steps, training data zoomed "
+              f"{run.get('zoom')}x, {val}", flush=True)
+    print(f"\nfine-tuning, {'model ' + model if model else 'bundled model'} on one labelled stack "
+          f"'{name}' (seed {FINETUNE_TRAIN_SEED}, {len(np.unique(lab)) - 1} nuclei, {shape}), "
+          f"voxel_size ({a:g}, 1, 1), {torch.get_num_threads()} threads, code from {nu.__file__}")
+    print(f"{'stack':<48} {'call':<13} {'truth':>5} " + " ".join(f"{c[:19]:>19}" for c in nets))
+    print(f"{'':<48} {'':<13} {'':>5} " + " ".join(f"{'objects AP.5 AP.7':>19}" for _ in nets))
+    for test, im, truth, vs in tests:
+        n_true = len(np.unique(truth)) - 1
+        for call, extra in (("default", {}), ("Z step given", {"voxel_size": vs})):
+            if call != "default" and vs is None:
+                continue
+            cells = []
+            for net in nets.values():
+                out = nu.segment(im, net, axes="ZYX", **extra)
+                ap = nu.average_precision(truth, out, (0.5, 0.7))
+                cells.append(f"{len(np.unique(out)) - 1:>7} {ap[0.5]:.2f} {ap[0.7]:.2f}")
+            print(f"{test:<48} {call:<13} {n_true:>5} " + " ".join(f"{c:>19}" for c in cells), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--part", choices=("ap", "time", "memory"))
+    ap.add_argument("--part", choices=("ap", "time", "memory", "finetune"))
     ap.add_argument("--src", type=Path, default=SRC, help="the napari_unet source folder to score")
     ap.add_argument("--model", default=None, help="a model file (default: what segment picks)")
+    ap.add_argument("--max-time", type=float, default=180.0, help="seconds of fine-tuning (--part finetune)")
     args = ap.parse_args()
     sys.path.insert(0, str(args.src.resolve()))
     import torch
@@ -207,6 +265,8 @@ def main() -> None:
     for name, fn in (("ap", part_ap), ("time", part_time), ("memory", part_memory)):
         if args.part in (None, name):
             fn(args.quick, args.model)
+    if args.part == "finetune":
+        part_finetune(args.quick, args.model, args.max_time)
 
 
 if __name__ == "__main__":
