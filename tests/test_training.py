@@ -567,3 +567,36 @@ def test_resuming_a_finished_run_mixes_the_start_in_once(tmp_path):
                       resume=tmp_path, **kw)
     for k, v in again.state_dict().items():
         assert torch.equal(v, first.state_dict()[k]), k
+
+
+def test_a_zoom_each_model_trains_partial_labels_at_the_zoom_segment_uses():
+    """A zoom_each model (stained tissue) zooms each training image to its cell size. When
+    only a few cells are labelled -- here the three largest, as a confidence ranking picks
+    them -- their size is not the image's: training must zoom the image by the size the
+    model measures on it, as segment does, not by the labelled cells (which would train
+    at 0.8x an image that segment zooms 2x)."""
+    from _helpers import threshold_unet
+
+    from napari_unet.tiling import segment_iter
+
+    yy, xx = np.mgrid[:300, :340]
+    lab = np.zeros((300, 340), np.int32)
+    small = [(y, x) for y in range(30, 300, 45) for x in range(30, 340, 45) if not (y > 160 and x > 150)]
+    for k, (cy, cx) in enumerate(small):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 < 6**2] = k + 1  # about 12 px across
+    large = [(200, 190), (200, 280), (265, 235)]
+    for k, (cy, cx) in enumerate(large):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 < 15**2] = 100 + k  # 30 px across
+    img = np.where(lab > 0, 1.0, 0.1).astype(np.float32) + np.random.default_rng(0).normal(0, 0.02, lab.shape).astype(np.float32)
+    m = threshold_unet()
+    m.meta.update(diameter=24.0, zoom_each=True)
+    _, records = run_to_end(segment_iter(img, m, device="cpu", min_size=0))
+    seg_zoom = records[-1].info["zoom"]
+    assert abs(seg_zoom - 2.0) < 0.15  # the many 12-px cells to the model's 24 px
+    only_large = np.where(lab >= 100, lab, 0)
+    region = np.zeros(lab.shape, bool)
+    region[170:, 160:] = True  # the corner holding the three large cells and nothing else
+    kw = dict(iterations=1, device="cpu", tile_size=32, val_fraction=0, lr=0.0)
+    for regions in ([region], None):  # an annotated region, or the labelled cells alone
+        tuned = fine_tune([img], [only_large], m, regions=regions, **kw)
+        assert tuned.meta["history"][-1]["zoom"] == pytest.approx(seg_zoom, rel=0.02)
