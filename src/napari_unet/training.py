@@ -1247,8 +1247,10 @@ def train_iter(
             docstring). False: train at the
             data's own scale and record its diameter. A model that records
             ``meta["zoom_each"]`` (the stained model: slides at 20x and 40x) gets *each*
-            image zoomed to the model's size by its own cells' diameter, as ``segment``
-            then zooms each image; one that records ``meta["diameter_range"]`` (pretrained
+            image zoomed to the model's size, as ``segment`` then zooms each image: by the
+            diameter the starting model measures on it (as ``segment`` measures it) when
+            its labels are partial (a region or the labelled cells, not ``"all"``), by its
+            labelled cells' when complete or not measurable; one that records ``meta["diameter_range"]`` (pretrained
             on many sizes) is not zoomed for data whose diameter lies inside that range.
         tune_postprocess: in an instance mode (not membranes), choose the post-processing
             thresholds (:data:`TUNE_GRID`) that segment the validation images best and store
