@@ -1250,7 +1250,8 @@ def train_iter(
             image zoomed to the model's size, as ``segment`` then zooms each image: by the
             diameter the starting model measures on it (as ``segment`` measures it) when
             its labels are partial (a region or the labelled cells, not ``"all"``), by its
-            labelled cells' when complete or not measurable; one that records ``meta["diameter_range"]`` (pretrained
+            labelled cells' when complete or not measurable (a few seconds per image on a
+            CPU, once per run); one that records ``meta["diameter_range"]`` (pretrained
             on many sizes) is not zoomed for data whose diameter lies inside that range.
         tune_postprocess: in an instance mode (not membranes), choose the post-processing
             thresholds (:data:`TUNE_GRID`) that segment the validation images best and store
