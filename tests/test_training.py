@@ -575,27 +575,16 @@ def test_a_zoom_each_model_trains_partial_labels_at_the_zoom_segment_uses():
     them -- their size is not the image's: training must zoom the image by the size the
     model measures on it, as segment does, not by the labelled cells (which would train
     at 0.8x an image that segment zooms 2x)."""
-    from _helpers import threshold_unet
+    from _helpers import few_large_cells_labelled, threshold_unet
 
     from napari_unet.tiling import segment_iter
 
-    yy, xx = np.mgrid[:300, :340]
-    lab = np.zeros((300, 340), np.int32)
-    small = [(y, x) for y in range(30, 300, 45) for x in range(30, 340, 45) if not (y > 160 and x > 150)]
-    for k, (cy, cx) in enumerate(small):
-        lab[(yy - cy) ** 2 + (xx - cx) ** 2 < 6**2] = k + 1  # about 12 px across
-    large = [(200, 190), (200, 280), (265, 235)]
-    for k, (cy, cx) in enumerate(large):
-        lab[(yy - cy) ** 2 + (xx - cx) ** 2 < 15**2] = 100 + k  # 30 px across
-    img = np.where(lab > 0, 1.0, 0.1).astype(np.float32) + np.random.default_rng(0).normal(0, 0.02, lab.shape).astype(np.float32)
+    img, only_large, region = few_large_cells_labelled()
     m = threshold_unet()
     m.meta.update(diameter=24.0, zoom_each=True)
     _, records = run_to_end(segment_iter(img, m, device="cpu", min_size=0))
     seg_zoom = records[-1].info["zoom"]
     assert abs(seg_zoom - 2.0) < 0.15  # the many 12-px cells to the model's 24 px
-    only_large = np.where(lab >= 100, lab, 0)
-    region = np.zeros(lab.shape, bool)
-    region[170:, 160:] = True  # the corner holding the three large cells and nothing else
     kw = dict(iterations=1, device="cpu", tile_size=32, val_fraction=0, lr=0.0)
     for regions in ([region], None):  # an annotated region, or the labelled cells alone
         tuned = fine_tune([img], [only_large], m, regions=regions, **kw)
