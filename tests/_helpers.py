@@ -106,3 +106,23 @@ def membrane_image(shape=(96, 96), n=14, seed=0):
     cells = np.where(membrane, 0, nearest + 1).astype(np.int32)
     img = np.where(membrane, 0.2, 0.7) + rng.normal(0, 0.07, shape)
     return img.astype(np.float32), cells, membrane
+
+
+def few_large_cells_labelled():
+    """An image of many small cells (about 12 px across) and three large ones (30 px) in one
+    corner, with only the large ones labelled and the annotated region around them (as a
+    confidence ranking picks the large, merged cells first): (image, labels, region)."""
+    import numpy as np
+
+    yy, xx = np.mgrid[:300, :340]
+    lab = np.zeros((300, 340), np.int32)
+    small = [(y, x) for y in range(30, 300, 45) for x in range(30, 340, 45) if not (y > 160 and x > 150)]
+    for k, (cy, cx) in enumerate(small):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 < 6**2] = k + 1
+    for k, (cy, cx) in enumerate([(200, 190), (200, 280), (265, 235)]):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 < 15**2] = 100 + k
+    noise = np.random.default_rng(0).normal(0, 0.02, lab.shape).astype(np.float32)
+    img = np.where(lab > 0, 1.0, 0.1).astype(np.float32) + noise
+    region = np.zeros(lab.shape, bool)
+    region[170:, 160:] = True  # the corner holding the three large cells and nothing else
+    return img, np.where(lab >= 100, lab, 0), region

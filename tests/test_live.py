@@ -174,3 +174,25 @@ def test_background_run_trains_and_serves_proposals():
     finally:
         kept = run.stop()
     assert not run.running and kept is not None
+
+
+def test_proposals_of_a_zoom_each_model_use_the_size_its_images_train_at():
+    """A stained-tissue model (meta["zoom_each"]) trains each partially labelled image at
+    the cell size it measures on the image; proposals of that image (or of a view cut from
+    it) are made at the same size, not at the size of the few (large) cells labelled."""
+    from _helpers import few_large_cells_labelled, threshold_unet
+
+    from napari_unet.diameter import measure_diameter
+
+    img, only_large, region = few_large_cells_labelled()
+    m = threshold_unet()
+    m.meta.update(diameter=24.0, zoom_each=True)
+    run = LiveRun(m, device="cpu", val_fraction=0, lr=0.0, batch_size=1, tile_size=32)
+    run.set_annotation("a", img, only_large, region)
+    run.train(1)
+    measured = measure_diameter(img, m, device="cpu")
+    assert abs(measured - 12) < 1.5
+    assert run._diameter_of(img) == pytest.approx(measured, rel=0.01)
+    assert run._trainer.zoom == pytest.approx(24.0 / measured, rel=0.02)
+    p = run.propose(img[:160, :160], reference=img)
+    assert p.labels.max() >= 9  # the small cells of the view, found at the zoom they train at

@@ -567,3 +567,25 @@ def test_resuming_a_finished_run_mixes_the_start_in_once(tmp_path):
                       resume=tmp_path, **kw)
     for k, v in again.state_dict().items():
         assert torch.equal(v, first.state_dict()[k]), k
+
+
+def test_a_zoom_each_model_trains_partial_labels_at_the_zoom_segment_uses():
+    """A zoom_each model (stained tissue) zooms each training image to its cell size. When
+    only a few cells are labelled -- here the three largest, as a confidence ranking picks
+    them -- their size is not the image's: training must zoom the image by the size the
+    model measures on it, as segment does, not by the labelled cells (which would train
+    at 0.8x an image that segment zooms 2x)."""
+    from _helpers import few_large_cells_labelled, threshold_unet
+
+    from napari_unet.tiling import segment_iter
+
+    img, only_large, region = few_large_cells_labelled()
+    m = threshold_unet()
+    m.meta.update(diameter=24.0, zoom_each=True)
+    _, records = run_to_end(segment_iter(img, m, device="cpu", min_size=0))
+    seg_zoom = records[-1].info["zoom"]
+    assert abs(seg_zoom - 2.0) < 0.15  # the many 12-px cells to the model's 24 px
+    kw = dict(iterations=1, device="cpu", tile_size=32, val_fraction=0, lr=0.0)
+    for regions in ([region], None):  # an annotated region, or the labelled cells alone
+        tuned = fine_tune([img], [only_large], m, regions=regions, **kw)
+        assert tuned.meta["history"][-1]["zoom"] == pytest.approx(seg_zoom, rel=0.02)

@@ -363,9 +363,22 @@ class LiveRun:
         img = np.asarray(image)
         if self._trainer is None:
             return propose(self.start_model(img), img, device=self.device, axes=axes, key=key, reference=reference)
-        diameter = self._trainer.data_diameter  # the scale the annotations train at
         return propose(self.current_model(), img, device=self.device, axes=axes, key=key, iteration=self.iteration,
-                       diameter=float(diameter) if math.isfinite(diameter) else None, reference=reference)
+                       diameter=self._diameter_of(img if reference is None else np.asarray(reference)), reference=reference)
+
+    def _diameter_of(self, image: np.ndarray) -> float | None:
+        """The cell size an image is segmented at: the one it trains at. A ``zoom_each`` model
+        zooms each image by the size the starting model measures on the whole image
+        (:meth:`Trainer.measured_diameter`, measured once per image); another model, all
+        images by the annotated cells' size."""
+        from .training_data import normalised_whole
+
+        t = self._trainer
+        if t.net.meta.get("zoom_each"):
+            measured = t.measured_diameter(normalised_whole(image, t.in_ch, 0, t.norm_rule))
+            if measured is not None:
+                return measured
+        return float(t.data_diameter) if math.isfinite(t.data_diameter) else None
 
     def request_proposal(self, image: Any, axes: str | None = None, key: Any = None, reference: Any = None) -> None:
         """Ask the background run for a proposal of ``image`` (it replaces an unserved

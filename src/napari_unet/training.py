@@ -635,6 +635,8 @@ class Trainer:
         self.rng = np.random.default_rng(o.seed)
         self.gen = torch.Generator().manual_seed(o.seed)
         torch.manual_seed(o.seed)
+        self._sizes: dict[tuple[Any, ...], float | None] = {}
+        self._size_model: UNet | None = None
         self.set_data(images, labels, regions)
 
     def set_data(self, images: Sequence[Any], labels: Sequence[Any], regions: Sequence[Any] | None) -> None:
@@ -657,7 +659,7 @@ class Trainer:
         self.zoom, self.data_diameter = 1.0, math.nan
         if self.mode != "semantic":
             imgs, labs, regs, va_i, va_l, va_r, self.zoom, self.data_diameter = zoom_to_model(
-                self.net, self.fresh, o.zoom_to_model, imgs, labs, regs, va_i, va_l, va_r)
+                self.net, self.fresh, o.zoom_to_model, imgs, labs, regs, va_i, va_l, va_r, measure=self.measured_diameter)
         done = {"kind": "fixed", "lo": [0.0] * in_ch, "hi": [1.0] * in_ch}  # already normalised
         recipe = dict(w0=self.w0, sigma=self.sigma, class_weights=self.class_weights, margin=o.margin)
         self.data = TrainingData(imgs, labs, regs, mode=self.mode, normalization=done, in_channels=in_ch,
@@ -667,6 +669,26 @@ class Trainer:
         self.val = prepare_validation(va_i, va_l, va_r, self.mode, done, in_ch, **recipe, max_edge=max_edge)
         if hasattr(self, "entry"):  # data changed during the run
             self.entry.update(images=len(self.data), val_images=len(self.val))
+
+    def measured_diameter(self, image: np.ndarray) -> float | None:
+        """The cell diameter the starting model measures on a normalised training image, as
+        ``segment`` measures an image before zooming it (None: too few cells to measure);
+        each image is measured once (a live run prepares its data again at every change)."""
+        from .diameter import CellSizeError, measure_diameter
+
+        image = np.ascontiguousarray(image)
+        key = (image.shape, hashlib.blake2b(image.data, digest_size=16).digest())
+        if key not in self._sizes:
+            if self._size_model is None:  # the weights the person saw when they annotated
+                done = {"kind": "fixed", "lo": [0.0] * self.in_ch, "hi": [1.0] * self.in_ch}  # already normalised
+                self._size_model = clone_model(self.net).eval()
+                self._size_model.meta = {**self._size_model.meta, "normalization": done}
+            try:
+                self._sizes[key] = measure_diameter(image, self._size_model, axes="YX" if image.ndim == 2 else "CYX",
+                                                    device=self.dev)
+            except CellSizeError:
+                self._sizes[key] = None
+        return self._sizes[key]
 
     def _setup_optimiser(self) -> None:
         """The network on its device, mixed precision, the (wrapped) forward network and the optimiser."""
@@ -1225,8 +1247,11 @@ def train_iter(
             docstring). False: train at the
             data's own scale and record its diameter. A model that records
             ``meta["zoom_each"]`` (the stained model: slides at 20x and 40x) gets *each*
-            image zoomed to the model's size by its own cells' diameter, as ``segment``
-            then zooms each image; one that records ``meta["diameter_range"]`` (pretrained
+            image zoomed to the model's size, as ``segment`` then zooms each image: by the
+            diameter the starting model measures on it (as ``segment`` measures it) when
+            its labels are partial (a region or the labelled cells, not ``"all"``), by its
+            labelled cells' when complete or not measurable (a few seconds per image on a
+            CPU, once per run); one that records ``meta["diameter_range"]`` (pretrained
             on many sizes) is not zoomed for data whose diameter lies inside that range.
         tune_postprocess: in an instance mode (not membranes), choose the post-processing
             thresholds (:data:`TUNE_GRID`) that segment the validation images best and store

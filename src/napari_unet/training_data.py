@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -374,10 +374,19 @@ def _image_axes(arr: Any, yx: tuple[int, ...]) -> str:
 
 
 def zoom_to_model(net: UNet, fresh: bool, enabled: bool, imgs: list, labs: list, regs: list | None,
-                  va_i: list, va_l: list, va_r: list | None) -> tuple:
+                  va_i: list, va_l: list, va_r: list | None,
+                  measure: Callable[[np.ndarray], float | None] | None = None) -> tuple:
     """Training data zoomed to the starting model's cell size (see ``train_iter``'s
     ``zoom_to_model``), and
     the model's ``meta["diameter"]`` set to the size it will know best afterwards.
+
+    ``measure``: for a ``zoom_each`` model, the cell diameter the model measures on a
+    (normalised) image, as ``segment`` measures it before zooming, or None when it cannot.
+    An image whose labels are partial (its region is not ``"all"``) is zoomed by that
+    measure: the cells a person labelled first are not a fair sample of the image's
+    (the least confident are the large, merged ones), and training at their size while
+    ``segment`` zooms by the measured size teaches the model the wrong scale. Without it,
+    or when the model cannot measure, each image is zoomed by its labelled cells.
 
     Returns the (possibly zoomed) lists, the zoom and the data's median cell diameter.
     """
@@ -390,12 +399,15 @@ def zoom_to_model(net: UNet, fresh: bool, enabled: bool, imgs: list, labs: list,
     if enabled and net.meta.get("zoom_each") and isinstance(target, (int, float)) and target > 0:
         # slides at 20x and 40x (the stained model): EACH image to the model's size by its own
         # cells, as segment (diameter "auto" for such a model) zooms each image
-        def own_zoom(lab: Any) -> float:
-            d = label_diameter([np.asarray(lab)])
+        def own_zoom(img: Any, lab: Any, reg: Any) -> float:
+            complete = isinstance(reg, str) and reg == "all"
+            d = measure(np.asarray(img)) if measure is not None and not complete else None
+            if d is None:
+                d = label_diameter([np.asarray(lab)])
             return zoom_for(float(target), d) if math.isfinite(d) else 1.0
 
-        zooms = [own_zoom(lab) for lab in labs]
-        va_zooms = [own_zoom(lab) for lab in va_l]
+        zooms = [own_zoom(*item) for item in zip(imgs, labs, regs or [None] * len(imgs))]
+        va_zooms = [own_zoom(*item) for item in zip(va_i, va_l, va_r or [None] * len(va_i))]
         imgs, labs, regs = _zoomed(imgs, labs, regs, zooms)
         va_i, va_l, va_r = _zoomed(va_i, va_l, va_r, va_zooms)
         return imgs, labs, regs, va_i, va_l, va_r, float(np.median(zooms)), data_d
