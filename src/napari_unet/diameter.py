@@ -122,6 +122,12 @@ def middle_plane(image: Any, axes: str | None = None, max_side: int | None = Non
     read from a lazy image).
     """
     lay = parse_axes(np.shape(image), axes)
+    kept = "".join(lay.axes[a] for a in range(len(lay.shape)) if a not in lay.planes)
+    return np.asarray(image[_middle_index(lay, max_side)]), kept
+
+
+def _middle_index(lay: Any, max_side: int | None) -> tuple[Any, ...]:
+    """The index of a layout's middle plane (a centred crop of ``max_side`` pixels a side)."""
     index: list[Any] = [slice(None)] * len(lay.shape)
     for a in lay.planes:
         index[a] = lay.shape[a] // 2
@@ -129,8 +135,7 @@ def middle_plane(image: Any, axes: str | None = None, max_side: int | None = Non
         for a in (lay.y, lay.x):
             start = max(0, (lay.shape[a] - max_side) // 2)
             index[a] = slice(start, start + max_side)
-    kept = "".join(lay.axes[a] for a in range(len(lay.shape)) if a not in lay.planes)
-    return np.asarray(image[tuple(index)]), kept
+    return tuple(index)
 
 
 def measure_diameter_iter(
@@ -226,15 +231,7 @@ def measure_iter(image: Any, facts: ImageInput, *, device: Any = None,
 
 def _middle_plane(image: Any, facts: ImageInput, max_side: int | None = None) -> tuple[np.ndarray, ImageInput]:
     """:func:`middle_plane` with the image's facts: the plane and its facts."""
-    lay = facts.layout
-    index: list[Any] = [slice(None)] * len(lay.shape)
-    for a in lay.planes:
-        index[a] = lay.shape[a] // 2
-    if max_side is not None:
-        for a in (lay.y, lay.x):
-            start = max(0, (lay.shape[a] - max_side) // 2)
-            index[a] = slice(start, start + max_side)
-    plane = np.asarray(image[tuple(index)])
+    plane = np.asarray(image[_middle_index(facts.layout, max_side)])
     return plane, facts.plane(plane.shape)
 
 
