@@ -19,7 +19,7 @@
 * finetune: the bundled model (or ``--model``) fine-tuned on ONE labelled stack of the first held-out kind
   (dim small packed nuclei, Z step 2; seed 10002, never scored) for ``--max-time`` seconds
   (default 180), ``nu.fine_tune([stack], [labels], voxel_size=(2, 1, 1), max_time=...)``
-  as is, with ``zoom_to_model=False``, and with that and ``val_fraction=0`` (the last
+  as is (stacks train at their own scale) and with ``val_fraction=0`` (the last
   weights, not the best by validation); then the object count, 3D AP@0.5 and AP@0.7 of
   ``segment(stack, model, axes="ZYX")`` with each model on three other seeds of that kind
   and on the stardist stack (of a similar kind), when it can be fetched. Not part of the
@@ -222,8 +222,7 @@ def part_finetune(quick: bool, model: str | None, max_time: float) -> None:
     tests += [(f"outside: {n}", im, lb, None) for n, im, lb in load_real_stacks()]
     start = nu.load_model(model)
     nets = {"before": start}
-    for call, kw_ft in (("fine_tune", {}), ("zoom_to_model=False", {"zoom_to_model": False}),
-                        ("no zoom, last", {"zoom_to_model": False, "val_fraction": 0})):
+    for call, kw_ft in (("fine_tune", {}), ("last weights", {"val_fraction": 0})):
         t = time.perf_counter()
         nets[call] = nu.fine_tune([img], [lab], start, voxel_size=(a, 1, 1), max_time=20 if quick else max_time,
                                   seed=0, **kw_ft)

@@ -589,3 +589,19 @@ def test_a_zoom_each_model_trains_partial_labels_at_the_zoom_segment_uses():
     for regions in ([region], None):  # an annotated region, or the labelled cells alone
         tuned = fine_tune([img], [only_large], m, regions=regions, **kw)
         assert tuned.meta["history"][-1]["zoom"] == pytest.approx(seg_zoom, rel=0.02)
+
+
+def test_a_labelled_stack_trains_at_its_own_scale():
+    """3D segmentation predicts a stack at its own scale, so fine-tuning on a labelled stack
+    must not zoom its planes to the model's cell size (a model tuned on planes zoomed 2x then
+    met cells half the size it learned, and lost most of its 3D AP)."""
+    from _helpers import threshold_unet
+
+    from napari_unet.synthetic_3d import make_stack
+
+    stack, labels = make_stack((8, 48, 48), seed=0, radius=5.0, anisotropy=2.0)
+    m = threshold_unet()
+    m.meta.update(diameter=24.0)  # the cells are about 10 px across: 2.4x smaller
+    tuned = fine_tune([stack], [labels], m, iterations=1, device="cpu", tile_size=32, val_fraction=0, lr=0.0,
+                      voxel_size=(2.0, 1.0, 1.0))
+    assert tuned.meta["history"][-1]["zoom"] == 1.0

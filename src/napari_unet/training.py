@@ -543,6 +543,9 @@ class Trainer:
         if unknown:
             raise TypeError(f"unknown training option(s) {', '.join(unknown)}; see train_iter")
         o = self.options = SimpleNamespace(**{**defaults, **options})
+        if any(np.ndim(lab) == 3 for lab in [*labels, *(o.val_labels or [])]):
+            # 3D segmentation predicts a stack at its own scale, so its planes train at that scale
+            o.zoom_to_model = False
         images, labels, regions, self.val_images, self.val_labels, self.val_regions = _checked_inputs(images, labels, o)
         self.total = int(o.iterations) if o.iterations is not None else (DEFAULT_ITERATIONS if o.max_time is None else 10**9)
         self.dev = resolve_device(o.device)
@@ -1245,7 +1248,8 @@ def train_iter(
             ``segment(..., diameter="auto")`` segments), so that fine-tuning builds on what
             the model knows instead of relearning the scale (measured: the module's
             docstring). False: train at the
-            data's own scale and record its diameter. A model that records
+            data's own scale and record its diameter (always so for labelled 3D stacks,
+            which 3D segmentation predicts at their own scale). A model that records
             ``meta["zoom_each"]`` (the stained model: slides at 20x and 40x) gets *each*
             image zoomed to the model's size, as ``segment`` then zooms each image: by the
             diameter the starting model measures on it (as ``segment`` measures it) when
