@@ -16,26 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from make_annotate_screenshots import wait  # the same wait for the GUI (this folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
-
-
-def wait(pred, seconds=600):
-    from qtpy.QtWidgets import QApplication
-
-    t0 = time.perf_counter()
-    while not pred():
-        QApplication.processEvents()
-        time.sleep(0.02)
-        if time.perf_counter() - t0 > seconds:
-            raise SystemExit("a step did not finish in time")
-    for _ in range(20):
-        QApplication.processEvents()
-        time.sleep(0.01)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,33 @@ Importable as ``from _helpers import ...``: pytest puts this folder on ``sys.pat
 
 from __future__ import annotations
 
+#: the centres of :func:`blobs_at`'s discs
+BLOB_CENTRES = ((20, 20), (20, 60), (60, 30), (70, 90), (30, 100))
+
+
+def blobs(shape=(96, 110), n=8, seed=0, radius=6):
+    """Bright discs at random places on a dim noisy background (float32)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = rng.normal(0.1, 0.02, shape)
+    for _ in range(n):
+        cy, cx = rng.uniform(radius + 2, shape[0] - radius - 2), rng.uniform(radius + 2, shape[1] - radius - 2)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 1.0
+    return img.astype(np.float32)
+
+
+def blobs_at(shape=(96, 120), centers=BLOB_CENTRES, radius=7):
+    """Bright discs at ``centers`` on a dim noisy background (float32)."""
+    import numpy as np
+
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.random.default_rng(0).normal(0.1, 0.02, shape)
+    for cy, cx in centers:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 1.0
+    return img.astype(np.float32)
+
 
 def run_to_end(gen):
     """Run a progress generator to the end: ``(its result, the records it yielded)``."""

@@ -5,9 +5,11 @@ cell size measured, 3D, the Segment widget's job); the result's ``info`` says wh
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import warnings
 
+import _helpers
 import numpy as np
 import pytest
 from _helpers import run_to_end, threshold_unet
@@ -15,15 +17,7 @@ from _helpers import run_to_end, threshold_unet
 import napari_unet as nu
 from napari_unet import inputs, normalize
 
-
-def blobs(shape=(96, 110), n=10, seed=0, radius=6):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    img = rng.normal(0.1, 0.02, shape)
-    for _ in range(n):
-        cy, cx = rng.uniform(radius + 2, shape[0] - radius - 2), rng.uniform(radius + 2, shape[1] - radius - 2)
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 1.0
-    return img.astype(np.float32)
+blobs = functools.partial(_helpers.blobs, n=10)
 
 
 @pytest.fixture

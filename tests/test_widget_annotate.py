@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import blobs_at
 
 pytestmark = pytest.mark.gui
 
@@ -22,20 +23,12 @@ WAIT_MS = 120_000  # generous for 2 shared cores; a hang still fails
 SCREENSHOTS = os.environ.get("NAPARI_UNET_SCREENSHOTS")  # folder: also write docs screenshots
 
 
-def blobs(shape=(96, 120), centers=((20, 20), (20, 60), (60, 30), (70, 90), (30, 100)), radius=7):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    img = np.random.default_rng(0).normal(0.1, 0.02, shape)
-    for cy, cx in centers:
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 1.0
-    return img.astype(np.float32)
-
-
 @pytest.fixture
 def widget(make_napari_viewer, model_path):
     from napari_unet._widgets.annotate import AnnotateWidget
 
     viewer = make_napari_viewer()
-    viewer.add_image(blobs(), name="cells")
+    viewer.add_image(blobs_at(), name="cells")
     w = AnnotateWidget(viewer)
     viewer.window.add_dock_widget(w, name="Annotate")
     w.model.source.value = w.model.FILE
@@ -61,6 +54,18 @@ def shot(viewer, name):
 
 # -- layers ----------------------------------------------------------------------------------
 
+
+
+def tiny_scratch_training(w):
+    """The Annotate widget's Train widget set to train a tiny network from scratch on the CPU
+    (32-px tiles, one at a time, no validation); the caller sets the budget."""
+    train = w.train_widget()
+    train.start.value = train.SCRATCH
+    train.depth.value, train.base_width.value = 2, 4
+    train.tile_size.value, train.batch_size.value = 32, 1
+    train.val_fraction.value = 0.0
+    train.device.value = "cpu"
+    return train
 
 def test_new_annotation_layer_defaults_and_next_id_after_stroke(widget, qtbot):
     w, viewer = widget, widget._viewer
@@ -172,7 +177,7 @@ def test_stack_plane_by_plane(make_napari_viewer, model_path, qtbot):
     from napari_unet._widgets.annotate import AnnotateWidget
 
     viewer = make_napari_viewer()
-    stack = np.stack([blobs(), blobs(centers=((40, 40),)), blobs()])
+    stack = np.stack([blobs_at(), blobs_at(centers=((40, 40),)), blobs_at()])
     viewer.add_image(stack, name="stack")
     w = AnnotateWidget(viewer)
     viewer.window.add_dock_widget(w, name="Annotate")
@@ -334,14 +339,9 @@ def test_cancelled_training_is_not_reported_as_trained(make_napari_viewer, model
     layer.data = gt.astype(np.int32)
     w.complete.value = True
     assert w.add_to_set() == 1
-    train = w.train_widget()
-    train.start.value = train.SCRATCH
-    train.depth.value, train.base_width.value = 2, 4
-    train.tile_size.value, train.batch_size.value = 32, 1
-    train.val_fraction.value = 0.0
+    train = tiny_scratch_training(w)
     train.budget.value = train.MINUTES
     train.minutes.value = 30.0
-    train.device.value = "cpu"
     w.train_on_this()
     qtbot.waitUntil(lambda: train.runner.running and len(train.plot.train_x) >= 3, timeout=WAIT_MS)
     n_layers = len(viewer.layers)
@@ -496,7 +496,6 @@ def test_end_to_end_annotate_train_segment(make_napari_viewer, model_path, tmp_p
     shot(viewer, "4_after_training")
 
 
-
 def _train_on_this_in_a_window(make_napari_viewer, qtbot):
     """Annotate opened from the plugin list in a 1280x800 window, one entry in its set, and a
     Train on this of a tiny network run to its end."""
@@ -512,13 +511,8 @@ def _train_on_this_in_a_window(make_napari_viewer, qtbot):
     layer.data = gt.astype(np.int32)
     w.complete.value = True
     assert w.add_to_set() == 1
-    train = w.train_widget()
-    train.start.value = train.SCRATCH
-    train.depth.value, train.base_width.value = 2, 4
-    train.tile_size.value, train.batch_size.value = 32, 1
-    train.val_fraction.value = 0.0
+    train = tiny_scratch_training(w)
     train.iterations.value = 3
-    train.device.value = "cpu"
     w.scroll.verticalScrollBar().setValue(0)  # the person looks at the top of the form
     w.train_on_this()
     qtbot.waitUntil(lambda: w.last_scores.get("after") is not None and not w.runner.running, timeout=WAIT_MS)

@@ -8,21 +8,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from _helpers import BLOB_CENTRES as CENTRES
+from _helpers import blobs_at
 
 pytestmark = pytest.mark.gui
 
 napari = pytest.importorskip("napari")
 
 WAIT_MS = 60_000
-CENTRES = ((20, 20), (20, 60), (60, 30), (70, 90), (30, 100))
-
-
-def blobs(shape=(96, 120), radius=7):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    img = np.random.default_rng(0).normal(0.1, 0.02, shape)
-    for cy, cx in CENTRES:
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 1.0
-    return img.astype(np.float32)
 
 
 @pytest.fixture
@@ -30,7 +23,7 @@ def widget(make_napari_viewer, model_path, tmp_path):
     from napari_unet._widgets.annotate import AnnotateWidget
 
     viewer = make_napari_viewer()
-    viewer.add_image(blobs(), name="cells")
+    viewer.add_image(blobs_at(), name="cells")
     w = AnnotateWidget(viewer)
     viewer.window.add_dock_widget(w, name="Annotate")
     w.model.source.value = w.model.FILE

@@ -13,24 +13,13 @@ import time
 
 import numpy as np
 import pytest
-from _helpers import threshold_unet
+from _helpers import blobs, threshold_unet
 
 pytestmark = pytest.mark.gui
 
 napari = pytest.importorskip("napari")
 
 WAIT_MS = 60_000  # generous for 2 shared cores; a hang still fails
-
-
-def blobs(shape=(96, 110), n=8, seed=0, radius=6):
-    """Bright discs on a dim noisy background (float32)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    img = rng.normal(0.1, 0.02, shape)
-    for _ in range(n):
-        cy, cx = rng.uniform(radius + 2, shape[0] - radius - 2), rng.uniform(radius + 2, shape[1] - radius - 2)
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 1.0
-    return img.astype(np.float32)
 
 
 @pytest.fixture
