@@ -605,3 +605,17 @@ def test_a_labelled_stack_trains_at_its_own_scale():
     tuned = fine_tune([stack], [labels], m, iterations=1, device="cpu", tile_size=32, val_fraction=0, lr=0.0,
                       voxel_size=(2.0, 1.0, 1.0))
     assert tuned.meta["history"][-1]["zoom"] == 1.0
+
+
+def test_a_fresh_network_saved_to_a_file_trains_as_from_scratch(tmp_path):
+    """A network fresh_model made trains as from "scratch" however it reaches training (a
+    network or its file), and the trained model does not carry the mark of being untrained."""
+    from napari_unet.synthetic import make_sample
+
+    img, lab = make_sample((64, 64), 0)
+    net = training.fresh_model(1, "instance3", [lab], depth=2, base_width=4)
+    nu.save_model(net, tmp_path / "fresh.pt")
+    kw = dict(iterations=1, device="cpu", tile_size=32, val_fraction=0)
+    for start in (net, tmp_path / "fresh.pt"):
+        tuned = fine_tune([img], [lab], start, **kw)
+        assert "untrained" not in tuned.meta

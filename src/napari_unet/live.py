@@ -217,9 +217,7 @@ class LiveRun:
                 return True  # a person who keeps painting must not keep the run preparing data
             changed, self._changed = self._changed, False
             usable = self._usable()
-        if not changed:
-            return self._trainer is not None
-        if not usable:
+        if not (changed and usable):
             return self._trainer is not None
         images = [a.image for a in usable]
         labels = [a.labels for a in usable]

@@ -228,10 +228,17 @@ def fresh_model(in_channels: int, mode: str, labels: Sequence[Any], **architectu
 
 def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Sequence[Any],
                    first_image: Any = None) -> tuple[UNet, bool]:
-    """The starting model (a copy) and whether it is freshly initialised."""
+    """The starting model (a copy) and whether it is freshly initialised (``"scratch"``, or a
+    network :func:`fresh_model` made, however it came)."""
+    net, fresh = _starting_model(model, mode, in_channels, labels, first_image)
+    return net, bool(net.meta.pop("untrained", False)) or fresh
+
+
+def _starting_model(model: Any, mode: str | None, in_channels: int, labels: Sequence[Any],
+                    first_image: Any) -> tuple[UNet, bool]:
+    """:func:`_resolve_model` before the ``untrained`` mark is read."""
     if isinstance(model, UNet):
-        net = clone_model(model)
-        return net, bool(net.meta.pop("untrained", False))
+        return clone_model(model), False
     from .channels import bundled_path, pick_bundled
 
     if model is None and in_channels == 3 and pick_bundled(True, first_image) == "stained":
@@ -252,9 +259,7 @@ def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Seque
             )
             model = "scratch"
     if isinstance(model, str) and model == "scratch":
-        net = fresh_model(in_channels, mode or "instance3", labels)
-        del net.meta["untrained"]
-        return net, True
+        return fresh_model(in_channels, mode or "instance3", labels), True
     if isinstance(model, (str, os.PathLike)):
         return load_model(model), False
     raise ValueError(f"model must be a UNet, a model file path, 'bundled', 'scratch' or None, got {type(model).__name__}")
@@ -396,8 +401,9 @@ def _summary(run: TrainingRun) -> dict[str, Any]:
 
 
 def _checked_inputs(images: Sequence[Any], labels: Sequence[Any], o: SimpleNamespace) -> tuple:
-    """``train_iter``'s data checked, labelled 3D stacks expanded to planes: (images, labels,
-    regions, val_images, val_labels, val_regions)."""
+    """``train_iter``'s data checked, labelled 3D stacks expanded to planes (which train at
+    the stack's own scale: ``o.zoom_to_model`` is turned off): (images, labels, regions,
+    val_images, val_labels, val_regions)."""
     regions, val_images, val_labels, val_regions = o.regions, o.val_images, o.val_labels, o.val_regions
     if len(images) != len(labels):
         raise ValueError(f"got {len(images)} images but {len(labels)} label images")
@@ -423,6 +429,8 @@ def _checked_inputs(images: Sequence[Any], labels: Sequence[Any], o: SimpleNames
         raise ValueError(f"keep_start must be in [0, 1], got {o.keep_start}")
     if any(np.ndim(lab) == 3 for lab in list(labels) + list(val_labels or [])):
         from .volume import expand_stacks  # labelled 3D stacks -> planes of all orientations
+
+        o.zoom_to_model = False  # 3D segmentation predicts a stack at its own scale: its planes train at it
 
         images, labels, regions = expand_stacks(images, labels, regions, o.voxel_size)
         if val_images is not None and val_labels is not None:
@@ -543,9 +551,6 @@ class Trainer:
         if unknown:
             raise TypeError(f"unknown training option(s) {', '.join(unknown)}; see train_iter")
         o = self.options = SimpleNamespace(**{**defaults, **options})
-        if any(np.ndim(lab) == 3 for lab in [*labels, *(o.val_labels or [])]):
-            # 3D segmentation predicts a stack at its own scale, so its planes train at that scale
-            o.zoom_to_model = False
         images, labels, regions, self.val_images, self.val_labels, self.val_regions = _checked_inputs(images, labels, o)
         self.total = int(o.iterations) if o.iterations is not None else (DEFAULT_ITERATIONS if o.max_time is None else 10**9)
         self.dev = resolve_device(o.device)
@@ -663,7 +668,7 @@ class Trainer:
         if self.mode != "semantic":
             imgs, labs, regs, va_i, va_l, va_r, self.zoom, self.data_diameter = zoom_to_model(
                 self.net, self.fresh, o.zoom_to_model, imgs, labs, regs, va_i, va_l, va_r, measure=self.measured_diameter)
-        done = {"kind": "fixed", "lo": [0.0] * in_ch, "hi": [1.0] * in_ch}  # already normalised
+        done = self.normalised_rule()
         recipe = dict(w0=self.w0, sigma=self.sigma, class_weights=self.class_weights, margin=o.margin)
         self.data = TrainingData(imgs, labs, regs, mode=self.mode, normalization=done, in_channels=in_ch,
                                  source_size=o.augment.source_size(self.in_size), num_classes=self.net.config.num_classes,
@@ -672,6 +677,11 @@ class Trainer:
         self.val = prepare_validation(va_i, va_l, va_r, self.mode, done, in_ch, **recipe, max_edge=max_edge)
         if hasattr(self, "entry"):  # data changed during the run
             self.entry.update(images=len(self.data), val_images=len(self.val))
+
+    def normalised_rule(self) -> dict[str, Any]:
+        """The normalisation of data the run has normalised already (each whole image by
+        its own statistics, :func:`~napari_unet.training_data.normalised_whole`): none."""
+        return {"kind": "fixed", "lo": [0.0] * self.in_ch, "hi": [1.0] * self.in_ch}
 
     def measured_diameter(self, image: np.ndarray) -> float | None:
         """The cell diameter the starting model measures on a normalised training image, as
@@ -683,9 +693,8 @@ class Trainer:
         key = (image.shape, hashlib.blake2b(image.data, digest_size=16).digest())
         if key not in self._sizes:
             if self._size_model is None:  # the weights the person saw when they annotated
-                done = {"kind": "fixed", "lo": [0.0] * self.in_ch, "hi": [1.0] * self.in_ch}  # already normalised
                 self._size_model = clone_model(self.net).eval()
-                self._size_model.meta = {**self._size_model.meta, "normalization": done}
+                self._size_model.meta = {**self._size_model.meta, "normalization": self.normalised_rule()}
             try:
                 self._sizes[key] = measure_diameter(image, self._size_model, axes="YX" if image.ndim == 2 else "CYX",
                                                     device=self.dev)
