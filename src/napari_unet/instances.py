@@ -45,7 +45,7 @@ def label_planes_iter(
 
     lay = facts.layout
     check_plane_memory(lay, facts.model.config.num_classes, out is None)
-    pred = Predictor(image, facts.model, axes=facts.axes, normalization=facts.normalization, layout=lay,
+    pred = Predictor(image, facts.model, axes=None, normalization=facts.normalization, layout=lay,
                      channel_map=facts.channel_map, **options.predict_kw)
     mode = options.mode or pred.meta.get("mode", "instance3")
     min_size, min_object_z = options.min_size, options.min_object_z

@@ -34,7 +34,15 @@ from magicgui.widgets import CheckBox, Label, PushButton
 
 from ..annotate import Edit, next_free_id
 from ..live import DEFAULT_THREADS
-from ._common import add_or_update_layer, on_close, row, set_status, show_error_in
+from ._common import (
+    add_or_update_layer,
+    layer_data,
+    on_close,
+    row,
+    set_status,
+    show_error_in,
+    wrapped,
+)
 
 #: how often the view is predicted again (ms) and how often results are picked up
 REFRESH_MS = 3000
@@ -67,8 +75,7 @@ class LiveSection:
         self.accept_region_button = PushButton(text="Accept all in region",
                                                tooltip="Copy every proposed cell inside the annotated region (or "
                                                "the view) into your labels; one Ctrl+Z undoes it")
-        self.info = Label(value="Off. Click a proposed cell to accept it, Shift+click to reject it")
-        self.info.native.setWordWrap(True)
+        self.info = wrapped(Label(value="Off. Click a proposed cell to accept it, Shift+click to reject it"))
         self.widgets = [row(self.switch, self.show_uncertainty), row(self.next_button, self.accept_region_button),
                         self.info]
         self.run: Any = None
@@ -216,8 +223,6 @@ class LiveSection:
         run.set_annotation("in view", image, lab, region)
 
     def _image_data(self) -> Any:
-        from ._common import layer_data
-
         return layer_data(self.w.image.value)
 
     def refresh(self) -> None:
@@ -296,7 +301,8 @@ class LiveSection:
                 cells[cells == i] = 0
         full = np.zeros((H, W), np.int32)
         full[box] = cells
-        kept = {i: c for i, c in p.confidence.items() if (cells == i).any()}
+        present = set(np.unique(cells).tolist())
+        kept = {i: c for i, c in p.confidence.items() if i in present}
         doubt = np.zeros((H, W), np.float32)
         doubt[box] = uncertainty_image(cells, kept)
         self.proposal, self._shown = p, (plane, box)

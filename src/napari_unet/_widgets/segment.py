@@ -15,13 +15,23 @@ optionally to an Image layer ``"<image> probabilities (<model>)"`` whose first a
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
 
 from .._progress import Progress
 from ..annotate import count_cells as count_objects
@@ -126,16 +136,26 @@ def file_axes(layer: Any) -> str | None:
     if not path or not str(path).lower().endswith((".tif", ".tiff")) or layer.multiscale:
         return None
     try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    axes, shape = _recorded_axes(str(path), st.st_mtime_ns, st.st_size)
+    return axes if axes and shape == tuple(layer_data(layer).shape) else None
+
+
+@functools.lru_cache(maxsize=16)
+def _recorded_axes(path: str, mtime_ns: int, size: int) -> tuple[str | None, tuple[int, ...] | None]:
+    """The axes and shape a TIFF file records, read once per version of the file (its time
+    and size are part of the key): the description line asks on every change of the form."""
+    try:
         import tifffile
 
         from .._cli._io import _tiff_axes
 
         with tifffile.TiffFile(path) as tif:
-            axes = _tiff_axes(tif)
-            shape = tuple(tif.series[0].shape)
+            return _tiff_axes(tif), tuple(tif.series[0].shape)
     except Exception:  # noqa: BLE001 - a file that cannot be read says nothing about its axes
-        return None
-    return axes if axes and shape == tuple(layer_data(layer).shape) else None
+        return None, None
 
 
 def auto_axes(layer: Any, model_channels: int = 1) -> tuple[str, str]:
