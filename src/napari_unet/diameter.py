@@ -173,7 +173,7 @@ def measure_diameter_iter(
     """
     from .inputs import describe_input
 
-    facts = describe_input(image, "fluorescence" if model is None else model, axes=axes)
+    facts = describe_input(image, "fluorescence" if model is None else model, axes=axes, check=False)
     return (yield from measure_iter(image, facts, device=device, zooms=zooms))
 
 

@@ -366,6 +366,7 @@ def describe_input(
     voxel_size: Any = None,
     model_name: str | None = None,
     load: Callable[[Any], Any] | None = None,
+    check: bool = True,
 ) -> ImageInput:
     """The facts about ``image`` (see :class:`ImageInput`): its axes are parsed, the model
     chosen (None: the bundled model that suits the image, :func:`napari_unet.channels.pick_bundled`),
@@ -380,6 +381,9 @@ def describe_input(
         model_name: how the result layers name a model the caller chose.
         load: reads a model file (default :func:`napari_unet.model.load_model`; a widget
             passes its cache).
+        check: look for the warnings (an image unlike the model's training data, a short
+            first axis); False for a caller that shows none, as the checks read a sample of
+            the image.
 
     Raises:
         ValueError: axes that do not fit the image, an image of a dtype that cannot be
@@ -409,10 +413,12 @@ def describe_input(
     if not hasattr(model, "config") or not hasattr(model, "meta"):
         raise TypeError(f"model must be a napari_unet.UNet (or wrap one), got {type(model).__name__}")
     meta = model.meta
-    message = modality_warning(image, layout, meta, stained)
-    found = [message] if message else []
-    if axes is None and len(layout.shape) == 3 and not layout.rgb and layout.shape[0] <= SHORT_AXIS:
-        found.append(SHORT_AXIS_WARNING.format(n=layout.shape[0]))
+    found = []
+    if check:
+        message = modality_warning(image, layout, meta, stained)
+        found = [message] if message else []
+        if axes is None and len(layout.shape) == 3 and not layout.rgb and layout.shape[0] <= SHORT_AXIS:
+            found.append(SHORT_AXIS_WARNING.format(n=layout.shape[0]))
     channel_map = choose_channel_map(layout, model.config.in_channels)
     lo, hi = image_normalization(image, layout, meta.get("normalization", {"kind": "percentile"}), channel_map)
     return ImageInput(layout, channel_map, tuple(float(v) for v in np.ravel(lo)), tuple(float(v) for v in np.ravel(hi)),

@@ -105,7 +105,7 @@ def objects_above_noise(image: Any, labels: np.ndarray, model: Any, axes: str | 
         axes: as for :func:`napari_unet.segment`.
         min_z: see :data:`napari_unet.image_checks.MIN_OBJECT_Z`.
     """
-    return drop_lost_objects(image, labels, describe_input(image, model, axes=axes), min_z)
+    return drop_lost_objects(image, labels, describe_input(image, model, axes=axes, check=False), min_z)
 
 
 def drop_lost_objects(image: Any, labels: np.ndarray, facts: ImageInput, min_z: float = MIN_OBJECT_Z) -> np.ndarray:

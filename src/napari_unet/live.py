@@ -417,7 +417,7 @@ def propose(model: Any, image: Any, *, device: Any = None, axes: str | None = No
     if reference is not None:
         from .inputs import describe_input
 
-        lo, hi = describe_input(np.asarray(reference), model, axes=axes).normalization
+        lo, hi = describe_input(np.asarray(reference), model, axes=axes, check=False).normalization
         model = copy.copy(model)
         model.meta = {**model.meta, "normalization": {"kind": "fixed", "lo": lo.tolist(), "hi": hi.tolist()}}
     if diameter is None and not model.meta.get("zoom_each"):

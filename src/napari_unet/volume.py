@@ -429,7 +429,8 @@ def segment_volume_iter(
 
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
-    facts = describe_input(image, "fluorescence" if model is None else model, axes=axes, voxel_size=voxel_size)
+    facts = describe_input(image, "fluorescence" if model is None else model, axes=axes, voxel_size=voxel_size,
+                           check=False)
     options = SegmentOptions(diameter=diameter, min_size=min_size, mode=mode, min_object_z=min_object_z,
                              postprocess=dict(views=views, block_voxels=block_voxels, h=h,
                                               foreground_threshold=foreground_threshold, seed_threshold=seed_threshold),
