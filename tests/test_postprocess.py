@@ -188,3 +188,14 @@ def test_weak_borders_merge_and_membranes_with_a_gap_do_not():
     assert split[22, 20] != split[22, 68]
     whole = membrane_watershed(p, h=1, min_size=1)
     assert whole[22, 20] == whole[22, 68]
+
+
+def test_a_low_foreground_threshold_widens_cells_but_makes_no_faint_ones():
+    classes = np.zeros((40, 80), int)
+    classes[10:30, 10:30] = 1  # a cell the model is sure of
+    probs = _soft_onehot(classes, 3, blur=0.01, noise=0.0)
+    faint = np.zeros((40, 80), bool)
+    faint[10:30, 50:70] = True  # a smudge: 40 % foreground, never more
+    probs[:, faint] = np.array([0.6, 0.25, 0.15], np.float32)[:, None]
+    pred = probabilities_to_labels(probs, "instance3", foreground_threshold=0.3, seed_threshold=0.2)
+    assert pred.max() == 1 and (pred[10:30, 10:30] > 0).all() and not pred[faint].any()

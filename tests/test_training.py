@@ -619,3 +619,26 @@ def test_a_fresh_network_saved_to_a_file_trains_as_from_scratch(tmp_path):
     for start in (net, tmp_path / "fresh.pt"):
         tuned = fine_tune([img], [lab], start, **kw)
         assert "untrained" not in tuned.meta
+
+
+def test_fine_tuning_keeps_the_trained_batchnorm_statistics_and_scratch_learns_them():
+    from napari_unet.model import bundled_model_path
+
+    torch.set_num_threads(1)
+    start = nu.load_model(bundled_model_path())
+    train = [discs(seed=s) for s in range(2)]
+    kw = dict(iterations=4, lr=1e-3, batch_size=2, tile_size=32, device="cpu", amp=False, val_fraction=0,
+              keep_start=0.0)
+    tuned = fine_tune([i for i, _ in train], [lab for _, lab in train], start, **kw)
+    fresh = fine_tune([i for i, _ in train], [lab for _, lab in train], "scratch", **kw)
+
+    def stats(m):
+        return {k: v for k, v in m.state_dict().items() if "running_" in k}
+
+    s0, s1 = stats(start), stats(tuned)
+    assert s0 and all(torch.equal(s0[k], s1[k]) for k in s0)
+    assert tuned.meta["history"][-1]["batch_norm"] == "trained statistics kept"
+    # the weights did learn, and a fresh network learns its statistics
+    assert any(not torch.equal(v, start.state_dict()[k]) for k, v in tuned.state_dict().items() if v.is_floating_point())
+    assert "batch_norm" not in fresh.meta["history"][-1]
+    assert any(float(v.abs().sum()) > 0 for k, v in stats(fresh).items() if "running_mean" in k)
