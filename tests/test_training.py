@@ -642,3 +642,32 @@ def test_fine_tuning_keeps_the_trained_batchnorm_statistics_and_scratch_learns_t
     assert any(not torch.equal(v, start.state_dict()[k]) for k, v in tuned.state_dict().items() if v.is_floating_point())
     assert "batch_norm" not in fresh.meta["history"][-1]
     assert any(float(v.abs().sum()) > 0 for k, v in stats(fresh).items() if "running_mean" in k)
+
+
+def test_partial_labels_keep_learning_the_starting_models_confident_classes_outside_them():
+    from napari_unet.model import bundled_model_path
+    from napari_unet.targets import labels_to_targets
+    from napari_unet.training import REMEMBER_WEIGHT, Trainer
+
+    torch.set_num_threads(1)
+    start = nu.load_model(bundled_model_path())
+    img, lab = discs()
+    region = np.zeros(lab.shape, bool)
+    region[:40, :40] = True
+    kw = dict(iterations=1, device="cpu", amp=False, val_fraction=0, zoom_to_model=False)
+    item = Trainer([img], [np.where(region, lab, 0)], start, regions=[region], **kw).data.items[0]
+    p = item.pad
+    inside, outside = item.mask[p:-p, p:-p] & region, item.mask[p:-p, p:-p] & ~region
+    # outside the annotated area most pixels count, at the lower weight, with the start's classes
+    assert outside.sum() > 0.5 * (~region).sum()
+    assert np.allclose(item.weights[p:-p, p:-p][outside], REMEMBER_WEIGHT) and inside.sum() == region.sum()
+    truth = labels_to_targets(lab, "instance3")[0]
+    assert (item.targets[p:-p, p:-p][outside] == truth[outside]).mean() > 0.8
+    assert item.counted == region.sum()  # crops stay centred on annotated pixels
+    # off, complete labels, or a fresh network: only the annotated area counts
+    for extra, regions in ((dict(remember=0.0), [region]), ({}, ["all"])):
+        item = Trainer([img], [np.where(region, lab, 0) if regions[0] is region else lab], start, regions=regions,
+                       **kw, **extra).data.items[0]
+        assert item.mask[p:-p, p:-p].sum() == (region.sum() if regions[0] is region else region.size)
+    fresh = Trainer([img], [np.where(region, lab, 0)], "scratch", regions=[region], **kw).data.items[0]
+    assert fresh.mask[p:-p, p:-p].sum() == region.sum()

@@ -479,6 +479,11 @@ KEEP_START = 0.25
 #: learned 0.425 (0.601), kept 0.580 (0.717); at 1e-4: 0.548 (0.707), 0.659 (0.725); four
 #: windows, 120 steps at 1e-4: 0.602 (0.735), 0.658 (0.748)
 FREEZE_NORM_FINE_TUNING = True
+#: fine-tuning on partly annotated images: the weight of the starting model's own confident
+#: classes outside the annotated area (``remember``), and the top class probability that
+#: counts as confident. Measured: see ``benchmarks/bench_live_loop.py``
+REMEMBER_WEIGHT = 0.5
+REMEMBER_CONFIDENCE = 0.8
 #: ... unless the mixed weights score more than this below the fine-tuned ones on the
 #: validation images (which come from the training images, so they favour the fine-tuned)
 KEEP_START_TOLERANCE = 0.02
@@ -583,7 +588,7 @@ class Trainer:
             images, labels, regions, self.val_images, self.val_labels, mode=o.mode, batch_size=o.batch_size,
             tile_size=o.tile_size, augment=o.augment, val_fraction=o.val_fraction, w0=o.w0, sigma=o.sigma,
             class_weights=o.class_weights, margin=o.margin, seed=o.seed, optimizer=o.optimizer, schedule=o.schedule,
-            zoom_to_model=o.zoom_to_model, preset=o.preset)
+            zoom_to_model=o.zoom_to_model, preset=o.preset, remember=o.remember)
         if o.resume is None:
             found = [n for n in CHECKPOINT_FILES if self.ckpt is not None and (self.ckpt / n).exists()]
             if found:
@@ -681,11 +686,38 @@ class Trainer:
         recipe = dict(w0=self.w0, sigma=self.sigma, class_weights=self.class_weights, margin=o.margin)
         self.data = TrainingData(imgs, labs, regs, mode=self.mode, normalization=done, in_channels=in_ch,
                                  source_size=o.augment.source_size(self.in_size), num_classes=self.net.config.num_classes,
-                                 rng=self.rng, **recipe)
+                                 rng=self.rng, known=self._known(imgs, regs), known_weight=o.remember, **recipe)
         max_edge = MAX_VAL_EDGE_MEMBRANES if self.preset == "membranes" else MAX_VAL_EDGE
         self.val = prepare_validation(va_i, va_l, va_r, self.mode, done, in_ch, **recipe, max_edge=max_edge)
         if hasattr(self, "entry"):  # data changed during the run
             self.entry.update(images=len(self.data), val_images=len(self.val))
+
+    def _known(self, images: list, regions: list | None) -> list[np.ndarray | None] | None:
+        """Per partially annotated image, the starting model's confident classes (-1 where
+        its top probability is below :data:`REMEMBER_CONFIDENCE`), which the run keeps
+        learning outside the annotated area (``remember``); None when it does not apply:
+        a fresh network, membranes, or ``remember=0``. Each image is predicted once."""
+        if self.fresh or self.preset == "membranes" or not self.options.remember > 0:
+            return None
+        if not hasattr(self, "_known_cache"):
+            self._known_cache: dict[bytes, np.ndarray] = {}
+            self._teacher = clone_model(self.net).to(self.dev).eval()
+        out: list[np.ndarray | None] = []
+        for k, img in enumerate(images):
+            region = regions[k] if regions is not None else None
+            if isinstance(region, str):  # "all": nothing is unknown
+                out.append(None)
+                continue
+            arr = np.ascontiguousarray(img, np.float32)
+            key = hashlib.sha1(arr.tobytes()).digest() + bytes(str(arr.shape), "ascii")
+            if key not in self._known_cache:
+                chw = arr if arr.ndim == 3 else arr[None]
+                probs = torch.softmax(padded_logits(self._teacher, chw, self.dev, False)[0], 0).cpu().numpy()
+                known = probs.argmax(0).astype(np.int16)
+                known[probs.max(0) < REMEMBER_CONFIDENCE] = -1
+                self._known_cache[key] = known
+            out.append(self._known_cache[key])
+        return out
 
     def normalised_rule(self) -> dict[str, Any]:
         """The normalisation of data the run has normalised already (each whole image by
@@ -1211,6 +1243,7 @@ def train_iter(
     zoom_to_model: bool = True,
     tune_postprocess: bool = False,
     keep_start: float = KEEP_START,
+    remember: float = REMEMBER_WEIGHT,
     oom_retry: bool = True,
     voxel_size: Any = None,
 ) -> Generator[Progress, None, UNet]:
@@ -1298,6 +1331,12 @@ def train_iter(
             mixed only when that costs at most :data:`KEEP_START_TOLERANCE` of validation
             score (the run's history records both scores); not for membranes (not
             measured there). 0 = the fine-tuned weights.
+        remember: when fine-tuning a trained model on partly annotated images (a region
+            that is not ``"all"``), outside the annotated area the run keeps learning the
+            starting model's own confident classes, with this weight per pixel against 1
+            for annotated ones ("learning without forgetting", Li & Hoiem 2016), so that a
+            few corrected cells teach what was wrong without unteaching the rest
+            (measured: :data:`REMEMBER_WEIGHT`). 0: only the annotated area counts.
         oom_retry: on running out of memory, halve the batch and retry the step (default).
             False: stop with a clear error instead, as under DistributedDataParallel, where
             one process halving alone would leave the others waiting for it forever.

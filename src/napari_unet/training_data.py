@@ -171,6 +171,10 @@ class TrainingData:
         w0, sigma, class_weights: weight-map parameters (eq. 2).
         margin: annotated margin around labelled cells when a region is None.
         num_classes: classes of the model (checked against semantic labels).
+        known: per image, None or the starting model's confident classes (an int array, -1
+            where it is unsure): outside the annotated region these count in the loss
+            with weight ``known_weight`` (crops are still centred on annotated pixels).
+        known_weight: the weight of those pixels.
     """
 
     MAX_CENTRES = 50_000
@@ -192,6 +196,8 @@ class TrainingData:
         num_classes: int | None = None,
         rng: np.random.Generator | None = None,
         first_index: int = 0,
+        known: Sequence[np.ndarray | None] | None = None,
+        known_weight: float = 0.0,
     ) -> None:
         rng = rng or np.random.default_rng(0)
         self.source_size = int(source_size)
@@ -207,7 +213,10 @@ class TrainingData:
             weights = weights_for(lab, targets, mode, w0, sigma, class_weights)
             lo, hi = normalization_params(chw, normalization, channel_axis=0)
             norm = apply_normalization(chw, lo, hi, channel_axis=0)
-            self.items.append(self._padded(norm, targets, weights, mask, pad, rng))
+            item = self._padded(norm, targets, weights, mask, pad, rng)
+            if known is not None and known[k] is not None and known_weight > 0:
+                self._add_known(item, known[k], known_weight, mask)
+            self.items.append(item)
         if not self.items:
             raise ValueError("no training images given")
         if n_flat == len(self.items):
@@ -234,6 +243,16 @@ class TrainingData:
             centres=yx.astype(np.int32),
             counted=int(mask.sum()),
         )
+
+    @staticmethod
+    def _add_known(item: _Item, known: np.ndarray, weight: float, annotated: np.ndarray) -> None:
+        """The starting model's confident classes outside the annotated area join the loss."""
+        use = (known >= 0) & ~annotated
+        pw = ((item.pad, item.pad), (item.pad, item.pad))
+        use_p = np.pad(use, pw, mode="constant", constant_values=False)
+        item.targets[use_p] = np.pad(known, pw, mode="constant")[use_p]
+        item.weights[use_p] = weight
+        item.mask[use_p] = True
 
     def __len__(self) -> int:
         return len(self.items)
