@@ -288,7 +288,7 @@ def test_resumed_time_limited_run_keeps_its_budget_and_schedule(tmp_path):
     took = time.perf_counter() - t0
     lrs = [r.info["lr"] for r in recs if r.info.get("phase") == "train"]
     assert took < 5.0 - elapsed + 2.0  # the rest of the budget (and set-up), not a new one
-    peak = training.LR_FINE_TUNE
+    peak = training.LR_PARTIAL  # labelled cells without a region: partly annotated
     assert lrs and lrs[0] < peak * training.lr_factor(0.3)  # past the middle of the cosine
     assert lrs[0] > peak * training.FINAL_LR_FRACTION  # and not at its end either
     assert model.meta["history"][-1]["stopped"] == "time"
@@ -655,7 +655,9 @@ def test_partial_labels_keep_learning_the_starting_models_confident_classes_outs
     region = np.zeros(lab.shape, bool)
     region[:40, :40] = True
     kw = dict(iterations=1, device="cpu", amp=False, val_fraction=0, zoom_to_model=False)
-    item = Trainer([img], [np.where(region, lab, 0)], start, regions=[region], **kw).data.items[0]
+    t = Trainer([img], [np.where(region, lab, 0)], start, regions=[region], **kw)
+    item = t.data.items[0]
+    assert t.lr == training.LR_PARTIAL  # a few cells take smaller steps than whole images
     p = item.pad
     inside, outside = item.mask[p:-p, p:-p] & region, item.mask[p:-p, p:-p] & ~region
     # outside the annotated area most pixels count, at the lower weight, with the start's classes
@@ -666,8 +668,10 @@ def test_partial_labels_keep_learning_the_starting_models_confident_classes_outs
     assert item.counted == region.sum()  # crops stay centred on annotated pixels
     # off, complete labels, or a fresh network: only the annotated area counts
     for extra, regions in ((dict(remember=0.0), [region]), ({}, ["all"])):
-        item = Trainer([img], [np.where(region, lab, 0) if regions[0] is region else lab], start, regions=regions,
-                       **kw, **extra).data.items[0]
+        t = Trainer([img], [np.where(region, lab, 0) if regions[0] is region else lab], start, regions=regions,
+                    **kw, **extra)
+        item = t.data.items[0]
+        assert t.lr == (training.LR_PARTIAL if regions[0] is region else training.LR_FINE_TUNE)
         assert item.mask[p:-p, p:-p].sum() == (region.sum() if regions[0] is region else region.size)
     fresh = Trainer([img], [np.where(region, lab, 0)], "scratch", regions=[region], **kw).data.items[0]
     assert fresh.mask[p:-p, p:-p].sum() == region.sum()

@@ -724,7 +724,8 @@ class _SettingsSection:
 
         self.lr = FloatSpinBox(label="Learning rate", value=0.0, min=0.0, max=1.0, step=0.0001,
                                tooltip=f"Peak learning rate (AdamW, warm-up + cosine). 'auto': "
-                               f"{training.LR_SCRATCH:g} from scratch, {training.LR_FINE_TUNE:g} when fine-tuning")
+                               f"{training.LR_SCRATCH:g} from scratch, {training.LR_FINE_TUNE:g} when fine-tuning on "
+                               f"whole images, {training.LR_PARTIAL:g} on partly annotated ones")
         self.lr.native.setDecimals(5)
         self.lr.native.setSpecialValueText("auto")
         self.tile_size = SpinBox(label="Tile (0 = auto)", value=0, min=0, max=4096, step=16,
