@@ -348,15 +348,14 @@ def trim_to_half_maximum(labels: np.ndarray, image: np.ndarray, background: np.n
     inside = labels > 0
     if not inside.any() or not background.any():
         return labels
-    x = np.asarray(image, np.float32)
-    smooth = ndi.gaussian_filter(x, (TRIM_SMOOTH / anisotropy, TRIM_SMOOTH, TRIM_SMOOTH))
+    x = ndi.gaussian_filter(np.asarray(image, np.float32), (TRIM_SMOOTH / anisotropy, TRIM_SMOOTH, TRIM_SMOOTH))
     wide = (TRIM_BACKGROUND / anisotropy, TRIM_BACKGROUND, TRIM_BACKGROUND)
     weight = ndi.gaussian_filter(background.astype(np.float32), wide)
     local = ndi.gaussian_filter(np.where(background, x, 0), wide)
     zz, yy, xx = np.nonzero(inside)
     w = weight[zz, yy, xx]
     level = np.where(w > 1e-3, local[zz, yy, xx] / np.maximum(w, 1e-3), np.median(x[background]))
-    value = smooth[zz, yy, xx] - level
+    value = x[zz, yy, xx] - level
     if np.median(value) < 0:
         value = -value
     ids = labels[zz, yy, xx].astype(np.int64)
