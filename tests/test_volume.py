@@ -74,7 +74,7 @@ def dim_packed(request, bundled):
 def test_dim_packed_small_nuclei_get_one_id_each(dim_packed):
     # 19-26 nuclei, some cut by the stack's faces to slivers a few planes thick: one nucleus
     # is 4-5% of the count. Measured on seeds 1-4: 17-24 objects for 19-26 (within 11%),
-    # AP@0.5 0.80-0.95 (0.77-0.86 before the cells were trimmed along Z and seeded at h 0.35);
+    # AP@0.5 0.80-0.90 (0.77-0.86 before the cells were trimmed along Z and seeded at h 0.35);
     # before the seed map of the 3D watershed and the blur-aware Z step, 12-20 objects (up
     # to 37% merged away), AP@0.5 0.41-0.65
     truth, labels, _ = dim_packed
@@ -85,8 +85,8 @@ def test_dim_packed_small_nuclei_get_one_id_each(dim_packed):
 
 def test_dim_packed_nuclei_are_not_stretched_along_z(dim_packed):
     # the axial blur stretches the cells along Z in the network's eyes; trimmed at half the
-    # image's height, measured on seeds 1-4: mean depth 1.20-1.34x the truth, AP@0.7
-    # 0.35-0.46 (untrimmed, the XY view weighing as much as a side view: 1.44-1.57x, AP@0.7
+    # image's height, measured on seeds 1-4: mean depth 1.18-1.32x the truth, AP@0.7
+    # 0.35-0.58 (untrimmed, the XY view weighing as much as a side view: 1.44-1.57x, AP@0.7
     # 0.13-0.18)
     truth, labels, _ = dim_packed
     ratios = []
