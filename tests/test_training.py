@@ -675,3 +675,22 @@ def test_partial_labels_keep_learning_the_starting_models_confident_classes_outs
         assert item.mask[p:-p, p:-p].sum() == (region.sum() if regions[0] is region else region.size)
     fresh = Trainer([img], [np.where(region, lab, 0)], "scratch", regions=[region], **kw).data.items[0]
     assert fresh.mask[p:-p, p:-p].sum() == region.sum()
+
+
+def test_without_validation_the_mix_with_the_start_is_handed_out_unchecked():
+    from napari_unet.model import bundled_model_path
+    from napari_unet.training import KEEP_START
+
+    torch.set_num_threads(1)
+    start = nu.load_model(bundled_model_path())
+    train = [discs(seed=s) for s in range(2)]
+    kw = dict(iterations=6, lr=1e-3, batch_size=2, tile_size=32, device="cpu", amp=False, val_fraction=0,
+              regions=["all"] * 2)
+    tuned = fine_tune([i for i, _ in train], [lab for _, lab in train], start, keep_start=0.0, **kw)
+    mixed = fine_tune([i for i, _ in train], [lab for _, lab in train], start, **kw)
+    assert mixed.meta["history"][-1]["keep_start"] == {"share": KEEP_START, "mixed": True, "val_ap": None,
+                                                       "fine_tuned_val_ap": None}
+    s0, s1, s2 = start.state_dict(), tuned.state_dict(), mixed.state_dict()
+    for k, v in s2.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, (1 - KEEP_START) * s1[k] + KEEP_START * s0[k], atol=1e-6), k
