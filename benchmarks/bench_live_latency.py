@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 
-def measure(viewer, widget, labels, seconds: float, live: bool) -> dict:
+def measure(viewer, widget, labels, seconds: float, live: bool, process: bool = True) -> dict:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
@@ -77,6 +77,7 @@ def measure(viewer, widget, labels, seconds: float, live: bool) -> dict:
     painter.setInterval(50)
     painter.timeout.connect(stroke)
     if live:
+        widget.live.process = process
         widget.live.switch.value = True
     run = widget.live.run
     t_start = time.perf_counter()
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--form", choices=("both", "process", "thread"), default="both",
+                    help="where Live on trains: its own process (the widget's way), a thread of the viewer's, or both")
     args = ap.parse_args(argv)
     import napari
     import torch
@@ -129,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     keep = np.isin(truth, np.unique(truth[: args.size // 3, : args.size // 3])[1:])
     labels.data = np.where(keep, truth, 0).astype(labels.data.dtype)
     widget.live.threads = args.threads
-    rows = {"Live off": measure(viewer, widget, labels, args.seconds, False),
-            f"Live on ({args.threads} thread)": measure(viewer, widget, labels, args.seconds, True)}
+    rows = {"Live off": measure(viewer, widget, labels, args.seconds, False)}
+    for form in ("thread", "process"):
+        if args.form in (form, "both"):
+            rows[f"Live on, {form} ({args.threads})"] = measure(viewer, widget, labels, args.seconds, True,
+                                                               form == "process")
     print(f"{args.size}x{args.size} synthetic nuclei, the bundled model, a stroke every 50 ms for {args.seconds:g} s")
     print(f"{'':22} {'gap p50':>8} {'p99':>6} {'max':>6} {'paint p99':>10} {'steps':>6} {'proposals':>9} {'shown after':>11}")
     for name, r in rows.items():

@@ -1,9 +1,11 @@
 """The Live section of the Annotate widget: the model learns while the person annotates.
 
-A thin skin over :class:`napari_unet.live.LiveRun`. With *Live* on:
+A thin skin over :class:`napari_unet.live.LiveProcess` (a :class:`napari_unet.live.LiveRun`
+in a process of its own). With *Live* on:
 
-* the run trains in a background thread (one torch thread) on the training set and on
-  what is being annotated on the plane in view (the training area: the annotated region,
+* the run trains in its own process (one torch thread, at a lower CPU priority than the
+  viewer, so that training and proposals never hold up the viewer's event loop) on the
+  training set and on what is being annotated on the plane in view (the training area: the annotated region,
   the whole plane for complete labels, else the labelled cells and a margin); each
   change of the annotation layer (painting, Split, Merge, accepting...) reaches it at the
   next refresh;
@@ -16,8 +18,8 @@ A thin skin over :class:`napari_unet.live.LiveRun`. With *Live* on:
   annotated region (or the view); each is one Ctrl+Z; *Next uncertain cell* centres the
   view on the least sure cell not yet looked at.
 
-Switching Live off, closing the dock or closing napari stops the run and keeps its best
-model (``best.pt`` in the chosen folder or a temporary one; ``last.pt`` when the
+Switching Live off, closing the dock or closing napari stops the run (and ends its process)
+and keeps its best model (``best.pt`` in the chosen folder or a temporary one; ``last.pt`` when the
 annotations were too small to hold out a validation strip), which *Predict to annotate*
 then uses.
 """
@@ -58,9 +60,10 @@ class LiveSection:
     """The Live rows of the Annotate form and what they drive (``widgets``: the rows).
 
     Attributes for scripts and tests: ``switch``, ``show_uncertainty``, ``next_button``,
-    ``accept_region_button``, ``info``, ``run`` (the :class:`LiveRun`, None when off),
+    ``accept_region_button``, ``info``, ``run`` (the :class:`LiveProcess`, None when off),
     ``folder`` (where each run's folder with its kept model goes; None: the temporary
-    folder), ``kept_path``.
+    folder), ``kept_path``, ``threads`` (the run's torch threads), ``process`` (False: the
+    run trains in a thread of the viewer's process instead, a :class:`LiveRun`).
     """
 
     def __init__(self, widget: Any) -> None:
@@ -81,6 +84,7 @@ class LiveSection:
         self.run: Any = None
         self.folder: Path | None = None
         self.threads = DEFAULT_THREADS
+        self.process = True
         self.kept_path: Path | None = None
         self.proposal: Any = None  # the Proposal shown
         self._shown: tuple | None = None  # (plane, box) of the proposal shown
@@ -119,7 +123,7 @@ class LiveSection:
 
     def start(self) -> bool:
         """Start the live run from the widget's model and device."""
-        from ..live import LiveRun
+        from ..live import LiveProcess, LiveRun
 
         w = self.w
         if self.run is not None:
@@ -136,7 +140,8 @@ class LiveSection:
             return False
         # a folder of its own for each run (a checkpoint folder holds one run)
         folder = Path(tempfile.mkdtemp(prefix="napari-unet-live-", dir=self.folder))
-        self.run = LiveRun(model, device=w.device.value, threads=self.threads, checkpoint_dir=folder)
+        kind = LiveProcess if self.process else LiveRun
+        self.run = kind(model, device=w.device.value, threads=self.threads, checkpoint_dir=folder)
         self.run.start()
         self._dirty, self._set_names, self._visited = True, [], []
         self._rejected = None
@@ -231,8 +236,10 @@ class LiveSection:
         if run is None:
             return
         if run.error is not None:
-            show_error_in(w.status, f"Live learning stopped: {run.error}")
-            self.stop()
+            error = run.error
+            kept = self.stop() is not None
+            show_error_in(w.status, f"Live learning stopped: {error}"
+                          + (f". Its best model is kept in {self.kept_path}" if kept else ""))
             return
         labels = w.annotations.value
         if labels is None or w.image.value is None or w._viewer.dims.ndisplay != 2:
