@@ -92,6 +92,7 @@ class LiveSection:
         self._rejected: np.ndarray | None = None
         self._dirty = True
         self._set_names: list[str] = []
+        self._margin = 0  # the margin around labelled cells the run was started with
         self._watched: list[Any] = []
         self.latency: list[float] = []  # seconds from a refresh request to the proposal shown
         self._asked: float | None = None
@@ -141,7 +142,9 @@ class LiveSection:
         # a folder of its own for each run (a checkpoint folder holds one run)
         folder = Path(tempfile.mkdtemp(prefix="napari-unet-live-", dir=self.folder))
         kind = LiveProcess if self.process else LiveRun
-        self.run = kind(model, device=w.device.value, threads=self.threads, checkpoint_dir=folder)
+        self._margin = int(w.margin.value)
+        self.run = kind(model, device=w.device.value, threads=self.threads, checkpoint_dir=folder,
+                        margin=self._margin)
         self.run.start()
         self._dirty, self._set_names, self._visited = True, [], []
         self._rejected = None
@@ -217,14 +220,18 @@ class LiveSection:
             return
         self._dirty = False
         plane = self._plane()
-        area = w.training_area(plane)
         lab = np.asarray(labels.data[plane])
-        if not area.any():
+        region = w.region_mask(plane or None)
+        if region is None and w.complete.value:
+            region = "all"
+        elif region is None and int(w.margin.value) != self._margin:
+            region = w.training_area(plane)  # the margin changed since the run started
+        # else None: the labelled cells and the margin, worked out by the run (not here)
+        if (not lab.any()) if region is None else (isinstance(region, np.ndarray) and not region.any()):
             run.remove_annotation("in view")
             return
         # the whole plane (normalised as a whole, as proposals of the view are), the rest ignored
         image = np.asarray(self._image_data()[plane])
-        region = "all" if (w.complete.value and w.region.value is None) else area
         run.set_annotation("in view", image, lab, region)
 
     def _image_data(self) -> Any:
