@@ -10,12 +10,17 @@ constant learning rate and no end: :meth:`Trainer.set_data` swaps the data betwe
 steps, and the best weights so far are scored again on the new validation strips (so
 "best" always means best on what the person has annotated now).
 
-Two ways to drive it, with the same code underneath:
+Three ways to drive it, with the same code underneath:
 
 * :meth:`LiveRun.start` trains in a background thread (``threads`` torch threads, 1 by
   default: on a 2-core machine the other core stays with the viewer) and serves proposal
   requests (:meth:`LiveRun.request_proposal`) between two steps, so only one computation
   runs at a time and the caller's thread never runs torch;
+* :class:`LiveProcess` runs that same background run in a process of its own (``spawn``,
+  at a lower CPU priority), so its Python work (data preparation, post-processing of
+  proposals) never holds the caller's interpreter lock: the viewer uses this one. As with
+  any ``spawn``-ed process, a script that starts one guards its top level with
+  ``if __name__ == "__main__":``;
 * :meth:`LiveRun.train` runs a number of steps in the caller's thread and
   :meth:`LiveRun.propose` predicts there (scripts, the benchmark
   ``benchmarks/bench_live_loop.py``).
@@ -64,7 +69,7 @@ ENDLESS = 10**9
 NICE = 5
 #: seconds :meth:`LiveProcess.stop` waits for the run to end (finishing the kept model takes
 #: a validation pass or two) before it ends the process
-STOP_TIMEOUT = 120.0
+STOP_TIMEOUT = 30.0
 #: the LiveRun methods a parent asks its :class:`LiveProcess` to call
 _CALLS = ("set_annotation", "remove_annotation", "request_proposal")
 
@@ -513,7 +518,7 @@ class LiveProcess:
                 else:  # "stopped"
                     self._stopped = body
                     return
-        except Exception:  # noqa: BLE001 -- a pipe cut mid-message: the child died, said below
+        except Exception:  # noqa: BLE001, S110 -- a pipe cut mid-message: the child died, said below
             pass
         if not self._stopping and self._error is None and not self.process.is_alive():
             self._error = RuntimeError(_died(self.process.exitcode))

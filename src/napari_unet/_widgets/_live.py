@@ -5,10 +5,10 @@ in a process of its own). With *Live* on:
 
 * the run trains in its own process (one torch thread, at a lower CPU priority than the
   viewer, so that training and proposals never hold up the viewer's event loop) on the
-  training set and on what is being annotated on the plane in view (the training area: the annotated region,
-  the whole plane for complete labels, else the labelled cells and a margin); each
-  change of the annotation layer (painting, Split, Merge, accepting...) reaches it at the
-  next refresh;
+  training set and on what is being annotated on the plane in view (the training area:
+  the annotated region, the whole plane for complete labels, else the labelled cells and
+  a margin); each change of the annotation layer (painting, Split, Merge, accepting...)
+  reaches it at the next refresh;
 * every few seconds the view is predicted again into ``"<image> live proposal"`` -- its
   own Labels layer beside the person's, which the loop never writes -- with the cells the
   person has labelled left out, and ``"<image> live uncertainty"`` shows each proposed
@@ -18,10 +18,10 @@ in a process of its own). With *Live* on:
   annotated region (or the view); each is one Ctrl+Z; *Next uncertain cell* centres the
   view on the least sure cell not yet looked at.
 
-Switching Live off, closing the dock or closing napari stops the run (and ends its process)
-and keeps its best model (``best.pt`` in the chosen folder or a temporary one; ``last.pt`` when the
-annotations were too small to hold out a validation strip), which *Predict to annotate*
-then uses.
+Switching Live off, closing the dock or closing napari stops the run (and ends its
+process) and keeps its best model (``best.pt`` in the chosen folder or a temporary one;
+``last.pt`` when the annotations were too small to hold out a validation strip), which
+*Predict to annotate* then uses.
 """
 
 from __future__ import annotations
