@@ -645,10 +645,10 @@ def _died(exitcode: int | None) -> str:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        how = f"it was killed ({name}{', perhaps for lack of memory' if name == 'SIGKILL' else ''})"
+        how = f"killed by {name}{', perhaps for lack of memory' if name == 'SIGKILL' else ''}"
     else:
         how = f"exit code {exitcode}"
-    return f"the training process ended unexpectedly: {how}"
+    return f"the training process ended unexpectedly ({how})"
 
 
 def _error_of(exc: BaseException | None) -> tuple[str, str] | None:
