@@ -324,7 +324,8 @@ class LiveSection:
         self._doubt_layer = self._layer(doubt, "live uncertainty", "image", colormap="magma", blending="additive",
                                         contrast_limits=(0.0, 0.6), opacity=0.7)
         self._proposal_layer = self._layer(full, "live proposal", "labels", opacity=0.9)
-        self._doubt_layer.visible = bool(self.show_uncertainty.value)
+        if self._doubt_layer.visible != bool(self.show_uncertainty.value):  # setting it redraws the layer
+            self._doubt_layer.visible = bool(self.show_uncertainty.value)
         self._show_info()
 
     def _layer(self, data: np.ndarray, what: str, kind: str, **kwargs: Any) -> Any:
