@@ -254,3 +254,26 @@ def test_proposals_of_a_zoom_each_model_use_the_size_its_images_train_at():
     assert run._trainer.zoom == pytest.approx(24.0 / measured, rel=0.02)
     p = run.propose(img[:160, :160], reference=img)
     assert p.labels.max() >= 9  # the small cells of the view, found at the zoom they train at
+
+
+def test_each_change_starts_a_cycle_of_steps_and_then_the_run_waits_for_the_next():
+    from napari_unet.live import CYCLE, LR_LIVE
+
+    img, lab = _data(0)
+    opts = {**OPTS, "lr": LR_LIVE, "val_every": 1000}
+    run = LiveRun(_tiny(), threads=1, **opts).start()
+    try:
+        run.set_annotation("a", img, lab, region="all")
+        deadline = time.time() + 120
+        while not run.settled and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert run.settled and run.iteration == CYCLE  # no step past the cycle while nothing changes
+        assert run._trainer.cur_lr < 0.05 * LR_LIVE  # the cycle decayed
+        run.set_annotation("a", img, lab, region="all")  # the person paints again
+        while run.iteration < CYCLE + 3 and time.time() < deadline:
+            time.sleep(0.05)
+        assert run.iteration >= CYCLE + 3 and run.error is None
+        assert run._trainer.cycle_start == CYCLE  # a new cycle, from where the last one ended
+    finally:
+        run.stop()

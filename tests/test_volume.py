@@ -73,13 +73,52 @@ def dim_packed(request, bundled):
 
 def test_dim_packed_small_nuclei_get_one_id_each(dim_packed):
     # 19-26 nuclei, some cut by the stack's faces to slivers a few planes thick: one nucleus
-    # is 4-5% of the count. Measured on seeds 1-4: 17-22 objects for 19-26 (within 15%),
-    # AP@0.5 0.77-0.86; before the seed map of the 3D watershed and the blur-aware Z step,
-    # 12-20 objects (up to 37% merged away), AP@0.5 0.41-0.65
+    # is 4-5% of the count. Measured on seeds 1-4: 17-24 objects for 19-26 (within 11%),
+    # AP@0.5 0.80-0.90 (0.77-0.86 before the cells were trimmed along Z and seeded at h 0.35);
+    # before the seed map of the 3D watershed and the blur-aware Z step, 12-20 objects (up
+    # to 37% merged away), AP@0.5 0.41-0.65
     truth, labels, _ = dim_packed
     n_true, n = len(np.unique(truth)) - 1, len(np.unique(labels)) - 1
     assert abs(n - n_true) <= 0.2 * n_true, (n, n_true)
     assert average_precision(truth, labels, 0.5)[0.5] >= 0.7
+
+
+def test_dim_packed_nuclei_are_not_stretched_along_z(dim_packed):
+    # the axial blur stretches the cells along Z in the network's eyes; trimmed at half the
+    # image's height, measured on seeds 1-4: mean depth 1.18-1.32x the truth, AP@0.7
+    # 0.35-0.58 (untrimmed, the XY view weighing as much as a side view: 1.44-1.57x, AP@0.7
+    # 0.13-0.18)
+    truth, labels, _ = dim_packed
+    ratios = []
+    for i in np.unique(truth)[1:]:
+        ids, counts = np.unique(labels[truth == i], return_counts=True)
+        if ids[-1] == 0 or counts[ids > 0].max() < 0.5 * (truth == i).sum():
+            continue
+        j = ids[ids > 0][np.argmax(counts[ids > 0])]
+        depth = [np.ptp(np.nonzero((lab == k).any((1, 2)))[0]) + 1 for lab, k in ((labels, j), (truth, i))]
+        ratios.append(depth[0] / depth[1])
+    assert len(ratios) >= 10 and np.mean(ratios) <= 1.4, ratios
+    assert average_precision(truth, labels, 0.7)[0.7] >= 0.3
+
+
+def test_trim_to_half_maximum_cuts_the_blur_above_and_below_a_cell():
+    from napari_unet.volume import trim_to_half_maximum
+
+    # a cell 6 planes deep (z 7-12) blurred along Z; the network's label spans z 2-17
+    z = np.arange(20, dtype=float)[:, None, None]
+    yy, xx = np.mgrid[:15, :15]
+    disk = (yy - 7) ** 2 + (xx - 7) ** 2 <= 9
+    from scipy.special import erf
+
+    profile = 0.5 * (erf((z - 6.5) / 3) - erf((z - 12.5) / 3))  # a box of planes 7-12, Gaussian blur 2 planes
+    image = 100 + 400 * profile * disk
+    labels = np.zeros(image.shape, np.int32)
+    labels[2:18][:, disk] = 1
+    for img in (image, 1000 - image):  # bright cells, and dark cells on a bright background
+        out = trim_to_half_maximum(labels, img, labels == 0, anisotropy=1.0)
+        planes = np.nonzero(out.any((1, 2)))[0]
+        assert planes[0] in (6, 7) and planes[-1] in (12, 13), planes
+        assert np.array_equal(out.any(0), disk)  # the outline in Y and X is kept
 
 
 def test_dim_packed_z_step_is_estimated_within_25_percent(dim_packed):
@@ -233,7 +272,9 @@ def test_training_on_a_3d_stack_improves_its_held_out_3d_ap():
 
 
 def test_blocks_with_halo_give_one_id_per_cell_across_block_edges(bundled):
-    """Small blocks (4 here) agree with one block: cells cut by block edges keep one id."""
+    """Small blocks (4 here) agree with one block: cells cut by block edges keep one id, and
+    two cells that come out as one near the far edge of a block's halo (where the network
+    sees less around them) stay two (0.978 at AP@0.9 when such an object joined both)."""
     from napari_unet._progress import drain, relay
     from napari_unet.tiling import segment_iter
 
@@ -244,7 +285,7 @@ def test_blocks_with_halo_give_one_id_per_cell_across_block_edges(bundled):
     blocks = drain(relay(gen, lambda r: seen.update(r.info) or r))
     assert seen["blocks"] == 4
     assert set(np.unique(blocks)) == set(range(int(blocks.max()) + 1))  # ids 1..N
-    assert average_precision(whole, blocks, 0.9)[0.9] > 0.95
+    assert average_precision(whole, blocks, 0.9)[0.9] > 0.99
     assert abs(average_precision(truth, blocks, 0.5)[0.5] - average_precision(truth, whole, 0.5)[0.5]) < 0.03
 
 

@@ -5,10 +5,11 @@ an image with its labels and the annotated region, or complete labels -- at any 
 the run learns from the set as it stands from its next step on, asks for proposals
 (the model's cells in an image, with a confidence per cell) and stops, keeping the best
 model. It drives the same :class:`~napari_unet.training.Trainer` as a training run (the
-same steps, validation, best-model choice and checkpoints, :meth:`Trainer.fit`), with a
-constant learning rate and no end: :meth:`Trainer.set_data` swaps the data between two
-steps, and the best weights so far are scored again on the new validation strips (so
-"best" always means best on what the person has annotated now).
+same steps, validation, best-model choice and checkpoints, :meth:`Trainer.fit`), with no
+end: :meth:`Trainer.set_data` swaps the data between two steps, each change starts a short
+cycle of steps (:data:`CYCLE`) after which the run waits for the next change, and the best
+weights so far are scored again on the new validation strips (so "best" always means best
+on what the person has annotated now).
 
 Three ways to drive it, with the same code underneath:
 
@@ -54,11 +55,19 @@ DEFAULT_THREADS = 1
 VAL_EVERY = 25
 #: the ring (pixels) around a cell whose probability margin counts in its confidence
 RING = 2
-#: learning rate of a live run (constant: it has no end to decay towards). Fine-tuning the
+#: peak learning rate of a live run (each change of the annotations starts a cycle of
+#: :data:`CYCLE` steps that decays from it, see ``training.SCHEDULES``). Fine-tuning the
 #: stained model on one 128-px window of H&E tile 01 (its 25 cells, whole) for 60 steps,
 #: AP@0.5 on tiles 08 + 10 (0.755 before): 3e-4 (the training default) 0.50, 1e-4 0.64;
 #: a few cells pull a model away fast
 LR_LIVE = 1e-4
+#: steps of the warm-up and cosine cycle that each change of the annotations starts; after
+#: it the run waits for the next change (it has learnt what there was to learn, and a
+#: person who pauses does not keep the CPU busy or the model drifting). Measured with
+#: ``benchmarks/bench_live_loop.py`` (30 steps a round; ranked cells, H&E tiles 01, 03, 05,
+#: scored on 08 + 10, start 0.770): constant 1e-4 ended at 0.649 after 14 rounds (it drifts
+#: as steps pile up on the same few cells), cycles of 30 steps: see the benchmark's docstring
+CYCLE = 30
 #: steps a run makes on one version of the annotations before it takes the next (preparing
 #: the data and scoring the best weights again take a few steps' time)
 STEPS_PER_CHANGE = 5
@@ -163,7 +172,7 @@ class _Annotation:
 
 
 def _check_options(options: dict[str, Any]) -> None:
-    for k in ("iterations", "max_time", "schedule", "val_images", "resume", "regions"):
+    for k in ("iterations", "max_time", "schedule", "schedule_iterations", "val_images", "resume", "regions"):
         if k in options:
             raise TypeError(f"a live run sets {k!r} itself")
 
@@ -189,7 +198,7 @@ class LiveRun:
         self.model_spec, self.device, self.threads = model, device, int(threads)
         options.setdefault("lr", LR_LIVE)
         self.options = dict(options, device=device, checkpoint_dir=checkpoint_dir, val_every=int(val_every),
-                            iterations=ENDLESS, schedule="constant")
+                            iterations=ENDLESS, schedule="cycles", schedule_iterations=CYCLE)
         self._annotations: dict[Hashable, _Annotation] = {}
         self._changed = False
         self._lock = threading.Lock()  # annotations, requests, results
@@ -324,6 +333,13 @@ class LiveRun:
         return float(self._trainer.run.best_score)
 
     @property
+    def settled(self) -> bool:
+        """True when the run has made the cycle of steps the last change started and waits
+        for the next change (:data:`CYCLE`)."""
+        t = self._trainer
+        return t is not None and not self._changed and t.iteration - t.cycle_start >= CYCLE
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
@@ -345,7 +361,7 @@ class LiveRun:
         try:
             while not self._stop.is_set():
                 self._serve_request()
-                if not self._advance():
+                if self.settled or not self._advance():
                     self._wake.wait(0.1)
                     self._wake.clear()
         except BaseException as exc:  # noqa: BLE001 -- shown by the caller (the widget's status line)
@@ -436,7 +452,7 @@ class LiveProcess:
     ``threads`` torch threads and a CPU priority ``nice`` steps below this process's), with
     the surface a viewer needs: :meth:`start`, :meth:`stop`, :meth:`set_annotation`,
     :meth:`remove_annotation`, :attr:`annotations`, :meth:`request_proposal`,
-    :meth:`take_proposal`, :attr:`iteration`, :attr:`best_score`, :attr:`last`,
+    :meth:`take_proposal`, :attr:`iteration`, :attr:`best_score`, :attr:`settled`, :attr:`last`,
     :attr:`error`, :attr:`running`, :attr:`result` and :attr:`kept_path`. Training and
     proposals (which hold Python's interpreter lock for much of their time) then never hold
     up this process's event loop. Annotations and proposal requests go to the child through
@@ -461,7 +477,7 @@ class LiveProcess:
         self._folder: Path | None = None
         self._stopping = False
         self._stopped: dict[str, Any] | None = None  # the child's last message
-        self._status: dict[str, Any] = {"iteration": 0, "best_score": None, "last": {}}
+        self._status: dict[str, Any] = {"iteration": 0, "best_score": None, "settled": False, "last": {}}
         self._proposal: Proposal | None = None
         self._error: BaseException | None = None
         self.result: Any = None
@@ -617,6 +633,12 @@ class LiveProcess:
         return self._status["best_score"]
 
     @property
+    def settled(self) -> bool:
+        """As :attr:`LiveRun.settled`: the run waits for the next change."""
+        self._drain()
+        return bool(self._status["settled"])
+
+    @property
     def last(self) -> dict[str, Any]:
         """The last progress record's info (its plain values)."""
         self._drain()
@@ -669,7 +691,8 @@ def _rebuilt_error(err: tuple[str, str]) -> BaseException:
 
 def _plain_status(run: LiveRun) -> dict[str, Any]:
     last = {k: v for k, v in run.last.items() if v is None or isinstance(v, (str, bool, int, float))}
-    return {"iteration": run.iteration, "best_score": run.best_score, "last": last, "error": _error_of(run.error)}
+    return {"iteration": run.iteration, "best_score": run.best_score, "settled": run.settled, "last": last,
+            "error": _error_of(run.error)}
 
 
 def _serve(conn: Any, model: Any, options: dict[str, Any], nice: int, folder: str) -> None:

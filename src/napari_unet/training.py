@@ -130,6 +130,7 @@ LR_PARTIAL = 1e-4
 #: 3e-4 and 0.29 at 1e-3 (the stained model, which knows colour: 0.42 at 3e-4)
 LR_WIDENED = 1e-3
 WARMUP_FRACTION = 0.05
+SCHEDULES = ("cosine", "constant", "cycles")
 FINAL_LR_FRACTION = 0.01
 #: validation images are cut to at most this edge (their centre), to bound its cost
 MAX_VAL_EDGE = 768
@@ -676,6 +677,7 @@ class Trainer:
         again between steps, the next step learns from the new data (live learning,
         :mod:`napari_unet.live`); the best score so far is then the caller's to renew."""
         o, in_ch, rule = self.options, self.in_ch, self.norm_rule
+        self.cycle_start = getattr(self, "iteration", 0)  # the "cycles" schedule starts again
         imgs = [normalised_whole(img, in_ch, k, rule) for k, img in enumerate(images)]
         labs = list(labels)
         regs = list(regions) if regions is not None else None
@@ -769,8 +771,8 @@ class Trainer:
         # the wrapper shares the network's parameters (DDP adds gradient all-reduce hooks)
         self.forward_net = o.wrap_network(net) if o.wrap_network is not None else net
         self.opt = _optimizer(o.optimizer, net, self.lr, o.weight_decay)
-        if o.schedule not in ("cosine", "constant"):
-            raise ValueError(f"unknown schedule {o.schedule!r}; choose 'cosine' or 'constant'")
+        if o.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {o.schedule!r}; choose one of {', '.join(map(repr, SCHEDULES))}")
 
     def _setup_run(self, state: dict[str, Any] | None) -> None:
         """The run's counters and record (continued from ``state`` when resuming)."""
@@ -818,7 +820,9 @@ class Trainer:
             "preset": self.preset,
             "optimizer": o.optimizer,
             "lr": self.lr,
-            "schedule": f"warmup {WARMUP_FRACTION:g} + cosine to {FINAL_LR_FRACTION:g}" if o.schedule == "cosine" else "constant",
+            "schedule": {"cosine": f"warmup {WARMUP_FRACTION:g} + cosine to {FINAL_LR_FRACTION:g}",
+                         "cycles": f"warmup + cosine over {o.schedule_iterations} steps from each new data"}.get(
+                             o.schedule, o.schedule),
             "batch_size": self.batch_size,
             "tile_size": self.out_size,
             "w0": self.w0,
@@ -927,6 +931,8 @@ class Trainer:
     def learning_rate(self, elapsed: float) -> float:
         """The scheduled rate of the next step (by steps, or by time for a time budget)."""
         o = self.options
+        if o.schedule == "cycles":
+            return self.lr * lr_factor((self.iteration - self.cycle_start) / max(o.schedule_iterations or 1, 1))
         if o.schedule_iterations is not None:
             frac = self.iteration / o.schedule_iterations
         elif o.iterations is not None or o.max_time is None:
@@ -1309,7 +1315,10 @@ def train_iter(
             regenerated data pools).
         optimizer: ``"adamw"`` (default, measured best), ``"adam"`` or ``"sgd"`` (the
             paper's: momentum 0.99).
-        schedule: ``"cosine"`` (warm-up then cosine decay, default) or ``"constant"``.
+        schedule: ``"cosine"`` (warm-up then cosine decay, default), ``"constant"``, or
+            ``"cycles"`` (a warm-up and cosine cycle of ``schedule_iterations`` steps from
+            the start and from every :meth:`Trainer.set_data`, then the cycle's floor: live
+            learning, where the data change as the person annotates).
         zoom_to_model: when the starting model records the cell diameter it knows best
             (``meta["diameter"]``) and the training cells' median diameter differs from it
             by more than 25%, train on copies zoomed to the model's size (as
