@@ -18,10 +18,11 @@ The goal is p99 under 100 ms on a 2-core CPU; on a machine shared with other job
 "Live off" row is the floor the machine itself sets.
 
 Measured on the shared 2-core machine, loaded by other jobs (load average 1.4 to 4.7; Xvfb
-with Mesa's software renderer, so every stroke is drawn on the CPU), ten runs within half an
-hour, alternating: "before", the widget as it was when Live trained only in a thread of the
-viewer; "after", this script, both forms in the same run. p99 of the gaps, in ms (training
-steps made in the 20 s in brackets)::
+with Mesa's software renderer, so every stroke is drawn on the CPU), thirteen runs within
+40 minutes, alternating: "before", the widget as it was when Live trained only in a thread
+of the viewer; "after", this script, both forms in the same run (runs 6 and 7 after the
+proposals stopped redrawing the uncertainty overlay twice, run 7 with runs in cycles of
+steps). p99 of the gaps, in ms (training steps made in the 20 s in brackets)::
 
     run        load  Live off   thread (steps)   process (steps)
     before 1   2.0     181        411  (2)
@@ -34,8 +35,11 @@ steps made in the 20 s in brackets)::
     after 4    2.6      72        241  (5)        110  (3)
     before 5   3.0      74        123 (10)
     after 5    2.4      54        121 (11)        117 (34)
+    after 6    1.7     113        226  (5)        162  (5)
+    before 7   2.3      71        222  (7)
+    after 7    2.6     110        245  (5)        145  (2)
 
-The last run in full::
+Run 5 in full::
 
                            gap p50    p99    max  paint p99  steps proposals shown after
     Live off                48.1ms   54ms  130ms      7.1ms      0         0       nan s
@@ -43,7 +47,7 @@ The last run in full::
     Live on, process (1)    67.5ms  117ms  126ms     10.1ms     34         7       1.6 s
 
 With its own process the run no longer shares Python's interpreter lock with the viewer:
-in four of the five "after" runs its p99 is below the thread's (median 187 ms against 241),
+in six of the seven "after" runs its p99 is below the thread's (median 162 ms against 241),
 and on a quiet machine it makes three times the steps (34 against 11). The goal (p99
 under 100 ms) is still not met on this machine: what is left on the GUI thread is the
 viewer's own work for each proposal (writing the proposal and uncertainty layers of the
@@ -53,7 +57,7 @@ process form only, two runs each in a quieter quarter of an hour: nice 0 (the vi
 p99 166 / 178 ms, 28 / 35 steps; nice 5 (the default) 127 / 166 ms, 36 / 3 steps; nice 19
 91 / 102 ms, but 1 step in 20 s: the viewer, drawing every stroke in software, then leaves
 the run nothing. The widget test (``tests/test_widget_live.py``, a tiny network, the
-process form) measured p99 83-96 ms, longest 94-97 ms.
+process form) measured p99 41-96 ms, longest 47-97 ms, in five runs.
 """
 
 from __future__ import annotations

@@ -150,15 +150,20 @@ def test_stopping_keeps_the_best_model_for_predict(qtbot, widget):
     w.live.switch.value = False
 
 
-def test_closing_the_dock_ends_the_run(qtbot, widget):
+def close_dock(w):
+    """What the dock's close button does."""
     from qtpy.QtWidgets import QDockWidget
 
-    w = widget
-    _, run = live_with_two_cells(qtbot, w)
     parent = w.native.parentWidget()
     while not isinstance(parent, QDockWidget):
         parent = parent.parentWidget()
-    parent.destroyOnClose()  # what the dock's close button does
+    parent.destroyOnClose()
+
+
+def test_closing_the_dock_ends_the_run(qtbot, widget):
+    w = widget
+    _, run = live_with_two_cells(qtbot, w)
+    close_dock(w)
     qtbot.waitUntil(lambda: not run.running, timeout=10_000)
     assert run.result is not None and w.live.run is None
 
@@ -169,7 +174,6 @@ def test_events_stay_quick_while_the_process_trains_and_closing_the_dock_ends_it
     2-core CI machine is noisy; the strict figure is ``benchmarks/bench_live_latency.py``'s);
     closing the dock ends the process and keeps the best model."""
     from _helpers import GuiStalls
-    from qtpy.QtWidgets import QDockWidget
 
     from napari_unet.live import LiveProcess
 
@@ -190,10 +194,7 @@ def test_events_stay_quick_while_the_process_trains_and_closing_the_dock_ends_it
     print(f"GUI tick gaps with the run training: p99 {np.percentile(gaps, 99) * 1000:.0f} ms, "
           f"longest {stalls.longest * 1000:.0f} ms, {run.iteration - steps} steps")
     assert stalls.longest < 1.0
-    parent = w.native.parentWidget()
-    while not isinstance(parent, QDockWidget):
-        parent = parent.parentWidget()
-    parent.destroyOnClose()
+    close_dock(w)
     qtbot.waitUntil(lambda: not run.process.is_alive(), timeout=10_000)
     assert w.live.run is None and run.error is None
     assert run.result is not None and w.live.kept_path.is_file()
