@@ -3,6 +3,8 @@ per-cell confidence that says where to look next. Real torch training on tiny ne
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 
 from napari_unet.live import (
     STEPS_PER_CHANGE,
+    LiveProcess,
     LiveRun,
     cell_confidence,
     region_for_cells,
@@ -174,6 +177,61 @@ def test_background_run_trains_and_serves_proposals():
     finally:
         kept = run.stop()
     assert not run.running and kept is not None
+
+
+def _wait(what, seconds=90):
+    deadline = time.time() + seconds
+    while not (got := what()) and time.time() < deadline:
+        time.sleep(0.05)
+    return got
+
+
+def test_a_run_in_its_own_process_trains_proposes_and_keeps_the_best(tmp_path):
+    """The same run in a child process: annotations go in, progress and proposals come back,
+    and stopping brings back the kept model (the best, as the run finished it)."""
+    img, lab = _data(0)
+    run = LiveProcess(_tiny(), threads=1, checkpoint_dir=tmp_path, **OPTS).start()
+    try:
+        assert run.running and run.pid != os.getpid()
+        run.request_proposal(img, key=1)  # before any annotation: the starting model answers
+        p = _wait(run.take_proposal)
+        assert p is not None and p.iteration == 0 and p.key == 1 and p.labels.shape == img.shape
+        run.set_annotation("a", img, lab, region="all")
+        run.set_annotation("b", img, lab)
+        run.remove_annotation("b")
+        assert run.annotations == ["a"]
+        assert _wait(lambda: run.iteration >= 9 and run.best_score is not None) and run.error is None
+        assert run.last["iteration"] >= 8
+        run.request_proposal(img, key=2)
+        p = _wait(run.take_proposal)
+        assert p.key == 2 and p.iteration >= 9 and set(p.confidence) == set(np.unique(p.labels)) - {0}
+        assert run.take_proposal() is None  # taken once
+    finally:
+        kept = run.stop()
+    assert run.stop() is kept and not run.running and not run.process.is_alive()
+    assert run.error is None and run.kept_path == tmp_path / "best.pt"
+    on_disk = load_model(run.kept_path).state_dict()
+    assert all(torch.equal(v, on_disk[k]) for k, v in kept.state_dict().items())
+    assert kept.config.base_width == 4 and kept.meta["history"][-1]["stopped"] == "stopped"
+    assert run.iteration >= 9
+
+
+def test_a_killed_training_process_is_an_error_and_stop_returns_promptly(tmp_path):
+    """A child that dies (here killed, as the system does when memory runs out) is reported
+    in one line, never waited for; the best model of its last validation is kept."""
+    img, lab = _data(0)
+    run = LiveProcess(_tiny(), threads=1, checkpoint_dir=tmp_path, **OPTS).start()
+    run.set_annotation("a", img, lab, region="all")
+    assert _wait(lambda: (tmp_path / "best.pt").is_file())  # a validation was checkpointed
+    os.kill(run.pid, signal.SIGKILL)
+    assert _wait(lambda: run.error is not None, 10)
+    assert "ended unexpectedly" in str(run.error) and "SIGKILL" in str(run.error) and "\n" not in str(run.error)
+    assert not run.running
+    t0 = time.perf_counter()
+    kept = run.stop()
+    assert time.perf_counter() - t0 < 5 and not run.process.is_alive()
+    assert run.kept_path == tmp_path / "best.pt" and kept is not None
+    assert run.stop() is kept
 
 
 def test_proposals_of_a_zoom_each_model_use_the_size_its_images_train_at():

@@ -7,15 +7,21 @@ the run learns from the set as it stands from its next step on, asks for proposa
 model. It drives the same :class:`~napari_unet.training.Trainer` as a training run (the
 same steps, validation, best-model choice and checkpoints, :meth:`Trainer.fit`), with no
 end: :meth:`Trainer.set_data` swaps the data between two steps, each change starts a short
-cycle of steps (:data:`CYCLE`) after which the run waits for the next change, and the best weights so far are scored again on the new validation strips (so
-"best" always means best on what the person has annotated now).
+cycle of steps (:data:`CYCLE`) after which the run waits for the next change, and the best
+weights so far are scored again on the new validation strips (so "best" always means best
+on what the person has annotated now).
 
-Two ways to drive it, with the same code underneath:
+Three ways to drive it, with the same code underneath:
 
 * :meth:`LiveRun.start` trains in a background thread (``threads`` torch threads, 1 by
   default: on a 2-core machine the other core stays with the viewer) and serves proposal
   requests (:meth:`LiveRun.request_proposal`) between two steps, so only one computation
   runs at a time and the caller's thread never runs torch;
+* :class:`LiveProcess` runs that same background run in a process of its own (``spawn``,
+  at a lower CPU priority), so its Python work (data preparation, post-processing of
+  proposals) never holds the caller's interpreter lock: the viewer uses this one. As with
+  any ``spawn``-ed process, a script that starts one guards its top level with
+  ``if __name__ == "__main__":``;
 * :meth:`LiveRun.train` runs a number of steps in the caller's thread and
   :meth:`LiveRun.propose` predicts there (scripts, the benchmark
   ``benchmarks/bench_live_loop.py``).
@@ -30,9 +36,13 @@ ranks the cells, least confident first.
 from __future__ import annotations
 
 import math
+import os
+import queue
 import threading
+import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,6 +73,14 @@ CYCLE = 30
 STEPS_PER_CHANGE = 5
 #: a live run never ends by itself: its step count is this (the Trainer's "no end")
 ENDLESS = 10**9
+#: how much lower the CPU priority of a live run's own process (:class:`LiveProcess`) is than
+#: the viewer's (Unix ``nice``): when both want the CPU, the viewer is served first
+NICE = 5
+#: seconds :meth:`LiveProcess.stop` waits for the run to end (finishing the kept model takes
+#: a validation pass or two) before it ends the process
+STOP_TIMEOUT = 30.0
+#: the LiveRun methods a parent asks its :class:`LiveProcess` to call
+_CALLS = ("set_annotation", "remove_annotation", "request_proposal")
 
 
 @dataclass
@@ -141,6 +159,23 @@ class _Annotation:
     labels: np.ndarray
     region: Any  # a bool mask or "all"
 
+    @classmethod
+    def checked(cls, key: Hashable, image: Any, labels: Any, region: Any) -> _Annotation:
+        """The annotation, its shapes checked, with copies of the labels and region (the
+        person keeps painting on theirs)."""
+        img, lab = np.asarray(image), np.asarray(labels)
+        if lab.ndim != 2 or img.shape[:2] != lab.shape and img.shape[-2:] != lab.shape:
+            raise ValueError(f"annotation {key!r}: labels {lab.shape} must be 2D and match the image {img.shape}")
+        if isinstance(region, np.ndarray) and region.shape != lab.shape:
+            raise ValueError(f"annotation {key!r}: region {region.shape} does not match labels {lab.shape}")
+        return cls(img, lab.copy(), region.copy() if isinstance(region, np.ndarray) else region)
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    for k in ("iterations", "max_time", "schedule", "schedule_iterations", "val_images", "resume", "regions"):
+        if k in options:
+            raise TypeError(f"a live run sets {k!r} itself")
+
 
 class LiveRun:
     """A fine-tuning run that keeps learning from annotations as they change.
@@ -159,9 +194,7 @@ class LiveRun:
 
     def __init__(self, model: Any = None, *, device: Any = None, threads: int = DEFAULT_THREADS,
                  checkpoint_dir: Any = None, val_every: int = VAL_EVERY, **options: Any) -> None:
-        for k in ("iterations", "max_time", "schedule", "schedule_iterations", "val_images", "resume", "regions"):
-            if k in options:
-                raise TypeError(f"a live run sets {k!r} itself")
+        _check_options(options)
         self.model_spec, self.device, self.threads = model, device, int(threads)
         options.setdefault("lr", LR_LIVE)
         self.options = dict(options, device=device, checkpoint_dir=checkpoint_dir, val_every=int(val_every),
@@ -191,13 +224,9 @@ class LiveRun:
         its next step on. ``region``: a bool mask of the annotated area, ``"all"`` (complete
         labels) or None (the labelled cells and a margin). Labels with no cell and no region
         are left out until they have one (nothing to learn)."""
-        img, lab = np.asarray(image), np.asarray(labels)
-        if lab.ndim != 2 or img.shape[:2] != lab.shape and img.shape[-2:] != lab.shape:
-            raise ValueError(f"annotation {key!r}: labels {lab.shape} must be 2D and match the image {img.shape}")
-        if isinstance(region, np.ndarray) and region.shape != lab.shape:
-            raise ValueError(f"annotation {key!r}: region {region.shape} does not match labels {lab.shape}")
+        annotation = _Annotation.checked(key, image, labels, region)
         with self._lock:
-            self._annotations[key] = _Annotation(img, lab.copy(), region.copy() if isinstance(region, np.ndarray) else region)
+            self._annotations[key] = annotation
             self._changed = True
         self._wake.set()
 
@@ -416,6 +445,302 @@ class LiveRun:
             self._proposal = p
 
 
+class LiveProcess:
+    """A :class:`LiveRun` training in a process of its own, driven from this one.
+
+    The same run (:meth:`LiveRun.start`'s loop, in a ``spawn``-ed child process with
+    ``threads`` torch threads and a CPU priority ``nice`` steps below this process's), with
+    the surface a viewer needs: :meth:`start`, :meth:`stop`, :meth:`set_annotation`,
+    :meth:`remove_annotation`, :attr:`annotations`, :meth:`request_proposal`,
+    :meth:`take_proposal`, :attr:`iteration`, :attr:`best_score`, :attr:`settled`, :attr:`last`,
+    :attr:`error`, :attr:`running`, :attr:`result` and :attr:`kept_path`. Training and
+    proposals (which hold Python's interpreter lock for much of their time) then never hold
+    up this process's event loop. Annotations and proposal requests go to the child through
+    a pipe, sent by a thread of their own (the caller never waits on the child); progress,
+    proposals and, at the end, the kept model come back. A child that dies is reported in
+    :attr:`error`; :meth:`stop` ends a child that does not stop in time. Arguments as for
+    :class:`LiveRun`.
+    """
+
+    def __init__(self, model: Any = None, *, device: Any = None, threads: int = DEFAULT_THREADS,
+                 checkpoint_dir: Any = None, val_every: int = VAL_EVERY, nice: int = NICE, **options: Any) -> None:
+        _check_options(options)
+        self.model_spec, self.device, self.threads, self.nice = model, device, int(threads), int(nice)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self._options = dict(options, device=device, threads=int(threads), checkpoint_dir=checkpoint_dir,
+                             val_every=int(val_every))
+        self._keys: dict[Hashable, None] = {}
+        self._outbox: queue.Queue = queue.Queue()  # messages to the child, sent by self._sender
+        self.process: Any = None  # the child (a multiprocessing Process)
+        self._conn: Any = None
+        self._sender: threading.Thread | None = None
+        self._folder: Path | None = None
+        self._stopping = False
+        self._stopped: dict[str, Any] | None = None  # the child's last message
+        self._status: dict[str, Any] = {"iteration": 0, "best_score": None, "settled": False, "last": {}}
+        self._proposal: Proposal | None = None
+        self._error: BaseException | None = None
+        self.result: Any = None
+        self.kept_path: Path | None = None
+
+    # -- the child --------------------------------------------------------------------------
+
+    def start(self) -> LiveProcess:
+        """Start the child process (it trains until :meth:`stop`)."""
+        import multiprocessing
+        import tempfile
+
+        if self.process is not None:
+            if self.running:
+                return self
+            raise RuntimeError("this live run was stopped; start a new one (from its kept model)")
+        self._folder = Path(tempfile.mkdtemp(prefix="napari-unet-live-"))
+        model = self.model_spec
+        if model is not None and not isinstance(model, (str, os.PathLike)):  # a UNet: handed over as a file
+            from .model import save_model
+
+            model = str(save_model(model, self._folder / "start.pt"))
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, there = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(there, model, self._options, self.nice, str(self._folder)),
+                                   name="napari-unet live run", daemon=True)
+        self.process.start()
+        there.close()  # the child's end: a child that dies closes the pipe
+        self._sender = threading.Thread(target=self._send_loop, name="napari-unet live run: sender", daemon=True)
+        self._sender.start()
+        return self
+
+    def _send_loop(self) -> None:
+        while (msg := self._outbox.get()) is not None:
+            try:
+                self._conn.send(msg)
+            except (OSError, ValueError):  # the child is gone: _drain reports it
+                return
+
+    def _drain(self, wait: float = 0.0) -> None:
+        """Take in what the child sent; note a child that died without being asked to stop."""
+        if self.process is None or self._stopped is not None or self._conn.closed:
+            return
+        try:
+            while self._conn.poll(wait):
+                wait = 0.0
+                kind, body = self._conn.recv()
+                if kind == "status":
+                    self._status.update(body)
+                    if body["error"] is not None and self._error is None:
+                        self._error = _rebuilt_error(body["error"])
+                elif kind == "proposal":
+                    self._proposal = body
+                else:  # "stopped"
+                    self._stopped = body
+                    return
+        except Exception:  # noqa: BLE001, S110 -- a pipe cut mid-message: the child died, said below
+            pass
+        if not self._stopping and self._error is None and not self.process.is_alive():
+            self._error = RuntimeError(_died(self.process.exitcode))
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> Any:
+        """End the run and return the kept model, as :meth:`LiveRun.stop` (read back from the
+        child); a child that does not end within ``timeout`` seconds, or died, is ended and
+        :attr:`error` says so; the best model of its last validation (``best.pt`` in the
+        checkpoint folder) is kept then, if there is one. Safe to call twice."""
+        proc = self.process
+        if proc is None or self._stopping:
+            return self.result
+        self._stopping = True
+        self._outbox.put(("stop",))
+        deadline = time.monotonic() + timeout
+        while self._stopped is None and proc.is_alive() and time.monotonic() < deadline:
+            self._drain(wait=0.1)
+        self._drain()  # what a child that just ended left in the pipe
+        if self._stopped is None and self._error is None:
+            self._error = RuntimeError(_died(proc.exitcode) if not proc.is_alive() else
+                                       f"the training process did not stop within {timeout:g} s and was ended")
+        proc.join(5.0)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        self._outbox.put(None)
+        if self._sender is not None:
+            self._sender.join(5.0)
+        self._conn.close()
+        self._keep()
+        return self.result
+
+    def _keep(self) -> None:
+        """The kept model: the one the child finished, else the last checkpoint's best."""
+        import shutil
+
+        end = self._stopped
+        if end is not None:
+            self._status.update(end["status"])
+            if end["error"] is not None and self._error is None:
+                self._error = _rebuilt_error(end["error"])
+            self.kept_path = None if end["kept_path"] is None else Path(end["kept_path"])
+            if end["model"] is not None:
+                from .model import load_model
+
+                self.result = load_model(end["model"])
+        elif self.checkpoint_dir is not None and (self.checkpoint_dir / "best.pt").is_file():
+            from .model import ModelFileError, load_model
+
+            self.kept_path = self.checkpoint_dir / "best.pt"
+            try:
+                self.result = load_model(self.kept_path)
+            except ModelFileError:
+                self.kept_path = None
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    # -- the LiveRun surface ----------------------------------------------------------------------
+
+    def set_annotation(self, key: Hashable, image: Any, labels: Any, region: Any = None) -> None:
+        """As :meth:`LiveRun.set_annotation` (checked, and the labels copied, here)."""
+        a = _Annotation.checked(key, image, labels, region)
+        self._keys[key] = None
+        self._outbox.put(("set_annotation", key, a.image, a.labels, a.region))
+
+    def remove_annotation(self, key: Hashable) -> None:
+        self._keys.pop(key, None)
+        self._outbox.put(("remove_annotation", key))
+
+    @property
+    def annotations(self) -> list[Hashable]:
+        return list(self._keys)
+
+    def request_proposal(self, image: Any, axes: str | None = None, key: Any = None, reference: Any = None) -> None:
+        """As :meth:`LiveRun.request_proposal`: :meth:`take_proposal` returns it once made."""
+        ref = None if reference is None else np.asarray(reference)
+        self._outbox.put(("request_proposal", np.asarray(image), axes, key, ref))
+
+    def take_proposal(self) -> Proposal | None:
+        """The proposal made since the last call, or None (never waits)."""
+        self._drain()
+        p, self._proposal = self._proposal, None
+        return p
+
+    @property
+    def iteration(self) -> int:
+        self._drain()
+        return int(self._status["iteration"])
+
+    @property
+    def best_score(self) -> float | None:
+        self._drain()
+        return self._status["best_score"]
+
+    @property
+    def settled(self) -> bool:
+        """As :attr:`LiveRun.settled`: the run waits for the next change."""
+        self._drain()
+        return bool(self._status["settled"])
+
+    @property
+    def last(self) -> dict[str, Any]:
+        """The last progress record's info (its plain values)."""
+        self._drain()
+        return self._status["last"]
+
+    @property
+    def error(self) -> BaseException | None:
+        """What ended the run: an error of the training, or the child's death (one line)."""
+        self._drain()
+        return self._error
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and not self._stopping and self.process.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+
+def _died(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        how = f"killed by {name}{', perhaps for lack of memory' if name == 'SIGKILL' else ''}"
+    else:
+        how = f"exit code {exitcode}"
+    return f"the training process ended unexpectedly ({how})"
+
+
+def _error_of(exc: BaseException | None) -> tuple[str, str] | None:
+    return None if exc is None else (type(exc).__name__, str(exc).strip() or type(exc).__name__)
+
+
+def _rebuilt_error(err: tuple[str, str]) -> BaseException:
+    """The child's error as an exception here: of the same built-in type (a ValueError says
+    the input was wrong), else a RuntimeError naming its type."""
+    import builtins
+
+    name, text = err
+    cls = getattr(builtins, name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        return cls(text)
+    return RuntimeError(f"{name}: {text}")
+
+
+def _plain_status(run: LiveRun) -> dict[str, Any]:
+    last = {k: v for k, v in run.last.items() if v is None or isinstance(v, (str, bool, int, float))}
+    return {"iteration": run.iteration, "best_score": run.best_score, "settled": run.settled, "last": last,
+            "error": _error_of(run.error)}
+
+
+def _serve(conn: Any, model: Any, options: dict[str, Any], nice: int, folder: str) -> None:
+    """The child of a :class:`LiveProcess`: a :class:`LiveRun` training in its thread, driven
+    by the parent's messages; at the end (asked to stop, or the parent gone) it stops the
+    run, which keeps the best model as always, and sends it back."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the viewer's terminal is the viewer's
+    if nice > 0 and hasattr(os, "nice"):
+        os.nice(nice)  # before any thread starts: they inherit it
+    run = LiveRun(model, **options).start()
+    sent: dict[str, Any] | None = None
+    try:
+        while True:
+            try:
+                msg = conn.recv() if conn.poll(0.1) else None
+            except (EOFError, OSError):
+                return  # the parent is gone (finally: the best model is kept)
+            if msg is not None:
+                if msg[0] not in _CALLS:
+                    return  # "stop"
+                getattr(run, msg[0])(*msg[1:])
+            status = _plain_status(run)
+            if status != sent:
+                conn.send(("status", status))
+                sent = status
+            p = run.take_proposal()
+            if p is not None:
+                conn.send(("proposal", p))
+    finally:
+        end: dict[str, Any] = {"model": None, "kept_path": None, "error": None}
+        try:
+            kept = run.stop()
+            if kept is not None:
+                from .model import save_model
+
+                end["model"] = str(save_model(kept, Path(folder) / "kept.pt"))
+            end["kept_path"] = None if run.kept_path is None else str(run.kept_path)
+        except Exception as exc:  # noqa: BLE001 -- said to the parent
+            end["error"] = _error_of(exc)
+        end["status"] = _plain_status(run)
+        try:
+            conn.send(("stopped", end))
+        except OSError:
+            pass
+
+
 def propose(model: Any, image: Any, *, device: Any = None, axes: str | None = None, diameter: float | None = None,
             reference: Any = None, iteration: int = 0, key: Any = None) -> Proposal:
     """A model's cells in ``image`` with their confidence: ``segment`` as predict-to-annotate
@@ -472,6 +797,7 @@ def region_for_cells(truth: np.ndarray, proposal: np.ndarray, cells: Sequence[in
 
 __all__ = [
     "DEFAULT_THREADS",
+    "LiveProcess",
     "LiveRun",
     "Proposal",
     "cell_confidence",

@@ -1,12 +1,14 @@
 """The Live section of the Annotate widget: the model learns while the person annotates.
 
-A thin skin over :class:`napari_unet.live.LiveRun`. With *Live* on:
+A thin skin over :class:`napari_unet.live.LiveProcess` (a :class:`napari_unet.live.LiveRun`
+in a process of its own). With *Live* on:
 
-* the run trains in a background thread (one torch thread) on the training set and on
-  what is being annotated on the plane in view (the training area: the annotated region,
-  the whole plane for complete labels, else the labelled cells and a margin); each
-  change of the annotation layer (painting, Split, Merge, accepting...) reaches it at the
-  next refresh;
+* the run trains in its own process (one torch thread, at a lower CPU priority than the
+  viewer, so that training and proposals never hold up the viewer's event loop) on the
+  training set and on what is being annotated on the plane in view (the training area:
+  the annotated region, the whole plane for complete labels, else the labelled cells and
+  a margin); each change of the annotation layer (painting, Split, Merge, accepting...)
+  reaches it at the next refresh;
 * every few seconds the view is predicted again into ``"<image> live proposal"`` -- its
   own Labels layer beside the person's, which the loop never writes -- with the cells the
   person has labelled left out, and ``"<image> live uncertainty"`` shows each proposed
@@ -16,10 +18,10 @@ A thin skin over :class:`napari_unet.live.LiveRun`. With *Live* on:
   annotated region (or the view); each is one Ctrl+Z; *Next uncertain cell* centres the
   view on the least sure cell not yet looked at.
 
-Switching Live off, closing the dock or closing napari stops the run and keeps its best
-model (``best.pt`` in the chosen folder or a temporary one; ``last.pt`` when the
-annotations were too small to hold out a validation strip), which *Predict to annotate*
-then uses.
+Switching Live off, closing the dock or closing napari stops the run (and ends its
+process) and keeps its best model (``best.pt`` in the chosen folder or a temporary one;
+``last.pt`` when the annotations were too small to hold out a validation strip), which
+*Predict to annotate* then uses.
 """
 
 from __future__ import annotations
@@ -58,9 +60,10 @@ class LiveSection:
     """The Live rows of the Annotate form and what they drive (``widgets``: the rows).
 
     Attributes for scripts and tests: ``switch``, ``show_uncertainty``, ``next_button``,
-    ``accept_region_button``, ``info``, ``run`` (the :class:`LiveRun`, None when off),
+    ``accept_region_button``, ``info``, ``run`` (the :class:`LiveProcess`, None when off),
     ``folder`` (where each run's folder with its kept model goes; None: the temporary
-    folder), ``kept_path``.
+    folder), ``kept_path``, ``threads`` (the run's torch threads), ``process`` (False: the
+    run trains in a thread of the viewer's process instead, a :class:`LiveRun`).
     """
 
     def __init__(self, widget: Any) -> None:
@@ -81,6 +84,7 @@ class LiveSection:
         self.run: Any = None
         self.folder: Path | None = None
         self.threads = DEFAULT_THREADS
+        self.process = True
         self.kept_path: Path | None = None
         self.proposal: Any = None  # the Proposal shown
         self._shown: tuple | None = None  # (plane, box) of the proposal shown
@@ -88,6 +92,7 @@ class LiveSection:
         self._rejected: np.ndarray | None = None
         self._dirty = True
         self._set_names: list[str] = []
+        self._margin = 0  # the margin around labelled cells the run was started with
         self._watched: list[Any] = []
         self.latency: list[float] = []  # seconds from a refresh request to the proposal shown
         self._asked: float | None = None
@@ -119,7 +124,7 @@ class LiveSection:
 
     def start(self) -> bool:
         """Start the live run from the widget's model and device."""
-        from ..live import LiveRun
+        from ..live import LiveProcess, LiveRun
 
         w = self.w
         if self.run is not None:
@@ -136,7 +141,10 @@ class LiveSection:
             return False
         # a folder of its own for each run (a checkpoint folder holds one run)
         folder = Path(tempfile.mkdtemp(prefix="napari-unet-live-", dir=self.folder))
-        self.run = LiveRun(model, device=w.device.value, threads=self.threads, checkpoint_dir=folder)
+        kind = LiveProcess if self.process else LiveRun
+        self._margin = int(w.margin.value)
+        self.run = kind(model, device=w.device.value, threads=self.threads, checkpoint_dir=folder,
+                        margin=self._margin)
         self.run.start()
         self._dirty, self._set_names, self._visited = True, [], []
         self._rejected = None
@@ -212,14 +220,18 @@ class LiveSection:
             return
         self._dirty = False
         plane = self._plane()
-        area = w.training_area(plane)
         lab = np.asarray(labels.data[plane])
-        if not area.any():
+        region = w.region_mask(plane or None)
+        if region is None and w.complete.value:
+            region = "all"
+        elif region is None and int(w.margin.value) != self._margin:
+            region = w.training_area(plane)  # the margin changed since the run started
+        # else None: the labelled cells and the margin, worked out by the run (not here)
+        if (not lab.any()) if region is None else (isinstance(region, np.ndarray) and not region.any()):
             run.remove_annotation("in view")
             return
         # the whole plane (normalised as a whole, as proposals of the view are), the rest ignored
         image = np.asarray(self._image_data()[plane])
-        region = "all" if (w.complete.value and w.region.value is None) else area
         run.set_annotation("in view", image, lab, region)
 
     def _image_data(self) -> Any:
@@ -231,8 +243,10 @@ class LiveSection:
         if run is None:
             return
         if run.error is not None:
-            show_error_in(w.status, f"Live learning stopped: {run.error}")
-            self.stop()
+            error = run.error
+            kept = self.stop() is not None
+            show_error_in(w.status, f"Live learning stopped: {error}"
+                          + (f". Its best model is kept in {self.kept_path}" if kept else ""))
             return
         labels = w.annotations.value
         if labels is None or w.image.value is None or w._viewer.dims.ndisplay != 2:
@@ -310,7 +324,8 @@ class LiveSection:
         self._doubt_layer = self._layer(doubt, "live uncertainty", "image", colormap="magma", blending="additive",
                                         contrast_limits=(0.0, 0.6), opacity=0.7)
         self._proposal_layer = self._layer(full, "live proposal", "labels", opacity=0.9)
-        self._doubt_layer.visible = bool(self.show_uncertainty.value)
+        if self._doubt_layer.visible != bool(self.show_uncertainty.value):  # setting it redraws the layer
+            self._doubt_layer.visible = bool(self.show_uncertainty.value)
         self._show_info()
 
     def _layer(self, data: np.ndarray, what: str, kind: str, **kwargs: Any) -> Any:
