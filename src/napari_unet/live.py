@@ -370,8 +370,8 @@ class LiveRun:
     def stop(self) -> Any:
         """End the run and return the kept model: the best by validation on the current
         annotations (the last weights when never validated), finished as a training run
-        finishes (written as ``best.pt`` in the checkpoint folder, or ``last.pt`` when never
-        validated: :attr:`kept_path`); None when it never trained. Safe to call twice."""
+        finishes (written as ``best.pt`` in the checkpoint folder: :attr:`kept_path`); None
+        when it never trained. Safe to call twice."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -383,8 +383,8 @@ class LiveRun:
             with self._net_lock:
                 self.result = self._trainer.end("stopped")
             ckpt = self._trainer.ckpt
-            if ckpt is not None:  # never validated: the last weights are the kept ones
-                self.kept_path = ckpt / "best.pt" if (ckpt / "best.pt").is_file() else ckpt / "last.pt"
+            if ckpt is not None:
+                self.kept_path = ckpt / "best.pt"
         return self.result
 
     # -- proposals ----------------------------------------------------------------------------

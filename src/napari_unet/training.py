@@ -1139,7 +1139,7 @@ class Trainer:
         also the final checkpoint's ``best.pt``."""
         self.entry["stopped"] = stop
         result = self.result()  # best.pt is this model (calibrated once, for membranes)
-        self.checkpoint(final=True, best=result if self.run.best_state is not None else None)
+        self.checkpoint(final=True, best=result)
         return result
 
     def finish(self, model: UNet) -> None:

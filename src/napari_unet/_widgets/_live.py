@@ -276,7 +276,7 @@ class LiveSection:
         if not run.iteration:
             text = "Live: waiting for cells to learn from" if not run.annotations else "Live: starting..."
         else:
-            text = f"Live: step {run.iteration}"
+            text = f"Live: step {run.iteration}" + (", up to date with your annotations; paint or correct cells to teach it more" if run.settled else "")
         if self.proposal is not None:
             text += f"; proposal from step {self.proposal.iteration}, {len(self.proposal.confidence)} cells"
         self.info.value = text
