@@ -61,37 +61,41 @@ Literature anchors (qualitative where the exact figure is not at hand):
 
 Measured (defaults, ``OMP_NUM_THREADS=1 python benchmarks/bench_live_loop.py --threads 1``,
 the shared 2-core machine under load from other jobs; AP@0.5 on tiles 08 + 10 after each
-round, cells drawn or fixed so far in brackets; the stained model starts at 0.770)::
+round, cells drawn or fixed so far in brackets; the stained model starts at 0.770; "kept":
+the model each arm hands out)::
 
     round        1           2           4           8           10          14    kept
-    (a) batch    0.779 (16)  0.694 (37)  0.714 (60)  0.695 (90)                    0.695
-    (b) live     0.761 (16)  0.709 (35)  0.705 (54)  0.715 (83)                    0.715
-    (c) ranked   0.718 (6)   0.748 (12)  0.766 (26)  0.752 (50)  0.724 (64)  0.664 (91) 0.664
-    RESULT a_cells=90 a_ap=0.695 b_cells_to_a=0 b_ap=0.715 c_cells_to_a=0 c_ap=0.664
+    (a) batch    0.767 (16)  0.731 (38)  0.723 (58)  0.711 (88)                    0.711
+    (b) live     0.761 (16)  0.709 (35)  0.705 (54)  0.715 (83)                    0.725
+    (c) ranked   0.718 (6)   0.748 (12)  0.766 (26)  0.752 (50)  0.724 (64)  0.664 (91) 0.725
+    RESULT a_cells=88 a_ap=0.711 b_cells_to_a=0 b_ap=0.725 c_cells_to_a=0 c_ap=0.725
 
 The other split (``--images`` tiles 03, 05, 10, ``--test-images`` 01, 08; the start scores
-0.691; the model is right on most cells of these windows, so (a) draws or fixes 31)::
+0.691; the model is right on most cells of these windows, so (a) draws or fixes 35)::
 
-    (a) batch    final 0.643 (31)   (b) live 0.672 (28)   (c) ranked 0.655 (32), best 0.702 (26)
-    RESULT a_cells=31 a_ap=0.643 b_cells_to_a=0 b_ap=0.672 c_cells_to_a=0 c_ap=0.655
+    (a) batch    final 0.644 (35)   (b) live 0.665 (28)   (c) ranked 0.676 (38), best 0.702 (26)
+    RESULT a_cells=35 a_ap=0.644 b_cells_to_a=0 b_ap=0.665 c_cells_to_a=0 c_ap=0.676
 
-What it says: the live loop on random windows ends above the batch loop on both splits;
-the ranked cells hold the start's level (0.72-0.78) for 60 cells on the first split and
-end above (a) on the second, below it on the first after a late fall (0.776 at 58 cells,
-0.664 at 91); no arm ends clearly above the start, whose post-processing thresholds were
-chosen on these very tiles, so ``*_cells_to_a`` is 0 everywhere and the comparison the
-benchmark was built for still cannot be read off here. Round-to-round swings of 0.03-0.06
-are the noise of two test tiles. The same benchmark before four changes to fine-tuning
-(first split): (a) 0.497, (b) 0.501, (c) 0.413, every arm falling steadily from 0.755 as
-cells were added. The changes, each measured where it is defined: fine-tuning a trained
-model keeps its BatchNorm statistics (``training.FREEZE_NORM_FINE_TUNING``); objects of
-mean foreground probability below 0.5 are dropped (``postprocess.MIN_MEAN_FOREGROUND``:
-the stained model's 0.3 threshold let faint smudges through, 164 false cells after
-fine-tuning on eight windows, 80 now); on partly annotated images the run keeps learning
-the starting model's confident classes outside the annotations (``training.REMEMBER_WEIGHT``)
-at a smaller rate (``training.LR_PARTIAL``); and a live run learns from each change in a
-short cycle (``live.CYCLE``) instead of at a constant rate (with a constant rate (b) ended at
-0.603, (c) at 0.649).
+What it says: on both splits both live arms end at least as high as the batch loop, and
+the ranked cells hold the start's level (0.72-0.78) for 60 cells on the first split. No arm
+ends above the start, whose post-processing thresholds were chosen on these very tiles, so
+``*_cells_to_a`` is 0 everywhere: (a)'s end is below where every arm began, and the
+comparison of cells needed cannot be read off here. The ranked arm's weights fall late on
+the first split (0.776 at 58 cells, 0.664 at 91); the kept model, which keeps a quarter of
+the starting weights, is 0.725. Round-to-round swings of 0.03-0.06 are the noise of two
+test tiles. The same benchmark before five changes to fine-tuning (first split): (a)
+0.497, (b) 0.501, (c) 0.413, every arm falling steadily from 0.755 as cells were added.
+The changes, each measured where it is defined: fine-tuning a trained model keeps its
+BatchNorm statistics (``training.FREEZE_NORM_FINE_TUNING``); objects of mean foreground
+probability below 0.5 are dropped (``postprocess.MIN_MEAN_FOREGROUND``: the stained
+model's 0.3 threshold let faint smudges through, 164 false cells after fine-tuning on
+eight windows, 80 now); on partly annotated images the run keeps learning the starting
+model's confident classes outside the annotations (``training.REMEMBER_WEIGHT``) at a
+smaller rate (``training.LR_PARTIAL``); a live run learns from each change in a short
+cycle (``live.CYCLE``) instead of at a constant rate (with a constant rate (b) ended at
+0.603, (c) at 0.649); and a run without validation hands out its weights mixed with a
+quarter of the start's (``training.KEEP_START``; without it (a) 0.695, (c) 0.664 on the
+first split, (a) 0.643, (c) 0.655 on the second).
 """
 
 from __future__ import annotations
