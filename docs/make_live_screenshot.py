@@ -3,7 +3,7 @@ the Annotate widget, with the proposal and the uncertainty overlay.
 
 Usage (needs a display; on a headless machine run it under ``xvfb-run -a``)::
 
-    python docs/make_live_screenshot.py [--steps 40]
+    python docs/make_live_screenshot.py [--steps 25]
 
 A synthetic nuclei image; the person has painted the cells of the top-left corner (from the
 image's ground truth); Live is on with the bundled model, and after ``--steps`` training
@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=25, help="steps before the shot (a change of the annotations "
+                    "starts a cycle of live.CYCLE steps, after which the run waits)")
     args = ap.parse_args(argv)
     import imageio.v3 as iio
     import napari
@@ -52,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     w.live.refresh()
     wait(lambda: w.live.proposal is not None and w.live.proposal.iteration >= asked)
     w.live.next_uncertain()
-    asked = w.live.run.iteration
+    before = w.live.proposal
     w.live.refresh()  # the view moved: its proposal
-    wait(lambda: w.live.proposal.iteration > asked)
+    wait(lambda: w.live.proposal is not before)
     for width, height in ((1280, 800), (1920, 1080)):
         viewer.window.resize(width, height)
         wait(lambda: True)

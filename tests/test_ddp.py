@@ -37,6 +37,7 @@ def test_torchrun_two_cpu_processes_stay_in_sync(tmp_path):
         "--model", str(tmp_path / "start.pt"), "-o", str(tmp_path / "out.pt"),
         "--iterations", "4", "--batch-size", "2", "--tile-size", "32", "--val-fraction", "0",
         "--checkpoint-dir", str(ck), "--device", "cpu", "--no-augment",
+        "--keep-start", "0",  # the trained weights as they are (not mixed with the start's)
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -47,8 +48,8 @@ def test_torchrun_two_cpu_processes_stay_in_sync(tmp_path):
     trained = load_model(tmp_path / "out.pt")
     assert repr(parameter_checksum(trained)) == found["0"]
     assert parameter_checksum(trained) != parameter_checksum(start)  # it did train
-    # one checkpoint (rank 0 only), no leftovers of concurrent writers
-    assert sorted(p.name for p in ck.iterdir()) == ["last.pt", "state.pt"]
+    # one checkpoint (rank 0 only, with the returned model as best.pt), no leftovers of concurrent writers
+    assert sorted(p.name for p in ck.iterdir()) == ["best.pt", "last.pt", "state.pt"]
     assert proc.stdout.count("wrote ") == 1
     assert load_model(ck / "last.pt").meta["history"][-1]["iterations"] == 4
 

@@ -27,8 +27,9 @@ def _data():
 
 def _train(model, ckpt, **kw):
     images, labels = _data()
+    # keep_start=0: the result is the run's own weights, not mixed with the start's
     return fine_tune(images, labels, model, tile_size=16, batch_size=2, device="cpu", amp=False,
-                     checkpoint_dir=ckpt, **kw)
+                     checkpoint_dir=ckpt, keep_start=0.0, **kw)
 
 
 def _same_weights(a, b) -> bool:
@@ -39,18 +40,18 @@ def test_a_best_pt_of_another_run_is_not_the_resumed_result(tmp_path, tiny_model
     # run A validates, so it leaves a best.pt
     _train(tiny_model, tmp_path / "a", iterations=4, val_fraction=0.5, val_every=2)
     assert (tmp_path / "a" / "best.pt").is_file()
-    # run B does not validate; an earlier run's best.pt ends up in its folder
+    # run B does not validate; an earlier run's best.pt replaces its own
     _train(tiny_model, tmp_path / "b", iterations=2, val_fraction=0)
     shutil.copy(tmp_path / "a" / "best.pt", tmp_path / "b" / "best.pt")
     resumed = fine_tune(*_data(), None, tile_size=16, batch_size=2, device="cpu", amp=False, val_fraction=0,
-                        iterations=3, resume=tmp_path / "b")
+                        iterations=3, resume=tmp_path / "b", keep_start=0.0)
     assert not _same_weights(resumed, load_model(tmp_path / "a" / "best.pt"))
     assert _same_weights(resumed, load_model(tmp_path / "b" / "last.pt"))
 
 
 def test_a_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, tiny_model):
     _train(tiny_model, tmp_path / "ck", iterations=2, val_fraction=0)
-    with pytest.raises(ValueError, match=r"holds checkpoints of an earlier run \(last.pt, state.pt\)"):
+    with pytest.raises(ValueError, match=r"holds checkpoints of an earlier run \(best.pt, last.pt, state.pt\)"):
         _train(tiny_model, tmp_path / "ck", iterations=2, val_fraction=0)
 
 
