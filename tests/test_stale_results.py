@@ -51,7 +51,7 @@ def test_a_best_pt_of_another_run_is_not_the_resumed_result(tmp_path, tiny_model
 
 def test_a_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, tiny_model):
     _train(tiny_model, tmp_path / "ck", iterations=2, val_fraction=0)
-    with pytest.raises(ValueError, match=r"holds checkpoints of an earlier run \(best.pt, last.pt, state.pt\)"):
+    with pytest.raises(ValueError, match=r"holds checkpoints of an earlier run \(last.pt, best.pt, state.pt\)"):
         _train(tiny_model, tmp_path / "ck", iterations=2, val_fraction=0)
 
 
