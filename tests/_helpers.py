@@ -34,6 +34,20 @@ def blobs_at(shape=(96, 120), centers=BLOB_CENTRES, radius=7):
     return img.astype(np.float32)
 
 
+def docked_annotate(viewer, model_path=None):
+    """An Annotate widget docked in ``viewer``, predicting on the CPU (with the model file
+    ``model_path`` when given)."""
+    from napari_unet._widgets.annotate import AnnotateWidget
+
+    w = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Annotate")
+    if model_path is not None:
+        w.model.source.value = w.model.FILE
+        w.model.file.value = model_path
+    w.device.value = "cpu"
+    return w
+
+
 def run_to_end(gen):
     """Run a progress generator to the end: ``(its result, the records it yielded)``."""
     records = []

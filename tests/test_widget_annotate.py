@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _helpers import blobs_at
+from _helpers import blobs_at, docked_annotate
 
 pytestmark = pytest.mark.gui
 
@@ -25,16 +25,9 @@ SCREENSHOTS = os.environ.get("NAPARI_UNET_SCREENSHOTS")  # folder: also write do
 
 @pytest.fixture
 def widget(make_napari_viewer, model_path):
-    from napari_unet._widgets.annotate import AnnotateWidget
-
     viewer = make_napari_viewer()
     viewer.add_image(blobs_at(), name="cells")
-    w = AnnotateWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Annotate")
-    w.model.source.value = w.model.FILE
-    w.model.file.value = model_path
-    w.device.value = "cpu"
-    return w
+    return docked_annotate(viewer, model_path)
 
 
 def wait_done(qtbot, w):
@@ -174,15 +167,10 @@ def test_next_free_id_button(widget):
 
 
 def test_stack_plane_by_plane(make_napari_viewer, model_path, qtbot):
-    from napari_unet._widgets.annotate import AnnotateWidget
-
     viewer = make_napari_viewer()
     stack = np.stack([blobs_at(), blobs_at(centers=((40, 40),)), blobs_at()])
     viewer.add_image(stack, name="stack")
-    w = AnnotateWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Annotate")
-    w.model.source.value = w.model.FILE
-    w.model.file.value = model_path
+    w = docked_annotate(viewer, model_path)
     assert w.cells_3d.value  # a 3D layer is a Z stack of 3D cells by default; these planes are unrelated
     w.cells_3d.value = False
     layer = w.new_labels_layer()
@@ -324,17 +312,12 @@ def test_complete_labels_switch_in_the_set(widget, tmp_path):
 
 
 def test_cancelled_training_is_not_reported_as_trained(make_napari_viewer, model_path, qtbot):
-    from napari_unet._widgets.annotate import AnnotateWidget
     from napari_unet.synthetic import make_sample
 
     img, gt = make_sample((96, 96), 3)
     viewer = make_napari_viewer()
     viewer.add_image(img, name="img")
-    w = AnnotateWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Annotate")
-    w.device.value = "cpu"
-    w.model.source.value = w.model.FILE
-    w.model.file.value = model_path
+    w = docked_annotate(viewer, model_path)
     layer = w.new_labels_layer()
     layer.data = gt.astype(np.int32)
     w.complete.value = True
@@ -416,7 +399,6 @@ def test_broken_folder_is_reported_and_nothing_is_lost(widget, tmp_path):
 def test_end_to_end_annotate_train_segment(make_napari_viewer, model_path, tmp_path, qtbot):
     """Sample image → predict in a region → correct → set → save/load → train → segment."""
     from napari_unet._sample_data import sample_nuclei
-    from napari_unet._widgets.annotate import AnnotateWidget
     from napari_unet.data import TrainingSet
 
     (image, image_kw, _), (gt, _, _) = sample_nuclei()
@@ -424,11 +406,7 @@ def test_end_to_end_annotate_train_segment(make_napari_viewer, model_path, tmp_p
     viewer = make_napari_viewer()
     viewer.add_image(image, **image_kw)
     name = image_kw["name"]
-    w = AnnotateWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Annotate")
-    w.model.source.value = w.model.FILE
-    w.model.file.value = model_path
-    w.device.value = "cpu"
+    w = docked_annotate(viewer, model_path)
     layer = w.new_labels_layer()
     shot(viewer, "1_new_layer")
 

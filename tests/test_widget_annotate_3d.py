@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _helpers import docked_annotate
 from test_widget_annotate import wait_done
 
 pytestmark = pytest.mark.gui
@@ -19,12 +20,8 @@ SHAPE = (12, 96, 96)
 
 
 def _annotate(viewer, image):
-    from napari_unet._widgets.annotate import AnnotateWidget
-
-    w = AnnotateWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Annotate")
+    w = docked_annotate(viewer)
     w.image.value = image
-    w.device.value = "cpu"
     return w
 
 

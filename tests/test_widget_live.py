@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from _helpers import BLOB_CENTRES as CENTRES
-from _helpers import blobs_at
+from _helpers import blobs_at, docked_annotate
 
 pytestmark = pytest.mark.gui
 
@@ -20,15 +20,9 @@ WAIT_MS = 60_000
 
 @pytest.fixture
 def widget(make_napari_viewer, model_path, tmp_path):
-    from napari_unet._widgets.annotate import AnnotateWidget
-
     viewer = make_napari_viewer()
     viewer.add_image(blobs_at(), name="cells")
-    w = AnnotateWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Annotate")
-    w.model.source.value = w.model.FILE
-    w.model.file.value = model_path
-    w.device.value = "cpu"
+    w = docked_annotate(viewer, model_path)
     w.live.folder = tmp_path
     w.live._refresh_timer.setInterval(400)  # the test need not wait 3 s a proposal
     # the run in a thread of this process (a LiveRun: the same widget code, no child process
