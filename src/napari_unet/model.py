@@ -43,8 +43,13 @@ class UNetConfig:
     depth: int = 4
     base_width: int = 64
     dropout: float = 0.5
+    #: 2 (planes, the paper's network) or 3 (volumes: 3x3x3 convolutions and 2x2x2 pooling,
+    #: Çiçek et al. 2016); the size arithmetic below holds along every axis either way
+    spatial_dims: int = 2
 
     def __post_init__(self) -> None:
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"UNet spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
         for name in ("in_channels", "num_classes", "depth", "base_width"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -125,27 +130,32 @@ class UNetConfig:
         )
 
 
-def _double_conv(c_in: int, c_out: int, dropout: float = 0.0) -> nn.Sequential:
+_LAYERS = {
+    2: (nn.Conv2d, nn.BatchNorm2d, nn.Dropout2d, nn.MaxPool2d, nn.ConvTranspose2d),
+    3: (nn.Conv3d, nn.BatchNorm3d, nn.Dropout3d, nn.MaxPool3d, nn.ConvTranspose3d),
+}
+
+
+def _double_conv(c_in: int, c_out: int, dropout: float = 0.0, dims: int = 2) -> nn.Sequential:
     # conv -> ReLU -> BatchNorm, twice (the paper's block, with BatchNorm added after each ReLU)
+    conv, norm, drop = _LAYERS[dims][:3]
     layers: list[nn.Module] = [
-        nn.Conv2d(c_in, c_out, 3),
+        conv(c_in, c_out, 3),
         nn.ReLU(inplace=True),
-        nn.BatchNorm2d(c_out),
-        nn.Conv2d(c_out, c_out, 3),
+        norm(c_out),
+        conv(c_out, c_out, 3),
         nn.ReLU(inplace=True),
-        nn.BatchNorm2d(c_out),
+        norm(c_out),
     ]
     if dropout > 0:
-        layers.append(nn.Dropout2d(dropout))
+        layers.append(drop(dropout))
     return nn.Sequential(*layers)
 
 
-def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Crop the last two axes of ``x`` to ``size`` around the centre."""
-    h, w = x.shape[-2:]
-    th, tw = size
-    top, left = (h - th) // 2, (w - tw) // 2
-    return x[..., top : top + th, left : left + tw]
+def center_crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Crop the last ``len(size)`` axes of ``x`` to ``size`` around the centre."""
+    index = [slice((n - t) // 2, (n - t) // 2 + t) for n, t in zip(x.shape[-len(size):], size)]
+    return x[(Ellipsis, *index)]
 
 
 class UNet(nn.Module):
@@ -158,6 +168,9 @@ class UNet(nn.Module):
         depth: number of 2x2 poolings (4 in the paper).
         base_width: channels of the first level (64 in the paper); doubled each level.
         dropout: dropout probability in the bottleneck (0.5 in the paper).
+        spatial_dims: 2 for images (the paper's), 3 for volumes (the 3D U-Net of Çiçek et
+            al. 2016: the same network with 3x3x3 convolutions, 2x2x2 pooling and
+            up-convolutions; input ``(batch, channel, z, y, x)`` on isotropic voxels).
 
     Besides the weights a model carries ``meta``, a dict of plain values saved with it:
     ``mode`` (``"instance3"``: background/interior/boundary, ``"instance2"``: the paper's
@@ -173,36 +186,38 @@ class UNet(nn.Module):
         depth: int = 4,
         base_width: int = 64,
         dropout: float = 0.5,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
-        self.config = UNetConfig(in_channels, num_classes, depth, base_width, dropout)
+        self.config = UNetConfig(in_channels, num_classes, depth, base_width, dropout, spatial_dims)
+        conv, _, _, pool, up_conv = _LAYERS[spatial_dims]
         widths = [base_width * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList()
         c = in_channels
         for w in widths[:-1]:
-            self.down.append(_double_conv(c, w))
+            self.down.append(_double_conv(c, w, dims=spatial_dims))
             c = w
-        self.pool = nn.MaxPool2d(2, 2)
-        self.bottleneck = _double_conv(c, widths[-1], dropout=dropout)
+        self.pool = pool(2, 2)
+        self.bottleneck = _double_conv(c, widths[-1], dropout=dropout, dims=spatial_dims)
         self.up = nn.ModuleList()
         self.up_conv = nn.ModuleList()
         for w in reversed(widths[:-1]):
-            self.up.append(nn.ConvTranspose2d(w * 2, w, 2, stride=2))
-            self.up_conv.append(_double_conv(w * 2, w))
-        self.head = nn.Conv2d(widths[0], num_classes, 1)
+            self.up.append(up_conv(w * 2, w, 2, stride=2))
+            self.up_conv.append(_double_conv(w * 2, w, dims=spatial_dims))
+        self.head = conv(widths[0], num_classes, 1)
         self.meta: dict[str, Any] = default_meta(num_classes)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """He initialisation as in the paper: N(0, sqrt(2/N)), N = k*k*C_in."""
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                k = m.kernel_size[0] * m.kernel_size[1]
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Conv3d, nn.ConvTranspose3d)):
+                k = math.prod(m.kernel_size)
                 c_in = m.in_channels
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (k * c_in)))
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
@@ -219,13 +234,15 @@ class UNet(nn.Module):
         return self.config.output_size(input_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
-            raise ValueError(f"UNet expects a (batch, channel, y, x) tensor, got shape {tuple(x.shape)}")
+        dims = self.config.spatial_dims
+        if x.ndim != dims + 2:
+            axes = "(batch, channel, y, x)" if dims == 2 else "(batch, channel, z, y, x)"
+            raise ValueError(f"UNet expects a {axes} tensor, got shape {tuple(x.shape)}")
         if x.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"UNet expects {self.config.in_channels} input channel(s), got {x.shape[1]}"
             )
-        for size in x.shape[-2:]:
+        for size in x.shape[2:]:
             self.config.check_input_size(int(size))
         skips = []
         for block in self.down:
@@ -235,7 +252,7 @@ class UNet(nn.Module):
         x = self.bottleneck(x)
         for up, conv, skip in zip(self.up, self.up_conv, reversed(skips)):
             x = up(x)
-            x = torch.cat([center_crop(skip, x.shape[-2:]), x], dim=1)
+            x = torch.cat([center_crop(skip, x.shape[2:]), x], dim=1)
             x = conv(x)
         return self.head(x)
 
@@ -271,11 +288,20 @@ def save_model(model: UNet, path: str | os.PathLike) -> Path:
     payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "config": asdict(model.config),
+        "config": _config_dict(model.config),
         "meta": copy.deepcopy(_plain(model.meta)),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
     return save_atomic(payload, path)
+
+
+def _config_dict(config: UNetConfig) -> dict[str, Any]:
+    """The config as saved: a 2D network's without ``spatial_dims``, so that versions that
+    know only 2D networks still read its file."""
+    out = asdict(config)
+    if out["spatial_dims"] == 2:
+        del out["spatial_dims"]
+    return out
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -306,6 +332,11 @@ def _plain(obj: Any) -> Any:
 
 def bundled_model_path() -> Path:
     return Path(__file__).parent / "models" / "bundled.pt"
+
+
+def bundled_3d_model_path() -> Path:
+    """The bundled 3D U-Net (``views="3d"`` of a Z stack's segmentation)."""
+    return Path(__file__).parent / "models" / "bundled_3d.pt"
 
 
 def load_model(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu") -> UNet:

@@ -75,6 +75,8 @@ MAX_MULTIVIEW_ANISOTROPY = 6.0
 #: 0.656, 8 and 0.842 / 0.533, 19; side views only: 0.894 / 0.636, 9 and 0.835 / 0.533, 19
 #: (large nuclei over-split: 12 for 11)
 XY_VIEW_WEIGHT = 0.5
+#: the ``views`` of :func:`segment_volume_iter`
+VIEWS = ("auto", "xy", "xyz", "3d")
 #: 3D watershed up to this anisotropy; beyond, per-plane labels linked by overlap
 MAX_WATERSHED_ANISOTROPY = 6.0
 #: estimated anisotropies are clipped to this range
@@ -418,8 +420,22 @@ class _Views:
     """Predicts arrays with the network, all normalised as one image (the whole volume)."""
 
     def __init__(self, net: Any, norm: tuple[np.ndarray, np.ndarray], predict_kw: dict[str, Any],
-                 vlay: Layout) -> None:
-        self.net, self.norm, self.kw, self.vlay = net, norm, predict_kw, vlay
+                 vlay: Layout, net3d: Any = None) -> None:
+        self.net, self.norm, self.kw, self.vlay, self.net3d = net, norm, predict_kw, vlay, net3d
+
+    def volume(self, vol: np.ndarray, anisotropy: float) -> Generator[Progress, None, np.ndarray]:
+        """Probabilities ``(k, Z, Y, X)`` of a gray (Z, Y, X) volume by the 3D network: the
+        volume normalised, resampled along Z to isotropic voxels, predicted in overlapping
+        cubes and brought back to its planes."""
+        from .tiling_3d import predict_volume_iter
+
+        lo, hi = (float(np.ravel(v)[0]) for v in self.norm)
+        x = (np.asarray(vol, np.float32) - lo) / max(hi - lo, 1e-6)
+        nz = x.shape[0]
+        iso = resample_axis(x, 0, max(1, round(nz * anisotropy)))
+        p = yield from predict_volume_iter(iso, self.net3d, tile_size=self.kw.get("tile_size_3d"),
+                                           device=self.kw.get("device"), amp=self.kw.get("amp"))
+        return resample_axis(p, 1, nz)
 
     def __call__(self, x: Any, view: str, axes: str = "QYX") -> Generator[Progress, None, np.ndarray]:
         """Probabilities ``(k, *x's shape without channels)`` of ``x`` (axes ``axes``)."""
@@ -531,8 +547,13 @@ def volume_iter(image: Any, facts: ImageInput, options: SegmentOptions, *, out: 
         raise ValueError(f"3D segmentation needs a Z axis in axes, got {lay.axes!r}")
     post = dict(options.postprocess)
     views, block_voxels = post.get("views", "auto"), post.get("block_voxels")
-    if views not in ("auto", "xy", "xyz"):
-        raise ValueError(f"views must be 'auto', 'xy' or 'xyz', got {views!r}")
+    if views not in VIEWS:
+        raise ValueError(f"views must be one of {', '.join(map(repr, VIEWS))}, got {views!r}")
+    net3d = None
+    if views == "3d":
+        from .model import bundled_3d_model_path, load_model
+
+        net3d = post.get("net3d") or load_model(bundled_3d_model_path())
     mode = options.mode or net.meta.get("mode", "instance3")
     min_size, min_object_z, predict_kw = options.min_size, options.min_object_z, options.predict_kw
     given = check_voxel_size(facts.voxel_size)
@@ -563,7 +584,7 @@ def volume_iter(image: Any, facts: ImageInput, options: SegmentOptions, *, out: 
         norm = facts.normalization if not outer and facts.lo else None
         n = yield from _segment_volume(vol, vol_axes, net, given, views, mode, min_size, ws, predict_kw,
                                        block_voxels or default_block_voxels(), sink, psink, offset, min_object_z,
-                                       norm, None if outer else lay)
+                                       norm, None if outer else lay, net3d)
         if mode != "semantic":
             offset += n
             if offset > np.iinfo(np.int32).max:
@@ -636,7 +657,7 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
                     sink: _Sink, psink: _Sink | None, offset: int,
                     min_object_z: float | None = None,
                     norm: tuple[np.ndarray, np.ndarray] | None = None,
-                    vlay: Any = None) -> Generator[Progress, None, int]:
+                    vlay: Any = None, net3d: Any = None) -> Generator[Progress, None, int]:
     """Segment one volume into ``sink`` with ids from ``offset + 1``; returns how many.
     ``norm``, ``vlay``: the volume's ``(lo, hi)`` and layout (None: found here)."""
     from .postprocess import probabilities_to_labels
@@ -645,7 +666,7 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
     if norm is None:
         rule = net.meta.get("normalization", {"kind": "percentile"})
         norm = image_normalization(vol, vlay, rule, choose_channel_map(vlay, net.config.in_channels))
-    run = _Views(net, norm, predict_kw, vlay)
+    run = _Views(net, norm, predict_kw, vlay, net3d)
     spatial = [c for c in vol_axes if c not in "CS"]
     order = [spatial.index(c) for c in "ZYX"]
     Z, H, W = (vlay.out_shape[o] for o in order)
@@ -769,7 +790,11 @@ def _block_labels(vol: np.ndarray, vol_axes: str, order: list[int], p: np.ndarra
         # fewer than 3 cells span 3 planes: far too coarse in Z for 3D distances
         return link_planes(probabilities_to_labels(p, mode)), p, {"method": "linked planes", "views": "XY"}
     info = {"views": "XY"}
-    if (views == "xyz" or (views == "auto" and a <= MAX_MULTIVIEW_ANISOTROPY)) and not any(c in vol_axes for c in "CS"):
+    gray = not any(c in vol_axes for c in "CS")
+    if views == "3d" and gray and a <= MAX_MULTIVIEW_ANISOTROPY:
+        p = yield from run.volume(np.asarray(vol, np.float32).transpose(order), a)
+        info["views"] = "3D network"
+    elif (views == "xyz" or (views == "auto" and a <= MAX_MULTIVIEW_ANISOTROPY)) and gray:
         s = yield from side_views(np.asarray(vol, np.float32).transpose(order), a, run)
         p = (XY_VIEW_WEIGHT * p + 2 * s) / (XY_VIEW_WEIGHT + 2)
         info["views"] = "XY, XZ, YZ"
