@@ -1,0 +1,97 @@
+"""The 3D U-Net: its size arithmetic, seamless overlap-tile prediction, model files and fine-tuning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.model import UNet, load_model, save_model
+from napari_unet.synthetic_3d import make_stack
+from napari_unet.tiling_3d import predict_volume
+from napari_unet.training_3d import INPUT, fine_tune_3d, loss_of, make_example, random_batch
+
+
+def _tiny(seed: int = 0) -> UNet:
+    """A small 3D network whose BatchNorm has statistics of its own (not 0 and 1)."""
+    torch.manual_seed(seed)
+    net = UNet(1, 3, depth=2, base_width=4, dropout=0.0, spatial_dims=3)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(1, 1, 44, 44, 44) * 2 + 1)
+    return net.eval()
+
+
+def test_3d_network_sizes_and_shape():
+    net = UNet(1, 3, depth=2, base_width=4, spatial_dims=3)
+    assert net.halo == 20
+    out = net(torch.zeros(1, 1, 44, 60, 52))
+    assert tuple(out.shape) == (1, 3, 4, 20, 12)
+    with pytest.raises(ValueError, match=r"\(batch, channel, z, y, x\)"):
+        net(torch.zeros(1, 1, 44, 44))
+    with pytest.raises(ValueError, match="does not fit"):
+        net(torch.zeros(1, 1, 45, 44, 44))
+    with pytest.raises(ValueError, match="spatial_dims"):
+        UNet(spatial_dims=4)
+
+
+def test_3d_prediction_is_seamless_across_tile_sizes():
+    """float32 on the CPU: cubes of 60, 76 and 92 voxels (outputs 20, 36, 52) give the same
+    probabilities as one pass over the whole mirrored volume, to float rounding."""
+    net = _tiny()
+    vol = np.random.default_rng(0).random((23, 37, 41)).astype(np.float32)
+    ref = predict_volume(vol, net, tile_size=108)  # one cube covers the volume
+    for tile in (60, 76, 92):
+        p = predict_volume(vol, net, tile_size=tile)
+        assert p.shape == (3, 23, 37, 41)
+        np.testing.assert_allclose(p, ref, atol=2e-5)
+    assert np.allclose(ref.sum(0), 1.0, atol=1e-5)
+    assert ref.std() > 1e-3  # the network does not give the same answer everywhere
+
+
+def test_3d_model_file_round_trip(tmp_path):
+    net = _tiny(1)
+    path = save_model(net, tmp_path / "net3d.pt")
+    back = load_model(path)
+    assert back.config.spatial_dims == 3
+    x = torch.randn(1, 1, 44, 44, 44)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), net(x))
+    # a 2D network's file does not name spatial_dims, so versions that know only 2D still read it
+    flat = save_model(UNet(1, 3, depth=2, base_width=4), tmp_path / "net2d.pt")
+    assert "spatial_dims" not in torch.load(flat, weights_only=True)["config"]
+    assert load_model(flat).config.spatial_dims == 2
+
+
+def test_fine_tune_3d_learns_a_stack():
+    """Thirty steps on one small labelled stack lower the loss on it, the start's BatchNorm
+    statistics are kept, and the start network is not changed."""
+    image, labels = make_stack((14, 48, 48), seed=3, anisotropy=2.0, radius=6.0)
+    net = _tiny(2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    example = make_example(image, labels, 2.0)
+    assert example[0].shape == (28, 48, 48) and example[1].max() == 2 and example[2].any()
+    out = net.output_size(INPUT)
+    batches = [random_batch([example], 2, INPUT, out, np.random.default_rng(k), False) for k in range(3)]
+
+    def mean_loss(model: UNet) -> float:
+        with torch.no_grad():
+            return float(np.mean([loss_of(model.eval(), *b).item() for b in batches]))
+
+    tuned = fine_tune_3d([image], [labels], net, voxel_size=(2, 1, 1), iterations=30, lr=3e-3, batch_size=1)
+    assert mean_loss(tuned) < 0.8 * mean_loss(net)
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    torch.testing.assert_close(tuned.state_dict()["down.0.2.running_mean"], before["down.0.2.running_mean"])
+    assert tuned.meta["history"][-1]["kind"] == "fine-tune 3D"
+
+
+def test_fine_tune_3d_needs_the_z_step_and_matching_labels():
+    image, labels = make_stack((8, 32, 32), seed=1, anisotropy=2.0, radius=5.0)
+    with pytest.raises(ValueError, match="voxel size"):
+        fine_tune_3d([image], [labels], _tiny(), voxel_size=None, iterations=1)
+    with pytest.raises(ValueError, match="one shape"):
+        fine_tune_3d([image], [labels[:4]], _tiny(), voxel_size=2.0, iterations=1)
+    with pytest.raises(ValueError, match="3D network"):
+        fine_tune_3d([image], [labels], UNet(1, 3, depth=2, base_width=4), voxel_size=2.0, iterations=1)
