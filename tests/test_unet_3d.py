@@ -95,3 +95,27 @@ def test_fine_tune_3d_needs_the_z_step_and_matching_labels():
         fine_tune_3d([image], [labels[:4]], _tiny(), voxel_size=2.0, iterations=1)
     with pytest.raises(ValueError, match="3D network"):
         fine_tune_3d([image], [labels], UNet(1, 3, depth=2, base_width=4), voxel_size=2.0, iterations=1)
+
+
+def test_a_3d_model_file_segments_stacks_and_says_so(tmp_path):
+    """A 3D network given as the model segments a Z stack with it (the record says so); given
+    for a 2D image, or to the 2D fine-tuning, it is refused in one line naming the problem."""
+    import napari_unet as nu
+    from napari_unet._progress import drain, relay
+    from napari_unet.segmentation import segment_iter
+
+    path = save_model(_tiny(3), tmp_path / "nuclei3d.pt")
+    image, _ = make_stack((10, 40, 40), seed=2, anisotropy=2.0, radius=6.0)
+    info: dict = {}
+    labels = drain(relay(segment_iter(image, str(path), axes="ZYX", voxel_size=(2, 1, 1), min_object_z=None),
+                         lambda rec: info.update(rec.info) or rec))
+    assert labels.shape == image.shape
+    assert info["views"] == "3D network" and info["method"] == "3D watershed"
+    info.clear()
+    drain(relay(segment_iter(image, str(path), axes="ZYX", voxel_size=(2, 1, 1), views="xyz", min_object_z=None),
+                lambda rec: info.update(rec.info) or rec))
+    assert info["views"] == "XY, XZ, YZ"  # the 2D network's views, when asked for
+    with pytest.raises(ValueError, match="3D network: it segments Z stacks"):
+        nu.segment(image[0], str(path))
+    with pytest.raises(ValueError, match="fine_tune_3d"):
+        nu.fine_tune([image[0]], [np.ones((40, 40), int)], str(path), iterations=1)

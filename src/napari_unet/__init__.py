@@ -26,6 +26,7 @@ _API = {
     "export_bioimageio": "export",
     "labels_to_targets": "targets",
     "fine_tune": "training",
+    "fine_tune_3d": "training_3d",
     "average_precision": "metrics",
     "pixel_error": "metrics",
     "adapted_rand_error": "metrics",
@@ -64,4 +65,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .segmentation import segment
     from .tiling import predict
     from .training import fine_tune
+    from .training_3d import fine_tune_3d
     from .weights import weight_map

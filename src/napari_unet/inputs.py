@@ -260,6 +260,8 @@ class ImageInput:
         voxel_size: Z stacks: the ``(z, y, x)`` voxel size or one number (Z step / pixel);
             None = estimated from the cells.
         warnings: sentences found on the way in (unlike the training data...).
+        net3d: Z stacks: the 3D network given as the model (``model`` is then the bundled
+            2D network, which measures the Z step when the voxel size is not given).
     """
 
     layout: Layout
@@ -271,6 +273,7 @@ class ImageInput:
     why: str = "given"
     voxel_size: Any = None
     warnings: tuple[str, ...] = ()
+    net3d: Any = None
 
     @property
     def axes(self) -> str:
@@ -412,6 +415,12 @@ def describe_input(
         model = load(path)
     if not hasattr(model, "config") or not hasattr(model, "meta"):
         raise TypeError(f"model must be a napari_unet.UNet (or wrap one), got {type(model).__name__}")
+    net3d = None
+    if getattr(model.config, "spatial_dims", 2) == 3:
+        if "Z" not in layout.axes:
+            raise ValueError(f"{model_name or 'the model'} is a 3D network: it segments Z stacks (axes with a Z), "
+                             f"and the image's axes are {layout.axes}")
+        net3d, model = model, load(bundled_path("fluorescence"))
     meta = model.meta
     found = []
     if check:
@@ -422,7 +431,7 @@ def describe_input(
     channel_map = choose_channel_map(layout, model.config.in_channels)
     lo, hi = image_normalization(image, layout, meta.get("normalization", {"kind": "percentile"}), channel_map)
     return ImageInput(layout, channel_map, tuple(float(v) for v in np.ravel(lo)), tuple(float(v) for v in np.ravel(hi)),
-                      model, model_name or "model", why, voxel_size, tuple(found))
+                      model, model_name or "model", why, voxel_size, tuple(found), net3d)
 
 
 def each_channel_alone(axes: str, shape: Sequence[int], model_channels: int) -> tuple[str, str]:

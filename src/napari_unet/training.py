@@ -237,6 +237,9 @@ def _resolve_model(model: Any, mode: str | None, in_channels: int, labels: Seque
     """The starting model (a copy) and whether it is freshly initialised (``"scratch"``, or a
     network :func:`fresh_model` made, however it came)."""
     net, fresh = _starting_model(model, mode, in_channels, labels, first_image)
+    if net.config.spatial_dims != 2:
+        raise ValueError("that model is a 3D network: fine-tune it on labelled Z stacks with "
+                         "napari_unet.fine_tune_3d (this trains 2D networks)")
     return net, bool(net.meta.pop("untrained", False)) or fresh
 
 

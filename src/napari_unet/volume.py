@@ -424,9 +424,9 @@ class _Views:
         self.net, self.norm, self.kw, self.vlay, self.net3d = net, norm, predict_kw, vlay, net3d
 
     def volume(self, vol: np.ndarray, anisotropy: float) -> Generator[Progress, None, np.ndarray]:
-        """Probabilities ``(k, Z, Y, X)`` of a gray (Z, Y, X) volume by the 3D network: the
-        volume normalised, resampled along Z to isotropic voxels, predicted in overlapping
-        cubes and brought back to its planes."""
+        """Probabilities ``(k, Z, Y, X)`` of a gray (Z, Y, X) block by the 3D network: the
+        block normalised as the whole volume, resampled along Z to isotropic voxels,
+        predicted in overlapping cubes and brought back to its planes."""
         from .tiling_3d import predict_volume_iter
 
         lo, hi = (float(np.ravel(v)[0]) for v in self.norm)
@@ -549,11 +549,13 @@ def volume_iter(image: Any, facts: ImageInput, options: SegmentOptions, *, out: 
     views, block_voxels = post.get("views", "auto"), post.get("block_voxels")
     if views not in VIEWS:
         raise ValueError(f"views must be one of {', '.join(map(repr, VIEWS))}, got {views!r}")
-    net3d = None
-    if views == "3d":
+    net3d = facts.net3d if facts.net3d is not None else post.get("net3d")
+    if net3d is not None and views == "auto":
+        views = "3d"
+    if views == "3d" and net3d is None:
         from .model import bundled_3d_model_path, load_model
 
-        net3d = post.get("net3d") or load_model(bundled_3d_model_path())
+        net3d = load_model(bundled_3d_model_path())
     mode = options.mode or net.meta.get("mode", "instance3")
     min_size, min_object_z, predict_kw = options.min_size, options.min_object_z, options.predict_kw
     given = check_voxel_size(facts.voxel_size)
@@ -683,6 +685,11 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
         a, doubt = anisotropy_from_cells(link_planes(probabilities_to_labels(p, mode)))
         info.update(anisotropy=a, anisotropy_source="unknown" if a is None else f"uncertain: {doubt}" if doubt
                     else "estimated", anisotropy_uncertain=a is None or doubt is not None)
+    # the 3D network where it applies: one channel, a known Z step within the side views' range
+    use3d = (views == "3d" and net3d is not None and a is not None and a <= MAX_MULTIVIEW_ANISOTROPY
+             and mode != "semantic" and not any(c in vol_axes for c in "CS"))
+    if use3d:
+        halo = max(halo, int(net3d.config.halo + round(net.meta.get("diameter") or 20)))
     core = max(64, int(math.sqrt(block_voxels / Z)) - 2 * halo)
     by, bx = _blocks(H, core, halo), _blocks(W, core, halo)
     info["blocks"] = len(by) * len(bx)
@@ -699,9 +706,13 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
     for bi, (cy0, cy1, hy0, hy1) in enumerate(by):
         for bj, (cx0, cx1, hx0, hx1) in enumerate(bx):
             sub = _read(vol, vol_axes, slice(hy0, hy1), slice(hx0, hx1))
-            p = yield from run(sub, "XY", vol_axes)
-            p = np.ascontiguousarray(p.transpose([0] + [1 + o for o in order]))
-            labels, p, binfo = yield from _block_labels(sub, vol_axes, order, p, a, views, mode, min_size, run, ws)
+            if use3d:
+                p = yield from run.volume(_gray_zyx(sub, vol_axes), a)
+            else:
+                p = yield from run(sub, "XY", vol_axes)
+                p = np.ascontiguousarray(p.transpose([0] + [1 + o for o in order]))
+            labels, p, binfo = yield from _block_labels(sub, vol_axes, order, p, a, "3d" if use3d else views.replace("3d", "auto"), mode,
+                                                        min_size, run, ws)
             if mode != "semantic" and min_object_z is not None:
                 labels = drop_faint_objects(_gray_zyx(sub, vol_axes), labels, min_object_z)
             info.update(binfo)
@@ -790,11 +801,9 @@ def _block_labels(vol: np.ndarray, vol_axes: str, order: list[int], p: np.ndarra
         # fewer than 3 cells span 3 planes: far too coarse in Z for 3D distances
         return link_planes(probabilities_to_labels(p, mode)), p, {"method": "linked planes", "views": "XY"}
     info = {"views": "XY"}
-    gray = not any(c in vol_axes for c in "CS")
-    if views == "3d" and gray and a <= MAX_MULTIVIEW_ANISOTROPY:
-        p = yield from run.volume(np.asarray(vol, np.float32).transpose(order), a)
+    if views == "3d":  # p is the 3D network's
         info["views"] = "3D network"
-    elif (views == "xyz" or (views == "auto" and a <= MAX_MULTIVIEW_ANISOTROPY)) and gray:
+    elif (views == "xyz" or (views == "auto" and a <= MAX_MULTIVIEW_ANISOTROPY)) and not any(c in vol_axes for c in "CS"):
         s = yield from side_views(np.asarray(vol, np.float32).transpose(order), a, run)
         p = (XY_VIEW_WEIGHT * p + 2 * s) / (XY_VIEW_WEIGHT + 2)
         info["views"] = "XY, XZ, YZ"
