@@ -89,6 +89,15 @@ def stacks(quick: bool) -> list[tuple[str, np.ndarray, np.ndarray, float | None]
     return out
 
 
+def _other_methods() -> dict[str, dict]:
+    """The 3D methods besides the default, where the code scored has them (``--src``)."""
+    from napari_unet import volume
+
+    if "3d" not in getattr(volume, "VIEWS", ()):
+        return {}
+    return {"3D U-Net": {"views": "3d"}, "2D net, 3 views": {"views": "xyz"}}
+
+
 def part_ap(quick: bool, model: str | None) -> None:
     import napari_unet as nu
     from napari_unet._progress import drain, relay
@@ -103,6 +112,7 @@ def part_ap(quick: bool, model: str | None) -> None:
         calls = {"default": {}}
         if a is not None:
             calls["Z step given"] = {"voxel_size": (a, 1, 1)}
+        calls.update(_other_methods())
         for call, kw in calls.items():
             info: dict = {}
             lab = drain(relay(segment_iter(img, net, axes="ZYX", **kw), lambda rec, info=info: info.update(rec.info) or rec))
@@ -138,9 +148,11 @@ def part_time(quick: bool, model: str | None) -> None:
     runs = {
         "2D plane by plane": lambda: nu.segment(img, net, axes="ZYX", plane_by_plane=True),
         "3D, XY view only": lambda: nu.segment(img, net, axes="ZYX", voxel_size=(3, 1, 1), views="xy"),
-        "3D, XY + XZ + YZ": lambda: nu.segment(img, net, axes="ZYX", voxel_size=(3, 1, 1)),
+        "3D, XY + XZ + YZ": lambda: nu.segment(img, net, axes="ZYX", voxel_size=(3, 1, 1), views="xyz"),
         "3D default (Z step estimated)": lambda: nu.segment(img, net, axes="ZYX"),
     }
+    if _other_methods():
+        runs["3D U-Net (Z step given)"] = lambda: nu.segment(img, net, axes="ZYX", voxel_size=(3, 1, 1), views="3d")
     nu.segment(img[:2], net, axes="QYX")  # warm-up
     print(f"\ntime, bundled model, stack {shape} (Z step 3), {os.environ.get('OMP_NUM_THREADS', 'all')} threads, best of 2")
     base = None
@@ -161,10 +173,13 @@ CHILD = textwrap.dedent("""
     if {run!r}:
         net = UNet(in_channels=1, num_classes=3, depth=3, base_width=8)
         net.meta["diameter"] = 20.0
+        extra = {{}}
+        if {run!r} == "3D U-Net":
+            extra = dict(views="3d", net3d=UNet(1, 3, depth=2, base_width=16, spatial_dims=3).eval())
         out = zarr.open_array({out!r}, mode="w", shape=src.shape, chunks=(8, 256, 256), dtype="int32")
         flat = {run!r} == "2D"
         segment(src, net, axes="ZYX", voxel_size=(2, 1, 1), out=out, device="cpu", plane_by_plane=flat,
-                **({{}} if flat else dict(block_voxels=2**22)))
+                **({{}} if flat else dict(block_voxels=2**22)), **extra)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM"):
             print(int(line.split()[1]) * 1024)
@@ -181,7 +196,7 @@ def part_memory(quick: bool, model: str | None) -> None:
         for i in range(0, shape[0], 8):
             z[i : i + 8] = rng.integers(100, 4000, (min(8, shape[0] - i), *shape[1:]), dtype=np.uint16)
         peaks = {}
-        for run in ("", "2D", "3D"):
+        for run in ("", "2D", "3D") + (("3D U-Net",) if _other_methods() else ()):
             tested = str(Path(__import__("napari_unet").__file__).parents[1])
             code = CHILD.format(src=tested, path=path, out=out, run=run)
             t = time.perf_counter()
@@ -199,6 +214,10 @@ def part_memory(quick: bool, model: str | None) -> None:
           f"(+{(flat - base) / 2**20:.0f} MiB) in {peaks['2D'][1]:.0f} s; "
           f"3D (Z step 2, XY + XZ + YZ, blocks of 4 Mvoxel): {seg / 2**20:.0f} MiB (+{(seg - base) / 2**20:.0f} MiB) "
           f"in {peaks['3D'][1]:.0f} s")
+    if "3D U-Net" in peaks:
+        net3 = peaks["3D U-Net"][0]
+        print(f"  3D U-Net (Z step 2, blocks of 4 Mvoxel): {net3 / 2**20:.0f} MiB (+{(net3 - base) / 2**20:.0f} MiB) "
+              f"in {peaks['3D U-Net'][1]:.0f} s")
 
 
 FINETUNE_TRAIN_SEED = 10002
@@ -231,6 +250,15 @@ def part_finetune(quick: bool, model: str | None, max_time: float) -> None:
                if run.get("best_val_ap") is not None else "no validation: the last weights")
         print(f"{call}: {time.perf_counter() - t:.0f} s, {run['iterations']} steps, training data zoomed "
               f"{run.get('zoom')}x, {val}", flush=True)
+    if _other_methods() and model is None:
+        from napari_unet.model import bundled_3d_model_path
+
+        nets["3D U-Net"] = nu.load_model(bundled_3d_model_path())
+        t = time.perf_counter()
+        nets["3D U-Net tuned"] = nu.fine_tune_3d([img], [lab], nets["3D U-Net"], voxel_size=(a, 1, 1),
+                                                 iterations=10**6, max_time=20 if quick else max_time)
+        print(f"3D U-Net tuned: {time.perf_counter() - t:.0f} s, {nets['3D U-Net tuned'].meta['history'][-1]['steps']} "
+              "steps, the last weights", flush=True)
     print(f"\nfine-tuning, {'model ' + model if model else 'bundled model'} on one labelled stack "
           f"'{name}' (seed {FINETUNE_TRAIN_SEED}, {len(np.unique(lab)) - 1} nuclei, {shape}), "
           f"voxel_size ({a:g}, 1, 1), {torch.get_num_threads()} threads, code from {nu.__file__}")

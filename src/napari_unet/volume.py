@@ -75,6 +75,12 @@ MAX_MULTIVIEW_ANISOTROPY = 6.0
 #: 0.656, 8 and 0.842 / 0.533, 19; side views only: 0.894 / 0.636, 9 and 0.835 / 0.533, 19
 #: (large nuclei over-split: 12 for 11)
 XY_VIEW_WEIGHT = 0.5
+#: the 3D network sees cells at most this wide (pixels): a stack of larger ones is shrunk
+#: first (its receptive field is 40 voxels; large nuclei were split)
+NET3D_DIAMETER = 16.0
+#: what ``views="auto"`` uses for a stack left to the bundled models (no model given):
+#: ``"3d"`` (the bundled 3D U-Net) or ``"auto"`` (the bundled 2D network in three views)
+DEFAULT_3D = "auto"
 #: the ``views`` of :func:`segment_volume_iter`
 VIEWS = ("auto", "xy", "xyz", "3d")
 #: 3D watershed up to this anisotropy; beyond, per-plane labels linked by overlap
@@ -236,8 +242,9 @@ def estimate_anisotropy(labels: np.ndarray, blur_correction: float | None = None
     return float(np.clip(np.median(ratios), *ANISOTROPY_RANGE))
 
 
-def _ratios(labels: np.ndarray, blur_correction: float | None) -> np.ndarray | None:
-    """Per-object Z step estimates of :func:`estimate_anisotropy` (None: fewer than 3)."""
+def _spreads(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Axial variance (planes squared) and lateral variance (the mean of Y's and X's, pixels
+    squared) of each object spanning at least 3 planes; None when fewer than 3 do."""
     labels = np.asarray(labels)
     n = int(labels.max(initial=0))
     if n == 0:
@@ -262,13 +269,28 @@ def _ratios(labels: np.ndarray, blur_correction: float | None) -> np.ndarray | N
     ok = deep & (vz > 0)
     if ok.sum() < 3:
         return None
-    lateral = (vy[ok] + vx[ok]) / 2
+    return vz[ok], (vy[ok] + vx[ok]) / 2
+
+
+def _ratios(labels: np.ndarray, blur_correction: float | None) -> np.ndarray | None:
+    """Per-object Z step estimates of :func:`estimate_anisotropy` (None: fewer than 3)."""
+    spreads = _spreads(labels)
+    if spreads is None:
+        return None
+    vz, lateral = spreads
     if blur_correction is None:
-        return np.sqrt((lateral + AXIAL_BLUR**2) / vz[ok])
-    return np.sqrt(lateral / vz[ok]) * blur_correction
+        return np.sqrt((lateral + AXIAL_BLUR**2) / vz)
+    return np.sqrt(lateral / vz) * blur_correction
 
 
-#: fewer cells spanning 3 planes than this make the Z step uncertain
+def cell_diameter_xy(labels: np.ndarray) -> float | None:
+    """Median diameter in Y and X (pixels) of 3D objects (Z, Y, X) spanning at least 3
+    planes, from their lateral spread (a ball of radius r spreads r**2 / 5 along each
+    axis); None when fewer than 3 objects qualify."""
+    spreads = _spreads(labels)
+    return None if spreads is None else float(np.median(2 * np.sqrt(5 * spreads[1])))
+
+
 MIN_CELLS_Z = 8
 
 
@@ -422,20 +444,28 @@ class _Views:
     def __init__(self, net: Any, norm: tuple[np.ndarray, np.ndarray], predict_kw: dict[str, Any],
                  vlay: Layout, net3d: Any = None) -> None:
         self.net, self.norm, self.kw, self.vlay, self.net3d = net, norm, predict_kw, vlay, net3d
+        self.zoom3d = 1.0  # the 3D network's zoom: large cells shrunk to NET3D_DIAMETER
 
     def volume(self, vol: np.ndarray, anisotropy: float) -> Generator[Progress, None, np.ndarray]:
         """Probabilities ``(k, Z, Y, X)`` of a gray (Z, Y, X) block by the 3D network: the
-        block normalised as the whole volume, resampled along Z to isotropic voxels,
-        predicted in overlapping cubes and brought back to its planes."""
+        block normalised as the whole volume, resampled along Z to isotropic voxels (and
+        zoomed by :attr:`zoom3d` along every axis), predicted in overlapping cubes and
+        brought back to its own grid."""
         from .tiling_3d import predict_volume_iter
 
         lo, hi = (float(np.ravel(v)[0]) for v in self.norm)
         x = (np.asarray(vol, np.float32) - lo) / max(hi - lo, 1e-6)
-        nz = x.shape[0]
-        iso = resample_axis(x, 0, max(1, round(nz * anisotropy)))
-        p = yield from predict_volume_iter(iso, self.net3d, tile_size=self.kw.get("tile_size_3d"),
+        shape = x.shape
+        zoom = self.zoom3d
+        want = (max(1, round(shape[0] * anisotropy * zoom)), max(1, round(shape[1] * zoom)),
+                max(1, round(shape[2] * zoom)))
+        for axis, n in enumerate(want):
+            x = resample_axis(x, axis, n)
+        p = yield from predict_volume_iter(x, self.net3d, tile_size=self.kw.get("tile_size_3d"),
                                            device=self.kw.get("device"), amp=self.kw.get("amp"))
-        return resample_axis(p, 1, nz)
+        for axis, n in enumerate(shape):
+            p = resample_axis(p, axis + 1, n)
+        return p
 
     def __call__(self, x: Any, view: str, axes: str = "QYX") -> Generator[Progress, None, np.ndarray]:
         """Probabilities ``(k, *x's shape without channels)`` of ``x`` (axes ``axes``)."""
@@ -550,6 +580,9 @@ def volume_iter(image: Any, facts: ImageInput, options: SegmentOptions, *, out: 
     if views not in VIEWS:
         raise ValueError(f"views must be one of {', '.join(map(repr, VIEWS))}, got {views!r}")
     net3d = facts.net3d if facts.net3d is not None else post.get("net3d")
+    # the bundled 3D U-Net is the default for a stack left to the bundled models
+    if views == "auto" and net3d is None and facts.why == "fluorescence" and DEFAULT_3D == "3d":
+        views = "3d"
     if net3d is not None and views == "auto":
         views = "3d"
     if views == "3d" and net3d is None:
@@ -675,21 +708,31 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
     halo = int(net.config.halo + round(net.meta.get("diameter") or 20))
     info: dict[str, Any] = {"anisotropy": given, "anisotropy_source": "voxel size", "anisotropy_uncertain": False}
     a = given
-    if a is None and mode != "semantic":
-        # from a central crop: cells linked across planes, lateral vs axial spread
+    gray = not any(c in vol_axes for c in "CS")
+    want3d = views == "3d" and net3d is not None and mode != "semantic" and gray
+    zoom3d = 1.0
+    if (a is None or want3d) and mode != "semantic":
+        # from a central crop: cells linked across planes, lateral vs axial spread (the Z
+        # step), and for the 3D network their size
         side = 384
         y0, x0 = max(0, (H - side) // 2), max(0, (W - side) // 2)
         crop = _read(vol, vol_axes, slice(y0, y0 + side), slice(x0, x0 + side))
-        p = yield from run(crop, "XY (Z step)", vol_axes)
+        p = yield from run(crop, "XY (cells' size)" if a is not None else "XY (Z step)", vol_axes)
         p = p.transpose([0] + [1 + o for o in order])
-        a, doubt = anisotropy_from_cells(link_planes(probabilities_to_labels(p, mode)))
-        info.update(anisotropy=a, anisotropy_source="unknown" if a is None else f"uncertain: {doubt}" if doubt
-                    else "estimated", anisotropy_uncertain=a is None or doubt is not None)
+        linked = link_planes(probabilities_to_labels(p, mode))
+        if a is None:
+            a, doubt = anisotropy_from_cells(linked)
+            info.update(anisotropy=a, anisotropy_source="unknown" if a is None else f"uncertain: {doubt}" if doubt
+                        else "estimated", anisotropy_uncertain=a is None or doubt is not None)
+        d = cell_diameter_xy(linked) if want3d else None
+        if d is not None and d > NET3D_DIAMETER:
+            zoom3d = NET3D_DIAMETER / d
     # the 3D network where it applies: one channel, a known Z step within the side views' range
-    use3d = (views == "3d" and net3d is not None and a is not None and a <= MAX_MULTIVIEW_ANISOTROPY
-             and mode != "semantic" and not any(c in vol_axes for c in "CS"))
+    use3d = want3d and a is not None and a <= MAX_MULTIVIEW_ANISOTROPY
     if use3d:
-        halo = max(halo, int(net3d.config.halo + round(net.meta.get("diameter") or 20)))
+        run.zoom3d = zoom3d
+        info["zoom_3d"] = zoom3d
+        halo = max(halo, int(net3d.config.halo / zoom3d + round(net.meta.get("diameter") or 20)))
     core = max(64, int(math.sqrt(block_voxels / Z)) - 2 * halo)
     by, bx = _blocks(H, core, halo), _blocks(W, core, halo)
     info["blocks"] = len(by) * len(bx)

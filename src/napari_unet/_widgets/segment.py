@@ -56,6 +56,9 @@ DEFAULT_MIN_SIZE = 16
 #: the 3D methods of ``volume.py`` in a biologist's words
 _METHOD_WORDS = {"linked planes": "each plane segmented, cells joined to the overlapping cells of the next plane"}
 
+#: what predicted a stack's probabilities, in the same words
+_VIEW_WORDS = {"3D network": "3D U-Net", "XY, XZ, YZ": "2D network in XY, XZ and YZ", "XY": "2D network in XY"}
+
 
 @dataclass
 class SegmentJob:
@@ -76,6 +79,7 @@ class SegmentJob:
     model_tag: str = "bundled"  # names the output layers: "<image> labels (<model_tag>)"
     voxel_size: tuple[float, ...] | None = None  # Z stacks: the layer's (z, y, x) scale; None = estimate
     plane_by_plane: bool = False
+    views: str = "auto"  # Z stacks: "auto" (the default 3D method) or "xyz" (the 2D network in three views)
     layout: Any = None  # the axes parsed at the door (inputs.Layout); None: parsed from ``axes``
 
     @property
@@ -260,6 +264,8 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
     if job.want_probabilities:
         probs = np.zeros((model.config.num_classes, *facts.layout.out_shape), np.float32)
     settings = dict(tile_size=job.tile_size, min_size=job.min_size, plane_by_plane=job.plane_by_plane)
+    if job.views != "auto":
+        settings["views"] = job.views
     if job.diameter == "auto":
         gen = segment_at_model_size(job.data, facts=facts, device=device, notes=notes, probabilities_out=probs,
                                     **settings)
@@ -290,7 +296,7 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
         diameter=info.get("diameter"),
         zoom=float(info.get("zoom", 1.0)),
         notes=notes,
-        volume={k: info[k] for k in ("anisotropy", "anisotropy_source", "method") if k in info},
+        volume={k: info[k] for k in ("anisotropy", "anisotropy_source", "method", "views") if k in info},
         model_name=facts.model_name,
     )
 
@@ -404,7 +410,16 @@ class SegmentWidget(Container):
             tooltip="Label each plane of a Z stack on its own (unrelated sections). Off: one id per "
             "cell in 3D, with the Z step from the layer's scale (or estimated when it is unset)",
         )
-        return [self.min_size, self.probabilities, self.plane_by_plane]
+        self.z_method = ComboBox(
+            label="Z stacks by",
+            choices=[("3D U-Net", "auto"), ("2D network, 3 views", "xyz")],
+            value="auto",
+            tooltip="How a Z stack's cells are found in 3D. 3D U-Net: the bundled 3D network reads the "
+            "stack resampled to cubic voxels (with the bundled models, and with a 3D model file chosen "
+            "above). 2D network, 3 views: the 2D model reads the XY, XZ and YZ planes and their answers "
+            "are averaged (always, with a 2D model file chosen above)",
+        )
+        return [self.min_size, self.probabilities, self.plane_by_plane, self.z_method]
 
     def _image_changed(self, *_: Any) -> None:
         """Another image: the Axes typed for the last one do not carry over."""
@@ -487,6 +502,7 @@ class SegmentWidget(Container):
             model_tag=model_tag(self.model.path),
             voxel_size=layer_voxel_size(layer, layout.axes),
             plane_by_plane=bool(self.plane_by_plane.value),
+            views=str(self.z_method.value),
             layout=layout,
         )
 
@@ -526,6 +542,8 @@ class SegmentWidget(Container):
             source = "voxel size from the layer scale" if v.get("anisotropy_source") == "voxel size" else \
                 v.get("anisotropy_source")
             method = _METHOD_WORDS.get(v["method"], v["method"])
+            if v.get("views"):
+                method = f"{_VIEW_WORDS.get(v['views'], v['views'])}, {method}"
             notes.append(f"3D: {method}" + (f", Z step {a:.2g}x the pixel ({source})" if a else ""))
         if result.probabilities is not None:
             p = result.probabilities
