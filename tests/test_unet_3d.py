@@ -119,3 +119,25 @@ def test_a_3d_model_file_segments_stacks_and_says_so(tmp_path):
         nu.segment(image[0], str(path))
     with pytest.raises(ValueError, match="fine_tune_3d"):
         nu.fine_tune([image[0]], [np.ones((40, 40), int)], str(path), iterations=1)
+
+
+@pytest.fixture(scope="module", params=[1, 3])
+def dim_packed_default(request):
+    """A stack like many users' (dim, blurred, packed nuclei 13 px across, Z step 2), segmented
+    with the defaults: the bundled models, the Z step estimated."""
+    from napari_unet._progress import drain, relay
+    from napari_unet.segmentation import segment_iter
+    from napari_unet.synthetic_3d import HELD_OUT
+
+    img, truth = make_stack((16, 48, 48), seed=request.param, **HELD_OUT[0][2])
+    info: dict = {}
+    labels = drain(relay(segment_iter(img, axes="ZYX"), lambda rec: info.update(rec.info) or rec))
+    return truth, labels, info
+
+
+def test_a_3d_network_is_not_exported_as_a_2d_one(tmp_path):
+    import napari_unet as nu
+
+    with pytest.raises(ValueError, match="only 2D networks"):
+        nu.export_bioimageio(_tiny(), tmp_path / "net3d.zip")
+    assert not (tmp_path / "net3d.zip").exists()

@@ -337,6 +337,8 @@ def export_bioimageio(
         model = bundled
     if not isinstance(model, UNet):
         model = load_model(model)
+    if model.config.spatial_dims != 2:
+        raise ValueError("only 2D networks can be exported for bioimage.io so far; this is a 3D network")
     path = Path(path)
     if path.suffix.lower() != ".zip":
         raise ValueError(f"the bioimage.io package is a .zip file, got {path}")
