@@ -79,10 +79,14 @@ XY_VIEW_WEIGHT = 0.5
 #: first (its receptive field is 40 voxels; large nuclei were split)
 NET3D_DIAMETER = 16.0
 #: what ``views="auto"`` uses for a stack left to the bundled models (no model given):
-#: ``"3d"`` (the bundled 3D U-Net) or ``"auto"`` (the bundled 2D network in three views)
+#: ``"3d"`` (the bundled 3D U-Net), ``"3d+xyz"`` (it and the bundled 2D network in three
+#: views, averaged) or ``"auto"`` (the 2D network in three views)
 DEFAULT_3D = "auto"
 #: the ``views`` of :func:`segment_volume_iter`
-VIEWS = ("auto", "xy", "xyz", "3d")
+VIEWS = ("auto", "xy", "xyz", "3d", "3d+xyz")
+#: ``views="3d+xyz"``: the weight of the 3D network's probabilities against the 2D
+#: network's three views
+NET3D_WEIGHT = 0.5
 #: 3D watershed up to this anisotropy; beyond, per-plane labels linked by overlap
 MAX_WATERSHED_ANISOTROPY = 6.0
 #: estimated anisotropies are clipped to this range
@@ -581,11 +585,11 @@ def volume_iter(image: Any, facts: ImageInput, options: SegmentOptions, *, out: 
         raise ValueError(f"views must be one of {', '.join(map(repr, VIEWS))}, got {views!r}")
     net3d = facts.net3d if facts.net3d is not None else post.get("net3d")
     # the bundled 3D U-Net is the default for a stack left to the bundled models
-    if views == "auto" and net3d is None and facts.why == "fluorescence" and DEFAULT_3D == "3d":
-        views = "3d"
+    if views == "auto" and net3d is None and facts.why == "fluorescence":
+        views = DEFAULT_3D
     if net3d is not None and views == "auto":
-        views = "3d"
-    if views == "3d" and net3d is None:
+        views = DEFAULT_3D if DEFAULT_3D.startswith("3d") else "3d"
+    if views.startswith("3d") and net3d is None:
         from .model import bundled_3d_model_path, load_model
 
         net3d = load_model(bundled_3d_model_path())
@@ -709,7 +713,7 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
     info: dict[str, Any] = {"anisotropy": given, "anisotropy_source": "voxel size", "anisotropy_uncertain": False}
     a = given
     gray = not any(c in vol_axes for c in "CS")
-    want3d = views == "3d" and net3d is not None and mode != "semantic" and gray
+    want3d = views in ("3d", "3d+xyz") and net3d is not None and mode != "semantic" and gray
     zoom3d = 1.0
     if (a is None or want3d) and mode != "semantic":
         # from a central crop: cells linked across planes, lateral vs axial spread (the Z
@@ -749,13 +753,15 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
     for bi, (cy0, cy1, hy0, hy1) in enumerate(by):
         for bj, (cx0, cx1, hx0, hx1) in enumerate(bx):
             sub = _read(vol, vol_axes, slice(hy0, hy1), slice(hx0, hx1))
-            if use3d:
-                p = yield from run.volume(_gray_zyx(sub, vol_axes), a)
+            p3 = (yield from run.volume(_gray_zyx(sub, vol_axes), a)) if use3d else None
+            if use3d and views == "3d":
+                p = p3
             else:
                 p = yield from run(sub, "XY", vol_axes)
                 p = np.ascontiguousarray(p.transpose([0] + [1 + o for o in order]))
-            labels, p, binfo = yield from _block_labels(sub, vol_axes, order, p, a, "3d" if use3d else views.replace("3d", "auto"), mode,
-                                                        min_size, run, ws)
+            block_views = views if use3d else "auto" if views.startswith("3d") else views
+            labels, p, binfo = yield from _block_labels(sub, vol_axes, order, p, a, block_views, mode, min_size, run,
+                                                        ws, p3)
             if mode != "semantic" and min_object_z is not None:
                 labels = drop_faint_objects(_gray_zyx(sub, vol_axes), labels, min_object_z)
             info.update(binfo)
@@ -834,8 +840,11 @@ def _merge(mine: np.ndarray, theirs: np.ndarray, parent: dict[int, int], find: A
 
 
 def _block_labels(vol: np.ndarray, vol_axes: str, order: list[int], p: np.ndarray, a: float | None, views: str,
-                  mode: str, min_size: int | None, run: Any, ws: dict[str, Any]) -> Generator[Progress, None, tuple]:
-    """Labels (Z, Y, X) of one block from its XY probabilities ``p`` (k, Z, Y, X)."""
+                  mode: str, min_size: int | None, run: Any, ws: dict[str, Any],
+                  p3: np.ndarray | None = None) -> Generator[Progress, None, tuple]:
+    """Labels (Z, Y, X) of one block from its XY probabilities ``p`` (k, Z, Y, X); ``views``
+    ``"3d"``: ``p`` is the 3D network's; ``"3d+xyz"``: the 3D network's ``p3`` is averaged
+    with the 2D network's three views."""
     from .postprocess import DEFAULT_MIN_SIZE, remove_small_and_relabel, probabilities_to_labels
 
     if mode == "semantic":
@@ -846,10 +855,14 @@ def _block_labels(vol: np.ndarray, vol_axes: str, order: list[int], p: np.ndarra
     info = {"views": "XY"}
     if views == "3d":  # p is the 3D network's
         info["views"] = "3D network"
-    elif (views == "xyz" or (views == "auto" and a <= MAX_MULTIVIEW_ANISOTROPY)) and not any(c in vol_axes for c in "CS"):
+    elif (views in ("xyz", "3d+xyz") or (views == "auto" and a <= MAX_MULTIVIEW_ANISOTROPY)) \
+            and not any(c in vol_axes for c in "CS"):
         s = yield from side_views(np.asarray(vol, np.float32).transpose(order), a, run)
         p = (XY_VIEW_WEIGHT * p + 2 * s) / (XY_VIEW_WEIGHT + 2)
         info["views"] = "XY, XZ, YZ"
+        if p3 is not None:
+            p = NET3D_WEIGHT * p3 + (1 - NET3D_WEIGHT) * p
+            info["views"] = "3D network + XY, XZ, YZ"
     if min_size is None:
         min_size = max(1, round(DEFAULT_MIN_SIZE * 8 / a))
     if mode == "instance2":

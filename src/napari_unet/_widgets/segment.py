@@ -57,7 +57,8 @@ DEFAULT_MIN_SIZE = 16
 _METHOD_WORDS = {"linked planes": "each plane segmented, cells joined to the overlapping cells of the next plane"}
 
 #: what predicted a stack's probabilities, in the same words
-_VIEW_WORDS = {"3D network": "3D U-Net", "XY, XZ, YZ": "2D network in XY, XZ and YZ", "XY": "2D network in XY"}
+_VIEW_WORDS = {"3D network": "3D U-Net", "3D network + XY, XZ, YZ": "3D U-Net and 2D network in XY, XZ, YZ",
+               "XY, XZ, YZ": "2D network in XY, XZ and YZ", "XY": "2D network in XY"}
 
 
 @dataclass
