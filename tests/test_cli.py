@@ -41,6 +41,20 @@ def test_segment_tiff_in_process(tif, model_file, tiny_model, tmp_path, capsys):
     assert "%" in capsys.readouterr().err  # the tqdm bar went to stderr
 
 
+def test_segment_views_chooses_the_3d_method(tif, model_file, tiny_model, tmp_path, capsys):
+    path, image = tif
+    out = tmp_path / "labels.tif"
+    assert main(["segment", str(path), "-o", str(out), "--model", model_file, "--tile-size", "24", "--no-amp",
+                 "--voxel-size", "2", "1", "1", "--views", "xy"]) == 0
+    err = capsys.readouterr().err
+    assert "on XY" in err and "XZ" not in err
+    np.testing.assert_array_equal(tifffile.imread(out), segment(image, tiny_model, axes="ZYX", amp=False, tile_size=24,
+                                                                voxel_size=(2, 1, 1), views="xy"))
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", str(path), "-o", str(out), "--views", "4d"])
+    assert exc.value.code == 2
+
+
 def test_segment_diameter_as_is_never_zooms(tif, model_file, tiny_model, tmp_path):
     """--diameter as-is: the image as it is, also with a model that zooms each image."""
     path, image = tif

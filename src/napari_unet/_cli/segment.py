@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Z stacks: voxel size in any unit (default: the anisotropy is estimated from the cells)")
     parser.add_argument("--plane-by-plane", action="store_true",
                         help="Z stacks: label each plane on its own (unrelated sections) instead of 3D cells")
+    parser.add_argument("--views", choices=("auto", "3d+xyz", "3d", "xyz", "xy"), default="auto",
+                        help="Z stacks: what predicts the cells in 3D: auto (with the bundled models: "
+                             "the 3D U-Net and the 2D network in three views; with a model file: that "
+                             "model), 3d+xyz, 3d (the 3D U-Net only), xyz (the 2D network in the XY, XZ and YZ "
+                             "planes), xy (XY planes only)")
     parser.add_argument("--probabilities", action="store_true",
                         help="also write class probabilities, as OUT_probabilities.<ext>")
     parser.add_argument("--overwrite", action="store_true",
@@ -126,7 +131,8 @@ def _run(image: Any, facts: Any, args: argparse.Namespace, labels_out: Any, prob
 
     options = options_from(facts.model, tile_size=args.tile_size, device=args.device, batch_size=args.batch_size,
                            amp=False if args.no_amp else None, diameter=args.diameter, min_size=args.min_size,
-                           plane_by_plane=bool(getattr(args, "plane_by_plane", False)))
+                           plane_by_plane=bool(getattr(args, "plane_by_plane", False)),
+                           **({} if getattr(args, "views", "auto") == "auto" else {"views": args.views}))
     gen = segment_input_iter(image, facts, options, out=labels_out, probabilities_out=probs_out)
     seen: dict[str, float] = {}
     seen3d: dict[str, Any] = {}
