@@ -62,9 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "src/napari_unet/models/bundled_3d.pt")
     p.add_argument("--checkpoint-dir", type=Path, default=Path("runs/pretrain_3d"))
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these weights (a model file or a checkpoint's best_state.pt) with a new "
+                        "optimiser and schedule: a second, shorter stage at a lower rate")
     p.add_argument("--iterations", type=int, default=6000)
     p.add_argument("--max-time", type=float, default=None, help="stop after this many seconds (then export)")
     p.add_argument("--round", type=int, default=150, help="iterations per pool")
+    p.add_argument("--seed-offset", type=int, default=0, help="added to the pools' seeds (new stacks in a second stage)")
     p.add_argument("--pool", type=int, default=12)
     p.add_argument("--side", type=int, default=96)
     p.add_argument("--depth-px", type=float, default=96.0)
@@ -96,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, f))))
 
     start, best = 0, math.inf
+    if args.init is not None:
+        st = torch.load(args.init, map_location="cpu", weights_only=True)
+        net.load_state_dict(st["state_dict"] if "state_dict" in st else st.get("net", st))
+        log(f"started from {args.init}", fh)
     if args.resume and (ck / "state.pt").exists():
         st = torch.load(ck / "state.pt", map_location="cpu", weights_only=True)
         net.load_state_dict(st["net"])
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(start, args.iterations):
         r = i // args.round
         if r != pool_round:
-            pool = [generated_example(r * args.pool + k, args.side, args.depth_px) for k in range(args.pool)]
+            pool = [generated_example(args.seed_offset + r * args.pool + k, args.side, args.depth_px) for k in range(args.pool)]
             pool_round = r
         rng = np.random.default_rng((r, i))
         net.train()

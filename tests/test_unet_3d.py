@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_unet.metrics import average_precision
 from napari_unet.model import UNet, load_model, save_model
 from napari_unet.synthetic_3d import make_stack
 from napari_unet.tiling_3d import predict_volume
@@ -141,3 +142,21 @@ def test_a_3d_network_is_not_exported_as_a_2d_one(tmp_path):
     with pytest.raises(ValueError, match="only 2D networks"):
         nu.export_bioimageio(_tiny(), tmp_path / "net3d.zip")
     assert not (tmp_path / "net3d.zip").exists()
+
+
+def test_dim_packed_nuclei_by_default_get_one_id_each(dim_packed_default):
+    # the default for a stack left to the bundled models: the 3D U-Net with the 2D network's
+    # three views. 19-26 nuclei, some cut by the stack's faces to slivers a few planes thick
+    # (one nucleus is 4-5% of the count). MEASURED_DEFAULT_3D
+    truth, labels, info = dim_packed_default
+    assert info["views"].startswith("3D network")
+    n_true, n = len(np.unique(truth)) - 1, len(np.unique(labels)) - 1
+    assert abs(n - n_true) <= 0.15 * n_true, (n, n_true)
+    assert average_precision(truth, labels, 0.5)[0.5] >= 0.75
+    assert average_precision(truth, labels, 0.7)[0.7] >= 0.4
+
+
+def test_dim_packed_z_step_is_estimated_within_25_percent_by_default(dim_packed_default):
+    _, _, info = dim_packed_default
+    assert info["anisotropy_source"] == "estimated" and not info["anisotropy_uncertain"]
+    assert info["anisotropy"] == pytest.approx(2.0, rel=0.25)
