@@ -255,9 +255,9 @@ def part_finetune(quick: bool, model: str | None, max_time: float) -> None:
 
         nets["3D U-Net"] = nu.load_model(bundled_3d_model_path())
         t = time.perf_counter()
-        nets["3D U-Net tuned"] = nu.fine_tune_3d([img], [lab], nets["3D U-Net"], voxel_size=(a, 1, 1),
+        nets["3D U-Net tuned"] = nu.fine_tune_3d([img], [lab], nets["3D U-Net"], voxel_size=(a, 1, 1), regions=["all"],
                                                  iterations=10**6, max_time=20 if quick else max_time)
-        print(f"3D U-Net tuned: {time.perf_counter() - t:.0f} s, {nets['3D U-Net tuned'].meta['history'][-1]['steps']} "
+        print(f"3D U-Net tuned: {time.perf_counter() - t:.0f} s, {nets['3D U-Net tuned'].meta['history'][-1]['iterations']} "
               "steps, the last weights", flush=True)
     print(f"\nfine-tuning, {'model ' + model if model else 'bundled model'} on one labelled stack "
           f"'{name}' (seed {FINETUNE_TRAIN_SEED}, {len(np.unique(lab)) - 1} nuclei, {shape}), "

@@ -160,3 +160,19 @@ def test_dim_packed_z_step_is_estimated_within_25_percent_by_default(dim_packed_
     _, _, info = dim_packed_default
     assert info["anisotropy_source"] == "estimated" and not info["anisotropy_uncertain"]
     assert info["anisotropy"] == pytest.approx(2.0, rel=0.25)
+
+
+def test_only_the_annotated_part_of_a_stack_is_learned():
+    """A stack with a few cells labelled: by default the cells and a margin are learned, the
+    far background is not (class -1); "all" learns it as background; a (Y, X) mask holds for
+    every plane."""
+    image, labels = make_stack((10, 64, 64), seed=4, anisotropy=2.0, radius=6.0)
+    few = np.where(np.isin(labels, [1, 2]), labels, 0)
+    _, partial, _ = make_example(image, few, 2.0, region=None)
+    _, complete, _ = make_example(image, few, 2.0, region="all")
+    assert (partial == -1).any() and not (complete == -1).any()
+    assert np.array_equal(partial[partial >= 0], complete[partial >= 0])
+    mask = np.zeros((64, 64), bool)
+    mask[:32] = True
+    _, half, _ = make_example(image, labels, 2.0, region=mask)
+    assert (half[:, 32:] == -1).all() and (half[:, :32] >= 0).all()

@@ -46,18 +46,26 @@ def normalized_isotropic(image: np.ndarray, anisotropy: float) -> np.ndarray:
     return resize_axis(x, 0, max(1, round(x.shape[0] * anisotropy)), edge="nearest")
 
 
-def make_example(image: np.ndarray, labels: np.ndarray, anisotropy: float,
-                 isotropic_labels: np.ndarray | None = None) -> Example:
+def make_example(image: np.ndarray, labels: np.ndarray | None, anisotropy: float,
+                 isotropic_labels: np.ndarray | None = None, region: Any = "all") -> Example:
     """(normalised isotropic image, classes, voxels where two cells touch) of a labelled stack.
 
     ``isotropic_labels``: labels already on the isotropic grid (a generator's); else
-    ``labels`` are resampled along Z by nearest plane.
+    ``labels`` are resampled along Z by nearest plane. ``region``: what is annotated:
+    ``"all"`` (every cell is labelled), None (the labelled cells and a margin around them)
+    or a boolean mask, (Z, Y, X) or (Y, X) for every plane; voxels outside it get class -1
+    (not learned).
     """
     x = normalized_isotropic(image, anisotropy)
     iso = isotropic_labels if isotropic_labels is not None else nearest_axis(check_labels(labels), 0, x.shape[0])
     if iso.shape != x.shape:
         raise ValueError(f"labels of shape {iso.shape} do not match the resampled stack {x.shape}")
-    classes, _ = labels_to_targets(iso, "instance3", region="all")
+    if region is not None and not isinstance(region, str):
+        mask = np.asarray(region, bool)
+        mask = np.broadcast_to(mask, (np.shape(image)[0], *mask.shape[-2:])) if mask.ndim == 2 else mask
+        region = nearest_axis(mask.astype(np.uint8), 0, x.shape[0]).astype(bool)
+    classes, known = labels_to_targets(iso, "instance3", region=region)
+    classes = np.where(known, classes, -1)
     return x, classes.astype(np.int64), touching_borders(iso)
 
 
@@ -103,15 +111,35 @@ def loss_of(net: UNet, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor) -> tor
     return (ce * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+class FineTune3DRun:
+    """A 3D fine-tuning as it goes (each record's ``info["run"]``): the steps made and the
+    model so far, for a caller that stops it (the Train widget's Cancel)."""
+
+    def __init__(self, net: UNet, lr: float, n_stacks: int) -> None:
+        self.net, self.lr, self.n_stacks = net, lr, n_stacks
+        self.iteration = 0
+        self.best_state = self.best_score = None  # no validation: the last weights are the result
+
+    def best_model(self) -> UNet:
+        """A copy of the network as it is now (CPU, eval mode), its history told."""
+        out = clone_model(self.net).eval()
+        out.meta.setdefault("history", []).append({"kind": "fine-tune 3D", "iterations": self.iteration,
+                                                   "lr": self.lr, "stacks": self.n_stacks})
+        return out
+
+
 def fine_tune_3d_iter(stacks: Sequence[Any], labels: Sequence[Any], model: Any = None, *, voxel_size: Any,
-                      iterations: int = 300, max_time: float | None = None, lr: float = LR_FINE_TUNE,
-                      batch_size: int = 2, device: Any = None, seed: int = 0) -> Generator[Progress, None, UNet]:
-    """Fine-tune a 3D network on fully labelled (Z, Y, X) stacks; returns the trained copy.
+                      regions: Sequence[Any] | None = None, iterations: int = 300, max_time: float | None = None,
+                      lr: float = LR_FINE_TUNE, batch_size: int = 2, device: Any = None,
+                      seed: int = 0) -> Generator[Progress, None, UNet]:
+    """Fine-tune a 3D network on labelled (Z, Y, X) stacks; returns the trained copy.
 
     Args:
-        stacks, labels: the stacks and their 3D labels (every cell labelled: the rest is
-            learned as background).
+        stacks, labels: the stacks and their 3D labels.
         model: the 3D network to start from (UNet, path or None = the bundled 3D model).
+        regions: per stack, what is annotated: None (the labelled cells and a margin around
+            them), ``"all"`` (every cell is labelled: the rest is background) or a boolean
+            mask, (Z, Y, X) or (Y, X) for every plane; None for all = labelled cells and margins.
         voxel_size: ``(z, y, x)`` of the stacks, or one number (Z step / pixel size);
             one for all, or a list with one per stack.
         iterations, max_time: training steps, and a time limit in seconds.
@@ -125,8 +153,9 @@ def fine_tune_3d_iter(stacks: Sequence[Any], labels: Sequence[Any], model: Any =
     if len(stacks) == 0 or len(stacks) != len(labels):
         raise ValueError(f"give as many label stacks as stacks (got {len(stacks)} and {len(labels)}), at least one")
     sizes = voxel_size if isinstance(voxel_size, list) else [voxel_size] * len(stacks)
+    regions = list(regions) if regions is not None else [None] * len(stacks)
     examples = []
-    for image, lab, v in zip(stacks, labels, sizes):
+    for image, lab, v, region in zip(stacks, labels, sizes, regions):
         a = check_voxel_size(v)
         if a is None:
             raise ValueError("fine-tuning the 3D network needs the voxel size (Z step) of each stack")
@@ -134,7 +163,7 @@ def fine_tune_3d_iter(stacks: Sequence[Any], labels: Sequence[Any], model: Any =
         if image.ndim != 3 or np.shape(lab) != image.shape:
             raise ValueError(f"a stack and its labels must both be (Z, Y, X) of one shape, got {image.shape} "
                              f"and {np.shape(lab)}")
-        examples.append(make_example(image, np.asarray(lab), a))
+        examples.append(make_example(image, np.asarray(lab), a, region=region))
     start = load_model(bundled_3d_model_path()) if model is None else \
         load_model(model) if not isinstance(model, UNet) else model
     if start.config.spatial_dims != 3:
@@ -144,8 +173,8 @@ def fine_tune_3d_iter(stacks: Sequence[Any], labels: Sequence[Any], model: Any =
     out = net.output_size(INPUT)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
+    run = FineTune3DRun(net, lr, len(stacks))
     t0 = time.time()
-    done = 0
     for i in range(iterations):
         net.train()
         for m in net.modules():  # keep the trained BatchNorm statistics
@@ -156,14 +185,13 @@ def fine_tune_3d_iter(stacks: Sequence[Any], labels: Sequence[Any], model: Any =
         opt.zero_grad()
         loss.backward()
         opt.step()
-        done = i + 1
-        yield Progress(done, iterations, f"3D fine-tuning: step {done} of {iterations}, loss {loss.item():.3f}")
+        run.iteration = i + 1
+        value = float(loss.item())
+        yield Progress(run.iteration, iterations, f"3D fine-tuning: step {run.iteration}, loss {value:.3f}",
+                       {"phase": "train", "iteration": run.iteration, "train_loss": value, "run": run})
         if max_time is not None and time.time() - t0 > max_time:
             break
-    net = net.cpu().eval()
-    net.meta.setdefault("history", []).append({"kind": "fine-tune 3D", "steps": done, "lr": lr,
-                                               "stacks": len(stacks)})
-    return net
+    return run.best_model()
 
 
 def fine_tune_3d(stacks: Sequence[Any], labels: Sequence[Any], model: Any = None, **kw: Any) -> UNet:
