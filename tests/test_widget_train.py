@@ -569,3 +569,35 @@ def test_status_line_shows_its_whole_text_and_a_true_first_message(make_napari_v
         need = label.heightForWidth(label.width())
         assert need > label.fontMetrics().lineSpacing() or text == "short"
         assert label.height() >= need, f"{label.height()} px shown of {need} px of text"
+
+
+def test_the_3d_unet_learns_from_a_labelled_stack(qtbot, widget, tmp_path):
+    """Start from the bundled 3D U-Net: it trains on the whole stack in cubic voxels (the
+    layer's scale), the plot fills, the result is a 3D network that Apply uses on the stack;
+    a stack without a scale, or 2D layers, are refused in one line naming the problem."""
+    from napari_unet.synthetic_3d import make_stack
+
+    viewer = widget._viewer
+    image, labels = make_stack((10, 48, 48), seed=5, anisotropy=2.0, radius=6.0)
+    layer = viewer.add_image(image, name="stack")
+    widget.image.value = layer
+    widget.labels_layer.value = viewer.add_labels(labels, name="stack labels")
+    widget.start.value = widget.BUNDLED_3D
+    widget.iterations.value = 3
+    assert widget.run() is None  # napari's default scale of ones: the Z step is unknown
+    assert "voxel size" in widget.status.value and "stack" in widget.status.value
+    layer.scale = (2.0, 1.0, 1.0)
+    assert train_and_wait(qtbot, widget) == "done", widget.status.value
+    assert widget.plot.train_x == [1, 2, 3] and all(np.isfinite(widget.plot.train_y))
+    model = widget.trained_model
+    assert model.config.spatial_dims == 3 and model.meta["history"][-1]["kind"] == "fine-tune 3D"
+    assert "Trained" in widget.status.value and "last model is kept" in widget.status.value
+    widget.apply_image.value = layer
+    widget.apply_button.native.click()
+    qtbot.waitUntil(lambda: "stack labels (trained)" in viewer.layers, timeout=WAIT_MS)
+    assert viewer.layers["stack labels (trained)"].data.shape == image.shape
+    img2d, lab2d = sample(1)
+    widget.image.value = viewer.add_image(img2d, name="flat")
+    widget.labels_layer.value = viewer.add_labels(lab2d, name="flat labels")
+    assert widget.run() is None
+    assert "Z stacks" in widget.status.value

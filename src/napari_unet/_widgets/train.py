@@ -188,6 +188,34 @@ def pair_arrays(pair: LayerPair) -> tuple[list[np.ndarray], list[np.ndarray], li
     return images, labels, regions
 
 
+def pair_stack(pair: LayerPair) -> tuple[np.ndarray, np.ndarray, Any, tuple[float, float, float]]:
+    """(stack, its 3D labels, what is annotated, voxel size) of a layer pair, for the 3D U-Net
+    (GUI thread; cheap checks only). What is annotated: ``"all"`` (labels are complete), a
+    (Y, X) mask for every plane (a region layer), or None (the labelled cells and a margin).
+
+    Raises:
+        ValueError: not a single-channel stack with labels of its shape, no voxel size, or
+            nothing labelled.
+    """
+    from .segment import layer_voxel_size
+
+    img, lab = _layer_array(pair.image), _layer_array(pair.labels)
+    name_i, name_l = pair.image.name, pair.labels.name
+    if getattr(pair.image, "rgb", False) or img.ndim != 3 or tuple(lab.shape) != tuple(img.shape):
+        raise ValueError(f"The 3D U-Net learns from Z stacks: '{name_i}' {tuple(img.shape)} with 3D labels of its "
+                         f"shape ('{name_l}' is {tuple(lab.shape)}); for 2D images start from the bundled model")
+    voxel = layer_voxel_size(pair.image, "ZYX")
+    if voxel is None:
+        raise ValueError(f"Set the scale of '{name_i}' to its voxel size (Z, Y, X; Layer ▸ properties or "
+                         "layer.scale): the 3D U-Net learns a stack in cubic voxels")
+    if not np.any(lab):
+        raise ValueError(f"Labels '{name_l}' are empty: paint some cells through the stack first")
+    region: Any = "all" if pair.complete else None
+    if pair.region is not None:
+        region = shapes_to_mask(pair.region, pair.labels, tuple(lab.shape[-2:]))
+    return np.array(img, copy=True), np.array(lab, copy=True), region, voxel
+
+
 def _channels(image: Any) -> int:
     """Input channels of a training image, by the core's rule."""
     from ..training_data import in_channels_of
@@ -264,6 +292,8 @@ class TrainJob:
     preview: Any = None  # image array for the live preview, or None
     preview_axes: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    three_d: bool = False  # the 3D U-Net, on whole stacks
+    voxel_sizes: list[Any] | None = None  # the 3D U-Net: each stack's (z, y, x)
 
 
 def _starting_model(job: TrainJob) -> tuple[Any, float | None]:
@@ -293,6 +323,8 @@ def run_training(job: TrainJob) -> Generator[Progress, None, Any]:
     """
     from ..training import train_iter
 
+    if job.three_d:
+        return (yield from _run_training_3d(job))
     _warn_if_mostly_ignored(job.labels, job.regions)
     model, lr = _starting_model(job)
     gen = train_iter(
@@ -322,6 +354,19 @@ def run_training(job: TrainJob) -> Generator[Progress, None, Any]:
         yield rec if words is None or rec.message.startswith("out of memory") else replace(rec, message=words)
         if job.preview is not None and "val_ap" in info and info.get("phase") == "train" and "run" in info:
             yield _preview(job, info["run"].model, rec)
+
+
+def _run_training_3d(job: TrainJob) -> Generator[Progress, None, Any]:
+    """The 3D U-Net fine-tuned on whole stacks (``training_3d``); no validation: the last weights."""
+    from ..training_3d import LR_FINE_TUNE, fine_tune_3d_iter
+
+    model = {"file": job.model_path, "current": job.model}.get(job.start)  # else the bundled 3D U-Net
+    gen = fine_tune_3d_iter(job.images, job.labels, model, voxel_size=job.voxel_sizes, regions=job.regions,
+                            iterations=job.iterations or 10**9, max_time=job.max_time, lr=job.lr or LR_FINE_TUNE,
+                            device=job.device)
+    words = ("Training the 3D U-Net on whole stacks: the plot shows how it goes. Cancel stops it and keeps "
+             "the model as it is then")
+    return (yield from relay(gen, lambda rec: replace(rec, message=words)))
 
 
 #: the status line while training (the core's "iteration 52: loss 0.4127" repeats the line above the plot)
@@ -628,6 +673,7 @@ class _StartModelSection:
     checkpoint folder) and, from scratch, the network's mode and size."""
 
     BUNDLED = "bundled model"
+    BUNDLED_3D = "bundled 3D U-Net (Z stacks)"
     FILE = "model file"
     SCRATCH = "from scratch"
     CURRENT = "current model (continue)"
@@ -636,11 +682,13 @@ class _StartModelSection:
     def _model_section(self) -> list[Any]:
         from .. import training
 
-        start_choices = [self.BUNDLED, self.FILE, self.SCRATCH, self.CURRENT, self.RESUME]
+        start_choices = [self.BUNDLED, self.BUNDLED_3D, self.FILE, self.SCRATCH, self.CURRENT, self.RESUME]
         self.start = ComboBox(label="Start from", choices=start_choices,
                               value=self.BUNDLED if bundled_model_available() else self.SCRATCH,
                               tooltip="Fine-tune the bundled model or a model file, train a fresh "
-                              "network, continue the model trained here, or resume a checkpoint")
+                              "network, continue the model trained here, or resume a checkpoint. The bundled 3D "
+                              "U-Net (or a 3D model file) learns from whole labelled Z stacks, with the image "
+                              "layer's scale as the voxel size")
         self.model_file = FileEdit(label="Model file", mode="r", filter="napari-unet models (*.pt);;All files (*)",
                                    tooltip="The napari-unet model file (.pt) to fine-tune; it is not changed")
         self.resume_dir = FileEdit(label="Checkpoint", mode="d",
@@ -667,8 +715,26 @@ class _StartModelSection:
             w.visible = start == self.SCRATCH
 
     def _start_key(self) -> str:
-        return {self.BUNDLED: "bundled", self.FILE: "file", self.SCRATCH: "scratch",
+        return {self.BUNDLED: "bundled", self.BUNDLED_3D: "bundled3d", self.FILE: "file", self.SCRATCH: "scratch",
                 self.CURRENT: "current", self.RESUME: "resume"}[self.start.value]
+
+    def _starts_3d(self) -> bool:
+        """Whether the chosen start is a 3D U-Net (the bundled one, a 3D model file, or the
+        current model when it is one)."""
+        start = self.start.value
+        if start == self.BUNDLED_3D:
+            return True
+        if start == self.CURRENT and self.trained_model is not None:
+            return self.trained_model.config.spatial_dims == 3
+        value = self.model_file.value
+        if start != self.FILE or value is None or not Path(value).is_file():
+            return False
+        from ..model import ModelFileError, load_model
+
+        try:
+            return load_model(value).config.spatial_dims == 3
+        except ModelFileError:
+            return False  # said when the file is loaded for training
 
     def _model_job(self, job: TrainJob) -> None:
         """Fill in the starting model of ``job`` (checked: a file chosen, a checkpoint there)."""
@@ -1277,12 +1343,30 @@ class TrainWidget(
         self._sync_result()
 
     def _make_job(self) -> TrainJob:
+        if self._starts_3d():
+            return self._make_job_3d()
         images, labels, regions, sources = self.collect_data()
         job = TrainJob(images=images, labels=labels, regions=regions, start=self._start_key())
         self._model_job(job)
         self._settings_job(job)
         self._preview_job(job)
         job.kwargs["_sources"] = sources  # popped before train_iter (shown in the status)
+        return job
+
+
+    def _make_job_3d(self) -> TrainJob:
+        """A job for the 3D U-Net: whole stacks from the pair list (or the pickers' pair)."""
+        if self.training_set is not None and not self._pairs:
+            raise ValueError("The 3D U-Net learns from whole labelled stacks, not from a training set of planes: "
+                             "choose the stack and its 3D Labels layer above")
+        pairs = list(self._pairs) or [self._current_pair()]
+        stacks = [pair_stack(pair) for pair in pairs]
+        job = TrainJob(images=[t[0] for t in stacks], labels=[t[1] for t in stacks],
+                       regions=[t[2] for t in stacks], start=self._start_key(), three_d=True,
+                       voxel_sizes=[t[3] for t in stacks])
+        self._model_job(job)
+        self._settings_job(job)
+        job.kwargs["_sources"] = [f"{pair.describe()} (3D)" for pair in pairs]
         return job
 
 
