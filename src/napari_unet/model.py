@@ -152,10 +152,21 @@ def _double_conv(c_in: int, c_out: int, dropout: float = 0.0, dims: int = 2) -> 
     return nn.Sequential(*layers)
 
 
-def center_crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """Crop the last ``len(size)`` axes of ``x`` to ``size`` around the centre."""
-    index = [slice((n - t) // 2, (n - t) // 2 + t) for n, t in zip(x.shape[-len(size):], size)]
-    return x[(Ellipsis, *index)]
+def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Crop the last two axes of ``x`` to ``size`` around the centre (TorchScript-able: the
+    bioimage.io export compiles it)."""
+    h, w = x.shape[-2:]
+    th, tw = size
+    top, left = (h - th) // 2, (w - tw) // 2
+    return x[..., top : top + th, left : left + tw]
+
+
+def center_crop_3d(x: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """Crop the last three axes of ``x`` to ``size`` around the centre."""
+    d, h, w = x.shape[-3:]
+    td, th, tw = size
+    front, top, left = (d - td) // 2, (h - th) // 2, (w - tw) // 2
+    return x[..., front : front + td, top : top + th, left : left + tw]
 
 
 class UNet(nn.Module):
@@ -252,7 +263,8 @@ class UNet(nn.Module):
         x = self.bottleneck(x)
         for up, conv, skip in zip(self.up, self.up_conv, reversed(skips)):
             x = up(x)
-            x = torch.cat([center_crop(skip, x.shape[2:]), x], dim=1)
+            skip = center_crop(skip, x.shape[-2:]) if dims == 2 else center_crop_3d(skip, x.shape[-3:])
+            x = torch.cat([skip, x], dim=1)
             x = conv(x)
         return self.head(x)
 
