@@ -81,7 +81,7 @@ NET3D_DIAMETER = 16.0
 #: what ``views="auto"`` uses for a stack left to the bundled models (no model given):
 #: ``"3d"`` (the bundled 3D U-Net), ``"3d+xyz"`` (it and the bundled 2D network in three
 #: views, averaged) or ``"auto"`` (the 2D network in three views)
-DEFAULT_3D = "auto"
+DEFAULT_3D = "3d+xyz"
 #: the ``views`` of :func:`segment_volume_iter`
 VIEWS = ("auto", "xy", "xyz", "3d", "3d+xyz")
 #: ``views="3d+xyz"``: the weight of the 3D network's probabilities against the 2D
