@@ -40,6 +40,7 @@ def test_z_stack_from_layer_scale_gets_3d_ids(qtbot, widget):  # noqa: F811
     assert run_and_wait(qtbot, widget) == "done", widget.status.value
     labels = _result(viewer, "stack labels").data
     assert "3D watershed" in widget.status.value and "voxel size" in widget.status.value
+    assert "2D network in XY, XZ and YZ" in widget.status.value  # a 2D model file chosen: its three views
     # one id per ball through all its planes
     assert len(np.unique(labels)) == 3
     assert labels[2, 20, 20] == labels[7, 20, 20] != labels[5, 44, 42] > 0
@@ -49,6 +50,14 @@ def test_z_stack_from_layer_scale_gets_3d_ids(qtbot, widget):  # noqa: F811
     flat = _result(viewer, "stack labels, plane by plane").data
     assert len(np.unique(flat)) > 10 and flat[2, 20, 20] != flat[7, 20, 20]
     np.testing.assert_array_equal(_result(viewer, "stack labels").data, labels)
+    # the other 3D methods, chosen in the widget: the same two balls, said in the status
+    widget.plane_by_plane.value = False
+    for choice, words in (("xyz", "3D: 2D network in XY, XZ and YZ, 3D watershed"), ("3d", "3D: 3D U-Net, 3D watershed")):
+        widget.z_method.value = choice
+        assert run_and_wait(qtbot, widget) == "done", widget.status.value
+        assert words in widget.status.value
+        again = _result(viewer, "stack labels").data
+        assert len(np.unique(again)) == 3 and again[2, 20, 20] == again[7, 20, 20] != again[5, 44, 42] > 0
 
 
 def test_unset_scale_means_estimated(qtbot, widget):  # noqa: F811
