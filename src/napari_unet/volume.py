@@ -1,22 +1,29 @@
-"""3D instances from the 2D U-Net: one id per cell across the planes of a Z stack.
+"""3D instances of Z stacks: one id per cell across the planes of a stack.
 
 ``segment(stack, axes="ZYX")`` comes here (``segmentation.segment_iter`` dispatches stacks whose
 axes name a ``Z``; ``plane_by_plane=True`` keeps the per-plane labels of before).
 
 How a ZYX volume is segmented:
 
-1. The 2D network predicts background / interior / boundary in every XY plane.
-2. Where the sampling allows (anisotropy ``a`` = Z step / pixel size at most
-   :data:`MAX_MULTIVIEW_ANISOTROPY`), the stack is also resampled along Z to isotropic
-   voxels and predicted in its XZ and YZ planes; the three probability volumes are
-   averaged on the stack's own grid, the XY view weighing :data:`XY_VIEW_WEIGHT` of a
-   side view (an XY plane cannot tell a nucleus from the blur of one above or below it).
-3. One seeded 3D watershed: seeds are the h-maxima of the anisotropic distance transform
+1. The classes (background / interior / boundary) of every voxel are predicted
+   (``views``):
+
+   * by the 2D network in every XY plane and, where the sampling allows (anisotropy ``a``
+     = Z step / pixel size at most :data:`MAX_MULTIVIEW_ANISOTROPY`), in the XZ and YZ
+     planes of the stack resampled along Z to isotropic voxels; the three probability
+     volumes are averaged on the stack's own grid, the XY view weighing
+     :data:`XY_VIEW_WEIGHT` of a side view (an XY plane cannot tell a nucleus from the
+     blur of one above or below it);
+   * by the 3D U-Net (``tiling_3d``) on the stack resampled along Z to cubic voxels (and
+     shrunk when its cells are wider than :data:`NET3D_DIAMETER`);
+   * by both, averaged (:data:`NET3D_WEIGHT`): the default for a stack left to the
+     bundled models (:data:`DEFAULT_3D`).
+2. One seeded 3D watershed: seeds are the h-maxima of the anisotropic distance transform
    of the interior (voxels ``a`` times longer in Z) plus the interior-minus-boundary
    probability, flooding the foreground; each cell is then cut along Z where the image
    falls under half its height (:func:`trim_to_half_maximum`: the microscope's axial
-   blur stretches the cells along Z in the network's eyes).
-4. Strongly anisotropic stacks (``a`` above :data:`MAX_WATERSHED_ANISOTROPY`, where a
+   blur stretches the cells along Z in the networks' eyes).
+3. Strongly anisotropic stacks (``a`` above :data:`MAX_WATERSHED_ANISOTROPY`, where a
    cell spans only a couple of planes and distances along Z mean little) fall back to
    2D labels per plane linked to the next plane's by overlap.
 
@@ -295,6 +302,7 @@ def cell_diameter_xy(labels: np.ndarray) -> float | None:
     return None if spreads is None else float(np.median(2 * np.sqrt(5 * spreads[1])))
 
 
+#: fewer cells spanning 3 planes than this make the Z step uncertain
 MIN_CELLS_Z = 8
 
 
@@ -465,8 +473,7 @@ class _Views:
                 max(1, round(shape[2] * zoom)))
         for axis, n in enumerate(want):
             x = resample_axis(x, axis, n)
-        p = yield from predict_volume_iter(x, self.net3d, tile_size=self.kw.get("tile_size_3d"),
-                                           device=self.kw.get("device"), amp=self.kw.get("amp"))
+        p = yield from predict_volume_iter(x, self.net3d, device=self.kw.get("device"), amp=self.kw.get("amp"))
         for axis, n in enumerate(shape):
             p = resample_axis(p, axis + 1, n)
         return p
@@ -533,8 +540,13 @@ def segment_volume_iter(
         diameter: the cells' diameter in XY pixels, ``"auto"`` (measured by the model) or
             None; as for ``segment``: when it is far from the model's, the stack is zoomed
             in Y and X (its planes kept, the anisotropy scaled with the zoom).
-        views: ``"auto"`` (XY + XZ + YZ up to :data:`MAX_MULTIVIEW_ANISOTROPY`, else XY),
-            ``"xy"`` or ``"xyz"``. Side views need a single-channel image.
+        views: what predicts the classes: ``"xyz"`` (the 2D network in the XY, XZ and YZ
+            planes), ``"xy"`` (XY planes only), ``"3d"`` (the 3D U-Net: the bundled one, or a
+            3D network given as ``model``), ``"3d+xyz"`` (the two averaged) or ``"auto"``:
+            :data:`DEFAULT_3D` for a stack left to the bundled models, the 3D network for a
+            3D model, else XY + XZ + YZ up to :data:`MAX_MULTIVIEW_ANISOTROPY` and XY beyond.
+            Side views and the 3D U-Net need a single-channel image and a Z step up to
+            :data:`MAX_MULTIVIEW_ANISOTROPY`.
         min_size: objects with fewer voxels are removed; None = the 2D default (16 px)
             times 8 pixels of depth, in planes.
         mode: as for ``segment``; ``"semantic"`` gives the per-voxel class.
