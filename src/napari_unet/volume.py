@@ -600,7 +600,7 @@ def volume_iter(image: Any, facts: ImageInput, options: SegmentOptions, *, out: 
     if views == "auto" and net3d is None and facts.why == "fluorescence":
         views = DEFAULT_3D
     if net3d is not None and views == "auto":
-        views = DEFAULT_3D if DEFAULT_3D.startswith("3d") else "3d"
+        views = "3d"  # a 3D network the caller gave (fine-tuned on their stacks, say): alone
     if views.startswith("3d") and net3d is None:
         from .model import bundled_3d_model_path, load_model
 
