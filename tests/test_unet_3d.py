@@ -145,9 +145,8 @@ def test_a_3d_network_is_not_exported_as_a_2d_one(tmp_path):
 
 
 def test_dim_packed_nuclei_by_default_get_one_id_each(dim_packed_default):
-    # the default for a stack left to the bundled models: the 3D U-Net with the 2D network's
-    # three views. 19-26 nuclei, some cut by the stack's faces to slivers a few planes thick
-    # (one nucleus is 4-5% of the count). MEASURED_DEFAULT_3D
+    # the default for a stack left to the bundled models: the 3D U-Net. 19-26 nuclei, some
+    # cut by the stack's faces to slivers a few planes thick (one nucleus is 4-5% of the count)
     truth, labels, info = dim_packed_default
     assert info["views"].startswith("3D network")
     n_true, n = len(np.unique(truth)) - 1, len(np.unique(labels)) - 1

@@ -52,7 +52,7 @@ def test_z_stack_from_layer_scale_gets_3d_ids(qtbot, widget):  # noqa: F811
     np.testing.assert_array_equal(_result(viewer, "stack labels").data, labels)
     # the other 3D methods, chosen in the widget: the same two balls, said in the status
     widget.plane_by_plane.value = False
-    for choice, words in (("xyz", "3D: 2D network in XY, XZ and YZ, 3D watershed"), ("3d", "3D: 3D U-Net, 3D watershed")):
+    for choice, words in (("xyz", "3D: 2D network in XY, XZ and YZ, 3D watershed"), ("3d+xyz", "3D: 3D U-Net and 2D network in XY, XZ, YZ, 3D watershed")):
         widget.z_method.value = choice
         assert run_and_wait(qtbot, widget) == "done", widget.status.value
         assert words in widget.status.value

@@ -413,13 +413,12 @@ class SegmentWidget(Container):
         )
         self.z_method = ComboBox(
             label="Z stacks by",
-            choices=[("3D U-Net + 2D views", "auto"), ("3D U-Net only", "3d"), ("2D network, 3 views", "xyz")],
+            choices=[("3D U-Net", "auto"), ("3D U-Net + 2D views", "3d+xyz"), ("2D network, 3 views", "xyz")],
             value="auto",
-            tooltip="How a Z stack's cells are found in 3D. 3D U-Net + 2D views (with the bundled models): "
-            "the bundled 3D network reads the stack resampled to cubic voxels, the 2D model reads its "
-            "XY, XZ and YZ planes, and the two answers are averaged. 3D U-Net only: the 3D network alone "
-            "(also what a 3D model file chosen above does). 2D network, 3 views: the 2D model alone (what "
-            "a 2D model file chosen above always does)",
+            tooltip="How a Z stack's cells are found in 3D. 3D U-Net: the bundled 3D network (or a 3D model "
+            "file chosen above) reads the stack resampled to cubic voxels. 3D U-Net + 2D views: its answer "
+            "averaged with the 2D model's in the XY, XZ and YZ planes. 2D network, 3 views: the 2D model "
+            "alone (what a 2D model file chosen above gets with the first choice too)",
         )
         return [self.min_size, self.probabilities, self.plane_by_plane, self.z_method]
 
