@@ -16,17 +16,18 @@
   - the bright, well separated stacks of the first 3D benchmark (radius 7-10, blur 3x).
   The stacks are made by this repository's generator in a child process and saved, so
   ``--src`` scores another version's code (e.g. the main branch's) on the very same stacks.
-* finetune: the bundled model (or ``--model``) fine-tuned on ONE labelled stack of the first held-out kind
-  (dim small packed nuclei, Z step 2; seed 10002, never scored) for ``--max-time`` seconds
-  (default 180), ``nu.fine_tune([stack], [labels], voxel_size=(2, 1, 1), max_time=...)``
-  as is (stacks train at their own scale) and with ``val_fraction=0`` (the last
-  weights, not the best by validation); then the object count, 3D AP@0.5 and AP@0.7 of
-  ``segment(stack, model, axes="ZYX")`` with each model on three other seeds of that kind
-  and on the stardist stack (of a similar kind), when it can be fetched. Not part of the
-  default run (it trains).
-* time: seconds per megavoxel of the 3D path (XY + XZ + YZ views, Z step 3) and of XY
-  only, against plane-by-plane 2D segmentation (seconds per megapixel) of the same stack,
-  in one run (the machine is shared: ratios, not absolute times).
+* finetune: fine-tuning on ONE labelled stack of the first held-out kind (dim small packed
+  nuclei, Z step 2; seed 10002, never scored) for ``--max-time`` seconds (default 180):
+  the bundled 3D U-Net by ``nu.fine_tune_3d([stack], [labels], voxel_size=(2, 1, 1),
+  regions=["all"])`` (the whole stack is labelled) and the 2D network (or ``--model``) by
+  ``nu.fine_tune`` (planes of all three orientations); then the object count, 3D AP@0.5
+  and AP@0.7 of ``segment(stack, model, axes="ZYX")`` with each model, before and after,
+  on three other seeds of that kind and on the stardist stack (of a similar kind), when it
+  can be fetched. Not part of the default run (it trains).
+* time: seconds per megavoxel of each 3D method (the 2D network in XY only and in XY + XZ +
+  YZ, the 3D U-Net, Z step 3 given; the default, Z step estimated) against plane-by-plane
+  2D segmentation (seconds per megapixel) of the same stack, in one run (the machine is
+  shared: ratios, not absolute times).
 * memory: peak resident memory (VmHWM) of a child process segmenting a lazy zarr stack
   into a zarr store (a small random network: memory is what is measured), against the
   same child only opening the stack, and the stack's own size.
@@ -95,7 +96,8 @@ def _other_methods() -> dict[str, dict]:
 
     if "3d" not in getattr(volume, "VIEWS", ()):
         return {}
-    return {"3D U-Net": {"views": "3d"}, "2D net, 3 views": {"views": "xyz"}}
+    methods = {"3D U-Net": "3d", "3D U-Net + 2D views": "3d+xyz", "2D net, 3 views": "xyz"}
+    return {name: {"views": v} for name, v in methods.items() if v != volume.DEFAULT_3D}
 
 
 def part_ap(quick: bool, model: str | None) -> None:
@@ -147,12 +149,12 @@ def part_time(quick: bool, model: str | None) -> None:
     mvox = img.size / 1e6
     runs = {
         "2D plane by plane": lambda: nu.segment(img, net, axes="ZYX", plane_by_plane=True),
-        "3D, XY view only": lambda: nu.segment(img, net, axes="ZYX", voxel_size=(3, 1, 1), views="xy"),
-        "3D, XY + XZ + YZ": lambda: nu.segment(img, net, axes="ZYX", voxel_size=(3, 1, 1), views="xyz"),
-        "3D default (Z step estimated)": lambda: nu.segment(img, net, axes="ZYX"),
+        "3D, 2D net in XY only": lambda: nu.segment(img, net, axes="ZYX", voxel_size=(3, 1, 1), views="xy"),
+        "3D, 2D net in XY + XZ + YZ": lambda: nu.segment(img, net, axes="ZYX", voxel_size=(3, 1, 1), views="xyz"),
     }
     if _other_methods():
         runs["3D U-Net (Z step given)"] = lambda: nu.segment(img, net, axes="ZYX", voxel_size=(3, 1, 1), views="3d")
+    runs["3D default (Z step estimated)"] = lambda: nu.segment(img, model, axes="ZYX")
     nu.segment(img[:2], net, axes="QYX")  # warm-up
     print(f"\ntime, bundled model, stack {shape} (Z step 3), {os.environ.get('OMP_NUM_THREADS', 'all')} threads, best of 2")
     base = None
@@ -239,26 +241,26 @@ def part_finetune(quick: bool, model: str | None, max_time: float) -> None:
     from real_data import load_real_stacks
 
     tests += [(f"outside: {n}", im, lb, None) for n, im, lb in load_real_stacks()]
-    start = nu.load_model(model)
-    nets = {"before": start}
-    for call, kw_ft in (("fine_tune", {}), ("last weights", {"val_fraction": 0})):
-        t = time.perf_counter()
-        nets[call] = nu.fine_tune([img], [lab], start, voxel_size=(a, 1, 1), max_time=20 if quick else max_time,
-                                  seed=0, **kw_ft)
-        run = nets[call].meta["history"][-1]
-        val = (f"validation AP {run['start_val_ap']} -> best {run['best_val_ap']:.3f} at step {run['best_iteration']}"
-               if run.get("best_val_ap") is not None else "no validation: the last weights")
-        print(f"{call}: {time.perf_counter() - t:.0f} s, {run['iterations']} steps, training data zoomed "
-              f"{run.get('zoom')}x, {val}", flush=True)
-    if _other_methods() and model is None:
+    seconds = 20 if quick else max_time
+    nets: dict = {}
+    if _other_methods() and model is None:  # the default for stacks: the bundled 3D U-Net
         from napari_unet.model import bundled_3d_model_path
 
-        nets["3D U-Net"] = nu.load_model(bundled_3d_model_path())
+        nets["3D U-Net"] = None  # what segment(stack) picks
         t = time.perf_counter()
-        nets["3D U-Net tuned"] = nu.fine_tune_3d([img], [lab], nets["3D U-Net"], voxel_size=(a, 1, 1), regions=["all"],
-                                                 iterations=10**6, max_time=20 if quick else max_time)
-        print(f"3D U-Net tuned: {time.perf_counter() - t:.0f} s, {nets['3D U-Net tuned'].meta['history'][-1]['iterations']} "
+        tuned = nu.fine_tune_3d([img], [lab], nu.load_model(bundled_3d_model_path()), voxel_size=(a, 1, 1),
+                                regions=["all"], iterations=10**6, max_time=seconds)
+        nets["3D U-Net tuned"] = tuned
+        print(f"3D U-Net tuned: {time.perf_counter() - t:.0f} s, {tuned.meta['history'][-1]['iterations']} "
               "steps, the last weights", flush=True)
+    start = nu.load_model(model)
+    nets["2D net"] = start
+    t = time.perf_counter()
+    nets["2D net tuned"] = nu.fine_tune([img], [lab], start, voxel_size=(a, 1, 1), max_time=seconds, seed=0)
+    run = nets["2D net tuned"].meta["history"][-1]
+    val = (f"validation AP {run['start_val_ap']} -> best {run['best_val_ap']:.3f} at step {run['best_iteration']}"
+           if run.get("best_val_ap") is not None else "no validation: the last weights")
+    print(f"2D net tuned: {time.perf_counter() - t:.0f} s, {run['iterations']} steps, {val}", flush=True)
     print(f"\nfine-tuning, {'model ' + model if model else 'bundled model'} on one labelled stack "
           f"'{name}' (seed {FINETUNE_TRAIN_SEED}, {len(np.unique(lab)) - 1} nuclei, {shape}), "
           f"voxel_size ({a:g}, 1, 1), {torch.get_num_threads()} threads, code from {nu.__file__}")

@@ -146,19 +146,22 @@ def test_a_3d_network_is_not_exported_as_a_2d_one(tmp_path):
 
 def test_dim_packed_nuclei_by_default_get_one_id_each(dim_packed_default):
     # the default for a stack left to the bundled models: the 3D U-Net. 19-26 nuclei, some
-    # cut by the stack's faces to slivers a few planes thick (one nucleus is 4-5% of the count)
+    # cut by the stack's faces to slivers a few planes thick. Seeds 1-6 measured: counts off
+    # by 0-9%, AP@0.5 0.83-1.0, AP@0.7 0.54-0.86; the must-show for users' stacks is 10%
     truth, labels, info = dim_packed_default
-    assert info["views"].startswith("3D network")
+    assert info["views"] == "3D network"
     n_true, n = len(np.unique(truth)) - 1, len(np.unique(labels)) - 1
-    assert abs(n - n_true) <= 0.15 * n_true, (n, n_true)
-    assert average_precision(truth, labels, 0.5)[0.5] >= 0.75
-    assert average_precision(truth, labels, 0.7)[0.7] >= 0.35
+    assert abs(n - n_true) <= 0.1 * n_true, (n, n_true)
+    assert average_precision(truth, labels, 0.5)[0.5] >= 0.8
+    assert average_precision(truth, labels, 0.7)[0.7] >= 0.45
 
 
-def test_dim_packed_z_step_is_estimated_within_25_percent_by_default(dim_packed_default):
+def test_dim_packed_z_step_is_estimated_within_15_percent_by_default(dim_packed_default):
+    # estimated again from the 3D U-Net's cells: 1.86-2.09 on seeds 1-6 (the 2D network's
+    # linked planes alone: 12% off at the median of the benchmark's stacks, 28% at worst)
     _, _, info = dim_packed_default
     assert info["anisotropy_source"] == "estimated" and not info["anisotropy_uncertain"]
-    assert info["anisotropy"] == pytest.approx(2.0, rel=0.25)
+    assert info["anisotropy"] == pytest.approx(2.0, rel=0.15)
 
 
 def test_only_the_annotated_part_of_a_stack_is_learned():

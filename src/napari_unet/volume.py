@@ -768,6 +768,9 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
     if use3d:
         run.zoom3d = zoom3d
         info["zoom_3d"] = zoom3d
+        if given is None:
+            a = yield from _anisotropy_of_3d_cells(run, _gray_zyx(crop, vol_axes), a, min_size, ws)
+            info["anisotropy"] = a
         halo = max(halo, int(net3d.config.halo / zoom3d + round(net.meta.get("diameter") or 20)))
     core = max(64, int(math.sqrt(block_voxels / Z)) - 2 * halo)
     by, bx = _blocks(H, core, halo), _blocks(W, core, halo)
@@ -832,6 +835,23 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
     for (cy0, cy1, cx0, cx1) in done:
         sink.put(lut[sink.get(slice(cy0, cy1), slice(cx0, cx1))].astype(np.int32), slice(cy0, cy1), slice(cx0, cx1))
     return int(present.sum())
+
+
+def _anisotropy_of_3d_cells(run: _Views, crop: np.ndarray, a: float, min_size: int | None,
+                            ws: dict[str, Any]) -> Generator[Progress, None, float]:
+    """The Z step estimated again from the 3D network's cells of ``crop`` (Z, Y, X), found
+    with the first estimate ``a``: cut along Z where the image falls to half its height,
+    their depth is the nuclei's, no longer stretched by the axial blur the 2D network's
+    linked planes carry (so taken as unblurred). On the 11 + 22 stacks of
+    :data:`XY_VIEW_WEIGHT`, the error of the Z step (median / largest) 12% / 28% -> 6% /
+    21%, mean 3D AP@0.5 0.957 -> 0.979 and 0.934 -> 0.941. ``a`` when fewer than 3 cells
+    span 3 planes."""
+    from .postprocess import DEFAULT_MIN_SIZE
+
+    p = yield from run.volume(crop, a)
+    size = max(1, round(DEFAULT_MIN_SIZE * 8 / a)) if min_size is None else min_size
+    ratios = _ratios(watershed_3d(p, a, min_size=size, image=crop, **ws), 1.0)
+    return a if ratios is None else float(np.clip(np.median(ratios), *ANISOTROPY_RANGE))
 
 
 def _gray_zyx(block: np.ndarray, vol_axes: str) -> np.ndarray:
