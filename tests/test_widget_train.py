@@ -583,6 +583,7 @@ def test_the_3d_unet_learns_from_a_labelled_stack(qtbot, widget, tmp_path):
     widget.image.value = layer
     widget.labels_layer.value = viewer.add_labels(labels, name="stack labels")
     widget.start.value = widget.BUNDLED_3D
+    assert "bfloat16" not in widget.device.info.value  # the 3D U-Net trains in float32
     widget.iterations.value = 3
     assert widget.run() is None  # napari's default scale of ones: the Z step is unknown
     assert "voxel size" in widget.status.value and "stack" in widget.status.value

@@ -72,15 +72,17 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     raise DeviceError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
 
 
-def describe_device(device: torch.device) -> str:
-    """A short human description, e.g. 'cuda:0 (NVIDIA A100, 80 GB)' or 'cpu (8 threads)'."""
+def describe_device(device: torch.device, bf16: bool = True) -> str:
+    """A short human description, e.g. 'cuda:0 (NVIDIA A100, 80 GB)' or 'cpu (8 threads)'.
+    ``bf16``: whether the computation would use bfloat16 on a CPU that has it (3D networks
+    run in float32)."""
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(idx)
         return f"cuda:{idx} ({props.name}, {props.total_memory / 2**30:.0f} GB)"
     if device.type == "mps":
         return "mps (Apple GPU)"
-    extra = ", bfloat16" if cpu_supports_bf16() else ""
+    extra = ", bfloat16" if bf16 and cpu_supports_bf16() else ""
     n = torch.get_num_threads()
     return f"cpu ({n} thread{'s' if n != 1 else ''}{extra})"
 

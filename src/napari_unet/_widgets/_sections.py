@@ -140,6 +140,8 @@ class DevicePicker:
             "then the CPU",
         )
         self.info = wrapped(Label(label="Runs on", value=""))
+        #: whether the network runs in bfloat16 on a CPU that has it (a 3D U-Net does not)
+        self.bf16 = True
         self.device.changed.connect(self.refresh)
         self.refresh()
 
@@ -172,7 +174,7 @@ class DevicePicker:
         except DeviceError as exc:
             set_status(self.info, str(exc), "error")
             return
-        text = describe_device(dev)
+        text = describe_device(dev, self.bf16)
         warn = cpu_only_torch_warning() if dev.type == "cpu" else None
         if warn:
             set_status(self.info, f"{text}. Warning: {warn}", "warning")

@@ -1341,6 +1341,10 @@ class TrainWidget(
         self._sync_model()
         self._sync_budget()
         self._sync_result()
+        three_d = self.start.value == self.BUNDLED_3D
+        if self.device.bf16 == three_d:  # the 3D U-Net trains in float32
+            self.device.bf16 = not three_d
+            self.device.refresh()
 
     def _make_job(self) -> TrainJob:
         if self._starts_3d():
