@@ -89,9 +89,10 @@ NET3D_DIAMETER = 16.0
 #: ``"3d"`` (the bundled 3D U-Net), ``"3d+xyz"`` (it and the bundled 2D network in three
 #: views, averaged) or ``"auto"`` (the 2D network in three views). Z step estimated, on the
 #: 11 + 22 stacks of :data:`XY_VIEW_WEIGHT` (mean 3D AP@0.5 / AP@0.7, object count within
-#: 10% of the truth): ``"3d"`` 0.957 / 0.841, 11 of 11 and 0.934 / 0.781, 21 of 22;
-#: ``"3d+xyz"`` 0.968 / 0.813, 10 and 0.927 / 0.760, 20; the stardist stack 54 objects for
-#: 51, AP 0.944 / 0.615 against 57, 0.895 / 0.543 (the 3D U-Net's shapes are closer)
+#: 10% of the truth): ``"3d"`` 0.979 / 0.872, 11 of 11 and 0.940 / 0.794, 20 of 22;
+#: ``"3d+xyz"`` 0.974 / 0.842, 11 and 0.932 / 0.778, 20; ``"auto"`` 0.909 / 0.674, 9 and
+#: 0.846 / 0.531, 18. The stardist stack: 53 objects for 51 either way, AP@0.7 0.651
+#: against 0.600 (the 3D U-Net's shapes are closer)
 DEFAULT_3D = "3d"
 #: the ``views`` of :func:`segment_volume_iter`
 VIEWS = ("auto", "xy", "xyz", "3d", "3d+xyz")
