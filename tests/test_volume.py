@@ -58,6 +58,25 @@ def test_make_stack_is_seeded_anisotropic_and_touching():
     assert estimate_anisotropy(big, blur_correction=1) == pytest.approx(3.0, rel=0.2)
 
 
+def test_chromatin_settings_mottle_nuclei_without_changing_their_shapes():
+    """``texture`` and ``clumps`` vary the brightness inside nuclei (mottled nuclei, bright
+    clumps), not the nuclei: the labels stay the same voxel for voxel."""
+    from scipy import ndimage as ndi
+
+    kw = dict(anisotropy=1.0, radius=8.0, psf_sigma=0.7, axial_blur=1.0, photons=5000.0)
+    smooth, lab = make_stack((24, 64, 64), seed=3, texture=0.1, **kw)
+    mottled, lab2 = make_stack((24, 64, 64), seed=3, texture=0.8, clumps=1.5, **kw)
+    assert np.array_equal(lab, lab2)
+    core = ndi.binary_erosion(lab > 0, iterations=2)
+
+    def spread(img):  # relative spread of the intensity inside nuclei, each against its own mean
+        x = img.astype(float)
+        mean = ndi.mean(x, lab, lab)
+        return float(np.std(x[core] / mean[core]))
+
+    assert spread(mottled) > 2 * spread(smooth)
+
+
 @pytest.fixture(scope="module", params=[1, 3])
 def dim_packed(request, bundled):
     """A small stack like many users': dim (nuclei 1.4x the background), blurred (axial blur

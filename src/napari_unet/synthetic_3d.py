@@ -5,8 +5,9 @@ What a confocal z-stack of nuclei looks like, and what this module draws:
 * nuclei as irregular ellipsoids (random axes and orientation, low-frequency surface
   noise), packed so that many touch; where two touch, the voxel goes to the nucleus whose
   surface is nearer, so touching nuclei share a surface without gaps;
-* chromatin texture, a centre-to-edge fall-off and per-nucleus brightness (reusing
-  ``synthetic``'s noise), dimmer with depth (attenuation);
+* chromatin texture (a fine grain, smooth to mottled, and bright clumps), a centre-to-edge
+  fall-off and per-nucleus brightness (reusing ``synthetic``'s noise), dimmer with depth
+  (attenuation);
 * the microscope: a Gaussian PSF elongated along Z (``axial_blur`` times the lateral
   sigma), then sampling every ``anisotropy`` pixels in Z (planes are coarser than pixels,
   typically 2-5x in confocal), a little out-of-focus haze, Poisson shot noise and read
@@ -84,6 +85,8 @@ def make_stack(
     background: float = 0.06,
     uneven: float = 0.0,
     brightness_cv: float = 0.25,
+    texture: float = 0.2,
+    clumps: float = 0.0,
     return_isotropic: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """A synthetic confocal stack of nuclei and its 3D instance labels.
@@ -107,6 +110,10 @@ def make_stack(
         uneven: amplitude of a smooth background field across the stack (uneven
             illumination, out-of-focus haze), relative to a typical nucleus.
         brightness_cv: spread of the nuclei's brightness (log-normal sigma).
+        texture: amplitude of the fine chromatin grain (a relative standard deviation;
+            above about 0.5 a nucleus is mottled, with dark gaps inside).
+        clumps: brightness of coarser chromatin clumps (chromocentres, 2-3 px), relative
+            to the nucleus (0: none).
         return_isotropic: also return the isotropic labels (``Z * anisotropy`` planes).
 
     Returns:
@@ -129,6 +136,8 @@ def make_stack(
     bright = np.zeros(iso, np.float32)
     surface = _smooth_noise(rng, iso, max(2.0, radius / 2.5))
     grain = _smooth_noise(rng, iso, 1.2)
+    # a stream of its own: the stacks of earlier settings stay the same, voxel for voxel
+    coarse = np.maximum(_smooth_noise(np.random.default_rng([seed, 1]), iso, 1.5) - 1.0, 0) if clumps else 0.0
     for i, (c, axes) in enumerate(nuclei, start=1):
         rot = _rotation(rng)
         reach = axes.max() * (1 + 3 * irregularity) + 1
@@ -144,7 +153,10 @@ def make_stack(
         best[box][win] = rho[win]
         labels[box][win] = i
         level = math.exp(rng.standard_normal() * brightness_cv)
-        bright[box][win] = level * (1 - 0.25 * rho[win] ** 2) * (1 + 0.2 * grain[box][win])
+        chromatin = np.maximum(1 + texture * grain[box][win], 0)
+        if clumps:
+            chromatin = chromatin + clumps * coarse[box][win]
+        bright[box][win] = level * (1 - 0.25 * rho[win] ** 2) * chromatin
 
     z = np.linspace(0, 1, nz, dtype=np.float32)[:, None, None]
     signal = bright * (1 - attenuation * z) + background
@@ -189,10 +201,14 @@ RANGES: dict[str, tuple[float, float]] = {
     "irregularity": (0.03, 0.12),
 }
 
+#: chromatin ranges that :func:`sample_settings` draws from (uniform), after those of
+#: :data:`RANGES` (whose draws stay as they were)
+CHROMATIN_RANGES: dict[str, tuple[float, float]] = {"texture": (0.1, 0.6), "clumps": (0.0, 1.0)}
+
 #: settings outside :data:`RANGES` in at least one value (never drawn for training), each
 #: ``(name, shape, settings)``: a dim (nuclei 1.4x the background, signal / noise about 3),
 #: noisy (read noise 10), blurred, packed stack of nuclei 13 px across at Z step 2; a coarse
-#: Z step; large, very blurred nuclei
+#: Z step; large, very blurred nuclei; mottled nuclei with bright chromatin clumps
 HELD_OUT: list[tuple[str, tuple[int, int, int], dict[str, float]]] = [
     ("dim small packed, Z step 2", (28, 64, 64),
      {"anisotropy": 2.0, "radius": 6.5, "psf_sigma": 1.3, "axial_blur": 3.5, "photons": 120.0,
@@ -203,18 +219,23 @@ HELD_OUT: list[tuple[str, tuple[int, int, int], dict[str, float]]] = [
     ("large very blurred", (24, 128, 128),
      {"anisotropy": 2.5, "radius": 14.0, "psf_sigma": 2.4, "axial_blur": 4.0, "photons": 60.0,
       "background": 0.4, "uneven": 0.3, "coverage": 0.45}),
+    ("mottled nuclei, Z step 3", (20, 96, 96),
+     {"anisotropy": 3.0, "radius": 8.0, "texture": 0.8, "clumps": 1.5, "photons": 150.0, "background": 0.2,
+      "coverage": 0.4, "touching": 0.8}),
 ]
 
 
 def sample_settings(rng: np.random.Generator, side: int = 96,
                     depth: float = 64.0) -> tuple[tuple[int, int, int], dict[str, float]]:
     """A stack shape and random :func:`make_stack` settings from :data:`RANGES`: nuclei of
-    8-30 px, Z steps 1-4, dim to bright, sharp to blurred, sparse to packed.
+    8-30 px, Z steps 1-4, dim to bright, sharp to blurred, sparse to packed, smooth to
+    mottled (:data:`CHROMATIN_RANGES`).
 
     ``side``: Y and X of the stack; ``depth``: its depth in pixels (planes times the Z step).
     """
     kw = {k: float(rng.uniform(lo, hi)) for k, (lo, hi) in RANGES.items()}
     lo, hi = RANGES["photons"]
     kw["photons"] = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    kw.update({k: float(rng.uniform(lo, hi)) for k, (lo, hi) in CHROMATIN_RANGES.items()})
     shape = (max(4, round(depth / kw["anisotropy"])), side, side)
     return shape, kw
