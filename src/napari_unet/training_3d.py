@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 
 from ._progress import Progress, drain
 from .device import resolve_device
@@ -32,6 +33,10 @@ from .targets import check_labels, labels_to_targets, touching_borders
 INPUT = 84
 #: loss weight of the voxels where two cells touch (1 elsewhere)
 TOUCH_WEIGHT = 5.0
+#: share of training cubes smoothed (Gaussian sigma 0.7-1.5 voxels) as denoised or
+#: deconvolved stacks are: trained on noisy stacks only, the bundled 3D U-Net took a
+#: noise-free background for nuclei (54% of a stack foreground for 3% true)
+SMOOTHED = 0.25
 #: learning rate of fine-tuning a trained 3D network (pretraining: 1e-3)
 LR_FINE_TUNE = 1e-4
 
@@ -90,6 +95,8 @@ def random_cube(example: Example, size: int, out: int, rng: np.random.Generator,
             xs, ts, ws = (np.swapaxes(a, 1, 2) for a in (xs, ts, ws))
         gamma = math.exp(rng.uniform(-0.3, 0.3))
         xs = np.clip(xs, 0, None) ** gamma * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1)
+        if rng.random() < SMOOTHED:  # a denoised or deconvolved stack: little or no noise left
+            xs = ndi.gaussian_filter(xs, rng.uniform(0.7, 1.5))
     return np.ascontiguousarray(xs, np.float32), np.ascontiguousarray(ts), np.ascontiguousarray(ws)
 
 

@@ -540,8 +540,9 @@ class SegmentWidget(Container):
         if v.get("method"):
             # in the image's pixels, as before the run (the core reports it in the zoomed copy's)
             a = v.get("anisotropy") and v["anisotropy"] / result.zoom
-            source = "voxel size from the layer scale" if v.get("anisotropy_source") == "voxel size" else \
-                v.get("anisotropy_source")
+            source = {"voxel size": "voxel size from the layer scale",
+                      "estimated": "estimated, taking the nuclei as about as deep as wide: set the layer's scale "
+                                   "for flat ones"}.get(v.get("anisotropy_source"), v.get("anisotropy_source"))
             method = _METHOD_WORDS.get(v["method"], v["method"])
             if v.get("views"):
                 method = f"{_VIEW_WORDS.get(v['views'], v['views'])}, {method}"
