@@ -353,9 +353,9 @@ def watershed_3d(probs: np.ndarray, anisotropy: float, *, min_size: int, foregro
     deep) plus :data:`SEED_WEIGHT` times ``p(interior) - p(boundary)``, smoothed over about
     a pixel; its h-maxima (height ``h``) seed a watershed of the negated map that floods
     the foreground; foreground no seed reaches becomes objects of its own; objects whose
-    mean foreground probability is under :data:`MIN_MEAN_FOREGROUND`, or whose doubt (one minus that
-    mean) is over :data:`RELATIVE_DOUBT` times the typical object's, are dropped; with
-    ``image`` (the stack, ``(Z, Y, X)``), the cells are trimmed along Z
+    mean foreground probability is under :data:`MIN_MEAN_FOREGROUND`, or whose doubt (one
+    minus that mean) is over :data:`RELATIVE_DOUBT` times the typical object's, are
+    dropped; with ``image`` (the stack, ``(Z, Y, X)``), the cells are trimmed along Z
     (:func:`trim_to_half_maximum`); then objects under ``min_size`` voxels are dropped.
     """
     from skimage.morphology import h_maxima
