@@ -847,12 +847,16 @@ def _anisotropy_of_3d_cells(run: _Views, crop: np.ndarray, a: float, min_size: i
     :data:`XY_VIEW_WEIGHT`, the error of the Z step (median / largest) 12% / 28% -> 6% /
     21%, mean 3D AP@0.5 0.957 -> 0.979 and 0.934 -> 0.941. ``a`` when fewer than 3 cells
     span 3 planes."""
+    p = yield from run.volume(crop, a)
+    ratios = _ratios(watershed_3d(p, a, min_size=_min_size_3d(min_size, a), image=crop, **ws), 1.0)
+    return a if ratios is None else float(np.clip(np.median(ratios), *ANISOTROPY_RANGE))
+
+
+def _min_size_3d(min_size: int | None, a: float) -> int:
+    """``min_size``, or by default the 2D one scaled to voxels of a stack of Z step ``a``."""
     from .postprocess import DEFAULT_MIN_SIZE
 
-    p = yield from run.volume(crop, a)
-    size = max(1, round(DEFAULT_MIN_SIZE * 8 / a)) if min_size is None else min_size
-    ratios = _ratios(watershed_3d(p, a, min_size=size, image=crop, **ws), 1.0)
-    return a if ratios is None else float(np.clip(np.median(ratios), *ANISOTROPY_RANGE))
+    return max(1, round(DEFAULT_MIN_SIZE * 8 / a)) if min_size is None else min_size
 
 
 def _gray_zyx(block: np.ndarray, vol_axes: str) -> np.ndarray:
@@ -898,7 +902,7 @@ def _block_labels(vol: np.ndarray, vol_axes: str, order: list[int], p: np.ndarra
     """Labels (Z, Y, X) of one block from its XY probabilities ``p`` (k, Z, Y, X); ``views``
     ``"3d"``: ``p`` is the 3D network's; ``"3d+xyz"``: the 3D network's ``p3`` is averaged
     with the 2D network's three views."""
-    from .postprocess import DEFAULT_MIN_SIZE, remove_small_and_relabel, probabilities_to_labels
+    from .postprocess import probabilities_to_labels, remove_small_and_relabel
 
     if mode == "semantic":
         return np.argmax(p, 0).astype(np.int32), p, {"method": "semantic"}
@@ -916,8 +920,7 @@ def _block_labels(vol: np.ndarray, vol_axes: str, order: list[int], p: np.ndarra
         if p3 is not None:
             p = NET3D_WEIGHT * p3 + (1 - NET3D_WEIGHT) * p
             info["views"] = "3D network + XY, XZ, YZ"
-    if min_size is None:
-        min_size = max(1, round(DEFAULT_MIN_SIZE * 8 / a))
+    min_size = _min_size_3d(min_size, a)
     if mode == "instance2":
         fg, _ = ndi.label((1.0 - p[0]) > ws["foreground_threshold"], structure=_SIX)
         return remove_small_and_relabel(fg, min_size), p, {**info, "method": "3D components"}
