@@ -77,6 +77,24 @@ def test_chromatin_settings_mottle_nuclei_without_changing_their_shapes():
     assert spread(mottled) > 2 * spread(smooth)
 
 
+def test_nucleoli_are_dark_spots_inside_nuclei_and_leave_the_labels_alone():
+    """``nucleoli`` darkens one to three round spots in each nucleus; ``grain`` coarsens the
+    chromatin. Neither changes the labels, and with the defaults a stack is as before."""
+    from scipy import ndimage as ndi
+
+    kw = dict(anisotropy=1.0, radius=8.0, psf_sigma=0.7, axial_blur=1.0, photons=5000.0)
+    plain, lab = make_stack((24, 64, 64), seed=3, **kw)
+    assert np.array_equal(plain, make_stack((24, 64, 64), seed=3, nucleoli=0.0, grain=1.2, **kw)[0])
+    spotted, lab2 = make_stack((24, 64, 64), seed=3, nucleoli=1.0, grain=2.5, **kw)
+    assert np.array_equal(lab, lab2)
+    core = ndi.binary_erosion(lab > 0, iterations=2)
+    ratio = spotted[core].astype(float) / np.maximum(plain[core].astype(float), 1)
+    # a nucleolus covers some of the core and is much darker there; the rest is as bright
+    dark = ratio < 0.5
+    assert 0.03 < dark.mean() < 0.4
+    assert np.median(ratio) > 0.7
+
+
 @pytest.fixture(scope="module", params=[1, 3])
 def dim_packed(request, bundled):
     """A small stack like many users': dim (nuclei 1.4x the background), blurred (axial blur

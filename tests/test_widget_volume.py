@@ -84,5 +84,8 @@ def test_3d_sample_segments_in_3d_with_the_bundled_model(qtbot, widget):  # noqa
     assert run_and_wait(qtbot, widget, timeout=180_000) == "done", widget.status.value
     labels = viewer.layers["nuclei 3D (synthetic) labels (bundled)"]
     assert tuple(labels.scale) == (3.0, 1.0, 1.0)
+    # the 3D U-Net alone made the labels, in float32 cubes: no 2D tiles or bfloat16 claimed
+    assert "3D: 3D U-Net, 3D watershed" in widget.status.value
+    assert "bfloat16" not in widget.status.value and "px tiles" not in widget.status.value
     # measured 0.96 (3D watershed on XY + XZ + YZ, Z step 3 from the scale; 0.96 estimated); plane by plane: 0.001
     assert average_precision(truth, labels.data, 0.5)[0.5] > 0.8

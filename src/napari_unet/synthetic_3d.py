@@ -5,7 +5,7 @@ What a confocal z-stack of nuclei looks like, and what this module draws:
 * nuclei as irregular ellipsoids (random axes and orientation, low-frequency surface
   noise), packed so that many touch; where two touch, the voxel goes to the nucleus whose
   surface is nearer, so touching nuclei share a surface without gaps;
-* chromatin texture (a fine grain, smooth to mottled, and bright clumps), a centre-to-edge
+* chromatin texture (a grain, smooth to mottled, bright clumps and dark nucleoli), a centre-to-edge
   fall-off and per-nucleus brightness (reusing ``synthetic``'s noise), dimmer with depth
   (attenuation);
 * the microscope: a Gaussian PSF elongated along Z (``axial_blur`` times the lateral
@@ -67,6 +67,18 @@ def _place(rng: np.random.Generator, shape: tuple[int, int, int], radius: float,
     return out
 
 
+def _nucleoli(rng: np.random.Generator, local: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """Where the nucleoli of one nucleus lie (0-1, soft-edged) at ``local`` (nucleus frame)."""
+    mask = np.zeros(len(local), np.float32)
+    size = 0.25 * float(np.mean(axes))
+    for _ in range(int(rng.integers(1, 4))):
+        u = rng.standard_normal(3)
+        spot = axes * 0.45 * rng.uniform() ** (1 / 3) * u / np.linalg.norm(u)
+        d = np.sqrt(((local - spot.astype(np.float32)) ** 2).sum(-1)) / (size * rng.uniform(0.7, 1.3))
+        mask = np.maximum(mask, 1 / (1 + np.exp(6 * (d - 1))))
+    return mask
+
+
 def make_stack(
     shape: tuple[int, int, int] = (24, 128, 128),
     seed: int = 0,
@@ -87,6 +99,8 @@ def make_stack(
     brightness_cv: float = 0.25,
     texture: float = 0.2,
     clumps: float = 0.0,
+    grain: float = 1.2,
+    nucleoli: float = 0.0,
     return_isotropic: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """A synthetic confocal stack of nuclei and its 3D instance labels.
@@ -114,6 +128,9 @@ def make_stack(
             above about 0.5 a nucleus is mottled, with dark gaps inside).
         clumps: brightness of coarser chromatin clumps (chromocentres, 2-3 px), relative
             to the nucleus (0: none).
+        grain: size of the chromatin grain (Gaussian sigma, pixels).
+        nucleoli: darkness of the nucleoli, one to three dark round spots a quarter of a
+            nucleus across (0: none; 1: black).
         return_isotropic: also return the isotropic labels (``Z * anisotropy`` planes).
 
     Returns:
@@ -135,9 +152,12 @@ def make_stack(
     labels = np.zeros(iso, np.int32)
     bright = np.zeros(iso, np.float32)
     surface = _smooth_noise(rng, iso, max(2.0, radius / 2.5))
-    grain = _smooth_noise(rng, iso, 1.2)
-    # a stream of its own: the stacks of earlier settings stay the same, voxel for voxel
+    grain_field = _smooth_noise(rng, iso, 1.2)
+    # streams of their own: the stacks of earlier settings stay the same, voxel for voxel
     coarse = np.maximum(_smooth_noise(np.random.default_rng([seed, 1]), iso, 1.5) - 1.0, 0) if clumps else 0.0
+    if grain != 1.2:
+        grain_field = _smooth_noise(np.random.default_rng([seed, 3]), iso, grain)
+    spots = np.random.default_rng([seed, 2])
     for i, (c, axes) in enumerate(nuclei, start=1):
         rot = _rotation(rng)
         reach = axes.max() * (1 + 3 * irregularity) + 1
@@ -153,9 +173,11 @@ def make_stack(
         best[box][win] = rho[win]
         labels[box][win] = i
         level = math.exp(rng.standard_normal() * brightness_cv)
-        chromatin = np.maximum(1 + texture * grain[box][win], 0)
+        chromatin = np.maximum(1 + texture * grain_field[box][win], 0)
         if clumps:
             chromatin = chromatin + clumps * coarse[box][win]
+        if nucleoli:
+            chromatin = chromatin * (1 - nucleoli * _nucleoli(spots, local[win], axes))
         bright[box][win] = level * (1 - 0.25 * rho[win] ** 2) * chromatin
 
     z = np.linspace(0, 1, nz, dtype=np.float32)[:, None, None]
@@ -205,10 +227,15 @@ RANGES: dict[str, tuple[float, float]] = {
 #: :data:`RANGES` (whose draws stay as they were)
 CHROMATIN_RANGES: dict[str, tuple[float, float]] = {"texture": (0.1, 0.6), "clumps": (0.0, 1.0)}
 
+#: grain size and nucleoli ranges that :func:`sample_settings` draws from (uniform), after
+#: those of :data:`CHROMATIN_RANGES`
+NUCLEOLUS_RANGES: dict[str, tuple[float, float]] = {"grain": (0.8, 2.5), "nucleoli": (0.0, 0.8)}
+
 #: settings outside :data:`RANGES` in at least one value (never drawn for training), each
 #: ``(name, shape, settings)``: a dim (nuclei 1.4x the background, signal / noise about 3),
 #: noisy (read noise 10), blurred, packed stack of nuclei 13 px across at Z step 2; a coarse
-#: Z step; large, very blurred nuclei; mottled nuclei with bright chromatin clumps
+#: Z step; large, very blurred nuclei; mottled nuclei with bright chromatin clumps; nuclei
+#: with black nucleoli and a coarse grain
 HELD_OUT: list[tuple[str, tuple[int, int, int], dict[str, float]]] = [
     ("dim small packed, Z step 2", (28, 64, 64),
      {"anisotropy": 2.0, "radius": 6.5, "psf_sigma": 1.3, "axial_blur": 3.5, "photons": 120.0,
@@ -222,6 +249,9 @@ HELD_OUT: list[tuple[str, tuple[int, int, int], dict[str, float]]] = [
     ("mottled nuclei, Z step 3", (20, 96, 96),
      {"anisotropy": 3.0, "radius": 8.0, "texture": 0.8, "clumps": 1.5, "photons": 150.0, "background": 0.2,
       "coverage": 0.4, "touching": 0.8}),
+    ("black nucleoli, coarse grain", (24, 96, 96),
+     {"anisotropy": 2.5, "radius": 9.0, "texture": 0.5, "grain": 3.0, "nucleoli": 1.0, "photons": 100.0,
+      "background": 0.15, "coverage": 0.35, "touching": 0.8}),
 ]
 
 
@@ -229,7 +259,8 @@ def sample_settings(rng: np.random.Generator, side: int = 96,
                     depth: float = 64.0) -> tuple[tuple[int, int, int], dict[str, float]]:
     """A stack shape and random :func:`make_stack` settings from :data:`RANGES`: nuclei of
     8-30 px, Z steps 1-4, dim to bright, sharp to blurred, sparse to packed, smooth to
-    mottled (:data:`CHROMATIN_RANGES`).
+    mottled (:data:`CHROMATIN_RANGES`), fine to coarse grain, with or without dark nucleoli
+    (:data:`NUCLEOLUS_RANGES`).
 
     ``side``: Y and X of the stack; ``depth``: its depth in pixels (planes times the Z step).
     """
@@ -237,5 +268,6 @@ def sample_settings(rng: np.random.Generator, side: int = 96,
     lo, hi = RANGES["photons"]
     kw["photons"] = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
     kw.update({k: float(rng.uniform(lo, hi)) for k, (lo, hi) in CHROMATIN_RANGES.items()})
+    kw.update({k: float(rng.uniform(lo, hi)) for k, (lo, hi) in NUCLEOLUS_RANGES.items()})
     shape = (max(4, round(depth / kw["anisotropy"])), side, side)
     return shape, kw

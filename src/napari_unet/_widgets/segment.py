@@ -285,14 +285,16 @@ def run_segment(job: SegmentJob) -> Generator[Progress, None, SegmentResult]:
             yield rec
     finally:
         gen.close()
+    only_3d = info.get("views") == "3D network"
     return SegmentResult(
         labels=labels,
         probabilities=probs,
         class_names=list(model.meta.get("class_names", [])),
         mode=str(model.meta.get("mode", "instance3")),
         num_objects=count_objects(labels),
-        device=str(info.get("device", describe_device(device))),
-        tile_size=info.get("tile_size"),
+        # the 3D U-Net alone made the labels: in float32 on a CPU, not in the 2D network's tiles
+        device=describe_device(device, bf16=False) if only_3d else str(info.get("device", describe_device(device))),
+        tile_size=None if only_3d else info.get("tile_size"),
         seconds=time.perf_counter() - t0,
         diameter=info.get("diameter"),
         zoom=float(info.get("zoom", 1.0)),
