@@ -24,7 +24,9 @@
   ``nu.fine_tune`` (planes of all three orientations); then the object count, 3D AP@0.5
   and AP@0.7 of ``segment(stack, model, axes="ZYX")`` with each model, before and after,
   on three other seeds of that kind and on the stardist stack (of a similar kind), when it
-  can be fetched. Not part of the default run (it trains).
+  can be fetched. Beside them, a plain MONAI recipe trained on the same stack for the same
+  time (``_monai_3d``; when MONAI, a benchmark-only extra, is installed). Not part of the
+  default run (it trains).
 * time: seconds per megavoxel of each 3D method (the 2D network in XY only and in XY + XZ +
   YZ, the 3D U-Net, Z step 3 given; the default, Z step estimated) against plane-by-plane
   2D segmentation (seconds per megapixel) of the same stack, in one run (the machine is
@@ -254,6 +256,9 @@ def part_finetune(quick: bool, model: str | None, max_time: float) -> None:
         nets["3D U-Net tuned"] = tuned
         print(f"3D U-Net tuned: {time.perf_counter() - t:.0f} s, {tuned.meta['history'][-1]['iterations']} "
               "steps, the last weights", flush=True)
+    monai = _monai_3d(img, lab, a, seconds) if _has_monai() else None
+    if monai is None:
+        print("MONAI columns skipped: pip install monai (a benchmark-only extra)")
     start = nu.load_model(model)
     nets["2D net"] = start
     t = time.perf_counter()
@@ -265,19 +270,95 @@ def part_finetune(quick: bool, model: str | None, max_time: float) -> None:
     print(f"\nfine-tuning, {'model ' + model if model else 'bundled model'} on one labelled stack "
           f"'{name}' (seed {FINETUNE_TRAIN_SEED}, {len(np.unique(lab)) - 1} nuclei, {shape}), "
           f"voxel_size ({a:g}, 1, 1), {torch.get_num_threads()} threads, code from {nu.__file__}")
-    print(f"{'stack':<48} {'call':<13} {'truth':>5} " + " ".join(f"{c[:19]:>19}" for c in nets))
-    print(f"{'':<48} {'':<13} {'':>5} " + " ".join(f"{'objects AP.5 AP.7':>19}" for _ in nets))
+    columns = list(nets) + (["MONAI, components", "MONAI + watershed"] if monai else [])
+    print(f"{'stack':<48} {'call':<13} {'truth':>5} " + " ".join(f"{c[:19]:>19}" for c in columns))
+    print(f"{'':<48} {'':<13} {'':>5} " + " ".join(f"{'objects AP.5 AP.7':>19}" for _ in columns))
     for test, im, truth, vs in tests:
         n_true = len(np.unique(truth)) - 1
         for call, extra in (("default", {}), ("Z step given", {"voxel_size": vs})):
             if call != "default" and vs is None:
                 continue
+            outs = [nu.segment(im, net, axes="ZYX", **extra) for net in nets.values()]
+            if monai:  # it knows no Z step but the training stack's, unless given
+                outs += list(monai(im, vs[0] if extra else a))
             cells = []
-            for net in nets.values():
-                out = nu.segment(im, net, axes="ZYX", **extra)
+            for out in outs:
                 ap = nu.average_precision(truth, out, (0.5, 0.7))
                 cells.append(f"{len(np.unique(out)) - 1:>7} {ap[0.5]:.2f} {ap[0.7]:.2f}")
             print(f"{test:<48} {call:<13} {n_true:>5} " + " ".join(f"{c:>19}" for c in cells), flush=True)
+
+
+def _has_monai() -> bool:
+    try:
+        import monai  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _monai_3d(img: np.ndarray, lab: np.ndarray, a: float, seconds: float, seed: int = 0):
+    """A plain MONAI recipe on the same labelled stack for the same time: ``BasicUNet``
+    (3D, features (16, 16, 32, 64, 128, 16): about our 3D U-Net's size) from scratch on the
+    stack as it is (no resampling along Z), classes background / interior / boundary,
+    cross-entropy on random 16x64x64 crops with MONAI's flips, rotations in the plane and
+    intensity changes, Adam 1e-3; predicted by ``sliding_window_inference`` (overlap 0.25,
+    Gaussian blending). Returns ``segment(stack, z_step) -> (components, watershed)``: the
+    interior's connected components grown into the foreground, and this repository's
+    ``watershed_3d`` on the same probabilities."""
+    import torch
+    from monai.inferers import sliding_window_inference
+    from monai.networks.nets import BasicUNet
+    from monai.transforms import Compose, RandFlipd, RandRotate90d, RandScaleIntensityd, RandShiftIntensityd
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    from napari_unet.targets import labels_to_targets
+    from napari_unet.volume import _SIX, _min_size_3d, watershed_3d
+
+    def norm(x):
+        lo, hi = np.percentile(x, (1, 99.8))
+        return ((np.asarray(x, np.float32) - lo) / max(hi - lo, 1e-6)).astype(np.float32)
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=3, features=(16, 16, 32, 64, 128, 16))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    aug = Compose([RandFlipd(("image", "label"), prob=0.5, spatial_axis=a) for a in (0, 1, 2)]
+                  + [RandRotate90d(("image", "label"), prob=0.5, spatial_axes=(1, 2)),
+                     RandScaleIntensityd("image", factors=0.2, prob=0.5), RandShiftIntensityd("image", offsets=0.1, prob=0.5)])
+    aug.set_random_state(seed)
+    x = norm(img)
+    t = labels_to_targets(lab, "instance3")[0].astype(np.int64)
+    crop = (16, 64, 64)
+    pad = [(0, max(0, c - n)) for c, n in zip(crop, x.shape)]
+    x, t = np.pad(x, pad, mode="reflect"), np.pad(t, pad, mode="reflect")
+    start, steps = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        bx, by = [], []
+        for _ in range(2):
+            o = [int(rng.integers(0, n - c + 1)) for n, c in zip(x.shape, crop)]
+            box = tuple(slice(i, i + c) for i, c in zip(o, crop))
+            d = aug({"image": x[box][None], "label": t[box][None]})
+            bx.append(torch.as_tensor(np.asarray(d["image"])))
+            by.append(torch.as_tensor(np.asarray(d["label"]))[0])
+        loss = torch.nn.functional.cross_entropy(net(torch.stack(bx).float()), torch.stack(by).long())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+    print(f"MONAI 3D: {time.perf_counter() - start:.0f} s, {steps} steps", flush=True)
+    net.eval()
+
+    def segment(stack: np.ndarray, z_step: float) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            v = torch.from_numpy(norm(stack))[None, None]
+            p = torch.softmax(sliding_window_inference(v, crop, 4, net, overlap=0.25, mode="gaussian"), 1)[0].numpy()
+        fg = p[0] < 0.5
+        seeds, _ = ndi.label((p[1] > 0.5) & fg, structure=_SIX)
+        comp = watershed(p[0], markers=seeds, mask=fg)
+        return comp, watershed_3d(p, z_step, min_size=_min_size_3d(None, z_step))
+
+    return segment
 
 
 def main() -> None:

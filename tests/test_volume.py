@@ -138,6 +138,33 @@ def test_dim_packed_nuclei_are_not_stretched_along_z(dim_packed):
     assert average_precision(truth, labels, 0.7)[0.7] >= 0.3
 
 
+def test_relative_h_keeps_a_mottled_nucleus_whole_and_touching_nuclei_apart():
+    """A darker band of chromatin across a large nucleus makes the network less sure there
+    (interior 0.55): a fixed seed height splits it in two, one relative to the nuclei's size
+    does not; two nuclei that touch across a boundary stay two either way."""
+    from napari_unet.volume import watershed_3d
+
+    shape = (32, 32, 120)
+    zz, yy, xx = np.mgrid[:32, :32, :120].astype(np.float32)
+
+    def ball(x0):
+        return (zz - 16) ** 2 + (yy - 16) ** 2 + (xx - x0) ** 2 < 12**2
+
+    mottled, left, right = ball(16), ball(58), ball(80)
+    fg = mottled | left | right
+    p = np.stack([~fg, fg, np.zeros(shape, bool)]).astype(np.float32)
+    contact = (np.abs(xx - 69) < 1.5) & fg
+    p[1][contact], p[2][contact] = 0, 1
+    band = mottled & (np.abs(xx - 14) < 1.5)
+    p[0][band], p[1][band], p[2][band] = 0.05, 0.55, 0.4
+    fixed = watershed_3d(p, 1.0, min_size=10)
+    relative = watershed_3d(p, 1.0, min_size=10, relative_h=0.3)
+    assert len(np.unique(fixed[mottled])) == 2
+    assert len(np.unique(relative[mottled])) == 1
+    for labels in (fixed, relative):
+        assert labels[16, 16, 54] != labels[16, 16, 84] and labels[16, 16, 54] > 0 and labels[16, 16, 84] > 0
+
+
 def test_trim_to_half_maximum_cuts_the_blur_above_and_below_a_cell():
     from napari_unet.volume import trim_to_half_maximum
 

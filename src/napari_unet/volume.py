@@ -85,6 +85,13 @@ XY_VIEW_WEIGHT = 0.5
 #: the 3D network sees cells at most this wide (pixels): a stack of larger ones is shrunk
 #: first (its receptive field is 40 voxels; large nuclei were split)
 NET3D_DIAMETER = 16.0
+#: and at least this wide: a stack of smaller ones is enlarged first (the 2D network's
+#: measure of small blurred nuclei runs 1.2-1.4x their true width). Bundled 3D U-Net, 3D
+#: AP@0.5 at 0 / 12 / 14 / 16: dim packed nuclei 10 px across (``synthetic_3d``) 0.75 /
+#: 0.76 / 0.82 / 0.84, 13 px 0.86 / 0.86 / 0.94 / 0.94; another group's simulator, nuclei
+#: 8-11 px 0.76 / 0.79 / 0.79 / 0.81, 6-9 px 0.25 / 0.29 / 0.38 / 0.44; nuclei 12 px at
+#: Z step 3 0.64 / 0.67 / 0.62 / 0.40 (its shapes lost at 16)
+NET3D_MIN_DIAMETER = 14.0
 #: what ``views="auto"`` uses for a stack left to the bundled models (no model given):
 #: ``"3d"`` (the bundled 3D U-Net), ``"3d+xyz"`` (it and the bundled 2D network in three
 #: views, averaged) or ``"auto"`` (the 2D network in three views). Z step estimated, on the
@@ -116,6 +123,12 @@ ANISOTROPY_RANGE = (1.0, 10.0)
 #: truth on 8 / 9 / 9 / 9 / 8 of 11 and 14 / 17 / 18 / 18 / 19 of 22 (fewer merged dim
 #: packed nuclei); the stardist stack 55 / 56 / 56 / 56 / 57 objects for 51
 H_3D = 0.35
+#: ... and, on the 3D U-Net's probabilities, at least this fraction of the typical nucleus'
+#: inner radius (the median of the interior's pieces' deepest points, pixels): a mottled
+#: nucleus' seed map has bumps that grow with it. (On the 2D network's three views it
+#: merges touching nuclei: mean 3D AP@0.5 on the 11 + 22 stacks of :data:`XY_VIEW_WEIGHT`
+#: 0.909 -> 0.866 and 0.846 -> 0.785 at 0.3.)
+H_3D_RELATIVE = 0.3
 #: weight of ``p(interior) - p(boundary)`` in the seed map (pixels of distance): 2 / 4 / 8
 #: gave mean AP@0.5 0.80 / 0.81 / 0.81 on those stacks and four of random settings, 8
 #: over-splitting (64 objects for 51 on the stardist stack, 58 at 4)
@@ -346,12 +359,14 @@ def anisotropy_from_cells(labels: np.ndarray) -> tuple[float | None, str | None]
 
 
 def watershed_3d(probs: np.ndarray, anisotropy: float, *, min_size: int, foreground_threshold: float = 0.5,
-                 seed_threshold: float = 0.5, h: float = H_3D, image: np.ndarray | None = None) -> np.ndarray:
+                 seed_threshold: float = 0.5, h: float = H_3D, relative_h: float = 0.0,
+                 image: np.ndarray | None = None) -> np.ndarray:
     """3D instances from background / interior / boundary probabilities ``(3, Z, Y, X)``.
 
     The seed map is the distance transform of the interior (voxels ``anisotropy`` pixels
     deep) plus :data:`SEED_WEIGHT` times ``p(interior) - p(boundary)``, smoothed over about
-    a pixel; its h-maxima (height ``h``) seed a watershed of the negated map that floods
+    a pixel; its h-maxima (height ``h``, or ``relative_h`` times the typical nucleus'
+    inner radius when that is more) seed a watershed of the negated map that floods
     the foreground; foreground no seed reaches becomes objects of its own; objects whose
     mean foreground probability is under :data:`MIN_MEAN_FOREGROUND`, or whose doubt (one
     minus that mean) is over :data:`RELATIVE_DOUBT` times the typical object's, are
@@ -367,6 +382,9 @@ def watershed_3d(probs: np.ndarray, anisotropy: float, *, min_size: int, foregro
         return np.zeros(probs.shape[1:], np.int32)
     dist = ndi.distance_transform_edt(interior, sampling=(anisotropy, 1.0, 1.0)).astype(np.float32)
     score = ndi.gaussian_filter(dist + SEED_WEIGHT * (probs[1] - probs[2]), (1.0 / anisotropy, 1.0, 1.0))
+    if relative_h:  # the typical nucleus' depth: the median over the interior's pieces of their deepest point
+        pieces, n = ndi.label(interior, structure=_SIX)
+        h = max(h, relative_h * float(np.median(ndi.maximum(dist, pieces, np.arange(1, n + 1)))))
     seeds, _ = ndi.label((h_maxima(score, h) > 0) & foreground, structure=_SIX)
     labels = watershed(-score, markers=seeds, mask=foreground, connectivity=1)
     orphans, m = ndi.label(foreground & (labels == 0), structure=_SIX)
@@ -764,6 +782,8 @@ def _segment_volume(vol: Any, vol_axes: str, net: Any, given: float | None, view
         d = cell_diameter_xy(linked) if want3d else None
         if d is not None and d > NET3D_DIAMETER:
             zoom3d = NET3D_DIAMETER / d
+        elif d is not None and d < NET3D_MIN_DIAMETER:
+            zoom3d = NET3D_MIN_DIAMETER / d
     # the 3D network where it applies: one channel, a known Z step within the side views' range
     use3d = want3d and a is not None and a <= MAX_MULTIVIEW_ANISOTROPY
     if use3d:
@@ -848,7 +868,8 @@ def _anisotropy_of_3d_cells(run: _Views, crop: np.ndarray, a: float, min_size: i
     21%, mean 3D AP@0.5 0.957 -> 0.979 and 0.934 -> 0.941. ``a`` when fewer than 3 cells
     span 3 planes."""
     p = yield from run.volume(crop, a)
-    ratios = _ratios(watershed_3d(p, a, min_size=_min_size_3d(min_size, a), image=crop, **ws), 1.0)
+    labels = watershed_3d(p, a, min_size=_min_size_3d(min_size, a), relative_h=H_3D_RELATIVE, image=crop, **ws)
+    ratios = _ratios(labels, 1.0)
     return a if ratios is None else float(np.clip(np.median(ratios), *ANISOTROPY_RANGE))
 
 
@@ -926,7 +947,8 @@ def _block_labels(vol: np.ndarray, vol_axes: str, order: list[int], p: np.ndarra
         return remove_small_and_relabel(fg, min_size), p, {**info, "method": "3D components"}
     if a > MAX_WATERSHED_ANISOTROPY:
         return link_planes(probabilities_to_labels(p, mode)), p, {**info, "method": "linked planes"}
-    return (watershed_3d(p, a, min_size=min_size, image=_gray_zyx(vol, vol_axes), **ws), p,
+    rel = H_3D_RELATIVE if views == "3d" else 0.0
+    return (watershed_3d(p, a, min_size=min_size, relative_h=rel, image=_gray_zyx(vol, vol_axes), **ws), p,
             {**info, "method": "3D watershed"})
 
 
