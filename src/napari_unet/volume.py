@@ -88,9 +88,10 @@ NET3D_DIAMETER = 16.0
 #: and at least this wide: a stack of smaller ones is enlarged first (the 2D network's
 #: measure of small blurred nuclei runs 1.2-1.4x their true width). Bundled 3D U-Net, 3D
 #: AP@0.5 at 0 / 12 / 14 / 16: dim packed nuclei 10 px across (``synthetic_3d``) 0.75 /
-#: 0.76 / 0.82 / 0.84, 13 px 0.86 / 0.86 / 0.94 / 0.94; another group's simulator, nuclei
-#: 8-11 px 0.76 / 0.79 / 0.79 / 0.81, 6-9 px 0.25 / 0.29 / 0.38 / 0.44; nuclei 12 px at
-#: Z step 3 0.64 / 0.67 / 0.62 / 0.40 (its shapes lost at 16)
+#: 0.76 / 0.82 / 0.84, 13 px 0.86 / 0.86 / 0.94 / 0.94; a simulator written apart from
+#: ``synthetic_3d`` (not in the repository), nuclei 8-11 px 0.76 / 0.79 / 0.79 / 0.81,
+#: 6-9 px 0.25 / 0.29 / 0.38 / 0.44; nuclei 12 px at Z step 3 0.64 / 0.67 / 0.62 / 0.40
+#: (its shapes lost at 16)
 NET3D_MIN_DIAMETER = 14.0
 #: what ``views="auto"`` uses for a stack left to the bundled models (no model given):
 #: ``"3d"`` (the bundled 3D U-Net), ``"3d+xyz"`` (it and the bundled 2D network in three
@@ -126,8 +127,8 @@ H_3D = 0.35
 #: ... and, on the 3D U-Net's probabilities, at least this fraction of the typical nucleus'
 #: inner radius (the median of the interior's pieces' deepest points, pixels): a mottled
 #: nucleus' seed map has bumps that grow with it. Mean 3D AP@0.5 at 0 / 0.2 / 0.3 / 0.4 /
-#: 0.5, Z step estimated: 12 stacks of other simulators (the stardist stack, 8 of a
-#: simulator written apart from ours, two of mottled nuclei) and a real confocal stack
+#: 0.5, Z step estimated: 12 stacks (the stardist stack, a real confocal stack, 8 of a
+#: simulator written apart from ``synthetic_3d``, two of its held-out mottled setting)
 #: 0.735 / 0.781 / 0.798 / 0.808 / 0.816; the 11 + 22 stacks of :data:`XY_VIEW_WEIGHT`
 #: 0.976 / 0.980 / 0.977 / 0.973 / 0.970 and 0.939 / 0.940 / 0.934 / 0.933 / 0.930 (dim
 #: packed nuclei 10 px across merge). On the 2D network's three views it merges touching
