@@ -5,9 +5,9 @@ What a confocal z-stack of nuclei looks like, and what this module draws:
 * nuclei as irregular ellipsoids (random axes and orientation, low-frequency surface
   noise), packed so that many touch; where two touch, the voxel goes to the nucleus whose
   surface is nearer, so touching nuclei share a surface without gaps;
-* chromatin texture (a grain, smooth to mottled, bright clumps and dark nucleoli), a centre-to-edge
-  fall-off and per-nucleus brightness (reusing ``synthetic``'s noise), dimmer with depth
-  (attenuation);
+* chromatin texture (a grain, smooth to mottled, bright clumps and dark nucleoli), a
+  centre-to-edge fall-off and per-nucleus brightness (reusing ``synthetic``'s noise),
+  dimmer with depth (attenuation);
 * the microscope: a Gaussian PSF elongated along Z (``axial_blur`` times the lateral
   sigma), then sampling every ``anisotropy`` pixels in Z (planes are coarser than pixels,
   typically 2-5x in confocal), a little out-of-focus haze, Poisson shot noise and read
@@ -231,7 +231,7 @@ CHROMATIN_RANGES: dict[str, tuple[float, float]] = {"texture": (0.1, 0.6), "clum
 #: those of :data:`CHROMATIN_RANGES`
 NUCLEOLUS_RANGES: dict[str, tuple[float, float]] = {"grain": (0.8, 2.5), "nucleoli": (0.0, 0.8)}
 
-#: settings outside :data:`RANGES` in at least one value (never drawn for training), each
+#: settings outside the ranges below in at least one value (never drawn for training), each
 #: ``(name, shape, settings)``: a dim (nuclei 1.4x the background, signal / noise about 3),
 #: noisy (read noise 10), blurred, packed stack of nuclei 13 px across at Z step 2; a coarse
 #: Z step; large, very blurred nuclei; mottled nuclei with bright chromatin clumps; nuclei
