@@ -314,12 +314,9 @@ def _monai_3d(img: np.ndarray, lab: np.ndarray, a: float, seconds: float, seed: 
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
+    from monai_recipe import normalize, train_step
     from napari_unet.targets import labels_to_targets
     from napari_unet.volume import _SIX, _min_size_3d, watershed_3d
-
-    def norm(x):
-        lo, hi = np.percentile(x, (1, 99.8))
-        return ((np.asarray(x, np.float32) - lo) / max(hi - lo, 1e-6)).astype(np.float32)
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -329,31 +326,26 @@ def _monai_3d(img: np.ndarray, lab: np.ndarray, a: float, seconds: float, seed: 
                   + [RandRotate90d(("image", "label"), prob=0.5, spatial_axes=(1, 2)),
                      RandScaleIntensityd("image", factors=0.2, prob=0.5), RandShiftIntensityd("image", offsets=0.1, prob=0.5)])
     aug.set_random_state(seed)
-    x = norm(img)
+    x = normalize(img)
     t = labels_to_targets(lab, "instance3")[0].astype(np.int64)
     crop = (16, 64, 64)
     pad = [(0, max(0, c - n)) for c, n in zip(crop, x.shape)]
     x, t = np.pad(x, pad, mode="reflect"), np.pad(t, pad, mode="reflect")
     start, steps = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
-        bx, by = [], []
+        crops = []
         for _ in range(2):
             o = [int(rng.integers(0, n - c + 1)) for n, c in zip(x.shape, crop)]
             box = tuple(slice(i, i + c) for i, c in zip(o, crop))
-            d = aug({"image": x[box][None], "label": t[box][None]})
-            bx.append(torch.as_tensor(np.asarray(d["image"])))
-            by.append(torch.as_tensor(np.asarray(d["label"]))[0])
-        loss = torch.nn.functional.cross_entropy(net(torch.stack(bx).float()), torch.stack(by).long())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+            crops.append((x[box][None], t[box][None]))
+        train_step(net, opt, aug, crops)
         steps += 1
     print(f"MONAI 3D: {time.perf_counter() - start:.0f} s, {steps} steps", flush=True)
     net.eval()
 
     def segment(stack: np.ndarray, z_step: float) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
-            v = torch.from_numpy(norm(stack))[None, None]
+            v = torch.from_numpy(normalize(stack))[None, None]
             p = torch.softmax(sliding_window_inference(v, crop, 4, net, overlap=0.25, mode="gaussian"), 1)[0].numpy()
         fg = p[0] < 0.5
         seeds, _ = ndi.label((p[1] > 0.5) & fg, structure=_SIX)

@@ -86,6 +86,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from monai_recipe import normalize, train_step  # noqa: E402
+
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "isbi2012"
 
 
@@ -134,18 +137,13 @@ def _monai_scores(net, images, cells, test):
     probs = []
     with torch.no_grad():
         for i in test:
-            x = torch.from_numpy(_norm(images[i]))[None, None]
+            x = torch.from_numpy(normalize(images[i]))[None, None]
             probs.append(torch.softmax(net(x)[0], 0).numpy())
     net.train()
     gt = [cells[i] for i in test]
     comp = score(gt, [p[0] for p in probs], [ndi.label(p[1] > 0.5, structure=four)[0] for p in probs])
     ws = score(gt, [p[0] for p in probs], [membrane_watershed(p[0]) for p in probs])
     return comp, ws
-
-
-def _norm(img: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(img, (1, 99.8))
-    return ((img.astype(np.float32) - lo) / max(hi - lo, 1e-6)).astype(np.float32)
 
 
 def run_monai(images, cells, train, test, budgets, seed=0):
@@ -165,23 +163,18 @@ def run_monai(images, cells, train, test, budgets, seed=0):
         RandShiftIntensityd("image", offsets=0.1, prob=0.5),
     ])
     aug.set_random_state(seed)
-    xs = [_norm(images[i]) for i in train]
+    xs = [normalize(images[i]) for i in train]
     ys = [(cells[i] > 0).astype(np.int64) for i in train]  # 1 = cell, 0 = membrane
     rows, trained, cpu, steps, s = [], 0.0, 0.0, 0, 128
     for budget in sorted(budgets):
         while trained < budget:
             t, c = time.perf_counter(), time.process_time()
-            bx, by = [], []
+            crops = []
             for _ in range(4):
                 k = int(rng.integers(len(xs)))
                 y0, x0 = rng.integers(0, xs[k].shape[0] - s + 1), rng.integers(0, xs[k].shape[1] - s + 1)
-                d = aug({"image": xs[k][None, y0:y0 + s, x0:x0 + s], "label": ys[k][None, y0:y0 + s, x0:x0 + s]})
-                bx.append(torch.as_tensor(np.asarray(d["image"])))
-                by.append(torch.as_tensor(np.asarray(d["label"]))[0])
-            loss = torch.nn.functional.cross_entropy(net(torch.stack(bx).float()), torch.stack(by).long())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+                crops.append((xs[k][None, y0:y0 + s, x0:x0 + s], ys[k][None, y0:y0 + s, x0:x0 + s]))
+            train_step(net, opt, aug, crops)
             steps += 1
             trained += time.perf_counter() - t
             cpu += time.process_time() - c
